@@ -1,0 +1,75 @@
+"""Small shared helpers: input validation with clear errors, and the patch-grid layout.
+
+Every public entry point validates its inputs here so that bad input fails loudly with a ``ValueError`` that names the
+offending value, instead of being clamped or silently broadcast.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__: list[str] = []  # private module
+
+
+def _check_tensor(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    """Raise ``ValueError`` if ``t`` holds NaN or inf, naming how many and where the first one is."""
+    if t.is_floating_point() or t.is_complex():
+        # Fast path: a finite sum means every element is finite (inf - inf and NaN propagate). Only an overflowing
+        # or non-finite sum pays for the full elementwise scan.
+        if t.numel() == 0 or bool(torch.isfinite(t.sum(dtype=torch.float64 if t.is_floating_point() else None))):
+            return
+        bad = ~torch.isfinite(t)
+        if not bool(bad.any()):
+            return
+        if bool(bad.any()):
+            n_bad = int(bad.sum())
+            first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+            val = t[first].item() if t.dim() else t.item()
+            raise ValueError(f"{name} contains {n_bad} non-finite value(s); first at index {first}: {val}")
+
+
+def _check_ndim(name: str, t: Tensor, ndim: int, layout: str) -> None:
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dims {layout}, got shape {tuple(t.shape)}")
+
+
+def _check_same_device(**tensors: Tensor) -> None:
+    devs = {k: v.device for k, v in tensors.items() if isinstance(v, Tensor)}
+    if len(set(devs.values())) > 1:
+        raise ValueError(f"tensors are on different devices: {devs}")
+
+
+def _check_float(name: str, t: Tensor) -> None:
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def default_patch_grid(num_patches: int) -> tuple[int, int]:
+    """The most square ``(rows, cols)`` factorisation of ``num_patches`` with ``rows <= cols``.
+
+    K=200 gives (10, 20), K=576 gives (24, 24), a prime K gives (1, K).
+    """
+    if num_patches < 1:
+        raise ValueError(f"num_patches must be >= 1, got {num_patches}")
+    rows = int(math.isqrt(num_patches))
+    while num_patches % rows:
+        rows -= 1
+    return rows, num_patches // rows
+
+
+def _check_patch_grid(patch_grid: Sequence[int] | None, num_patches: int) -> tuple[int, int]:
+    if patch_grid is None:
+        return default_patch_grid(num_patches)
+    if len(patch_grid) != 2 or patch_grid[0] * patch_grid[1] != num_patches:
+        raise ValueError(f"patch_grid {tuple(patch_grid)} does not multiply to num_patches={num_patches}")
+    return int(patch_grid[0]), int(patch_grid[1])

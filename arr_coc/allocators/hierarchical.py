@@ -1,0 +1,86 @@
+"""``hierarchical``: regions first, then the patches within each region (coarse-to-fine allocation).
+
+The patch grid is tiled into rectangular regions of ``region_size`` patches. Region utility is the log-sum-exp of its
+patches' utilities (a soft maximum: one very relevant patch makes its region relevant). Stage 1 projects
+``R·m·lo + (budget - R·m·lo) · softmax(region utility)`` onto the regions' capped simplex (bounds ``m·lo .. m·hi`` for ``m`` patches per
+region) and rounds to integers; stage 2 projects each region's patches onto the simplex of that region's integer
+total and rounds again. Both stages are exact, so the whole is budget-exact and bound-respecting, and both are
+batched: every (sample, region) pair is one row of a single projection call.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from arr_coc._utils import _check_patch_grid
+from arr_coc.allocators.registry import Allocator, register_allocator
+from arr_coc.kernels import capped_simplex_projection, round_to_budget
+
+__all__ = ["HierarchicalAllocator"]
+
+
+@register_allocator("hierarchical")
+class HierarchicalAllocator(Allocator):
+    """Two-level allocation over a ``(rows, cols)`` patch grid.
+
+    Args:
+        patch_grid: Patch layout ``(Gh, Gw)``; ``None`` uses the most square factorisation of K.
+        region_size: Patches per region ``(rh, rw)``; must divide the grid.
+    """
+
+    def __init__(self, budget: int = 13200, min_tokens: int = 64, max_tokens: int = 400, *,
+                 patch_grid: Sequence[int] | None = None, region_size: Sequence[int] = (2, 2), device=None, dtype=None):
+        super().__init__(budget, min_tokens, max_tokens)
+        if len(region_size) != 2 or min(region_size) < 1:
+            raise ValueError(f"region_size must be two positive ints, got {tuple(region_size)}")
+        self.patch_grid = tuple(patch_grid) if patch_grid is not None else None
+        self.region_size = (int(region_size[0]), int(region_size[1]))
+
+    def _to_regions(self, u: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
+        """(B, K) → (B, R, m) with regions in row-major order, plus the grid geometry."""
+        gh, gw = _check_patch_grid(self.patch_grid, u.shape[1])
+        rh, rw = self.region_size
+        if gh % rh or gw % rw:
+            raise ValueError(f"region_size {self.region_size} does not tile the patch grid ({gh}, {gw})")
+        b = u.shape[0]
+        r = u.reshape(b, gh // rh, rh, gw // rw, rw).permute(0, 1, 3, 2, 4)  # (B, GH, GW, rh, rw)
+        return r.reshape(b, (gh // rh) * (gw // rw), rh * rw), (gh, gw, rh, rw)
+
+    @staticmethod
+    def _from_regions(r: Tensor, geo: tuple[int, int, int, int]) -> Tensor:
+        gh, gw, rh, rw = geo
+        b = r.shape[0]
+        r = r.reshape(b, gh // rh, gw // rw, rh, rw).permute(0, 1, 3, 2, 4)  # (B, GH, rh, GW, rw)
+        return r.reshape(b, gh * gw)
+
+    def _region_stage(self, u: Tensor, integer: bool) -> tuple[Tensor, Tensor, tuple]:
+        ur, geo = self._to_regions(u)  # (B, R, m)
+        m = ur.shape[-1]
+        lo, hi = m * self.min_tokens, m * self.max_tokens
+        n_reg = ur.shape[1]
+        share = torch.softmax(torch.logsumexp(ur, dim=-1), dim=-1)  # (B, R)
+        targets = n_reg * lo + (self.budget - n_reg * lo) * share
+        x = capped_simplex_projection(targets, float(self.budget), float(lo), float(hi))
+        return (round_to_budget(x, self.budget, lo, hi) if integer else x), ur, geo
+
+    def _patch_stage(self, totals: Tensor, ur: Tensor) -> Tensor:
+        b, r, m = ur.shape
+        flat = ur.reshape(b * r, m)
+        tot = totals.reshape(b * r, 1).to(flat.dtype)
+        targets = self.min_tokens + (tot - m * self.min_tokens) * torch.softmax(flat, dim=-1)
+        return capped_simplex_projection(targets, totals.reshape(b * r).to(flat.dtype), float(self.min_tokens),
+                                         float(self.max_tokens))
+
+    def allocate(self, utility: Tensor, *, context: Tensor | None = None) -> Tensor:
+        u = utility.double()
+        totals, ur, geo = self._region_stage(u, integer=True)
+        x = self._patch_stage(totals, ur)
+        t = round_to_budget(x, totals.reshape(-1), self.min_tokens, self.max_tokens)
+        return self._from_regions(t.reshape(ur.shape), geo)
+
+    def relaxed(self, utility: Tensor) -> Tensor:
+        totals, ur, geo = self._region_stage(utility, integer=False)
+        return self._from_regions(self._patch_stage(totals, ur).reshape(ur.shape), geo)

@@ -1,0 +1,177 @@
+"""The allocator base class and the name → class registry (open_clip / timm style).
+
+An allocator turns a per-patch utility into integer token budgets: ``allocator(utility) -> LongTensor (B, K)`` whose
+rows sum to ``budget`` exactly and keep ``min_tokens <= t <= max_tokens``. Level-based allocators also take a
+per-level utility ``(B, K, L)``. Each allocator also offers :meth:`Allocator.relaxed`, a continuous allocation with
+gradients, which the pipeline's straight-through gate uses to train the stages upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from arr_coc.kernels import capped_simplex_projection, round_to_budget
+
+__all__ = ["Allocator", "AllocInfo", "register_allocator", "create_allocator", "list_allocators"]
+
+_REGISTRY: dict[str, type["Allocator"]] = {}
+_A = TypeVar("_A", bound=type)
+
+
+@dataclass(frozen=True)
+class AllocInfo:
+    """Diagnostics from the last call (not part of the output contract).
+
+    Attributes:
+        slack: (B,) int64 unspent tokens (non-zero only for ``mckp`` in ``at_most`` mode).
+        shadow_price: (B,) the budget's Lagrange multiplier, where the allocator computes one.
+        kkt_residual: (B,) worst relative KKT violation, where the allocator checks one.
+        extra: anything allocator-specific (e.g. iteration counts).
+    """
+
+    slack: Tensor | None = None
+    shadow_price: Tensor | None = None
+    kkt_residual: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def register_allocator(name: str) -> Callable[[_A], _A]:
+    """Class decorator that registers an :class:`Allocator` subclass under ``name``."""
+
+    def deco(cls: _A) -> _A:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"allocator {name!r} is already registered to {_REGISTRY[name].__name__}")
+        _REGISTRY[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return deco
+
+
+def list_allocators() -> list[str]:
+    """Names of the registered allocators, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_allocator(name: str, budget: int = 13200, min_tokens: int = 64, max_tokens: int = 400, **kwargs) -> "Allocator":
+    """Build a registered allocator by name.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the known ones) or invalid arguments.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown allocator {name!r}; known allocators: {', '.join(list_allocators())}")
+    return _REGISTRY[name](budget=budget, min_tokens=min_tokens, max_tokens=max_tokens, **kwargs)
+
+
+class Allocator(nn.Module):
+    """Base class: integer budgets that sum to ``budget`` exactly within ``[min_tokens, max_tokens]``.
+
+    Subclasses implement :meth:`allocate` (integer budgets) and may override :meth:`relaxed` (the continuous
+    allocation used for straight-through gradients; by default the capped-simplex projection of :meth:`softmax_targets`).
+
+    Args:
+        budget: Total tokens per sample.
+        min_tokens: Least tokens any patch gets.
+        max_tokens: Most tokens any patch gets.
+    """
+
+    registry_name: str = ""
+    #: Whether ``forward`` also accepts a per-level utility ``(B, K, L)``.
+    accepts_levels: bool = False
+
+    def __init__(self, budget: int = 13200, min_tokens: int = 64, max_tokens: int = 400, *, device=None, dtype=None):
+        super().__init__()
+        for nm, v in (("budget", budget), ("min_tokens", min_tokens), ("max_tokens", max_tokens)):
+            if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, float) and v.is_integer()):
+                raise ValueError(f"{nm} must be an integer, got {v!r}")
+        self.budget, self.min_tokens, self.max_tokens = int(budget), int(min_tokens), int(max_tokens)
+        if self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be >= 0, got {self.min_tokens}")
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"lo > hi: min_tokens={self.min_tokens} > max_tokens={self.max_tokens}")
+        self.last_info = AllocInfo()
+
+    def extra_repr(self) -> str:
+        return f"budget={self.budget}, min_tokens={self.min_tokens}, max_tokens={self.max_tokens}"
+
+    # -- validation --------------------------------------------------------------------------------------------------
+    def check_feasible(self, num_patches: int) -> None:
+        """Raise ``ValueError`` unless ``K·min_tokens <= budget <= K·max_tokens``."""
+        k, b, lo, hi = num_patches, self.budget, self.min_tokens, self.max_tokens
+        if k * lo > b:
+            raise ValueError(f"infeasible budget: K·lo = {k}·{lo} = {k * lo} > budget={b}")
+        if k * hi < b:
+            raise ValueError(f"infeasible budget: K·hi = {k}·{hi} = {k * hi} < budget={b}")
+
+    def _check_utility(self, utility: Tensor) -> None:
+        if not isinstance(utility, Tensor):
+            raise ValueError(f"utility must be a torch.Tensor, got {type(utility).__name__}")
+        ok_dims = (2, 3) if self.accepts_levels else (2,)
+        if utility.dim() not in ok_dims:
+            want = "(B, K) or (B, K, L)" if self.accepts_levels else "(B, K)"
+            raise ValueError(f"{type(self).__name__} expects utility of shape {want}, got {tuple(utility.shape)}")
+        if not utility.is_floating_point():
+            raise ValueError(f"utility must be floating point, got dtype {utility.dtype}")
+        bad = ~torch.isfinite(utility)
+        if bool(bad.any()):
+            i = tuple(int(v) for v in bad.nonzero()[0].tolist())
+            raise ValueError(f"utility contains {int(bad.sum())} non-finite value(s); first at {i}: {utility[i].item()}")
+        self.check_feasible(utility.shape[1])
+
+    # -- the contract --------------------------------------------------------------------------------------------------
+    def forward(self, utility: Tensor, *, context: Tensor | None = None) -> Tensor:
+        """Integer budgets for each patch.
+
+        Args:
+            utility: Per-patch (or per-patch-and-level) utility; higher means "wants more tokens".
+            context: Optional per-patch context, used by learning allocators (``bandit``); others ignore it.
+
+        Shapes:
+            utility: (B, K) or, for level allocators, (B, K, L)
+            context: (B, K, C)
+            returns: (B, K) int64
+        """
+        self._check_utility(utility)
+        with torch.no_grad():
+            return self.allocate(utility.detach(), context=context)
+
+    def allocate(self, utility: Tensor, *, context: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def relaxed(self, utility: Tensor) -> Tensor:
+        """Continuous allocation on the capped simplex, differentiable in ``utility``.
+
+        Shapes:
+            utility: (B, K)
+            returns: (B, K) float
+        """
+        return self._project(self.softmax_targets(utility))
+
+    def softmax_targets(self, utility: Tensor) -> Tensor:
+        """``lo + (budget - K·lo) · softmax(utility)``: the free tokens shared by softmax.
+
+        The targets already sum to the budget and sit above ``lo``, so the projection only has to enforce ``hi``
+        (raising every unsaturated patch equally). That keeps nearly every patch strictly inside its bounds, which is
+        what gives the projection's backward, and hence the straight-through gate, a dense gradient even at the
+        nearly degenerate default (only 400 of 13,200 tokens free). Shape (B, K) → (B, K).
+        """
+        k = utility.shape[-1]
+        return self.min_tokens + (self.budget - k * self.min_tokens) * torch.softmax(utility, dim=-1)
+
+    # -- shared helpers ------------------------------------------------------------------------------------------------
+    def _project(self, targets: Tensor, budget: Tensor | float | None = None) -> Tensor:
+        b = float(self.budget) if budget is None else budget
+        return capped_simplex_projection(targets, b, float(self.min_tokens), float(self.max_tokens))
+
+    def _round(self, x: Tensor, budget: Tensor | int | None = None) -> Tensor:
+        b = self.budget if budget is None else budget
+        return round_to_budget(x, b, self.min_tokens, self.max_tokens)
+
+    def _project_round(self, targets: Tensor) -> Tensor:
+        # Solve in float64: targets hit 1e4 scale and the rounding stage needs the sum within float drift.
+        return self._round(self._project(targets.double()))

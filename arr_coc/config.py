@@ -1,0 +1,93 @@
+"""``ArrCocCfg``, named presets and :func:`build_arr_coc`: the only place configs meet constructors.
+
+Constructors take scalars (so modules can be built on the meta device); configs are for builders and YAML. Unknown
+keys are rejected with the list of known ones, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable
+
+from arr_coc.pipeline import ArrCoc
+
+__all__ = ["ArrCocCfg", "PRESETS", "build_arr_coc", "cfg_from_dict", "apply_overrides", "parse_override_value"]
+
+
+@dataclass
+class ArrCocCfg:
+    """Configuration of one ArrCoc layer; defaults are the ARR-COC-0-1 preset."""
+
+    dim: int = 1024  # feature width D of the vision tower's patch tokens
+    query_dim: int = 1024  # width of the query embedding
+    num_patches: int = 200  # K patches per image
+    budget: int = 13200  # exact visual tokens per image
+    min_tokens: int = 64  # fewest tokens per patch
+    max_tokens: int = 400  # most tokens per patch
+    allocator: str = "projection"  # registered allocator name
+    allocator_kwargs: dict = field(default_factory=dict)  # extra allocator arguments (e.g. levels, mode)
+    patch_grid: list | None = None  # (Gh, Gw) patch layout; None = most square factorisation of K
+    attn_dim: int = 64  # participatory projection width
+    num_prototypes: int = 16  # feature-entropy codebook size
+    hist_bins: int = 32  # pixel-entropy histogram bins
+    straight_through: bool = True  # gradients through the allocator's relaxation
+    identity_init: bool = False  # participatory projections start as identities (query_dim == dim)
+
+
+PRESETS: dict[str, ArrCocCfg] = {
+    # The design card's preset: 200 patches, 13,200 tokens, 64..400 per patch (only 400 tokens are free).
+    "arr-coc-0-1": ArrCocCfg(),
+    # LLaVA-1.5-sized: 576 tokens over a 6x6 grid of 4x4-token patches, 4..64 per patch.
+    "llava-576": ArrCocCfg(num_patches=36, budget=576, min_tokens=4, max_tokens=64),
+}
+
+
+def cfg_from_dict(d: dict[str, Any], base: ArrCocCfg | None = None) -> ArrCocCfg:
+    """Build a config from a dict, rejecting unknown keys (named, with the known ones listed)."""
+    known = {f.name for f in fields(ArrCocCfg)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown ArrCocCfg key(s) {unknown}; known keys: {sorted(known)}")
+    return dataclasses.replace(base or ArrCocCfg(), **d)
+
+
+def parse_override_value(text: str) -> Any:
+    """Parse the value of a ``key=value`` override as YAML-ish scalars: int, float, bool, null, list, or str."""
+    import json
+
+    low = text.strip()
+    if low in ("true", "True"):
+        return True
+    if low in ("false", "False"):
+        return False
+    if low in ("null", "None", "none"):
+        return None
+    try:
+        return json.loads(low)
+    except json.JSONDecodeError:
+        return low
+
+
+def apply_overrides(cfg: ArrCocCfg, overrides: Iterable[str]) -> ArrCocCfg:
+    """Apply ``key=value`` strings; unknown keys and malformed items raise ``ValueError``."""
+    d: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        d[k.strip()] = parse_override_value(v)
+    return cfg_from_dict(d, base=cfg)
+
+
+def build_arr_coc(cfg: ArrCocCfg | str, *, device=None, dtype=None) -> ArrCoc:
+    """Build an :class:`ArrCoc` from a config or a preset name."""
+    if isinstance(cfg, str):
+        if cfg not in PRESETS:
+            raise ValueError(f"unknown preset {cfg!r}; known presets: {sorted(PRESETS)}")
+        cfg = PRESETS[cfg]
+    return ArrCoc(cfg.dim, cfg.query_dim, num_patches=cfg.num_patches, budget=cfg.budget, min_tokens=cfg.min_tokens,
+                  max_tokens=cfg.max_tokens, allocator=cfg.allocator, allocator_kwargs=dict(cfg.allocator_kwargs),
+                  patch_grid=cfg.patch_grid, attn_dim=cfg.attn_dim, num_prototypes=cfg.num_prototypes,
+                  hist_bins=cfg.hist_bins, straight_through=cfg.straight_through, identity_init=cfg.identity_init,
+                  device=device, dtype=dtype)

@@ -1,0 +1,261 @@
+"""Public projection and rounding functions, registered as ``torch.library`` custom ops.
+
+``capped_simplex_projection`` and ``round_to_budget`` validate their inputs eagerly (shapes, dtypes, devices) and then
+call ``torch.ops.arr_coc.*``. Registering the ops (schema, fake impl, autograd) lets ``torch.compile(fullgraph=True)``
+and FSDP trace through them, and lets a CUDA kernel replace the reference for CUDA tensors with no change to callers.
+Value checks that need the data (NaN/inf, feasibility) run inside the op implementations, so they stay eager under
+``torch.compile`` without graph breaks.
+
+Which implementation runs on CUDA is chosen per call by :func:`arr_coc.kernels.dispatch.use_cuda_kernel`: the
+``ARR_COC_KERNEL=reference|cuda`` environment variable or the ``_override_impl`` test hook force either path.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from arr_coc._utils import _check_tensor
+from arr_coc.kernels import dispatch
+from arr_coc.kernels.reference import projection_backward, projection_forward, round_largest_remainder
+
+__all__ = ["capped_simplex_projection", "round_to_budget"]
+
+_Number = int | float
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Value checks shared by every implementation (they read the data, so they live inside the ops).
+
+
+def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: str = "y") -> None:
+    for name, t in ((what, y), ("budget", budget), ("lo", lo), ("hi", hi)):
+        if t.is_floating_point():
+            bad = ~torch.isfinite(t)
+            if bool(bad.any()):
+                first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+                val = t[first].item() if t.dim() else t.item()
+                raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s); first at index {first}: {val}")
+    lo_b, hi_b = torch.broadcast_tensors(lo, hi)
+    if bool((lo_b > hi_b).any()):
+        i = tuple(int(v) for v in (lo_b > hi_b).nonzero()[0].tolist())
+        raise ValueError(f"lo > hi at index {i}: lo={lo_b[i].item()}, hi={hi_b[i].item()}")
+    # Feasibility in float64 so that the check itself adds no rounding: sum(lo) <= B <= sum(hi).
+    lo_sum = lo.double().expand(y.shape).sum(-1)
+    hi_sum = hi.double().expand(y.shape).sum(-1)
+    b = budget.double().expand(y.shape[:-1])
+    for bad, bound, rel in ((b < lo_sum, lo_sum, "K·lo = sum(lo)"), (b > hi_sum, hi_sum, "K·hi = sum(hi)")):
+        if bool(bad.any()):
+            i = tuple(int(v) for v in bad.nonzero()[0].tolist())
+            k = y.shape[-1]
+            raise ValueError(
+                f"infeasible budget at row {i}: budget={b[i].item():g} but {rel}={bound[i].item():g} "
+                f"(K={k}); need sum(lo) <= budget <= sum(hi)"
+            )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The projection op.
+
+
+def _projection_impl(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    if y.is_cuda and dispatch.use_cuda_kernel():
+        ext = dispatch.load_kernel()
+        if ext is not None:
+            return dispatch.cuda_projection_forward(ext, y, budget, lo, hi)
+    return projection_forward(y, budget, lo, hi)
+
+
+def project_unchecked(y: Tensor, budget: float, lo: float, hi: float) -> Tensor:
+    """No-grad projection without value checks, for solvers whose iterates are feasible by construction."""
+    t = lambda v: torch.tensor(v, dtype=y.dtype, device=y.device)  # noqa: E731
+    return _projection_impl(y, t(budget).expand(y.shape[:-1]), t(lo), t(hi))
+
+
+@torch.library.custom_op("arr_coc::capped_simplex_projection", mutates_args=())
+def _projection_op(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    _check_values(y, budget, lo, hi)
+    return _projection_impl(y, budget, lo, hi)
+
+
+@_projection_op.register_fake
+def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    return torch.empty_like(y)
+
+
+@torch.library.custom_op("arr_coc::capped_simplex_projection_backward", mutates_args=())
+def _projection_backward_op(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    if x.is_cuda and dispatch.use_cuda_kernel():
+        ext = dispatch.load_kernel()
+        if ext is not None:
+            return dispatch.cuda_projection_backward(ext, x, lo, hi, grad)
+    return projection_backward(x, lo, hi, grad)
+
+
+@_projection_backward_op.register_fake
+def _(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(grad), grad.new_empty(grad.shape[:-1])
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _, budget, lo, hi = inputs
+    # Only the output and the bounds are needed: the active set is read off x itself (DESIGN.md, Backward).
+    ctx.save_for_backward(output, lo, hi)
+    ctx.budget_dtype = budget.dtype
+
+
+def _backward(ctx, grad: Tensor):
+    x, lo, hi = ctx.saved_tensors
+    g_y, g_b = _projection_backward_op(x, lo, hi, grad)
+    return g_y, g_b.to(ctx.budget_dtype), None, None
+
+
+_projection_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The rounding op (integer output, no gradient).
+
+
+@torch.library.custom_op("arr_coc::round_to_budget", mutates_args=())
+def _round_op(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    _check_values(x, budget, lo, hi, what="x")
+    lo_f, hi_f = lo.to(x.dtype), hi.to(x.dtype)
+    # Drift allowance: float32 sums of K ~ 200 values land ~1e-3 off; anything further is not a projected x.
+    tol_b = 1e-3 * max(1.0, float(budget.abs().max()) if budget.numel() else 1.0)
+    lo_tol = 1e-4 * lo_f.abs().clamp_min(1.0)
+    hi_tol = 1e-4 * hi_f.abs().clamp_min(1.0)
+    below = x < lo_f - lo_tol
+    above = x > hi_f + hi_tol
+    for bad, word in ((below, "below lo"), (above, "above hi")):
+        if bool(bad.any()):
+            i = tuple(int(v) for v in bad.nonzero()[0].tolist())
+            raise ValueError(f"x is {word} at index {i}: x={x[i].item()}; project x onto the bounds first")
+    gap = x.double().sum(-1) - budget.double()
+    if bool((gap.abs() > tol_b + 1e-6 * x.shape[-1]).any()):
+        i = tuple(int(v) for v in (gap.abs() > tol_b).nonzero()[0].tolist())
+        raise ValueError(
+            f"x sums to {x.double().sum(-1)[i].item():.6g} at row {i} but budget is {budget.double()[i].item():g}; "
+            "round_to_budget expects x on the capped simplex (call capped_simplex_projection first)"
+        )
+    return round_largest_remainder(x, budget, lo, hi)
+
+
+@_round_op.register_fake
+def _(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    return torch.empty(x.shape, dtype=torch.int64, device=x.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public wrappers: static checks and argument normalisation (no data-dependent control flow: compile-friendly).
+
+
+def _as_tensor(name: str, v: Tensor | _Number, like: Tensor, dtype: torch.dtype) -> Tensor:
+    if isinstance(v, Tensor):
+        if v.device != like.device:
+            raise ValueError(f"{name} is on {v.device} but y is on {like.device}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{name} must be a number or a tensor, got {type(v).__name__}: {v!r}")
+    return torch.tensor(v, dtype=dtype, device=like.device)
+
+
+def _prepare(y: Tensor, budget, lo, hi, *, name: str, int_bounds: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_tensor(name, y)
+    if not y.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {y.dtype}")
+    if y.dim() < 1 or y.shape[-1] < 1:
+        raise ValueError(f"{name} must have shape (..., K) with K >= 1, got {tuple(y.shape)}")
+    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    dt = torch.int64 if int_bounds else acc
+    b = _as_tensor("budget", budget, y, dt)
+    lo_t = _as_tensor("lo", lo, y, dt)
+    hi_t = _as_tensor("hi", hi, y, dt)
+    for nm, t in (("lo", lo_t), ("hi", hi_t)):
+        try:
+            torch.broadcast_shapes(t.shape, y.shape)
+        except RuntimeError:
+            raise ValueError(f"{nm} of shape {tuple(t.shape)} does not broadcast to {name}'s {tuple(y.shape)}") from None
+        if torch.broadcast_shapes(t.shape, y.shape) != y.shape:
+            raise ValueError(f"{nm} of shape {tuple(t.shape)} would enlarge {name}'s shape {tuple(y.shape)}")
+    try:
+        if torch.broadcast_shapes(b.shape, y.shape[:-1]) != y.shape[:-1]:
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(
+            f"budget of shape {tuple(b.shape)} does not broadcast to the row shape {tuple(y.shape[:-1])}"
+        ) from None
+    return y, b.expand(y.shape[:-1]), lo_t, hi_t
+
+
+def capped_simplex_projection(y: Tensor, budget: Tensor | _Number, lo: Tensor | _Number, hi: Tensor | _Number) -> Tensor:
+    """Euclidean projection of each row of ``y`` onto ``{x : sum(x) = budget, lo <= x <= hi}``.
+
+    Exact (the root ``tau`` of the piecewise-linear budget equation, refined to the closed form on its active set),
+    vectorised over rows, differentiable in ``y`` and ``budget`` with the analytic backward
+    ``g_y = m * (g - mean_F(g))``, ``g_budget = mean_F(g)`` where ``F`` holds the coordinates strictly inside bounds.
+
+    Args:
+        y: Points to project. Any float dtype; half types are solved in fp32.
+        budget: Row sums, a number or a tensor broadcastable to the row shape ``(...)``.
+        lo: Lower bounds, a number or a tensor broadcastable to ``y``.
+        hi: Upper bounds, a number or a tensor broadcastable to ``y``.
+
+    Returns:
+        The projection, same shape and dtype as ``y``.
+
+    Raises:
+        ValueError: non-float ``y``, shapes that do not broadcast, tensors on another device, NaN/inf anywhere,
+            ``lo > hi``, or an infeasible budget (``sum(lo) > budget`` or ``sum(hi) < budget``), naming the values.
+
+    Shapes:
+        y: (..., K)
+        budget: () or (...)
+        lo, hi: broadcastable to (..., K)
+        returns: (..., K)
+    """
+    y, b, lo_t, hi_t = _prepare(y, budget, lo, hi, name="y", int_bounds=False)
+    return torch.ops.arr_coc.capped_simplex_projection(y, b, lo_t, hi_t)
+
+
+def _check_integral(name: str, v) -> None:
+    if isinstance(v, Tensor):
+        if v.is_floating_point():
+            bad = v != torch.round(v)
+            if bool(bad.any()):
+                raise ValueError(f"{name} must be integer-valued, got {v[bad].flatten()[0].item()}")
+        elif v.dtype == torch.bool or v.is_complex():
+            raise ValueError(f"{name} must be an integer tensor, got dtype {v.dtype}")
+    elif isinstance(v, float) and not v.is_integer():
+        raise ValueError(f"{name} must be an integer, got {v}")
+
+
+def round_to_budget(x: Tensor, budget: Tensor | _Number, lo: Tensor | _Number, hi: Tensor | _Number) -> Tensor:
+    """Largest-remainder rounding of a capped-simplex point to integers that hit ``budget`` exactly.
+
+    ``f = floor(x)``; the ``budget - sum(f)`` entries with the largest remainders (among those below ``hi``) get one
+    more, ties going to the lower index; if float drift makes that count negative, the smallest remainders above
+    ``lo`` give one back. The result sums to ``budget`` exactly in int64 and keeps ``lo <= t <= hi``.
+
+    Args:
+        x: A point on the capped simplex, e.g. the output of :func:`capped_simplex_projection`.
+        budget: Integer row sums (int, integral float, or integer tensor broadcastable to ``(...)``).
+        lo: Integer lower bounds broadcastable to ``x``.
+        hi: Integer upper bounds broadcastable to ``x``.
+
+    Returns:
+        int64 tensor shaped like ``x``.
+
+    Raises:
+        ValueError: non-integer ``budget``/``lo``/``hi``, ``x`` outside the bounds or far from the budget, NaN/inf,
+            ``lo > hi`` or an infeasible budget.
+
+    Shapes:
+        x: (..., K)
+        returns: (..., K) int64
+    """
+    for name, v in (("budget", budget), ("lo", lo), ("hi", hi)):
+        _check_integral(name, v)
+    budget, lo, hi = (v.round().long() if isinstance(v, Tensor) else int(v) for v in (budget, lo, hi))
+    x, b, lo_t, hi_t = _prepare(x, budget, lo, hi, name="x", int_bounds=True)
+    return torch.ops.arr_coc.round_to_budget(x, b.contiguous(), lo_t, hi_t)

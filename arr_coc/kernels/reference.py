@@ -1,0 +1,143 @@
+"""Pure-torch reference for the capped-simplex projection, its backward, and largest-remainder rounding.
+
+This module is the numerical truth that the CUDA kernel is checked against; it always imports and runs on any device.
+
+The projection of ``y`` onto ``C = {x : sum(x) = B, lo <= x <= hi}`` is ``x_i = clip(y_i - tau, lo_i, hi_i)`` where
+``tau`` solves ``s(tau) = sum_i clip(y_i - tau, lo_i, hi_i) = B`` (Held, Wolfe & Crowder 1974; Helgason, Kennington &
+Lall 1980). ``s`` is continuous, non-increasing and piecewise linear with slope ``-|F|`` (``F``: coordinates strictly
+inside their bounds), so we find ``tau`` with a bracketed, safeguarded Newton iteration: every Newton step on a
+piecewise-linear function is exact once the active set is right, and the bracket (plus forced bisection every few
+steps) guarantees progress where Newton would stall. No sort is used: sorting R×K rows dominates at scale (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["projection_forward", "projection_backward", "round_largest_remainder"]
+
+# Every _BISECT_EVERY-th iteration is a plain bisection so the bracket provably shrinks even where Newton cycles.
+_BISECT_EVERY = 4
+_MAX_ITERS = 256
+# Rows are checked for convergence every few iterations: on GPU each check is a host sync.
+_CHECK_EVERY = 2
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half types accumulate in fp32; fp64 stays fp64.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def projection_forward(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Project rows of ``y`` onto the capped simplex, vectorised over rows.
+
+    Inputs must already be validated and broadcast: ``lo``/``hi`` broadcastable to ``y``, ``budget`` of shape
+    ``y.shape[:-1]``, all finite and feasible.
+
+    Shapes:
+        y: (..., K)
+        budget: (...)
+        lo, hi: broadcastable to (..., K)
+        returns: (..., K), dtype of ``y``
+    """
+    acc = _acc_dtype(y.dtype)
+    yf, lof, hif = y.to(acc), lo.to(acc).expand_as(y), hi.to(acc).expand_as(y)
+    bf = budget.to(acc).unsqueeze(-1)  # (..., 1)
+    # Bracket: s(t_low) = sum(hi) >= B and s(t_high) = sum(lo) <= B.
+    t_low = (yf - hif).amin(-1, keepdim=True)
+    t_high = (yf - lof).amax(-1, keepdim=True)
+    tau = 0.5 * (t_low + t_high)
+    eps = torch.finfo(acc).eps
+    # Tolerance on s(tau) - B: a few ulps of the magnitudes being summed.
+    scale = torch.maximum(bf.abs(), (lof.abs() + hif.abs()).sum(-1, keepdim=True))
+    tol = 8 * eps * scale + torch.finfo(acc).tiny
+    done = torch.zeros_like(tau, dtype=torch.bool)
+    for it in range(_MAX_ITERS):
+        z = yf - tau
+        x = torch.minimum(torch.maximum(z, lof), hif)
+        resid = x.sum(-1, keepdim=True) - bf  # s(tau) - B, > 0 means tau too small
+        free = ((z > lof) & (z < hif)).sum(-1, keepdim=True)
+        # A bracket collapsed to float resolution also pins the root: tau cannot be represented any closer.
+        width = t_high - t_low
+        done = done | (resid.abs() <= tol) | (width <= 4 * eps * torch.maximum(t_low.abs(), t_high.abs()))
+        if it % _CHECK_EVERY == 0 and bool(done.all()):
+            break
+        t_low = torch.where(resid > 0, tau, t_low)
+        t_high = torch.where(resid < 0, tau, t_high)
+        mid = 0.5 * (t_low + t_high)
+        newton = tau + resid / free.clamp_min(1).to(acc)
+        ok = (free > 0) & (newton > t_low) & (newton < t_high) & (it % _BISECT_EVERY != _BISECT_EVERY - 1)
+        step = torch.where(ok, newton, mid)
+        # Converged rows keep their tau; a collapsed bracket also means the root is pinned to float resolution.
+        tau = torch.where(done, tau, step)
+    z = yf - tau
+    x = torch.minimum(torch.maximum(z, lof), hif)
+    # Final exact step: with the active set F fixed, the root is closed-form. Apply it only where it keeps F,
+    # which removes the last rounding of the iteration without ever leaving the bracket.
+    free_mask = (z > lof) & (z < hif)
+    n_free = free_mask.sum(-1, keepdim=True)
+    resid = x.sum(-1, keepdim=True) - bf
+    tau2 = tau + resid / n_free.clamp_min(1).to(acc)
+    z2 = yf - tau2
+    same = (((z2 > lof) & (z2 < hif)) == free_mask).all(-1, keepdim=True) & (n_free > 0)
+    x2 = torch.minimum(torch.maximum(z2, lof), hif)
+    x = torch.where(same, x2, x)
+    return x.to(y.dtype)
+
+
+def projection_backward(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """Vector-Jacobian product of the projection, from its output only.
+
+    With ``m`` the mask of coordinates strictly inside their bounds and ``n = sum(m)``:
+    ``g_y = m * (g - sum(m * g) / n)`` and ``g_B = sum(m * g) / n``; both are 0 on rows with ``n = 0``.
+
+    Shapes:
+        x, grad: (..., K)
+        lo, hi: broadcastable to (..., K)
+        returns: g_y (..., K), g_budget (...)
+    """
+    acc = _acc_dtype(x.dtype)
+    xf, g = x.to(acc), grad.to(acc)
+    m = (xf > lo.to(acc)) & (xf < hi.to(acc))
+    n = m.sum(-1, keepdim=True)
+    mean_free = torch.where(m, g, torch.zeros_like(g)).sum(-1, keepdim=True) / n.clamp_min(1).to(acc)
+    mean_free = torch.where(n > 0, mean_free, torch.zeros_like(mean_free))
+    g_y = torch.where(m, g - mean_free, torch.zeros_like(g))
+    return g_y.to(grad.dtype), mean_free.squeeze(-1).to(grad.dtype)
+
+
+def round_largest_remainder(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Largest-remainder rounding of a feasible ``x`` to int64 that sums to ``budget`` exactly and keeps the bounds.
+
+    ``f = floor(x)``; the ``D = budget - sum(f)`` largest remainders among entries with ``f < hi`` get +1 (ties go to
+    the lower index). If float drift makes ``D`` negative, the ``-D`` smallest remainders among entries with
+    ``f > lo`` get -1. Inputs are validated by the caller (``x`` within the bounds up to drift, ``|D| <= K``).
+
+    Shapes:
+        x: (..., K) float
+        budget: (...) int64
+        lo, hi: broadcastable to (..., K), int64
+        returns: (..., K) int64
+    """
+    lo_b, hi_b = lo.expand_as(x), hi.expand_as(x)
+    # floor can fall one below lo (or the clamp can trim hi + drift): bring it back inside; the deficit is re-added
+    # through D below, so no mass is lost.
+    xd = x.double()
+    f = torch.floor(xd).long()
+    f = torch.minimum(torch.maximum(f, lo_b), hi_b)
+    rem = (xd - f.double()).clamp(0.0, 1.0)
+    deficit = budget - f.sum(-1)  # (...) int64
+    k = x.shape[-1]
+    idx = torch.arange(k, device=x.device)
+    # Stable sort keeps the lower index first among equal keys: the deterministic tie-break.
+    up_key = torch.where(f < hi_b, rem, torch.full_like(rem, -1.0))
+    order = torch.sort(up_key, dim=-1, descending=True, stable=True).indices
+    rank_up = torch.empty_like(order).scatter_(-1, order, idx.expand_as(order))
+    down_key = torch.where(f > lo_b, rem, torch.full_like(rem, 2.0))
+    order = torch.sort(down_key, dim=-1, descending=False, stable=True).indices
+    rank_down = torch.empty_like(order).scatter_(-1, order, idx.expand_as(order))
+    d = deficit.unsqueeze(-1)
+    add = (rank_up < d) & (d > 0)
+    sub = (rank_down < -d) & (d < 0)
+    return f + add.long() - sub.long()

@@ -1,0 +1,179 @@
+"""Knowing: three relevance scores per patch (Vervaeke's three ways of knowing, made measurable).
+
+- **propositional**: information content, the Shannon entropy (Shannon 1948) of the patch. With pixels, the entropy
+  of its grey-level histogram; without, the entropy of a soft histogram of its tokens over a learned codebook of
+  feature prototypes (a feature-space analogue of the grey-level histogram: a flat patch puts all tokens in one
+  bin and scores 0, a busy one spreads them out).
+- **perspectival**: visual salience as centre–surround contrast (Itti, Koch & Niebur 1998): the distance between a
+  patch's mean feature and the mean of its 8-neighbourhood on the patch grid, plus the patch's internal contrast.
+- **participatory**: query ↔ patch relevance, scaled dot-product cross-attention (Vaswani et al. 2017) between a
+  learned projection of the query and learned projections of every fine token; the per-patch score is the log of
+  the attention mass on that patch's tokens (a log-sum-exp pool), so one strongly matching token suffices.
+
+Each score is standardised per sample across the K patches (zero mean, unit variance), which makes the three
+comparable before the balancing stage weighs them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from arr_coc._utils import _check_finite, _check_ndim, _check_patch_grid, _check_same_device
+
+__all__ = ["Knowing", "standardize", "pixel_entropy"]
+
+_EPS = 1e-6
+
+
+def standardize(s: Tensor, dim: int = -1) -> Tensor:
+    """Zero mean, unit variance along ``dim``; a constant row maps to zeros (not NaN)."""
+    mu = s.mean(dim, keepdim=True)
+    sd = s.std(dim, keepdim=True, unbiased=False)
+    return (s - mu) / (sd + _EPS)
+
+
+def pixel_entropy(pixels: Tensor, patch_grid: tuple[int, int], bins: int = 32) -> Tensor:
+    """Shannon entropy (nats) of each patch's grey-level histogram.
+
+    Pixels are assigned to patches by ``floor(row·Gh/H)``, so H and W need not divide the grid. Values are expected
+    in [0, 1] (or any fixed range: the histogram spans each image's own min..max).
+
+    Shapes:
+        pixels: (B, C, H, W)
+        returns: (B, K) with K = Gh·Gw
+    """
+    b, _, h, w = pixels.shape
+    gh, gw = patch_grid
+    grey = pixels.float().mean(1)  # (B, H, W)
+    lo = grey.flatten(1).amin(-1)[:, None, None]
+    hi = grey.flatten(1).amax(-1)[:, None, None]
+    q = ((grey - lo) / (hi - lo).clamp_min(_EPS) * bins).long().clamp(0, bins - 1)  # (B, H, W) bin index
+    rows = torch.arange(h, device=pixels.device) * gh // h
+    cols = torch.arange(w, device=pixels.device) * gw // w
+    patch = (rows[:, None] * gw + cols[None, :]).expand(b, h, w)  # (B, H, W) patch index
+    idx = (patch * bins + q).flatten(1)
+    hist = torch.zeros(b, gh * gw * bins, device=pixels.device).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float))
+    p = hist.view(b, gh * gw, bins)
+    p = p / p.sum(-1, keepdim=True).clamp_min(1)
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+
+
+class Knowing(nn.Module):
+    """Three standardised relevance scores per patch.
+
+    Args:
+        dim: Feature width D of the fine patch tokens.
+        query_dim: Width of the query embedding.
+        attn_dim: Width of the query/key projections of the participatory score.
+        num_prototypes: Codebook size of the feature-entropy histogram (used when no pixels are given).
+        hist_bins: Grey-level bins of the pixel-entropy histogram.
+        patch_grid: ``(Gh, Gw)`` layout of the K patches; ``None``: most square factorisation of K.
+        identity_init: Initialise the query/key projections to (truncated) identities, so that before any training the
+            participatory score is plain feature–query similarity. Requires ``query_dim == dim``.
+
+    Shapes:
+        features: (B, K, h, w, D)
+        query: (B, Dq)
+        pixels: (B, C, H, W)
+        returns: (B, K, 3), columns (propositional, perspectival, participatory)
+    """
+
+    def __init__(self, dim: int, query_dim: int, *, attn_dim: int = 64, num_prototypes: int = 16, hist_bins: int = 32,
+                 patch_grid: Sequence[int] | None = None, identity_init: bool = False, device=None, dtype=None):
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        for nm, v in (("dim", dim), ("query_dim", query_dim), ("attn_dim", attn_dim),
+                      ("num_prototypes", num_prototypes), ("hist_bins", hist_bins)):
+            if int(v) < 1:
+                raise ValueError(f"{nm} must be >= 1, got {v}")
+        self.dim, self.query_dim, self.attn_dim = dim, query_dim, attn_dim
+        self.hist_bins = hist_bins
+        self.patch_grid = tuple(patch_grid) if patch_grid is not None else None
+        self.q_proj = nn.Linear(query_dim, attn_dim, bias=False, **fk)
+        self.k_proj = nn.Linear(dim, attn_dim, bias=False, **fk)
+        self.feat_norm = nn.LayerNorm(dim, elementwise_affine=False, **fk)
+        self.prototypes = nn.Parameter(torch.empty(num_prototypes, dim, **fk))
+        # Sharpness of the soft codebook assignment (learned, kept positive through exp).
+        self.log_proto_temp = nn.Parameter(torch.zeros((), **fk))
+        self.identity_init = identity_init
+        if identity_init and query_dim != dim:
+            raise ValueError(f"identity_init needs query_dim == dim, got {query_dim} != {dim}")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.identity_init:
+            with torch.no_grad():
+                eye = torch.eye(self.attn_dim, self.dim, device=self.q_proj.weight.device, dtype=self.q_proj.weight.dtype)
+                self.q_proj.weight.copy_(eye)
+                self.k_proj.weight.copy_(eye)
+        else:
+            nn.init.normal_(self.q_proj.weight, std=self.query_dim**-0.5)
+            nn.init.normal_(self.k_proj.weight, std=self.dim**-0.5)
+        nn.init.normal_(self.prototypes, std=1.0)
+        nn.init.zeros_(self.log_proto_temp)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, query_dim={self.query_dim}, attn_dim={self.attn_dim}"
+
+    # -- the three scores ------------------------------------------------------------------------------------------
+    def propositional(self, features: Tensor, pixels: Tensor | None, grid: tuple[int, int]) -> Tensor:
+        if pixels is not None:
+            return pixel_entropy(pixels, grid, self.hist_bins).to(features.dtype)
+        b, k, h, w, d = features.shape
+        z = self.feat_norm(features.reshape(b, k, h * w, d))  # (B, K, n, D)
+        protos = F.normalize(self.prototypes, dim=-1) * math.sqrt(d)
+        logits = z @ protos.t() / math.sqrt(d) * self.log_proto_temp.exp()  # (B, K, n, M)
+        p = torch.softmax(logits, dim=-1).mean(2)  # (B, K, M) soft histogram over prototypes
+        return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+
+    def perspectival(self, features: Tensor, grid: tuple[int, int]) -> Tensor:
+        b, k, h, w, d = features.shape
+        gh, gw = grid
+        mean = features.mean(dim=(2, 3))  # (B, K, D)
+        m = mean.transpose(1, 2).reshape(b, d, gh, gw)
+        # Surround = mean of the neighbours that exist (fewer at borders): 3x3 box sum minus the centre, over count-1.
+        box_sum = F.avg_pool2d(m, 3, stride=1, padding=1, divisor_override=1)
+        count = F.avg_pool2d(torch.ones_like(m[:, :1]), 3, stride=1, padding=1, divisor_override=1)
+        surround = (box_sum - m) / (count - 1).clamp_min(1)
+        contrast = (m - surround).flatten(2).transpose(1, 2).norm(dim=-1)  # (B, K)
+        inner = (features - mean[:, :, None, None]).square().sum(-1).mean(dim=(2, 3)).sqrt()  # within-patch contrast
+        return contrast + inner
+
+    def participatory(self, features: Tensor, query: Tensor) -> Tensor:
+        b, k, h, w, d = features.shape
+        q = self.q_proj(query)  # (B, A)
+        keys = self.k_proj(features.reshape(b, k * h * w, d))  # (B, K·n, A)
+        logits = (keys @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(self.attn_dim)  # (B, K·n)
+        log_attn = torch.log_softmax(logits, dim=-1).view(b, k, h * w)
+        return torch.logsumexp(log_attn, dim=-1)  # (B, K) log attention mass per patch
+
+    def forward(self, features: Tensor, *, query: Tensor, pixels: Tensor | None = None) -> Tensor:
+        _check_ndim("features", features, 5, "(B, K, h, w, D)")
+        _check_ndim("query", query, 2, "(B, Dq)")
+        b, k, h, w, d = features.shape
+        if d != self.dim:
+            raise ValueError(f"features width D={d} does not match Knowing(dim={self.dim})")
+        if query.shape != (b, self.query_dim):
+            raise ValueError(f"query shape {tuple(query.shape)} does not match (B={b}, Dq={self.query_dim})")
+        if query.dtype != features.dtype:
+            raise ValueError(f"query dtype {query.dtype} differs from features dtype {features.dtype}")
+        _check_same_device(features=features, query=query, **({"pixels": pixels} if pixels is not None else {}))
+        _check_finite("features", features)
+        _check_finite("query", query)
+        grid = _check_patch_grid(self.patch_grid, k)
+        if pixels is not None:
+            _check_ndim("pixels", pixels, 4, "(B, C, H, W)")
+            if pixels.shape[0] != b:
+                raise ValueError(f"pixels batch {pixels.shape[0]} does not match features batch {b}")
+            if pixels.shape[2] < grid[0] or pixels.shape[3] < grid[1]:
+                raise ValueError(f"pixels {tuple(pixels.shape[2:])} smaller than the patch grid {grid}")
+            _check_finite("pixels", pixels)
+        scores = torch.stack(
+            [self.propositional(features, pixels, grid), self.perspectival(features, grid),
+             self.participatory(features, query)], dim=-1)  # (B, K, 3)
+        return standardize(scores, dim=1)
