@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from arr_coc._utils import _check_finite, _check_ndim
+from arr_coc._utils import _check_finite, _check_ndim, _check_same_device
 from arr_coc.knowing import standardize
 
 __all__ = ["Balancing"]
@@ -89,6 +89,7 @@ class Balancing(nn.Module):
         if uncertainty is not None:
             if uncertainty.shape != u.shape:
                 raise ValueError(f"uncertainty shape {tuple(uncertainty.shape)} != scores' (B, K) {tuple(u.shape)}")
+            _check_same_device(scores=scores, uncertainty=uncertainty)
             _check_finite("uncertainty", uncertainty)
             u = u + self.explore.to(u.dtype) * standardize(uncertainty.to(u.dtype), dim=1)
         below = F.softplus(u.mean(-1, keepdim=True) - u)

@@ -6,6 +6,7 @@ keys are rejected with the list of known ones, never ignored.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
@@ -49,7 +50,8 @@ def cfg_from_dict(d: dict[str, Any], base: ArrCocCfg | None = None) -> ArrCocCfg
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown ArrCocCfg key(s) {unknown}; known keys: {sorted(known)}")
-    return dataclasses.replace(base or ArrCocCfg(), **d)
+    # Deep-copy so that the result never shares a mutable field (allocator_kwargs, patch_grid) with base/PRESETS.
+    return dataclasses.replace(copy.deepcopy(base or ArrCocCfg()), **d)
 
 
 def parse_override_value(text: str) -> Any:
@@ -65,7 +67,10 @@ def parse_override_value(text: str) -> Any:
         return None
     try:
         return json.loads(low)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as e:
+        # A bracketed value is meant as a list or dict: a typo there must not silently become a string.
+        if low[:1] in ("[", "{"):
+            raise ValueError(f"malformed list/dict override value {text!r}: {e}") from None
         return low
 
 

@@ -23,11 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from arr_coc._utils import _check_finite, _check_ndim, _check_patch_grid, _check_same_device
+from arr_coc._utils import _check_finite, _check_float, _check_ndim, _check_patch_grid, _check_same_device
 
 __all__ = ["Knowing", "standardize", "pixel_entropy"]
 
 _EPS = 1e-6
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # device types without autocast (e.g. meta)
+        return False
 
 
 def standardize(s: Tensor, dim: int = -1) -> Tensor:
@@ -162,6 +169,11 @@ class Knowing(nn.Module):
             raise ValueError(f"query shape {tuple(query.shape)} does not match (B={b}, Dq={self.query_dim})")
         if query.dtype != features.dtype:
             raise ValueError(f"query dtype {query.dtype} differs from features dtype {features.dtype}")
+        _check_float("features", features)
+        # Under autocast the projections cast for themselves; otherwise a mismatch would fail deep inside a matmul.
+        pdtype = self.q_proj.weight.dtype
+        if features.dtype != pdtype and not _autocast_enabled(features.device.type):
+            raise ValueError(f"features dtype {features.dtype} differs from Knowing's parameter dtype {pdtype}")
         _check_same_device(features=features, query=query, **({"pixels": pixels} if pixels is not None else {}))
         _check_finite("features", features)
         _check_finite("query", query)

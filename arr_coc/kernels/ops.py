@@ -44,7 +44,12 @@ def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: st
     lo_sum = lo.double().expand(y.shape).sum(-1)
     hi_sum = hi.double().expand(y.shape).sum(-1)
     b = budget.double().expand(y.shape[:-1])
-    for bad, bound, rel in ((b < lo_sum, lo_sum, "K·lo = sum(lo)"), (b > hi_sum, hi_sum, "K·hi = sum(hi)")):
+    # A few ulps of slack in the working precision: budget = K·lo computed in floats must not be "infeasible".
+    eps = torch.finfo(y.dtype if y.is_floating_point() else torch.float64).eps
+    slack = 4 * eps * torch.maximum(lo.double().abs().expand(y.shape).sum(-1), hi.double().abs().expand(y.shape).sum(-1))
+    if not budget.is_floating_point():
+        slack = torch.zeros_like(slack)
+    for bad, bound, rel in ((b < lo_sum - slack, lo_sum, "K·lo = sum(lo)"), (b > hi_sum + slack, hi_sum, "K·hi = sum(hi)")):
         if bool(bad.any()):
             i = tuple(int(v) for v in bad.nonzero()[0].tolist())
             k = y.shape[-1]

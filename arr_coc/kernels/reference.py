@@ -73,16 +73,15 @@ def projection_forward(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Ten
         tau = torch.where(done, tau, step)
     z = yf - tau
     x = torch.minimum(torch.maximum(z, lof), hif)
-    # Final exact step: with the active set F fixed, the root is closed-form. Apply it only where it keeps F,
-    # which removes the last rounding of the iteration without ever leaving the bracket.
+    # Final exact step: with the active set F fixed, the root is closed-form. Keep it wherever it does not make the
+    # budget residual worse (it can only overshoot if F changes across a breakpoint).
     free_mask = (z > lof) & (z < hif)
     n_free = free_mask.sum(-1, keepdim=True)
     resid = x.sum(-1, keepdim=True) - bf
     tau2 = tau + resid / n_free.clamp_min(1).to(acc)
-    z2 = yf - tau2
-    same = (((z2 > lof) & (z2 < hif)) == free_mask).all(-1, keepdim=True) & (n_free > 0)
-    x2 = torch.minimum(torch.maximum(z2, lof), hif)
-    x = torch.where(same, x2, x)
+    x2 = torch.minimum(torch.maximum(yf - tau2, lof), hif)
+    better = ((x2.sum(-1, keepdim=True) - bf).abs() <= resid.abs()) & (n_free > 0)
+    x = torch.where(better, x2, x)
     return x.to(y.dtype)
 
 

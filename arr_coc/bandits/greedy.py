@@ -1,0 +1,112 @@
+"""Context-free value-based exploration: ε-greedy and softmax (Boltzmann) over per-arm mean rewards.
+
+Both have closed-form action probabilities, so their propensities are exact, which is what off-policy evaluation needs
+(Sutton & Barto 2018, ch. 2; Auer et al. 2002 for ε_t-greedy). Statistics may be aged with any forgetting rule from
+:mod:`arr_coc.bandits.nonstationary`.
+
+Shapes: N rows, A arms. Contexts are accepted in either layout (``(N, d)`` or ``(N, A, d)``) and only N is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import _check_positive, _StatsPolicy
+
+__all__ = ["EpsilonGreedy", "Softmax"]
+
+
+class _MeanPolicy(_StatsPolicy):
+    """Per-arm sample means with an ``initial_value`` for arms without data."""
+
+    _contextual = False
+
+    def __init__(self, n_arms: int, *, initial_value: float = 0.0, forgetting=None, device=None, dtype=None) -> None:
+        super().__init__(n_arms, None, 0, forgetting=forgetting, device=device, dtype=dtype)
+        if not isinstance(initial_value, (int, float)) or initial_value != initial_value or abs(initial_value) == float(
+            "inf"
+        ):
+            raise ValueError(f"initial_value must be a finite number, got {initial_value!r}")
+        self.initial_value = float(initial_value)
+        self._register_stat("reward_sums", ())
+
+    def _contributions(self, x: Tensor, rewards: Tensor) -> dict[str, Tensor]:
+        return {"reward_sums": rewards}
+
+    @property
+    def means(self) -> Tensor:
+        """Per-arm mean reward, ``(A,)``; ``initial_value`` where an arm has no (undiscounted-away) data."""
+        seen = self.counts > 0
+        return torch.where(seen, self.reward_sums / self.counts.clamp_min(1e-12), torch.full_like(self.counts,
+                                                                                                  self.initial_value))
+
+    def _predict_chosen(self, x: Tensor, actions: Tensor) -> Tensor:
+        return self.means[actions]
+
+    def _config(self) -> dict[str, Any]:
+        return {"n_arms": self.n_arms, "initial_value": self.initial_value, **super()._config()}
+
+
+class EpsilonGreedy(_MeanPolicy):
+    """ε-greedy: the best empirical arm with probability 1-ε (ties split evenly), a uniform arm otherwise.
+
+    Args:
+        n_arms: number of arms A.
+        epsilon: exploration probability in [0, 1].
+        initial_value: mean assumed for arms without data.
+        forgetting: optional forgetting rule (see :mod:`arr_coc.bandits.nonstationary`).
+        device: state device.
+        dtype: state dtype.
+
+    Shapes:
+        select: contexts ``(N, ...)`` -> actions ``(N,)``, propensities ``(N,)``.
+    """
+
+    def __init__(self, n_arms: int, epsilon: float = 0.1, *, initial_value: float = 0.0, forgetting=None,
+                 device=None, dtype=None) -> None:
+        super().__init__(n_arms, initial_value=initial_value, forgetting=forgetting, device=device, dtype=dtype)
+        eps = _check_positive("epsilon", epsilon, allow_zero=True)
+        if eps > 1:
+            raise ValueError(f"epsilon must lie in [0, 1], got {epsilon!r}")
+        self.epsilon = eps
+
+    def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        contexts, _ = self._check_contexts(contexts)
+        greedy = self._argmax_probs(self.means[None, :])  # (1, A)
+        probs = (1 - self.epsilon) * greedy + self.epsilon / self.n_arms
+        return probs.expand(contexts.shape[0], -1)
+
+    def _config(self) -> dict[str, Any]:
+        return {**super()._config(), "epsilon": self.epsilon}
+
+
+class Softmax(_MeanPolicy):
+    """Boltzmann exploration: ``P(a) ∝ exp(mean_a / temperature)``.
+
+    Args:
+        n_arms: number of arms A.
+        temperature: softmax temperature (> 0); small values approach greedy.
+        initial_value: mean assumed for arms without data.
+        forgetting: optional forgetting rule.
+        device: state device.
+        dtype: state dtype.
+
+    Shapes:
+        select: contexts ``(N, ...)`` -> actions ``(N,)``, propensities ``(N,)``.
+    """
+
+    def __init__(self, n_arms: int, temperature: float = 0.1, *, initial_value: float = 0.0, forgetting=None,
+                 device=None, dtype=None) -> None:
+        super().__init__(n_arms, initial_value=initial_value, forgetting=forgetting, device=device, dtype=dtype)
+        self.temperature = _check_positive("temperature", temperature)
+
+    def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        contexts, _ = self._check_contexts(contexts)
+        probs = torch.softmax(self.means / self.temperature, dim=-1)[None, :]
+        return probs.expand(contexts.shape[0], -1)
+
+    def _config(self) -> dict[str, Any]:
+        return {**super()._config(), "temperature": self.temperature}

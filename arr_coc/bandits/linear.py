@@ -1,0 +1,333 @@
+"""Linear contextual bandits, batched in torch: disjoint LinUCB and hybrid LinUCB (Li, Chu, Langford & Schapire 2010),
+and linear Thompson sampling (Agrawal & Goyal 2013).
+
+Per arm a the policies keep the ridge statistics ``G_a = Σ x xᵀ`` and ``b_a = Σ r x`` (aged by any forgetting rule of
+:mod:`arr_coc.bandits.nonstationary`), and derive ``A_a = λI + G_a``, ``A_a⁻¹`` and ``θ_a = A_a⁻¹ b_a``.
+
+Two solvers keep ``A_a⁻¹`` current:
+
+* ``"cholesky"`` (default): factor all ``A_a`` at once after each update, ``O(A d³)`` independent of the batch size.
+* ``"sherman_morrison"``: the rank-m Woodbury identity per arm, which for one row per arm is exactly the
+  Sherman–Morrison update ``A⁻¹ - A⁻¹xxᵀA⁻¹ / (1 + xᵀA⁻¹x)``. The rows of a batch are scattered into a padded
+  ``(A, m, d)`` tensor (m = most rows any arm received) so every arm updates at once; when m > d a refactorisation is
+  cheaper and is used instead. Stationary statistics only.
+
+Thompson draws: for disjoint arms the sampled value ``xᵀθ̃_a`` with ``θ̃_a ~ N(θ_a, v² A_a⁻¹)`` is exactly
+``N(xᵀθ_a, v² xᵀA_a⁻¹x)``, so LinTS samples those scalars directly (one independent draw per row and arm) instead of
+d-dimensional parameter vectors.
+
+Shapes: N rows, A arms, d context width (F the feature width, d unless an encoder maps it, as in NeuralLinear).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import _check_positive, _StatsPolicy
+
+__all__ = ["LinUCB", "LinTS", "HybridLinUCB"]
+
+_SOLVERS = ("cholesky", "sherman_morrison")
+
+
+def _cholesky(a: Tensor, what: str) -> Tensor:
+    chol, info = torch.linalg.cholesky_ex(a)
+    if bool((info != 0).any()):
+        raise ValueError(f"{what} is not positive definite (cholesky info={info.tolist()}); increase lam")
+    return chol
+
+
+class _LinearPolicy(_StatsPolicy):
+    """Disjoint per-arm ridge regression on features ``phi(x)`` of width F (identity here)."""
+
+    def __init__(self, n_arms: int, dim: int, feat_dim: int, lam: float, *, solver: str = "cholesky",
+                 forgetting=None, device=None, dtype=None) -> None:
+        super().__init__(n_arms, dim, dim, forgetting=forgetting, device=device, dtype=dtype)
+        self.lam = _check_positive("lam", lam)
+        if solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
+        if solver == "sherman_morrison" and self.forgetting is not None:
+            raise ValueError(f"solver='sherman_morrison' needs stationary statistics, got forgetting={self.forgetting}")
+        self.solver = solver
+        self.feat_dim = feat_dim
+        self._register_stat("gram", (feat_dim, feat_dim))
+        self._register_stat("xr", (feat_dim,))
+        eye = torch.eye(feat_dim, device=device, dtype=self.dtype)
+        self.register_buffer("A_inv", (eye / self.lam).expand(n_arms, -1, -1).clone())
+        self.register_buffer("theta", torch.zeros(n_arms, feat_dim, device=device, dtype=self.dtype))
+
+    # ------------------------------------------------------------------ features and statistics
+    def _features(self, x: Tensor) -> Tensor:
+        return x
+
+    def _contributions(self, x: Tensor, rewards: Tensor) -> dict[str, Tensor]:
+        phi = self._features(x)  # (N, F)
+        return {"gram": phi[:, :, None] * phi[:, None, :], "xr": rewards[:, None] * phi}
+
+    def precision(self) -> Tensor:
+        """``A_a = λI + Σ φφᵀ`` per arm, ``(A, F, F)``."""
+        return self.gram + self.lam * torch.eye(self.feat_dim, device=self.device, dtype=self.dtype)
+
+    def _refresh(self) -> None:
+        chol = _cholesky(self.precision(), "lam*I + gram")
+        self.A_inv.copy_(torch.cholesky_inverse(chol))
+        self.theta.copy_(torch.cholesky_solve(self.xr[..., None], chol)[..., 0])
+
+    def _after_add(self, x: Tensor, actions: Tensor, weights: Tensor | None) -> None:
+        if self.solver != "sherman_morrison":
+            self._refresh()
+            return
+        phi = self._features(x)
+        n = phi.shape[0]
+        counts = torch.bincount(actions, minlength=self.n_arms)
+        m = int(counts.max())
+        if m > self.feat_dim:  # Woodbury on m > F rows costs more than refactoring
+            self._refresh()
+            return
+        # Scatter the rows into a zero-padded (A, m, F) block; padded rows leave the identity untouched.
+        order = torch.sort(actions, stable=True).indices
+        a_sorted = actions[order]
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(n, device=self.device) - starts[a_sorted]
+        xs = phi.new_zeros(self.n_arms, m, self.feat_dim)
+        xs[a_sorted, slot] = phi[order]
+        p = xs @ self.A_inv  # (A, m, F) = X A⁻¹ (A⁻¹ symmetric)
+        s = torch.eye(m, device=self.device, dtype=self.dtype) + p @ xs.transpose(1, 2)  # (A, m, m)
+        self.A_inv.sub_(p.transpose(1, 2) @ torch.linalg.solve(s, p))
+        self.A_inv.copy_(0.5 * (self.A_inv + self.A_inv.transpose(1, 2)))  # keep it symmetric in float32
+        self.theta.copy_((self.A_inv @ self.xr[..., None])[..., 0])
+
+    def _predict_chosen(self, x: Tensor, actions: Tensor) -> Tensor:
+        return (self._features(x) * self.theta[actions]).sum(-1)
+
+    # ------------------------------------------------------------------ estimates
+    def _mean_var(self, contexts: Tensor, per_arm: bool) -> tuple[Tensor, Tensor]:
+        """Posterior mean and ``φᵀA⁻¹φ`` per row and arm, each ``(N, A)``."""
+        phi = self._features(contexts)
+        if per_arm:  # phi (N, A, F)
+            mean = torch.einsum("naf,af->na", phi, self.theta)
+            var = torch.einsum("naf,afg,nag->na", phi, self.A_inv, phi)
+        else:  # phi (N, F)
+            mean = phi @ self.theta.T
+            var = ((phi[None] @ self.A_inv) * phi[None]).sum(-1).T  # (A, N, F) -> (N, A)
+        return mean, var.clamp_min(0.0)  # round-off can make a tiny quadratic form negative
+
+    def expected_reward(self, contexts: Tensor) -> Tensor:
+        """Posterior-mean reward ``φᵀθ_a``.
+
+        Shapes:
+            contexts ``(N, d)`` or ``(N, A, d)`` -> ``(N, A)``.
+        """
+        contexts, per_arm = self._check_contexts(contexts)
+        with torch.no_grad():
+            return self._mean_var(contexts, per_arm)[0]
+
+    def uncertainty(self, contexts: Tensor) -> Tensor:
+        """Posterior standard deviation factor ``sqrt(φᵀA_a⁻¹φ)`` (the UCB width before scaling by alpha).
+
+        Shapes:
+            contexts ``(N, d)`` or ``(N, A, d)`` -> ``(N, A)``.
+        """
+        contexts, per_arm = self._check_contexts(contexts)
+        with torch.no_grad():
+            return self._mean_var(contexts, per_arm)[1].sqrt()
+
+    def _config(self) -> dict[str, Any]:
+        return {"n_arms": self.n_arms, "dim": self.dim, "lam": self.lam, "solver": self.solver, **super()._config()}
+
+
+class LinUCB(_LinearPolicy):
+    """Disjoint LinUCB: pick ``argmax_a xᵀθ_a + alpha * sqrt(xᵀA_a⁻¹x)`` (ties split evenly).
+
+    Args:
+        n_arms: number of arms A.
+        dim: context width d.
+        alpha: exploration scale of the confidence width.
+        lam: ridge regulariser λ (> 0).
+        solver: ``"cholesky"`` or ``"sherman_morrison"`` (see module docstring).
+        forgetting: optional forgetting rule (``Discount`` gives D-LinUCB, Russac et al. 2019).
+        device: state device.
+        dtype: state dtype; contexts must match.
+
+    Shapes:
+        select: contexts ``(N, d)`` or ``(N, A, d)`` -> actions ``(N,)``, propensities ``(N,)``.
+    """
+
+    def __init__(self, n_arms: int, dim: int, alpha: float = 1.0, lam: float = 1.0, *, solver: str = "cholesky",
+                 forgetting=None, device=None, dtype=None) -> None:
+        super().__init__(n_arms, dim, dim, lam, solver=solver, forgetting=forgetting, device=device, dtype=dtype)
+        self.alpha = _check_positive("alpha", alpha, allow_zero=True)
+
+    def scores(self, contexts: Tensor) -> Tensor:
+        """UCB score per row and arm, ``(N, A)``."""
+        contexts, per_arm = self._check_contexts(contexts)
+        with torch.no_grad():
+            mean, var = self._mean_var(contexts, per_arm)
+            return mean + self.alpha * var.sqrt()
+
+    def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        return self._argmax_probs(self.scores(contexts))
+
+    def _config(self) -> dict[str, Any]:
+        return {**super()._config(), "alpha": self.alpha}
+
+
+class LinTS(_LinearPolicy):
+    """Linear Thompson sampling: each row draws ``xᵀθ̃_a ~ N(xᵀθ_a, v² xᵀA_a⁻¹x)`` and takes the argmax.
+
+    Args:
+        n_arms: number of arms A.
+        dim: context width d.
+        v: posterior scale (Agrawal & Goyal's v).
+        lam: ridge regulariser λ (> 0).
+        n_mc: extra draws for the Monte Carlo propensities.
+        solver: ``"cholesky"`` or ``"sherman_morrison"``.
+        forgetting: optional forgetting rule.
+        device: state device.
+        dtype: state dtype; contexts must match.
+
+    Shapes:
+        select: contexts ``(N, d)`` or ``(N, A, d)`` -> actions ``(N,)``, propensities ``(N,)``.
+    """
+
+    def __init__(self, n_arms: int, dim: int, v: float = 1.0, lam: float = 1.0, *, n_mc: int = 128,
+                 solver: str = "cholesky", forgetting=None, device=None, dtype=None) -> None:
+        super().__init__(n_arms, dim, dim, lam, solver=solver, forgetting=forgetting, device=device, dtype=dtype)
+        self.v = _check_positive("v", v, allow_zero=True)
+        if not isinstance(n_mc, int) or n_mc < 1:
+            raise ValueError(f"n_mc must be a positive int, got {n_mc!r}")
+        self.n_mc = n_mc
+
+    def _draws(self, mean: Tensor, std: Tensor, samples: int | None, generator) -> Tensor:
+        shape = mean.shape if samples is None else (samples, *mean.shape)
+        return mean + self.v * std * torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+    def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        contexts, per_arm = self._check_contexts(contexts)
+        with torch.no_grad():
+            mean, var = self._mean_var(contexts, per_arm)
+            winners = self._draws(mean, var.sqrt(), self.n_mc, generator).argmax(-1)  # (S, N)
+            probs = torch.zeros_like(mean)
+            probs.scatter_add_(1, winners.T, torch.ones_like(winners.T, dtype=mean.dtype))
+            return probs / self.n_mc
+
+    def select(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        contexts, per_arm = self._check_contexts(contexts)
+        with torch.no_grad():
+            mean, var = self._mean_var(contexts, per_arm)
+            std = var.sqrt()
+            actions = self._draws(mean, std, None, generator).argmax(-1)
+            probs = self._mc_probs(self._draws(mean, std, self.n_mc, generator), actions, self.n_arms)
+            return actions, probs.gather(1, actions[:, None])[:, 0]
+
+    def _config(self) -> dict[str, Any]:
+        return {**super()._config(), "v": self.v, "n_mc": self.n_mc}
+
+
+class HybridLinUCB(_StatsPolicy):
+    """Hybrid LinUCB (Li et al. 2010, Algorithm 2): ``r = zᵀβ + xᵀθ_a`` with β shared by all arms.
+
+    The context's first ``dim`` columns are the arm-specific features x and the last ``shared_dim`` columns the shared
+    features z, so contexts have width ``dim + shared_dim``. Shared features help most with per-arm contexts
+    ``(N, A, dim + shared_dim)``; with shared contexts zᵀβ shifts all arms equally. Estimates follow from the joint
+    ridge problem by a Schur complement on the arm blocks (equal to Li et al.'s incremental form):
+
+    ``A0 = λI + Σ zzᵀ - Σ_a B_aᵀ A_a⁻¹ B_a``, ``β = A0⁻¹(Σ r z - Σ_a B_aᵀ A_a⁻¹ b_a)``, ``θ_a = A_a⁻¹(b_a - B_a β)``,
+    with ``B_a = Σ x zᵀ``; the width is ``sqrt((z - w)ᵀA0⁻¹(z - w) + xᵀA_a⁻¹x)`` with ``w = B_aᵀA_a⁻¹x``.
+
+    Args:
+        n_arms: number of arms A.
+        dim: arm-specific feature width d.
+        shared_dim: shared feature width k.
+        alpha: exploration scale.
+        lam: ridge regulariser λ for both β and θ.
+        forgetting: optional forgetting rule.
+        device: state device.
+        dtype: state dtype.
+
+    Shapes:
+        select: contexts ``(N, d + k)`` or ``(N, A, d + k)`` -> actions ``(N,)``, propensities ``(N,)``.
+    """
+
+    def __init__(self, n_arms: int, dim: int, shared_dim: int, alpha: float = 1.0, lam: float = 1.0, *,
+                 forgetting=None, device=None, dtype=None) -> None:
+        if not isinstance(shared_dim, int) or isinstance(shared_dim, bool) or shared_dim < 1:
+            raise ValueError(f"shared_dim must be a positive int, got {shared_dim!r}")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        super().__init__(n_arms, dim + shared_dim, dim + shared_dim, forgetting=forgetting, device=device, dtype=dtype)
+        self.arm_dim, self.shared_dim = dim, shared_dim
+        self.alpha = _check_positive("alpha", alpha, allow_zero=True)
+        self.lam = _check_positive("lam", lam)
+        d, k = dim, shared_dim
+        for name, shape in (("gram", (d, d)), ("xr", (d,)), ("cross", (d, k)), ("zz", (k, k)), ("zr", (k,))):
+            self._register_stat(name, shape)
+        dt, dev = self.dtype, self.device
+        self.register_buffer("A_inv", (torch.eye(d, device=dev, dtype=dt) / self.lam).expand(n_arms, -1, -1).clone())
+        self.register_buffer("A0_inv", torch.eye(k, device=dev, dtype=dt) / self.lam)
+        self.register_buffer("beta", torch.zeros(k, device=dev, dtype=dt))
+        self.register_buffer("theta", torch.zeros(n_arms, d, device=dev, dtype=dt))
+
+    def _split(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        return c[..., : self.arm_dim], c[..., self.arm_dim:]
+
+    def _contributions(self, x: Tensor, rewards: Tensor) -> dict[str, Tensor]:
+        xa, z = self._split(x)
+        return {"gram": xa[:, :, None] * xa[:, None, :], "xr": rewards[:, None] * xa,
+                "cross": xa[:, :, None] * z[:, None, :], "zz": z[:, :, None] * z[:, None, :],
+                "zr": rewards[:, None] * z}
+
+    def _refresh(self) -> None:
+        d, k = self.arm_dim, self.shared_dim
+        eye_d = torch.eye(d, device=self.device, dtype=self.dtype)
+        eye_k = torch.eye(k, device=self.device, dtype=self.dtype)
+        chol = _cholesky(self.gram + self.lam * eye_d, "lam*I + gram")
+        self.A_inv.copy_(torch.cholesky_inverse(chol))
+        ainv_b = torch.cholesky_solve(self.cross, chol)  # (A, d, k) = A_a⁻¹ B_a
+        ainv_xr = torch.cholesky_solve(self.xr[..., None], chol)[..., 0]  # (A, d)
+        a0 = self.lam * eye_k + self.zz.sum(0) - (self.cross.transpose(1, 2) @ ainv_b).sum(0)
+        b0 = self.zr.sum(0) - (self.cross.transpose(1, 2) @ ainv_xr[..., None])[..., 0].sum(0)
+        chol0 = _cholesky(0.5 * (a0 + a0.T), "shared block A0")
+        self.A0_inv.copy_(torch.cholesky_inverse(chol0))
+        self.beta.copy_(torch.cholesky_solve(b0[:, None], chol0)[:, 0])
+        self.theta.copy_(ainv_xr - (ainv_b @ self.beta[None, :, None])[..., 0])
+
+    def _predict_chosen(self, x: Tensor, actions: Tensor) -> Tensor:
+        xa, z = self._split(x)
+        return (xa * self.theta[actions]).sum(-1) + z @ self.beta
+
+    def _mean_var(self, contexts: Tensor, per_arm: bool) -> tuple[Tensor, Tensor]:
+        xa, z = self._split(contexts)
+        if not per_arm:  # broadcast shared contexts to every arm
+            xa = xa[:, None].expand(-1, self.n_arms, -1)
+            z = z[:, None].expand(-1, self.n_arms, -1)
+        mean = torch.einsum("nad,ad->na", xa, self.theta) + z @ self.beta
+        u = torch.einsum("ade,nae->nad", self.A_inv, xa)  # A_a⁻¹x
+        w = torch.einsum("adk,nad->nak", self.cross, u)  # B_aᵀA_a⁻¹x
+        zw = z - w
+        var = torch.einsum("nak,kl,nal->na", zw, self.A0_inv, zw) + (xa * u).sum(-1)
+        return mean, var.clamp_min(0.0)
+
+    def scores(self, contexts: Tensor) -> Tensor:
+        """UCB score per row and arm, ``(N, A)``."""
+        contexts, per_arm = self._check_contexts(contexts)
+        with torch.no_grad():
+            mean, var = self._mean_var(contexts, per_arm)
+            return mean + self.alpha * var.sqrt()
+
+    def uncertainty(self, contexts: Tensor) -> Tensor:
+        """Joint posterior width ``sqrt(var)`` per row and arm, ``(N, A)``."""
+        contexts, per_arm = self._check_contexts(contexts)
+        with torch.no_grad():
+            return self._mean_var(contexts, per_arm)[1].sqrt()
+
+    def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        return self._argmax_probs(self.scores(contexts))
+
+    def _config(self) -> dict[str, Any]:
+        return {"n_arms": self.n_arms, "dim": self.arm_dim, "shared_dim": self.shared_dim, "alpha": self.alpha,
+                "lam": self.lam, **super()._config()}
+

@@ -1,0 +1,172 @@
+"""Forgetting for non-stationary bandits: sliding window, exponential discount, and Page–Hinkley change detection.
+
+Every statistics-based policy in :mod:`arr_coc.bandits` keeps per-arm sums of per-observation contributions (counts,
+reward sums, Gram matrices). A forgetting rule says how those sums age:
+
+* :class:`SlidingWindow` keeps only the last ``size`` observations (SW-UCB, Garivier & Moulines 2011).
+* :class:`Discount` multiplies all statistics by ``gamma`` at every observation (D-UCB, Garivier & Moulines 2011;
+  D-LinUCB, Russac et al. 2019). A batch of N rows counts as N consecutive time steps, so the batched update equals
+  the sequential one.
+* :class:`PageHinkley` runs a two-sided Page–Hinkley test (Page 1954; Hinkley 1971) per arm on the prediction residual
+  ``r - r_hat`` and resets that arm's statistics when the cumulative deviation exceeds ``threshold`` (as in the
+  adaptive-window / change-detection bandits of Hartland et al. 2006 and Liu et al. 2018).
+
+The dataclasses here are the public configuration; the helpers below implement them on batched tensors without a
+Python loop over the rows (the Page–Hinkley scan loops only once per alarm raised in a batch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["SlidingWindow", "Discount", "PageHinkley", "Forgetting", "forgetting_from_dict"]
+
+
+@dataclass(frozen=True)
+class SlidingWindow:
+    """Keep only the most recent ``size`` observations (over all arms)."""
+
+    size: int  # number of most recent observations kept
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise ValueError(f"SlidingWindow.size must be a positive int, got {self.size!r}")
+
+
+@dataclass(frozen=True)
+class Discount:
+    """Multiply every statistic by ``gamma`` once per observation; the effective memory is about 1/(1-gamma)."""
+
+    gamma: float  # discount per observation, in (0, 1]
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.gamma, (int, float)) and 0.0 < float(self.gamma) <= 1.0):
+            raise ValueError(f"Discount.gamma must lie in (0, 1], got {self.gamma!r}")
+
+
+@dataclass(frozen=True)
+class PageHinkley:
+    """Two-sided Page–Hinkley test on each arm's residual stream; an alarm resets that arm.
+
+    The statistic for an upward shift is ``m_t - min_s m_s`` with ``m_t = sum_s (e_s - mean_s - delta)``; the downward
+    one mirrors it. An alarm fires when either exceeds ``threshold`` after at least ``min_samples`` residuals.
+    """
+
+    delta: float = 0.05  # tolerated drift magnitude (reward units)
+    threshold: float = 5.0  # alarm threshold lambda (reward units)
+    min_samples: int = 5  # residuals an arm needs since its last reset before it may alarm
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.delta) and self.delta >= 0):
+            raise ValueError(f"PageHinkley.delta must be finite and >= 0, got {self.delta!r}")
+        if not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise ValueError(f"PageHinkley.threshold must be finite and > 0, got {self.threshold!r}")
+        if not isinstance(self.min_samples, int) or self.min_samples < 1:
+            raise ValueError(f"PageHinkley.min_samples must be an int >= 1, got {self.min_samples!r}")
+
+
+Forgetting = Union[SlidingWindow, Discount, PageHinkley]
+_KINDS = {"SlidingWindow": SlidingWindow, "Discount": Discount, "PageHinkley": PageHinkley}
+
+
+def _forgetting_to_dict(f: Forgetting | None) -> dict[str, Any] | None:
+    return None if f is None else {"kind": type(f).__name__, **asdict(f)}
+
+
+def forgetting_from_dict(d: dict[str, Any] | None) -> Forgetting | None:
+    """Inverse of the config serialisation used by ``save``: ``{"kind": "Discount", "gamma": 0.99}`` -> ``Discount``."""
+    if d is None:
+        return None
+    d = dict(d)
+    kind = d.pop("kind", None)
+    if kind not in _KINDS:
+        raise ValueError(f"unknown forgetting kind {kind!r}; expected one of {sorted(_KINDS)}")
+    return _KINDS[kind](**d)
+
+
+def _check_forgetting(f: object) -> Forgetting | None:
+    if f is None or isinstance(f, (SlidingWindow, Discount, PageHinkley)):
+        return f
+    raise ValueError(f"forgetting must be None, SlidingWindow, Discount or PageHinkley, got {f!r}")
+
+
+def _discount_weights(n: int, gamma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Weights ``gamma**(n-1-i)`` for rows ``i < n``: the newest row has weight 1.  Shape ``(n,)``."""
+    ages = torch.arange(n - 1, -1, -1, device=device, dtype=dtype)
+    return torch.pow(torch.as_tensor(gamma, dtype=dtype, device=device), ages)
+
+
+def _window_positions(pos: int, n_new: int, size: int, device: torch.device) -> tuple[Tensor, int]:
+    """Ring-buffer slots for the last ``min(n_new, size)`` new rows, and the index of the first row kept."""
+    keep = min(n_new, size)
+    first = n_new - keep
+    slots = (pos + first + torch.arange(keep, device=device)) % size
+    return slots, first
+
+
+_PH_FIELDS = ("n", "mean", "up", "up_min", "dn", "dn_max")
+
+
+def _page_hinkley_scan(
+    state: dict[str, Tensor], signal: Tensor, actions: Tensor, n_arms: int, cfg: PageHinkley
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Batched two-sided Page–Hinkley over a batch of residuals, in row order, per arm.
+
+    Args:
+        state: per-arm running state, each ``(A,)``: ``n`` count, ``mean``, ``up``/``up_min``, ``dn``/``dn_max``.
+        signal: residuals in arrival order.
+        actions: arm of each residual.
+        n_arms: number of arms A.
+        cfg: test parameters.
+
+    Returns:
+        ``(keep, alarmed, new_state)``: ``keep`` marks rows that arrive after their arm's last alarm in this batch
+        (only those enter the reset statistics); ``alarmed`` marks arms that raised at least one alarm.
+
+    Shapes:
+        signal, actions, keep: ``(N,)``; alarmed and every state entry: ``(A,)``.
+    """
+    n_rows = signal.shape[0]
+    dev, dt = signal.device, signal.dtype
+    keep = torch.ones(n_rows, dtype=torch.bool, device=dev)
+    alarmed = torch.zeros(n_arms, dtype=torch.bool, device=dev)
+    active = torch.ones(n_rows, dtype=torch.bool, device=dev)
+    st = {k: state[k].clone() for k in _PH_FIELDS}
+    rows = torch.arange(n_rows, device=dev)
+    # Each pass either finishes or drops at least one row, so this loop runs at most (#alarms + 1) times.
+    while True:
+        onehot = F.one_hot(actions, n_arms).to(dt) * active[:, None].to(dt)  # (N, A)
+        cnt = st["n"] + onehot.cumsum(0)  # (N, A) residuals seen including row i
+        csum = st["n"] * st["mean"] + (onehot * signal[:, None]).cumsum(0)
+        mean = csum / cnt.clamp_min(1.0)
+        dev_ = onehot * (signal[:, None] - mean)  # zero on rows of other arms, so cumsums carry over them
+        up = st["up"] + (dev_ - cfg.delta * onehot).cumsum(0)
+        dn = st["dn"] + (dev_ + cfg.delta * onehot).cumsum(0)
+        up_min = torch.minimum(st["up_min"], up.cummin(0).values)
+        dn_max = torch.maximum(st["dn_max"], dn.cummax(0).values)
+        stat = torch.maximum(up - up_min, dn_max - dn)
+        alarm = (stat > cfg.threshold) & (onehot > 0) & (cnt >= cfg.min_samples)  # (N, A)
+        any_alarm = alarm.any(0)  # (A,)
+        last = {"n": cnt[-1], "mean": mean[-1], "up": up[-1], "up_min": up_min[-1], "dn": dn[-1], "dn_max": dn_max[-1]}
+        if not bool(any_alarm.any()):
+            for k in _PH_FIELDS:
+                st[k] = last[k]
+            break
+        # argmax over a bool column returns its first True: the first alarm row of each alarmed arm.
+        first = torch.where(any_alarm, alarm.to(torch.int8).argmax(0), torch.full_like(any_alarm, -1, dtype=torch.long))
+        drop = any_alarm[actions] & (rows <= first[actions])
+        keep &= ~drop
+        alarmed |= any_alarm
+        for k in _PH_FIELDS:  # arms without an alarm are final; alarmed arms restart from zero
+            st[k] = torch.where(any_alarm, torch.zeros_like(last[k]), last[k])
+        # Next pass: only rows of alarmed arms after their alarm still need scanning.
+        active = any_alarm[actions] & (rows > first[actions]) & active
+        if not bool(active.any()):
+            break
+    return keep, alarmed, st

@@ -1,0 +1,500 @@
+// Capped-simplex projection, largest-remainder rounding and backward: device code shared by the .cu files.
+//
+// x_i = clip(y_i - tau, lo_i, hi_i) with tau the root of s(tau) = sum_i clip(y_i - tau, lo_i, hi_i) = B
+// (Held, Wolfe & Crowder 1974; Condat 2016 surveys the sort-based and pivot-based alternatives). s is continuous,
+// non-increasing and piecewise linear with slope -|F| (F: coordinates strictly inside their bounds), so a Newton
+// step tau <- tau + (s - B) / |F| is exact once the active set is right. We run it safeguarded: the bracket
+// [min(y - hi), max(y - lo)] shrinks with every evaluation and a step that leaves it becomes a bisection.
+//
+// Layout (DESIGN.md "Kernel facts"): one warp per row, the row's values held in registers, V per lane, element k in
+// lane k % 32, slot k / 32, so each slot's load is one coalesced 32-element access. All reductions are xor
+// butterflies, whose results are bitwise identical on every lane (fp addition is commutative), so tau and every
+// branch on it are warp-uniform: each row exits as soon as it has converged, without divergence. Rows longer than
+// 32 * 32 = 1024 use a block per row that streams the row from global memory on each evaluation (the general path).
+#pragma once
+
+#include <cstdint>
+#include <cfloat>
+#include <cmath>
+#include <type_traits>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+namespace arr_coc {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kWarpsPerBlock = 4;        // rows per block on the warp path
+constexpr int kBlockThreads = 256;       // threads per row on the general path
+constexpr int kMaxIters = 200;           // safety cap; Newton typically converges in 3-8 evaluations
+constexpr int kWarpMaxV = 32;            // values per lane on the warp path: K <= 1024
+
+// Modes of the warp kernel: project, project then round, or only round a given x.
+enum Mode : int { kProject = 0, kProjectRound = 1, kRoundOnly = 2 };
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+template <typename acc_t> struct Lim;
+template <> struct Lim<float> {
+  static __device__ __forceinline__ float eps() { return FLT_EPSILON; }
+  static __device__ __forceinline__ float inf() { return INFINITY; }
+};
+template <> struct Lim<double> {
+  static __device__ __forceinline__ double eps() { return DBL_EPSILON; }
+  static __device__ __forceinline__ double inf() { return (double)INFINITY; }
+};
+
+__device__ __forceinline__ float clampv(float z, float lo, float hi) { return fminf(fmaxf(z, lo), hi); }
+__device__ __forceinline__ double clampv(double z, double lo, double hi) { return fmin(fmax(z, lo), hi); }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Warp reductions (xor butterflies: every lane ends with the same bits).
+
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+template <typename T> __device__ __forceinline__ T warp_min(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmin(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+template <typename T> __device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+__device__ __forceinline__ int warp_sum_int(int v) { return __reduce_add_sync(kFull, v); }
+
+// Block reductions for the general path: per-warp butterflies, then every thread sums the warp partials in the same
+// fixed order, so the result is identical in every thread (block-uniform control flow).
+template <typename T, int NW>
+__device__ __forceinline__ T block_sum(T v, T* sm) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) sm[w] = v;
+  __syncthreads();
+  T r = sm[0];
+#pragma unroll
+  for (int i = 1; i < NW; ++i) r += sm[i];
+  __syncthreads();
+  return r;
+}
+template <typename T, int NW>
+__device__ __forceinline__ T block_min(T v, T* sm) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warp_min(v);
+  if (lane == 0) sm[w] = v;
+  __syncthreads();
+  T r = sm[0];
+#pragma unroll
+  for (int i = 1; i < NW; ++i) r = fmin(r, sm[i]);
+  __syncthreads();
+  return r;
+}
+template <typename T, int NW>
+__device__ __forceinline__ T block_max(T v, T* sm) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warp_max(v);
+  if (lane == 0) sm[w] = v;
+  __syncthreads();
+  T r = sm[0];
+#pragma unroll
+  for (int i = 1; i < NW; ++i) r = fmax(r, sm[i]);
+  __syncthreads();
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Kernel arguments. lo/hi are acc_t tensors addressed by (row, column) strides, so a scalar bound (strides 0, 0), a
+// per-column bound (0, 1) and a full (R, K) bound share one code path; budgets are addressed by a row stride.
+
+template <typename scalar_t>
+struct ProjArgs {
+  using acc_t = typename Acc<scalar_t>::type;
+  const scalar_t* y;        // (R, K) contiguous: the point to project (or, in kRoundOnly, the point to round)
+  scalar_t* x;              // (R, K) contiguous output, or nullptr in kRoundOnly
+  int64_t* t;               // (R, K) int64 output of the rounding, or nullptr in kProject
+  const acc_t* budget;      // row budgets for the projection
+  const int64_t* budget_i;  // integer row budgets for the rounding (nullptr in kProject)
+  const acc_t* lo;
+  const acc_t* hi;
+  int64_t b_s, bi_s, lo_rs, lo_cs, hi_rs, hi_cs;
+  int64_t R;
+  int K;
+  int mode;
+};
+
+template <typename scalar_t>
+struct BwdArgs {
+  using acc_t = typename Acc<scalar_t>::type;
+  const scalar_t* x;     // (R, K) saved forward output
+  const scalar_t* g;     // (R, K) incoming gradient
+  scalar_t* gy;          // (R, K) output
+  scalar_t* gb;          // (R,) output
+  const acc_t* lo;
+  const acc_t* hi;
+  int64_t lo_rs, lo_cs, hi_rs, hi_cs;
+  int64_t R;
+  int K;
+};
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Radix select inside one warp: the n largest of V*32 keys, ties to the lower element index (k = 32 * slot + lane),
+// which is exactly the order of a stable descending sort. MSB-first, one byte per pass, with a 256-bucket histogram
+// in shared memory; stops early once the bucket holding the n-th key is taken whole. Returns a bitmask over slots.
+
+template <int V, typename KeyT>
+__device__ __forceinline__ unsigned warp_select_top(const KeyT (&u)[V], int n, unsigned* hist, int lane) {
+  if (n <= 0) return 0u;
+  KeyT prefix = 0, mask = 0;
+  int remaining = n;
+#pragma unroll 1
+  for (int shift = int(sizeof(KeyT)) * 8 - 8; shift >= 0; shift -= 8) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) hist[lane * 8 + i] = 0u;
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+      if ((u[j] & mask) == prefix) atomicAdd(&hist[unsigned(u[j] >> shift) & 255u], 1u);
+    __syncwarp();
+    // Lane l owns digits [8l, 8l + 8). Counts above a digit are suffix sums over higher digits (descending order).
+    unsigned c[8];
+    unsigned local = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) { c[i] = hist[lane * 8 + i]; local += c[i]; }
+    unsigned incl = local;  // sum over lanes >= lane
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned v = __shfl_down_sync(kFull, incl, o);
+      if (lane + o < 32) incl += v;
+    }
+    const unsigned above = incl - local;
+    const unsigned rem_u = unsigned(remaining);
+    const unsigned owner_bits = __ballot_sync(kFull, above < rem_u && rem_u <= incl);
+    const int owner = __ffs(owner_bits) - 1;
+    int digit = 0;
+    unsigned gt = 0, cnt = 0;
+    {
+      unsigned cum = above;
+      bool found = false;
+#pragma unroll
+      for (int i = 7; i >= 0; --i) {
+        if (!found && cum + c[i] >= rem_u) { found = true; digit = lane * 8 + i; gt = cum; cnt = c[i]; }
+        cum += c[i];
+      }
+    }
+    digit = __shfl_sync(kFull, digit, owner);
+    gt = __shfl_sync(kFull, gt, owner);
+    cnt = __shfl_sync(kFull, cnt, owner);
+    __syncwarp();  // every lane has read hist before the next pass clears it
+    remaining -= int(gt);
+    prefix |= KeyT(digit) << shift;
+    mask |= KeyT(255) << shift;
+    if (int(cnt) == remaining) break;  // the whole bucket is selected: no need to resolve it further
+  }
+  unsigned sel = 0u;
+  int before = 0;
+  const unsigned lt = (1u << lane) - 1u;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const KeyT top = u[j] & mask;
+    const bool eq = top == prefix;
+    const unsigned bal = __ballot_sync(kFull, eq);
+    const int rank = before + __popc(bal & lt);
+    before += __popc(bal);
+    if (top > prefix || (eq && rank < remaining)) sel |= 1u << j;
+  }
+  return sel;
+}
+
+// Keys for largest-remainder rounding: larger key = picked first. rem is in [0, 1]; non-negative IEEE bit patterns
+// are ordered like the values. Ineligible entries get key 0, below every eligible one, as in the reference, which
+// sorts them last with keys -1 (up) and 2 (down).
+__device__ __forceinline__ uint32_t up_key(float rem, bool ok) { return ok ? __float_as_uint(rem) + 1u : 0u; }
+__device__ __forceinline__ uint32_t down_key(float rem, bool ok) {
+  return ok ? 0x3F800001u - __float_as_uint(rem) : 0u;
+}
+__device__ __forceinline__ uint64_t up_key(double rem, bool ok) {
+  return ok ? uint64_t(__double_as_longlong(rem)) + 1ull : 0ull;
+}
+__device__ __forceinline__ uint64_t down_key(double rem, bool ok) {
+  return ok ? 0x3FF0000000000001ull - uint64_t(__double_as_longlong(rem)) : 0ull;
+}
+
+// Largest-remainder selection of D entries up (D > 0) or -D entries down (D < 0); rem_t is float or double.
+template <int V, typename rem_t>
+__device__ __forceinline__ void select_rounding(const rem_t (&rem)[V], const bool (&can_up)[V],
+                                                const bool (&can_down)[V], int64_t D, int K, unsigned* hist, int lane,
+                                                unsigned& up, unsigned& down) {
+  using KeyT = typename std::conditional<sizeof(rem_t) == 4, uint32_t, uint64_t>::type;
+  KeyT u[V];
+  up = down = 0u;
+  if (D > 0) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) u[j] = up_key(rem[j], can_up[j]);
+    up = warp_select_top<V, KeyT>(u, int(D < K ? D : K), hist, lane);
+  } else if (D < 0) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) u[j] = down_key(rem[j], can_down[j]);
+    down = warp_select_top<V, KeyT>(u, int(-D < K ? -D : K), hist, lane);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Warp path: one row per warp, V values per lane in registers.
+
+template <typename scalar_t, int V, bool kScalarBounds>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+projection_warp_kernel(const ProjArgs<scalar_t> a) {
+  using acc_t = typename Acc<scalar_t>::type;
+  __shared__ unsigned s_hist[kWarpsPerBlock][256];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + w;
+  if (row >= a.R) return;  // whole warp leaves together
+  const int K = a.K;
+  const scalar_t* yr = a.y + row * K;
+
+  // Registers: the row, and the bounds (one pair for scalar bounds, V pairs otherwise).
+  acc_t y[V], lo[V], hi[V];
+  bool valid[V];
+  const acc_t lo0 = a.lo[kScalarBounds ? 0 : row * a.lo_rs];
+  const acc_t hi0 = a.hi[kScalarBounds ? 0 : row * a.hi_rs];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const int k = j * 32 + lane;
+    valid[j] = k < K;
+    y[j] = valid[j] ? static_cast<acc_t>(yr[k]) : acc_t(0);
+    if (kScalarBounds) {
+      lo[j] = lo0;
+      hi[j] = hi0;
+    } else {
+      // Padding gets lo = hi = 0: it then contributes 0 to s and is never free.
+      lo[j] = valid[j] ? a.lo[row * a.lo_rs + k * a.lo_cs] : acc_t(0);
+      hi[j] = valid[j] ? a.hi[row * a.hi_rs + k * a.hi_cs] : acc_t(0);
+    }
+  }
+  acc_t tau = 0;
+  if (a.mode != kRoundOnly) {
+    const acc_t B = a.budget[row * a.b_s];
+    // Bracket, mean shift and the tolerance scale in one pass.
+    acc_t tl = Lim<acc_t>::inf(), th = -Lim<acc_t>::inf(), sy = 0, slo = 0;
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+      if (valid[j]) {
+        tl = fmin(tl, y[j] - hi[j]);
+        th = fmax(th, y[j] - lo[j]);
+        sy += y[j];
+        slo += fabs(lo[j]);
+      }
+    tl = warp_min(tl);
+    th = warp_max(th);
+    sy = warp_sum(sy);
+    slo = warp_sum(slo);
+    // At the root sum|x| <= |B| + 2 sum|lo|; float sums of it are exact to a few eps of that.
+    const acc_t tol = acc_t(8) * Lim<acc_t>::eps() * (fabs(B) + acc_t(2) * slo);
+    // Start from the all-free root (exact when no bound binds), clamped into the bracket.
+    tau = fmin(fmax((sy - B) / acc_t(K), tl), th);
+    acc_t r = 0;
+    int nf = 0;
+#pragma unroll 1
+    for (int it = 0;; ++it) {
+      acc_t s = 0;
+      int f = 0;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        if (j * 32 < K) {  // warp-uniform: slots wholly past the row are skipped, not computed
+          const acc_t z = y[j] - tau;
+          acc_t c = clampv(z, lo[j], hi[j]);
+          bool fr = z > lo[j] && z < hi[j];
+          if ((j + 1) * 32 > K && !valid[j]) { c = acc_t(0); fr = false; }  // padding lanes of the partial slot
+          s += c;
+          f += int(fr);
+        }
+      }
+      s = warp_sum(s);
+      nf = warp_sum_int(f);
+      r = s - B;
+      if (fabs(r) <= tol || it >= kMaxIters) break;
+      if (r > 0) tl = tau; else th = tau;
+      // A bracket at float resolution pins the root: tau cannot be represented any closer.
+      if (th - tl <= acc_t(2) * Lim<acc_t>::eps() * fmax(fabs(tl), fabs(th))) break;
+      const acc_t tn = tau + r / acc_t(nf);
+      tau = (nf > 0 && tn > tl && tn < th) ? tn : acc_t(0.5) * (tl + th);
+    }
+    // Exact final step on the active set of the last evaluation, kept inside the bracket.
+    if (nf > 0) tau = fmin(fmax(tau + r / acc_t(nf), tl), th);
+  }
+
+  // Output x (in the input dtype) and, for rounding, the stored value read back exactly.
+  acc_t xo[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    if (a.mode == kRoundOnly) {
+      xo[j] = y[j];
+    } else {
+      const scalar_t xs = static_cast<scalar_t>(clampv(y[j] - tau, lo[j], hi[j]));
+      if (valid[j]) a.x[row * K + j * 32 + lane] = xs;
+      xo[j] = static_cast<acc_t>(xs);
+    }
+  }
+  if (a.mode == kProject) return;
+
+  // Largest-remainder rounding, bit-compatible with reference.round_largest_remainder on the same x:
+  // f = clamp(floor(x), lo, hi), rem = clamp(x - f, 0, 1), D = B - sum(f).
+  acc_t f[V];
+  double fsum = 0.0;
+  bool inexact = false;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const acc_t fl = floor(xo[j]);
+    f[j] = valid[j] ? clampv(fl, lo[j], hi[j]) : acc_t(0);
+    fsum += double(f[j]);
+    // x - floor(x) is exact in float except for x in (-1, 0); those rows take the double-precision keys.
+    inexact |= valid[j] && f[j] == fl && xo[j] < acc_t(0) && xo[j] > acc_t(-1);
+  }
+  fsum = warp_sum(fsum);  // integers: exact in double
+  const int64_t D = a.budget_i[row * a.bi_s] - int64_t(fsum);
+  bool can_up[V], can_down[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    can_up[j] = valid[j] && f[j] < hi[j];
+    can_down[j] = valid[j] && f[j] > lo[j];
+  }
+  unsigned up = 0u, down = 0u;
+  unsigned* hist = s_hist[w];
+  if (sizeof(acc_t) == 4 && !__any_sync(kFull, inexact)) {
+    float rem[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) rem[j] = fminf(fmaxf(float(xo[j]) - float(f[j]), 0.f), 1.f);
+    select_rounding<V, float>(rem, can_up, can_down, D, K, hist, lane, up, down);
+  } else {
+    double rem[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) rem[j] = fmin(fmax(double(xo[j]) - double(f[j]), 0.0), 1.0);
+    select_rounding<V, double>(rem, can_up, can_down, D, K, hist, lane, up, down);
+  }
+#pragma unroll
+  for (int j = 0; j < V; ++j)
+    if (valid[j])
+      a.t[row * K + j * 32 + lane] = int64_t(f[j]) + int64_t((up >> j) & 1u) - int64_t((down >> j) & 1u);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// General path: one block per row, streaming the row from global memory (L1/L2) on every evaluation. Any K.
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlockThreads) projection_block_kernel(const ProjArgs<scalar_t> a) {
+  using acc_t = typename Acc<scalar_t>::type;
+  constexpr int NW = kBlockThreads / 32;
+  __shared__ acc_t sm[NW];
+  __shared__ int smi[NW];
+  const int64_t row = blockIdx.x;
+  const int K = a.K;
+  const scalar_t* yr = a.y + row * K;
+  const acc_t* lor = a.lo + row * a.lo_rs;
+  const acc_t* hir = a.hi + row * a.hi_rs;
+  const acc_t B = a.budget[row * a.b_s];
+  acc_t tl = Lim<acc_t>::inf(), th = -Lim<acc_t>::inf(), sy = 0, slo = 0;
+  for (int k = threadIdx.x; k < K; k += kBlockThreads) {
+    const acc_t yk = static_cast<acc_t>(yr[k]), l = lor[k * a.lo_cs], h = hir[k * a.hi_cs];
+    tl = fmin(tl, yk - h);
+    th = fmax(th, yk - l);
+    sy += yk;
+    slo += fabs(l);
+  }
+  tl = block_min<acc_t, NW>(tl, sm);
+  th = block_max<acc_t, NW>(th, sm);
+  sy = block_sum<acc_t, NW>(sy, sm);
+  slo = block_sum<acc_t, NW>(slo, sm);
+  const acc_t tol = acc_t(8) * Lim<acc_t>::eps() * (fabs(B) + acc_t(2) * slo);
+  acc_t tau = fmin(fmax((sy - B) / acc_t(K), tl), th);
+  acc_t r = 0;
+  int nf = 0;
+  for (int it = 0;; ++it) {
+    acc_t s = 0;
+    int f = 0;
+    for (int k = threadIdx.x; k < K; k += kBlockThreads) {
+      const acc_t z = static_cast<acc_t>(yr[k]) - tau, l = lor[k * a.lo_cs], h = hir[k * a.hi_cs];
+      s += clampv(z, l, h);
+      f += int(z > l && z < h);
+    }
+    s = block_sum<acc_t, NW>(s, sm);
+    nf = block_sum<int, NW>(f, smi);
+    r = s - B;
+    if (fabs(r) <= tol || it >= kMaxIters) break;
+    if (r > 0) tl = tau; else th = tau;
+    if (th - tl <= acc_t(2) * Lim<acc_t>::eps() * fmax(fabs(tl), fabs(th))) break;
+    const acc_t tn = tau + r / acc_t(nf);
+    tau = (nf > 0 && tn > tl && tn < th) ? tn : acc_t(0.5) * (tl + th);
+  }
+  if (nf > 0) tau = fmin(fmax(tau + r / acc_t(nf), tl), th);
+  for (int k = threadIdx.x; k < K; k += kBlockThreads)
+    a.x[row * K + k] = static_cast<scalar_t>(clampv(static_cast<acc_t>(yr[k]) - tau, lor[k * a.lo_cs], hir[k * a.hi_cs]));
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Backward: g_y = m * (g - sum_F g / |F|), g_B = sum_F g / |F| (0 when F is empty), m read off the saved x.
+
+template <typename scalar_t, int V>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32) backward_warp_kernel(const BwdArgs<scalar_t> a) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + w;
+  if (row >= a.R) return;
+  const int K = a.K;
+  acc_t g[V];
+  bool m[V];
+  acc_t sg = 0;
+  int n = 0;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const int k = j * 32 + lane;
+    m[j] = false;
+    g[j] = 0;
+    if (k < K) {
+      const acc_t xk = static_cast<acc_t>(a.x[row * K + k]);
+      g[j] = static_cast<acc_t>(a.g[row * K + k]);
+      m[j] = xk > a.lo[row * a.lo_rs + k * a.lo_cs] && xk < a.hi[row * a.hi_rs + k * a.hi_cs];
+      sg += m[j] ? g[j] : acc_t(0);
+      n += int(m[j]);
+    }
+  }
+  sg = warp_sum(sg);
+  n = warp_sum_int(n);
+  const acc_t mean = n > 0 ? sg / acc_t(n) : acc_t(0);
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const int k = j * 32 + lane;
+    if (k < K) a.gy[row * K + k] = static_cast<scalar_t>(m[j] ? g[j] - mean : acc_t(0));
+  }
+  if (lane == 0) a.gb[row] = static_cast<scalar_t>(mean);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlockThreads) backward_block_kernel(const BwdArgs<scalar_t> a) {
+  using acc_t = typename Acc<scalar_t>::type;
+  constexpr int NW = kBlockThreads / 32;
+  __shared__ acc_t sm[NW];
+  __shared__ int smi[NW];
+  const int64_t row = blockIdx.x;
+  const int K = a.K;
+  auto free_at = [&](int k) {
+    const acc_t xk = static_cast<acc_t>(a.x[row * K + k]);
+    return xk > a.lo[row * a.lo_rs + k * a.lo_cs] && xk < a.hi[row * a.hi_rs + k * a.hi_cs];
+  };
+  acc_t sg = 0;
+  int n = 0;
+  for (int k = threadIdx.x; k < K; k += kBlockThreads)
+    if (free_at(k)) { sg += static_cast<acc_t>(a.g[row * K + k]); ++n; }
+  sg = block_sum<acc_t, NW>(sg, sm);
+  n = block_sum<int, NW>(n, smi);
+  const acc_t mean = n > 0 ? sg / acc_t(n) : acc_t(0);
+  for (int k = threadIdx.x; k < K; k += kBlockThreads)
+    a.gy[row * K + k] = static_cast<scalar_t>(free_at(k) ? static_cast<acc_t>(a.g[row * K + k]) - mean : acc_t(0));
+  if (threadIdx.x == 0) a.gb[row] = static_cast<scalar_t>(mean);
+}
+
+}  // namespace arr_coc

@@ -1,0 +1,225 @@
+"""Invariants over every registered allocator, plus allocator-specific checks against independent solvers."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arr_coc import create_allocator, list_allocators
+from arr_coc.allocators.mckp import level_values, solve_mckp
+from tests._solvers import mckp_brute, waterfill_log_f64
+
+# The bandit allocator learns from rewards and is exercised in its own tests; all the others are checked here.
+STATIC = [n for n in list_allocators() if n != "bandit"]
+
+
+def _kwargs(name: str, k: int, lo: int, hi: int) -> dict:
+    if name == "mckp":
+        # Two levels at the bounds keep any feasible budget reachable in at_most mode.
+        return {"levels": (lo, hi) if hi > lo else (lo,), "mode": "at_most"}
+    if name == "hierarchical":
+        return {"patch_grid": (1, k), "region_size": (1, 1)}
+    return {}
+
+
+def _small(name: str) -> dict:
+    """Allocator kwargs for the small K=64, budget 1,280, 4..100 setting."""
+    return {"levels": (4, 16, 52, 100), "mode": "at_most"} if name == "mckp" else {}
+
+
+def test_registry_has_the_issue_allocators():
+    for name in ("uniform", "threshold", "proportional", "projection", "pgd", "mckp", "hierarchical"):
+        assert name in list_allocators()
+
+
+@pytest.mark.parametrize("name", STATIC)
+def test_default_preset_exact(name):
+    alloc = create_allocator(name)  # budget 13,200, 64..400
+    u = torch.randn(3, 200, generator=torch.Generator().manual_seed(0)) * 2
+    t = alloc(u)
+    assert t.dtype == torch.int64 and t.shape == (3, 200)
+    assert (t.sum(-1) == 13200).all()
+    assert t.min() >= 64 and t.max() <= 400
+    assert torch.equal(alloc(u), t)  # deterministic
+
+
+@pytest.mark.parametrize("name", STATIC)
+@settings(max_examples=15, deadline=None)
+@given(k=st.integers(1, 24), lo=st.integers(1, 20), width=st.integers(0, 30), frac=st.floats(0, 1),
+       seed=st.integers(0, 10**6))
+def test_property_budget_and_bounds(name, k, lo, width, frac, seed):
+    hi = lo + width
+    b = k * lo + round(frac * k * width)
+    u = torch.randn(2, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pgd's KKT warning on degenerate draws is not the point here
+        alloc = create_allocator(name, budget=b, min_tokens=lo, max_tokens=hi, **_kwargs(name, k, lo, hi))
+        t = alloc(u)
+    assert t.dtype == torch.int64
+    assert (t >= lo).all() and (t <= hi).all()
+    if name == "mckp":
+        assert (t.sum(-1) <= b).all()
+        assert torch.equal(alloc.last_info.slack, b - t.sum(-1))
+    else:
+        assert (t.sum(-1) == b).all()
+    relaxed = alloc.relaxed(u.float())
+    assert torch.isfinite(relaxed).all()
+
+
+@pytest.mark.parametrize("name", [n for n in STATIC if n != "uniform"])
+def test_relaxation_carries_gradient(name):
+    alloc = create_allocator(name, budget=64 * 20, min_tokens=4, max_tokens=100, **_small(name))
+    u = torch.randn(2, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
+    r = alloc.relaxed(u)
+    assert torch.allclose(r.sum(-1), torch.full((2,), 1280.0, dtype=torch.float64), atol=1e-6)
+    (r * torch.linspace(0, 1, 64, dtype=torch.float64)).sum().backward()
+    assert u.grad is not None and u.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["projection", "proportional", "threshold", "pgd", "mckp"])
+def test_more_utility_never_means_fewer_tokens(name):
+    alloc = create_allocator(name, budget=64 * 20, min_tokens=4, max_tokens=100, **_small(name))
+    u = torch.randn(4, 64, generator=torch.Generator().manual_seed(2))
+    t = alloc(u)
+    order = u.argsort(-1)
+    # threshold gives equal targets within each group, whose rounding ties go by index: allow that one token.
+    floor = -1 if name == "threshold" else 0
+    assert (t.gather(-1, order).diff(dim=-1) >= floor).all()
+
+
+def test_uniform_is_uniform_with_low_index_remainder():
+    t = create_allocator("uniform", budget=10, min_tokens=1, max_tokens=5)(torch.randn(1, 4))
+    assert t.tolist() == [[3, 3, 2, 2]]
+
+
+def test_pgd_matches_water_filling_and_reports_shadow_price():
+    alloc = create_allocator("pgd", budget=64 * 20, min_tokens=4, max_tokens=100)
+    u = torch.randn(4, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+    t_cont, info = alloc.solve(u)
+    w = (64 * torch.softmax(u, -1)).numpy()
+    ref = waterfill_log_f64(w, 1280.0, 4.0, 100.0)
+    np.testing.assert_allclose(t_cont.numpy(), ref, rtol=1e-5, atol=1e-5)
+    assert (info.kkt_residual < 1e-4).all()
+    # Shadow price: w/t on free patches equals nu, and nu = d f*/dB (check by finite difference of the optimum).
+    f = lambda b: (w * np.log(waterfill_log_f64(w, b, 4.0, 100.0))).sum(-1)  # noqa: E731
+    dfdb = (f(1281.0) - f(1279.0)) / 2
+    np.testing.assert_allclose(info.shadow_price.numpy(), dfdb, rtol=1e-3)
+    t = alloc(u)
+    assert (t.sum(-1) == 1280).all() and alloc.last_info.shadow_price is not None
+
+
+def test_pgd_warns_when_iterations_run_out():
+    alloc = create_allocator("pgd", budget=64 * 20, min_tokens=4, max_tokens=100, max_iter=1)
+    with pytest.warns(RuntimeWarning, match="KKT residual"):
+        alloc(torch.randn(2, 64, generator=torch.Generator().manual_seed(4)) * 3)
+
+
+@pytest.mark.parametrize("mode", ["exact", "at_most"])
+def test_mckp_dp_matches_brute_force(mode):
+    g = torch.Generator().manual_seed(5)
+    levels = (2, 3, 5)
+    for trial in range(20):
+        v = torch.rand(1, 5, 3, generator=g, dtype=torch.float64)
+        budget = 10 + trial % 12
+        best, _ = mckp_brute(v[0].numpy(), levels, budget, mode)
+        if not np.isfinite(best):
+            with pytest.raises(ValueError, match="unreachable|infeasible"):
+                solve_mckp(v, levels, budget, mode=mode)
+            continue
+        sol = solve_mckp(v, levels, budget, mode=mode)
+        assert sol.value.item() == pytest.approx(best, abs=1e-9)
+        cost = sol.tokens.sum().item()
+        assert cost == budget if mode == "exact" else cost <= budget
+        assert sol.slack.item() == budget - cost
+
+
+def test_mckp_default_levels_exact_and_at_most():
+    u = torch.randn(2, 200, generator=torch.Generator().manual_seed(6)) * 2
+    exact = create_allocator("mckp")
+    t = exact(u)
+    assert (t.sum(-1) == 13200).all()
+    assert set(t.unique().tolist()) <= {64, 128, 256, 400}
+    at_most = create_allocator("mckp", budget=13190, mode="at_most")
+    t2 = at_most(u)
+    assert (t2.sum(-1) <= 13190).all() and (at_most.last_info.slack == 13190 - t2.sum(-1)).all()
+    # A (B, K, L) utility is maximised directly.
+    v = level_values(u, [64, 128, 256, 400])
+    assert torch.equal(exact(v), t)
+
+
+def test_mckp_exact_unreachable_raises():
+    with pytest.raises(ValueError, match="unreachable"):
+        create_allocator("mckp", budget=13208)(torch.zeros(1, 200))  # 408 free is not a multiple of 16
+
+
+def test_mckp_lagrangian_is_feasible_and_close_to_dp():
+    u = torch.randn(8, 200, generator=torch.Generator().manual_seed(7)) * 2
+    v = level_values(u.double(), [64, 128, 256, 400])
+    dp = solve_mckp(v, [64, 128, 256, 400], 14000, mode="at_most")
+    lag = solve_mckp(v, [64, 128, 256, 400], 14000, mode="at_most", method="lagrangian")
+    assert (lag.tokens.sum(-1) <= 14000).all()
+    assert (lag.value <= dp.value + 1e-9).all()
+    with pytest.raises(ValueError, match="at_most"):
+        create_allocator("mckp", method="lagrangian", mode="exact")
+
+
+def test_mckp_level_validation():
+    with pytest.raises(ValueError, match="strictly increasing"):
+        create_allocator("mckp", levels=(64, 64, 400))
+    with pytest.raises(ValueError, match=r"within \[min_tokens=64"):
+        create_allocator("mckp", levels=(32, 400))
+
+
+def test_hierarchical_regions_then_patches():
+    alloc = create_allocator("hierarchical", budget=16 * 10, min_tokens=2, max_tokens=30, patch_grid=(4, 4),
+                             region_size=(2, 2))
+    u = torch.zeros(1, 16)
+    u[0, 0] = 5.0  # the top-left region holds the one relevant patch
+    t = alloc(u).view(4, 4)
+    assert int(t.sum()) == 160
+    regions = t.view(2, 2, 2, 2).permute(0, 2, 1, 3).reshape(4, 4).sum(-1)
+    assert regions[0] == regions.max() and regions[0] > regions[1:].max()
+    assert t[0, 0] == t.max()
+    with pytest.raises(ValueError, match="does not tile"):
+        create_allocator("hierarchical", budget=200 * 66, patch_grid=(10, 20), region_size=(3, 3))(torch.zeros(1, 200))
+
+
+def test_threshold_explicit_value():
+    alloc = create_allocator("threshold", budget=4 * 10, min_tokens=5, max_tokens=20, threshold=0.0)
+    t = alloc(torch.tensor([[1.0, -1.0, 2.0, -3.0]]))
+    assert t.tolist() == [[15, 5, 15, 5]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(budget=100), r"infeasible budget: K·lo = 200·64 = 12800 > budget=100"),
+        (dict(budget=90000), r"infeasible budget: K·hi = 200·400 = 80000 < budget=90000"),
+    ],
+)
+def test_infeasible_budgets(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_allocator("projection", **kwargs)(torch.zeros(1, 200))
+
+
+def test_bad_construction_and_input():
+    with pytest.raises(ValueError, match=r"unknown allocator 'nope'; known allocators: .*projection"):
+        create_allocator("nope")
+    with pytest.raises(ValueError, match="lo > hi"):
+        create_allocator("uniform", min_tokens=500)
+    with pytest.raises(ValueError, match="budget must be an integer"):
+        create_allocator("uniform", budget=13200.5)
+    alloc = create_allocator("projection")
+    with pytest.raises(ValueError, match=r"utility of shape \(B, K\)"):
+        alloc(torch.zeros(200))
+    u = torch.zeros(1, 200)
+    u[0, 7] = float("inf")
+    with pytest.raises(ValueError, match=r"non-finite.*\(0, 7\)"):
+        alloc(u)
+    with pytest.raises(ValueError, match="floating point"):
+        alloc(torch.zeros(1, 200, dtype=torch.long))
