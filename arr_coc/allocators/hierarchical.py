@@ -1,10 +1,10 @@
 """``hierarchical``: regions first, then the patches within each region (coarse-to-fine allocation).
 
 The patch grid is tiled into rectangular regions of ``region_size`` patches. Region utility is the log-sum-exp of its
-patches' utilities (a soft maximum: one very relevant patch makes its region relevant). Stage 1 projects
-``R·m·lo + (budget - R·m·lo) · softmax(region utility)`` onto the regions' capped simplex (bounds ``m·lo .. m·hi`` for ``m`` patches per
-region) and rounds to integers; stage 2 projects each region's patches onto the simplex of that region's integer
-total and rounds again. Both stages are exact, so the whole is budget-exact and bound-respecting, and both are
+patches' utilities (a soft maximum: one very relevant patch makes its region relevant). Stage 1 projects the
+capped softmax of the region utilities onto the regions' capped simplex (bounds ``m·lo .. m·hi`` for ``m`` patches
+per region) and rounds to integers; stage 2 does the same for each region's patches with that region's integer
+total as the budget, and rounds again. Both stages are exact, so the whole is budget-exact and bound-respecting, and both are
 batched: every (sample, region) pair is one row of a single projection call.
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from arr_coc._utils import _check_patch_grid
-from arr_coc.allocators.registry import Allocator, register_allocator
+from arr_coc.allocators.registry import Allocator, capped_softmax, register_allocator
 from arr_coc.kernels import capped_simplex_projection, round_to_budget
 
 __all__ = ["HierarchicalAllocator"]
@@ -60,17 +60,15 @@ class HierarchicalAllocator(Allocator):
         ur, geo = self._to_regions(u)  # (B, R, m)
         m = ur.shape[-1]
         lo, hi = m * self.min_tokens, m * self.max_tokens
-        n_reg = ur.shape[1]
-        share = torch.softmax(torch.logsumexp(ur, dim=-1), dim=-1)  # (B, R)
-        targets = n_reg * lo + (self.budget - n_reg * lo) * share
+        targets = capped_softmax(torch.logsumexp(ur, dim=-1), float(self.budget), float(lo), float(hi))  # (B, R)
         x = capped_simplex_projection(targets, float(self.budget), float(lo), float(hi))
         return (round_to_budget(x, self.budget, lo, hi) if integer else x), ur, geo
 
     def _patch_stage(self, totals: Tensor, ur: Tensor) -> Tensor:
         b, r, m = ur.shape
         flat = ur.reshape(b * r, m)
-        tot = totals.reshape(b * r, 1).to(flat.dtype)
-        targets = self.min_tokens + (tot - m * self.min_tokens) * torch.softmax(flat, dim=-1)
+        targets = capped_softmax(flat, totals.reshape(b * r).to(flat.dtype), float(self.min_tokens),
+                                 float(self.max_tokens))
         return capped_simplex_projection(targets, totals.reshape(b * r).to(flat.dtype), float(self.min_tokens),
                                          float(self.max_tokens))
 

@@ -8,6 +8,7 @@ gradients, which the pipeline's straight-through gate uses to train the stages u
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from arr_coc.kernels import capped_simplex_projection, round_to_budget
 
-__all__ = ["Allocator", "AllocInfo", "register_allocator", "create_allocator", "list_allocators"]
+__all__ = ["Allocator", "AllocInfo", "register_allocator", "create_allocator", "list_allocators", "capped_softmax"]
 
 _REGISTRY: dict[str, type["Allocator"]] = {}
 _A = TypeVar("_A", bound=type)
@@ -37,6 +38,51 @@ class AllocInfo:
     shadow_price: Tensor | None = None
     kkt_residual: Tensor | None = None
     extra: dict = field(default_factory=dict)
+
+
+def capped_softmax(utility: Tensor, budget: Tensor | float, lo: float, hi: float) -> Tensor:
+    """Softmax shares of the free tokens, water-filled under the cap: ``x = lo + min(hi - lo, c · exp(u))``.
+
+    ``c`` is set per row so that ``sum(x) = budget``. This is the KL (I-)projection of the softmax distribution onto
+    the capped simplex: a patch that would exceed ``hi`` is capped and its excess is shared among the others *in
+    proportion to their shares*, so ordering and concentration are preserved. (Spreading the excess equally instead,
+    as a Euclidean projection of uncapped softmax targets does, lifts every low patch off ``lo`` and makes a sharper
+    utility give a *flatter* allocation once patches saturate.)
+
+    The capped set is found without gradients (it only grows, so at most K rounds, usually 2-3); ``c`` is then recomputed in
+    closed form on the uncapped set, ``log c = log(B - K·lo - n_cap·(hi - lo)) - logsumexp_free(u)``, with autograd,
+    which gives the exact gradient of the piecewise-smooth map.
+
+    Shapes:
+        utility: (B, K)
+        budget: () or (B,)
+        returns: (B, K)
+    """
+    k = utility.shape[-1]
+    b = torch.as_tensor(budget, dtype=utility.dtype, device=utility.device).expand(utility.shape[:-1]).unsqueeze(-1)
+    span = hi - lo
+    free_total = b - k * lo  # (B, 1) tokens above the floor
+
+    def log_c(u: Tensor, capped: Tensor) -> Tensor:
+        rest = free_total - capped.sum(-1, keepdim=True) * span
+        lse = torch.logsumexp(torch.where(capped, torch.full_like(u, float("-inf")), u), dim=-1, keepdim=True)
+        return torch.log(rest.clamp_min(torch.finfo(u.dtype).tiny)) - lse
+
+    with torch.no_grad():
+        capped = torch.zeros_like(utility, dtype=torch.bool)
+        for _ in range(k):
+            grow = (utility + log_c(utility, capped) > math.log(span) if span > 0 else torch.ones_like(capped)) & ~capped
+            if not bool(grow.any()):
+                break
+            # Capping an offender can only raise c (its share exceeded the cap), so every current offender stays
+            # one: capping them all at once is safe and needs few rounds.
+            capped = capped | grow
+    lc = log_c(utility, capped)
+    all_capped = capped.all(-1, keepdim=True)
+    x = lo + torch.exp(utility + torch.where(all_capped, torch.zeros_like(lc), lc))
+    x = torch.where(capped, torch.full_like(x, float(hi)), x)
+    # Budget exactly K·lo: nothing is free, every patch sits at lo.
+    return torch.where(free_total <= 0, torch.full_like(x, float(lo)), x)
 
 
 def register_allocator(name: str) -> Callable[[_A], _A]:
@@ -153,15 +199,11 @@ class Allocator(nn.Module):
         return self._project(self.softmax_targets(utility))
 
     def softmax_targets(self, utility: Tensor) -> Tensor:
-        """``lo + (budget - K·lo) · softmax(utility)``: the free tokens shared by softmax.
+        """Capped softmax shares of the budget: ``t_k = lo + min(hi - lo, c · exp(u_k))``, ``c`` fixed by ``sum = B``.
 
-        The targets already sum to the budget and sit above ``lo``, so the projection only has to enforce ``hi``
-        (raising every unsaturated patch equally). That keeps nearly every patch strictly inside its bounds, which is
-        what gives the projection's backward, and hence the straight-through gate, a dense gradient even at the
-        nearly degenerate default (only 400 of 13,200 tokens free). Shape (B, K) → (B, K).
+        See :func:`capped_softmax`. Shape (B, K) → (B, K).
         """
-        k = utility.shape[-1]
-        return self.min_tokens + (self.budget - k * self.min_tokens) * torch.softmax(utility, dim=-1)
+        return capped_softmax(utility, self.budget, self.min_tokens, self.max_tokens)
 
     # -- shared helpers ------------------------------------------------------------------------------------------------
     def _project(self, targets: Tensor, budget: Tensor | float | None = None) -> Tensor:

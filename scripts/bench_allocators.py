@@ -1,0 +1,66 @@
+"""Time per call of every registered allocator, as ratios to ``uniform`` measured in the same run.
+
+    python -m scripts.bench_allocators                 # CPU, and CUDA too when a GPU is present
+    python -m scripts.bench_allocators --batches 1 64 --repeats 5
+
+Default preset (K=200, budget 13,200, 64..400), utilities ~ N(0, 2²). Each figure is the median of ``--repeats``
+timed calls after one warm-up call. ``mckp`` uses its exact DP on CPU and its Lagrangian form on CUDA (the DP's
+loop over patches is latency-bound there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from arr_coc import create_allocator, list_allocators
+
+
+def _time(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up (first-call dispatch, caches)
+    out = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--allocators", nargs="+", default=None, help="default: every registered allocator but bandit")
+    args = ap.parse_args(argv)
+    names = args.allocators or [n for n in list_allocators() if n != "bandit"]
+    names = ["uniform", *[n for n in names if n != "uniform"]]  # the baseline is timed first
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, K=200, budget=13200, 64..400")
+    for dev in devices:
+        print(f"\n## {dev.type}" + (f" ({torch.cuda.get_device_name()})" if dev.type == "cuda" else ""))
+        head = f"{'allocator':>13} " + " ".join(f"{f'B={b} ms':>12} {'x uniform':>9}" for b in args.batches)
+        print(head)
+        print("-" * len(head))
+        base: dict[int, float] = {}
+        for name in names:
+            kw = {"method": "lagrangian", "mode": "at_most"} if (name == "mckp" and dev.type == "cuda") else {}
+            alloc = create_allocator(name, **kw)
+            cells = []
+            for b in args.batches:
+                u = torch.randn(b, 200, generator=torch.Generator().manual_seed(0)).mul(2).to(dev)
+                t = _time(lambda: alloc(u), args.repeats, dev)
+                if name == "uniform":
+                    base[b] = t
+                cells.append(f"{t * 1e3:>12.3f} {t / base[b]:>9.1f}")
+            print(f"{name:>13} " + " ".join(cells))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""Tests for the knowing stage: three standardised relevance scores per patch.
+
+Each score is checked against hand-made inputs whose answer is known: a two-valued patch has exactly ln 2 nats of
+pixel entropy, an odd-one-out patch is the most salient, the patch equal to the query is the most query-relevant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arr_coc import Knowing
+from arr_coc.knowing import pixel_entropy, standardize
+
+PROP, PERSP, PART = 0, 1, 2
+
+
+def _features(b=2, k=16, h=3, w=3, d=8, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, k, h, w, d, generator=g, dtype=dtype)
+
+
+def _query(b=2, dq=8, seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, dq, generator=g, dtype=dtype)
+
+
+# -- output contract ---------------------------------------------------------------------------------------------------
+
+
+def test_output_shape_and_per_sample_standardisation():
+    torch.manual_seed(0)
+    kn = Knowing(8, 6, attn_dim=4, num_prototypes=5)
+    s = kn(_features(b=3, k=12), query=_query(b=3, dq=6))
+    assert s.shape == (3, 12, 3)
+    assert torch.isfinite(s).all()
+    torch.testing.assert_close(s.mean(1), torch.zeros(3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.std(1, unbiased=False), torch.ones(3, 3), atol=1e-3, rtol=0)
+
+
+def test_standardize_constant_row_is_zero_and_differentiable():
+    s = torch.full((2, 7), 3.5, requires_grad=True)
+    z = standardize(s, dim=1)
+    assert torch.equal(z, torch.zeros(2, 7))
+    (z * torch.arange(7.0)).sum().backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_single_patch_gives_zero_scores_not_nan():
+    kn = Knowing(8, 8)
+    s = kn(_features(b=2, k=1), query=_query(b=2))
+    assert torch.equal(s, torch.zeros(2, 1, 3))
+
+
+def test_samples_are_scored_independently():
+    torch.manual_seed(0)
+    kn = Knowing(8, 8, attn_dim=8)
+    f, q = _features(b=3), _query(b=3)
+    full = kn(f, query=q)
+    for i in range(3):
+        torch.testing.assert_close(kn(f[i:i + 1], query=q[i:i + 1])[0], full[i], atol=1e-5, rtol=1e-5)
+
+
+# -- propositional: pixel entropy --------------------------------------------------------------------------------------
+
+
+def test_pixel_entropy_flat_half_and_four_level_patches():
+    # Grid (1, 3) over a 4x12 image: patch 0 flat, patch 1 half black / half white, patch 2 four equal-sized levels.
+    img = torch.zeros(1, 3, 4, 12)
+    img[..., 4:6] = 1.0  # patch 1: columns 4..7, left half white
+    levels = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0])
+    img[..., 8:12] = levels  # patch 2: every row has the four levels once
+    ent = pixel_entropy(img, (1, 3), bins=32)
+    assert ent.shape == (1, 3)
+    torch.testing.assert_close(ent[0], torch.tensor([0.0, math.log(2), math.log(4)]), atol=1e-6, rtol=0)
+
+
+def test_pixel_entropy_noise_scores_higher_than_flat():
+    g = torch.Generator().manual_seed(0)
+    img = torch.full((2, 3, 16, 16), 0.5)
+    img[:, :, :, 8:] = torch.rand(2, 3, 16, 8, generator=g)  # right column of patches is noisy
+    ent = pixel_entropy(img, (2, 2))  # (B, 4): patches 0, 2 flat; 1, 3 noisy
+    assert torch.all(ent[:, [0, 2]] == 0)
+    assert torch.all(ent[:, [1, 3]] > 1.0)
+
+
+def test_pixel_entropy_is_invariant_to_the_intensity_range_and_uses_the_grey_level():
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 3, 12, 12, generator=g)
+    ent = pixel_entropy(img, (3, 3))
+    torch.testing.assert_close(pixel_entropy(img * 255.0 + 7.0, (3, 3)), ent, atol=1e-5, rtol=0)
+    # Only the channel mean matters: permuting channels changes nothing.
+    torch.testing.assert_close(pixel_entropy(img[:, [2, 0, 1]], (3, 3)), ent, atol=1e-6, rtol=0)
+
+
+def test_pixel_entropy_accepts_uint8_images():
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (2, 3, 8, 8), generator=g, dtype=torch.uint8)
+    torch.testing.assert_close(pixel_entropy(img, (2, 2)), pixel_entropy(img.float() / 255, (2, 2)), atol=1e-5, rtol=0)
+
+
+def test_pixel_entropy_grid_need_not_divide_the_image():
+    # H=5 over 2 patch rows: rows 0..2 go to patch row 0 (floor(r*2/5)), rows 3..4 to patch row 1.
+    img = torch.zeros(1, 1, 5, 2)
+    img[0, 0, 3, :] = 1.0  # half of patch 1's 4 pixels are white
+    ent = pixel_entropy(img, (2, 1))
+    torch.testing.assert_close(ent[0], torch.tensor([0.0, math.log(2)]), atol=1e-6, rtol=0)
+
+
+@settings(deadline=None, max_examples=25)
+@given(gh=st.integers(1, 3), gw=st.integers(1, 3), ph=st.integers(1, 4), pw=st.integers(1, 4),
+       bins=st.integers(2, 40), seed=st.integers(0, 2**16))
+def test_pixel_entropy_bounds(gh, gw, ph, pw, bins, seed):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(1, 3, gh * ph, gw * pw, generator=g)
+    ent = pixel_entropy(img, (gh, gw), bins=bins)
+    assert ent.shape == (1, gh * gw)
+    # Entropy of a histogram with at most min(bins, pixels per patch) occupied bins.
+    assert torch.all(ent >= 0)
+    assert torch.all(ent <= math.log(min(bins, ph * pw)) + 1e-5)
+
+
+def test_knowing_uses_pixel_entropy_when_pixels_are_given():
+    torch.manual_seed(0)
+    kn = Knowing(8, 8, hist_bins=16)
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.rand(2, 3, 16, 16, generator=g)
+    pixels[0, :, :8, :8] = 0.2  # one flat patch in sample 0
+    s = kn(_features(b=2, k=4), query=_query(b=2), pixels=pixels)
+    want = standardize(pixel_entropy(pixels, (2, 2), bins=16), dim=1)
+    torch.testing.assert_close(s[..., PROP], want, atol=1e-5, rtol=0)
+    assert int(s[0, :, PROP].argmin()) == 0
+
+
+# -- propositional: feature entropy ------------------------------------------------------------------------------------
+
+
+def test_feature_entropy_constant_patch_scores_lower_than_random():
+    torch.manual_seed(0)
+    kn = Knowing(16, 16, num_prototypes=16)
+    f = _features(b=4, k=9, h=4, w=4, d=16)
+    f[:, 4] = f[:, 4, :1, :1]  # patch 4: every token equal to its first token
+    raw = kn.propositional(f, None, (3, 3))
+    assert raw.shape == (4, 9)
+    others = torch.cat([raw[:, :4], raw[:, 5:]], dim=1)
+    assert torch.all(raw[:, 4] < others.min(1).values)
+    assert torch.equal(kn(f, query=_query(b=4, dq=16))[:, :, PROP].argmin(1), torch.full((4,), 4))
+
+
+def test_feature_entropy_of_a_flat_patch_tends_to_zero_with_a_sharp_codebook():
+    torch.manual_seed(0)
+    kn = Knowing(16, 16, num_prototypes=8)
+    with torch.no_grad():
+        kn.log_proto_temp.fill_(6.0)  # near-hard assignment: one token -> one prototype
+    f = _features(b=1, k=4, h=4, w=4, d=16)
+    f[:, 0] = f[:, 0, :1, :1]
+    raw = kn.propositional(f, None, (2, 2))
+    assert raw[0, 0] < 1e-3
+    assert torch.all(raw[0, 1:] > 0.3)  # 16 random tokens over 8 sharp bins occupy several
+
+
+# -- perspectival: centre-surround salience ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("odd", [0, 3, 5, 14])  # corner, corner, interior, edge of a 4x4 grid
+def test_perspectival_odd_one_out_is_most_salient(odd):
+    a, b = torch.zeros(8), torch.ones(8)
+    f = a.expand(1, 16, 2, 2, 8).clone()
+    f[0, odd] = b
+    kn = Knowing(8, 8)
+    raw = kn.perspectival(f, (4, 4))
+    assert int(raw[0].argmax()) == odd
+    # The odd patch's contrast is the full distance |b - a|; its neighbours see it diluted by their surround.
+    torch.testing.assert_close(raw[0, odd], (b - a).norm(), atol=1e-6, rtol=0)
+    scores = kn(f, query=_query(b=1))
+    assert int(scores[0, :, PERSP].argmax()) == odd
+
+
+def test_perspectival_counts_within_patch_contrast():
+    # Every patch has the same mean, so centre-surround contrast is 0; only patch 6's tokens vary.
+    f = torch.zeros(1, 9, 2, 2, 4)
+    f[0, 6, 0] = 1.0
+    f[0, 6, 1] = -1.0
+    raw = Knowing(4, 4).perspectival(f, (3, 3))
+    assert int(raw[0].argmax()) == 6
+    torch.testing.assert_close(raw[0, 6], torch.tensor(2.0), atol=1e-6, rtol=0)  # rms distance to the mean: sqrt(4)
+    assert torch.all(raw[0, torch.arange(9) != 6] == 0)
+
+
+# -- participatory: query cross-attention ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [0, 7, 11])
+def test_participatory_identity_init_finds_the_patch_equal_to_the_query(target):
+    d, k = 16, 12
+    g = torch.Generator().manual_seed(target)
+    pf = torch.nn.functional.normalize(torch.randn(2, k, d, generator=g), dim=-1) * math.sqrt(d)  # equal norms
+    f = pf[:, :, None, None, :].expand(2, k, 2, 3, d).contiguous()
+    q = pf[:, target]
+    kn = Knowing(d, d, attn_dim=d, identity_init=True)
+    torch.testing.assert_close(kn.q_proj.weight, torch.eye(d))
+    s = kn(f, query=q)
+    assert torch.equal(s[:, :, PART].argmax(1), torch.full((2,), target))
+    # The raw score is the log attention mass, so the masses over patches sum to one.
+    raw = kn.participatory(f, q)
+    torch.testing.assert_close(raw.exp().sum(1), torch.ones(2), atol=1e-5, rtol=0)
+
+
+def test_participatory_identity_init_with_wider_attention():
+    # attn_dim > dim pads the identity with zero rows: the similarity is unchanged.
+    d = 8
+    g = torch.Generator().manual_seed(0)
+    pf = torch.nn.functional.normalize(torch.randn(1, 6, d, generator=g), dim=-1) * 3
+    f = pf[:, :, None, None, :].expand(1, 6, 2, 2, d).contiguous()
+    kn = Knowing(d, d, attn_dim=20, identity_init=True)
+    assert int(kn(f, query=pf[:, 4])[0, :, PART].argmax()) == 4
+
+
+# -- gradients ---------------------------------------------------------------------------------------------------------
+
+
+def test_gradients_reach_projections_and_prototypes():
+    torch.manual_seed(0)
+    kn = Knowing(8, 6, attn_dim=4, num_prototypes=5)
+    f = _features(b=2, k=9).requires_grad_(True)
+    s = kn(f, query=_query(b=2, dq=6))
+    (s * torch.randn(s.shape, generator=torch.Generator().manual_seed(9))).sum().backward()
+    for name in ("q_proj.weight", "k_proj.weight", "prototypes", "log_proto_temp"):
+        grad = kn.get_parameter(name).grad
+        assert grad is not None, name
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    assert f.grad is not None and f.grad.abs().sum() > 0
+
+
+def test_with_pixels_the_codebook_gets_no_gradient():
+    torch.manual_seed(0)
+    kn = Knowing(8, 8)
+    s = kn(_features(b=2, k=4), query=_query(b=2), pixels=torch.rand(2, 3, 8, 8))
+    (s * torch.randn_like(s)).sum().backward()
+    assert kn.prototypes.grad is None
+    assert kn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_float64_and_meta_construction():
+    kn = Knowing(8, 8, dtype=torch.float64)
+    s = kn(_features(k=4, dtype=torch.float64), query=_query(dtype=torch.float64))
+    assert s.dtype == torch.float64
+    meta = Knowing(8, 8, identity_init=True, device="meta")
+    assert all(p.is_meta for p in meta.parameters())
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------------
+
+
+def _bad(where, value):
+    t = where.clone()
+    t.view(-1)[3] = value
+    return t
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs_raise(value):
+    kn = Knowing(8, 8)
+    f, q, px = _features(k=4), _query(), torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"features contains 1 non-finite"):
+        kn(_bad(f, value), query=q)
+    with pytest.raises(ValueError, match=r"query contains 1 non-finite"):
+        kn(f, query=_bad(q, value))
+    with pytest.raises(ValueError, match=r"pixels contains 1 non-finite"):
+        kn(f, query=q, pixels=_bad(px, value))
+
+
+def test_shape_dtype_and_device_errors():
+    kn = Knowing(8, 6)
+    f, q = _features(k=4), _query(dq=6)
+    with pytest.raises(ValueError, match=r"features must have 5 dims .*\(2, 4, 3, 8\)"):
+        kn(f[:, :, 0], query=q)
+    with pytest.raises(ValueError, match=r"query must have 2 dims"):
+        kn(f, query=q[0])
+    with pytest.raises(ValueError, match=r"D=5 does not match Knowing\(dim=8\)"):
+        kn(f[..., :5], query=q)
+    with pytest.raises(ValueError, match=r"query shape \(2, 5\) does not match \(B=2, Dq=6\)"):
+        kn(f, query=q[:, :5])
+    with pytest.raises(ValueError, match=r"query shape \(3, 6\) does not match \(B=2"):
+        kn(f, query=_query(b=3, dq=6))
+    with pytest.raises(ValueError, match=r"query dtype torch.float64 differs from features dtype torch.float32"):
+        kn(f, query=q.double())
+    with pytest.raises(ValueError, match=r"features dtype torch.float64 differs from Knowing's parameter dtype"):
+        kn(f.double(), query=q.double())
+    with pytest.raises(ValueError, match=r"features must be a floating-point tensor"):
+        kn(f.long(), query=q.long())
+    with pytest.raises(ValueError, match=r"pixels batch 3 does not match features batch 2"):
+        kn(f, query=q, pixels=torch.rand(3, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"pixels must have 4 dims"):
+        kn(f, query=q, pixels=torch.rand(2, 8, 8))
+    with pytest.raises(ValueError, match=r"pixels \(1, 8\) smaller than the patch grid \(2, 2\)"):
+        kn(f, query=q, pixels=torch.rand(2, 3, 1, 8))
+    with pytest.raises(ValueError, match=r"different devices"):
+        kn(f.to("meta"), query=q)
+    with pytest.raises(ValueError, match=r"patch_grid \(3, 3\) does not multiply to num_patches=4"):
+        Knowing(8, 6, patch_grid=(3, 3))(f, query=q)
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match=r"identity_init needs query_dim == dim, got 6 != 8"):
+        Knowing(8, 6, identity_init=True)
+    with pytest.raises(ValueError, match=r"attn_dim must be >= 1, got 0"):
+        Knowing(8, 8, attn_dim=0)
+
+
+def test_autocast_accepts_low_precision_features():
+    kn = Knowing(8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s = kn(_features(k=4).bfloat16(), query=_query().bfloat16())
+    assert s.shape == (2, 4, 3) and torch.isfinite(s.float()).all()

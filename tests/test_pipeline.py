@@ -1,0 +1,314 @@
+"""End-to-end tests of ``ArrCoc``: the default preset on CPU, every registered allocator, straight-through gradients,
+the packed form, meta-device construction and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import arr_coc
+from arr_coc import ArrCoc, create_allocator, list_allocators
+from arr_coc.knowing import pixel_entropy, standardize
+
+# A small configuration with room to move: K=16 on a 4x4 grid, 20 tokens per patch on average, 4..100 per patch.
+D, K, H, W, LO, HI = 16, 16, 3, 3, 4, 100
+BUDGET = K * 20
+# Per-allocator kwargs that fit the small configuration (mckp's levels must lie in [LO, HI] and reach BUDGET).
+SMALL_KW = {"mckp": {"levels": (4, 20, 36, 100), "mode": "exact"}, "hierarchical": {"region_size": (2, 2)}}
+BALANCING = ("weights", "log_focus", "compress")
+KNOWING = ("q_proj.weight", "k_proj.weight", "prototypes")
+
+
+def _inputs(b=2, k=K, h=H, w=W, d=D, dq=D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, k, h, w, d, generator=g), torch.randn(b, dq, generator=g)
+
+
+def _small(allocator="projection", **kw):
+    torch.manual_seed(0)
+    return ArrCoc(D, D, num_patches=K, budget=BUDGET, min_tokens=LO, max_tokens=HI, allocator=allocator,
+                  allocator_kwargs=SMALL_KW.get(allocator) if isinstance(allocator, str) else None, **kw)
+
+
+def _check_output(out, b, k, budget, lo, hi, d):
+    assert out.budgets.shape == (b, k) and out.budgets.dtype == torch.int64
+    assert torch.all(out.budgets.sum(1) == budget)
+    assert out.budgets.min() >= lo and out.budgets.max() <= hi
+    assert out.tokens.shape == (b, budget, d)
+    assert out.mask.shape == (b, budget) and out.mask.all()
+    assert out.positions.shape == (b, budget, 2)
+    assert out.positions.min() >= 0 and out.positions.max() <= 1
+    assert out.scores.shape == (b, k, 3) and out.utility.shape == (b, k)
+    assert torch.isfinite(out.tokens).all()
+    # Patch k contributes exactly budgets[b, k] tokens.
+    counts = torch.stack([torch.bincount(out.patch_index[i], minlength=k) for i in range(b)])
+    assert torch.equal(counts, out.budgets)
+    assert out.cu_seqlens.tolist() == [budget * i for i in range(b + 1)]
+
+
+def _grad_sum(model, name):
+    g = model.get_parameter(name).grad
+    return None if g is None else float(g.abs().sum())
+
+
+# -- the default preset: K=200, 13,200 tokens, 64..400 -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_run():
+    torch.manual_seed(0)
+    model = ArrCoc(64, 64)  # every other argument at the ARR-COC-0-1 default
+    feats, query = _inputs(b=2, k=200, h=20, w=20, d=64, dq=64, seed=1)
+    return model, model(feats, query=query), feats, query
+
+
+def test_default_preset_end_to_end(default_run):
+    model, out, _, _ = default_run
+    assert (model.num_patches, model.budget, model.attending.min_tokens, model.attending.max_tokens) == \
+        (200, 13200, 64, 400)
+    assert model.patch_grid == (10, 20)
+    _check_output(out, 2, 200, 13200, 64, 400, 64)
+    assert out.relaxed is not None and out.relaxed.shape == (2, 200)
+    torch.testing.assert_close(out.relaxed.sum(1).double(), torch.full((2,), 13200.0, dtype=torch.float64),
+                               rtol=1e-5, atol=0)
+    # Query-aware, not uniform: the 400 free tokens are not spread evenly.
+    assert out.budgets.max() > 66
+
+
+def test_default_preset_gradients_reach_knowing_and_balancing(default_run):
+    model, out, _, _ = default_run
+    loss = out.tokens.square().mean()
+    loss.backward()
+    for name in KNOWING + tuple(f"balancing.{n}" for n in BALANCING):
+        full = name if name.startswith("balancing.") else f"knowing.{name}"
+        g = model.get_parameter(full).grad
+        assert g is not None, full
+        assert torch.isfinite(g).all() and g.abs().sum() > 0, full
+
+
+@torch.no_grad()
+def test_default_preset_mckp_exact():
+    torch.manual_seed(0)
+    model = ArrCoc(64, 64, allocator="mckp")  # levels (64, 128, 256, 400), exact mode
+    assert model.attending.levels == [64, 128, 256, 400] and model.attending.mode == "exact"
+    feats, query = _inputs(b=2, k=200, h=20, w=20, d=64, dq=64, seed=2)
+    out = model(feats, query=query)
+    _check_output(out, 2, 200, 13200, 64, 400, 64)
+    assert set(out.budgets.unique().tolist()) <= {64, 128, 256, 400}
+    assert out.relaxed is None
+
+
+# -- every registered allocator ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list_allocators())
+def test_every_allocator_runs_in_arr_coc_and_hits_the_budget(name):
+    if name == "bandit":
+        pytest.skip("bandit needs its own set-up; tests/bandits covers it")
+    model = _small(name)
+    feats, query = _inputs()
+    feats.requires_grad_(True)
+    out = model(feats, query=query)
+    _check_output(out, 2, K, BUDGET, LO, HI, D)
+    if name == "mckp":
+        assert set(out.budgets.unique().tolist()) <= {4, 20, 36, 100}
+    out.tokens.square().mean().backward()
+    grads = [_grad_sum(model, f"balancing.{n}") for n in BALANCING]
+    if name == "uniform":  # a constant relaxation: by design nothing flows upstream
+        assert all(g is None or g == 0 for g in grads), grads
+    else:
+        assert all(g is not None and g > 0 for g in grads), grads
+    assert feats.grad is not None and feats.grad.abs().sum() > 0
+
+
+def test_allocator_instance_is_used_as_is():
+    alloc = create_allocator("proportional", BUDGET, LO, HI)
+    model = ArrCoc(D, D, num_patches=K, budget=BUDGET, min_tokens=LO, max_tokens=HI, allocator=alloc)
+    assert model.attending is alloc
+    feats, query = _inputs()
+    _check_output(model(feats, query=query), 2, K, BUDGET, LO, HI, D)
+
+
+def test_mckp_at_most_reports_slack_and_packed_agrees():
+    # Every sum of these levels over 16 patches is 64 + 16·j, so a budget of 321 leaves a slack of at least 1.
+    model = ArrCoc(D, D, num_patches=K, budget=BUDGET + 1, min_tokens=LO, max_tokens=HI, allocator="mckp",
+                   allocator_kwargs={"levels": (4, 20, 36, 100), "mode": "at_most"})
+    feats, query = _inputs(b=3)
+    with torch.no_grad():
+        out = model(feats, query=query)
+    sums = out.budgets.sum(1)
+    assert torch.all(sums <= BUDGET + 1)
+    assert torch.equal(model.attending.last_info.slack, BUDGET + 1 - sums)
+    assert torch.all(model.attending.last_info.slack >= 1)
+    assert out.tokens.shape[1] == int(sums.max())
+    assert torch.equal(out.mask.sum(1), sums)
+    tokens, positions, cu = out.packed()
+    assert torch.equal(tokens, out.tokens[out.mask]) and torch.equal(positions, out.positions[out.mask])
+    assert cu.dtype == torch.int32 and torch.equal(cu[1:] - cu[:-1], sums.to(torch.int32))
+
+
+def test_packed_agrees_with_the_mask():
+    model = _small("projection")
+    feats, query = _inputs(b=3)
+    out = model(feats, query=query)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.budgets = out.budgets + 1
+    tokens, positions, cu = out.packed()
+    assert tokens.shape == (3 * BUDGET, D)
+    assert torch.equal(tokens, out.tokens[out.mask])
+    assert torch.equal(positions, out.positions[out.mask])
+    assert cu.tolist() == [0, BUDGET, 2 * BUDGET, 3 * BUDGET]
+    for i in range(3):  # sample i owns rows cu[i]:cu[i+1]
+        assert torch.equal(tokens[cu[i]:cu[i + 1]], out.tokens[i])
+
+
+# -- gradients and the straight-through gate ---------------------------------------------------------------------------
+
+
+def test_small_gradients_reach_knowing_and_balancing():
+    model = _small("projection")
+    feats, query = _inputs()
+    model(feats, query=query).tokens.square().mean().backward()
+    for name in [f"knowing.{n}" for n in KNOWING] + [f"balancing.{n}" for n in BALANCING]:
+        assert (_grad_sum(model, name) or 0) > 0, name
+
+
+def test_pixels_drive_the_propositional_score():
+    model = _small("projection")
+    feats, query = _inputs()
+    g = torch.Generator().manual_seed(4)
+    pixels = torch.rand(2, 3, 32, 32, generator=g)
+    pixels[:, :, :8, :8] = 0.5  # patch 0 is flat in both samples
+    out = model(feats, query=query, pixels=pixels)
+    _check_output(out, 2, K, BUDGET, LO, HI, D)
+    want = standardize(pixel_entropy(pixels, model.patch_grid, bins=32), dim=1)
+    torch.testing.assert_close(out.scores[..., 0], want, atol=1e-5, rtol=0)
+    assert torch.all(out.scores[:, 0, 0] == out.scores[..., 0].min(1).values)
+    out.tokens.square().mean().backward()
+    assert model.knowing.prototypes.grad is None  # the feature codebook is not used with pixels
+    assert _grad_sum(model, "knowing.q_proj.weight") > 0
+
+
+def test_straight_through_false_gives_no_gradient_to_balancing():
+    model = _small("projection", straight_through=False)
+    feats, query = _inputs()
+    feats.requires_grad_(True)  # otherwise the tokens would have no graph at all
+    out = model(feats, query=query)
+    assert out.relaxed is None
+    out.tokens.square().mean().backward()
+    for name, p in list(model.balancing.named_parameters()) + list(model.knowing.named_parameters()):
+        assert p.grad is None or not p.grad.any(), name
+    assert feats.grad.abs().sum() > 0
+
+
+def test_no_grad_path_has_no_relaxation():
+    model = _small("projection")
+    feats, query = _inputs()
+    with torch.no_grad():
+        out = model(feats, query=query)
+    assert out.relaxed is None and not out.tokens.requires_grad
+    # Same budgets as with the gate: the gate changes gradients only, never values.
+    out_grad = model(feats, query=query)
+    assert out_grad.relaxed is not None
+    assert torch.equal(out.budgets, out_grad.budgets)
+    torch.testing.assert_close(out_grad.tokens, out.tokens)
+
+
+def test_uncertainty_is_passed_to_balancing():
+    model = _small("projection")
+    with torch.no_grad():
+        model.balancing.explore.fill_(3.0)
+    feats, query = _inputs()
+    unc = torch.zeros(2, K)
+    unc[:, 5] = 1.0
+    with torch.no_grad():
+        base = model(feats, query=query)
+        out = model(feats, query=query, uncertainty=unc)
+    assert torch.all(out.budgets[:, 5] > base.budgets[:, 5])
+    with pytest.raises(ValueError, match=r"uncertainty shape \(2, 15\)"):
+        model(feats, query=query, uncertainty=unc[:, :15])
+
+
+def test_float64_pipeline():
+    model = ArrCoc(D, D, num_patches=K, budget=BUDGET, min_tokens=LO, max_tokens=HI, dtype=torch.float64)
+    feats, query = _inputs()
+    out = model(feats.double(), query=query.double())
+    assert out.tokens.dtype == torch.float64
+    _check_output(out, 2, K, BUDGET, LO, HI, D)
+
+
+# -- construction ------------------------------------------------------------------------------------------------------
+
+
+def test_meta_device_construction_then_materialise():
+    model = ArrCoc(D, D, num_patches=K, budget=BUDGET, min_tokens=LO, max_tokens=HI, device="meta")
+    assert all(p.is_meta for p in model.parameters())
+    default = ArrCoc(1024, 1024, device="meta")  # the full-width default preset costs nothing on meta
+    assert all(p.is_meta for p in default.parameters())
+    # The FSDP flow: allocate real storage, then re-initialise.
+    model.to_empty(device="cpu")
+    model.knowing.reset_parameters()
+    model.balancing.reset_parameters()
+    feats, query = _inputs()
+    _check_output(model(feats, query=query), 2, K, BUDGET, LO, HI, D)
+
+
+def test_construction_errors():
+    with pytest.raises(ValueError, match=r"infeasible budget: K·lo = 200·64 = 12800 > budget=12000"):
+        ArrCoc(8, 8, budget=12000)
+    with pytest.raises(ValueError, match=r"infeasible budget: K·hi = 200·400 = 80000 < budget=90000"):
+        ArrCoc(8, 8, budget=90000)
+    with pytest.raises(ValueError, match=r"unknown allocator 'nope'; known allocators: .*projection.*uniform"):
+        ArrCoc(8, 8, allocator="nope")
+    alloc = create_allocator("projection", 13000, 64, 400)
+    with pytest.raises(ValueError, match=r"allocator has budget/min/max 13000/64/400 but ArrCoc was given "
+                                         r"13200/64/400"):
+        ArrCoc(8, 8, allocator=alloc)
+    with pytest.raises(ValueError, match=r"allocator_kwargs are only used with an allocator name"):
+        ArrCoc(8, 8, allocator=create_allocator("projection"), allocator_kwargs={"x": 1})
+    with pytest.raises(ValueError, match=r"lo > hi: min_tokens=500 > max_tokens=400"):
+        ArrCoc(8, 8, min_tokens=500)
+    with pytest.raises(ValueError, match=r"identity_init needs query_dim == dim, got 6 != 8"):
+        ArrCoc(8, 6, identity_init=True)
+    with pytest.raises(ValueError, match=r"patch_grid \(3, 5\) does not multiply to num_patches=16"):
+        ArrCoc(8, 8, num_patches=16, budget=320, min_tokens=4, max_tokens=100, patch_grid=(3, 5))
+
+
+def test_forward_errors():
+    model = _small("projection")
+    feats, query = _inputs()
+    with pytest.raises(ValueError, match=r"features have K=9 patches but ArrCoc\(num_patches=16\)"):
+        model(feats[:, :9], query=query)
+    with pytest.raises(ValueError, match=r"features have D=12 but ArrCoc\(dim=16\)"):
+        model(feats[..., :12], query=query)
+    with pytest.raises(ValueError, match=r"query must have shape \(B=2, Dq=16\), got \(3, 16\)"):
+        model(feats, query=torch.randn(3, D))
+    with pytest.raises(ValueError, match=r"query must have shape \(B=2, Dq=16\), got \(16,\)"):
+        model(feats, query=query[0])
+    with pytest.raises(ValueError, match=r"query shape \(2, 8\) does not match"):
+        model(feats, query=query[:, :8])
+    with pytest.raises(ValueError, match=r"features must have 5 dims"):
+        model(feats[:, :, 0], query=query)
+    with pytest.raises(ValueError, match=r"features must be a torch.Tensor"):
+        model(feats.numpy(), query=query)
+    bad = feats.clone()
+    bad[1, 3, 0, 0, 0] = float("nan")
+    msg = r"features contains 1 non-finite value\(s\); first at index \(1, 3, 0, 0, 0\)"
+    with pytest.raises(ValueError, match=msg):
+        model(bad, query=query)
+    bad_q = query.clone()
+    bad_q[0, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"query contains 1 non-finite value\(s\); first at index \(0, 2\): inf"):
+        model(feats, query=bad_q)
+    with pytest.raises(ValueError, match=r"pixels batch 1 does not match features batch 2"):
+        model(feats, query=query, pixels=torch.rand(1, 3, 16, 16))
+
+
+def test_public_api_names():
+    for name in ("ArrCoc", "ArrCocOutput", "Knowing", "Balancing", "Realizing", "create_allocator", "list_allocators",
+                 "capped_simplex_projection", "round_to_budget", "build_arr_coc"):
+        assert hasattr(arr_coc, name) and name in arr_coc.__all__, name
+    assert {"uniform", "threshold", "proportional", "projection", "pgd", "mckp", "hierarchical"} <= \
+        set(list_allocators())
