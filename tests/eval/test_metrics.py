@@ -1,0 +1,146 @@
+"""Hand-derived cases for the VQA accuracy, exact match and ANLS metrics (eval/metrics.py)."""
+
+import pytest
+
+from eval.metrics import METRICS, anls, exact_match, levenshtein, normalize_answer, vqa_accuracy
+
+
+def _ten(matching: str, m: int, other: str = "cat") -> list[str]:
+    """Ten human answers, ``m`` of them ``matching`` and the rest ``other``."""
+    return [matching] * m + [other] * (10 - m)
+
+
+# Leave-one-out with 10 humans, m of them matching the prediction:
+#   a matching human left out -> m - 1 matches remain; a non-matching one left out -> m remain.
+#   acc = [m * min(1, (m-1)/3) + (10-m) * min(1, m/3)] / 10
+#   m=0: 0
+#   m=1: [1*0 + 9*(1/3)] / 10 = 3/10 = 0.3
+#   m=2: [2*(1/3) + 8*(2/3)] / 10 = (2/3 + 16/3) / 10 = 6/10 = 0.6
+#   m=3: [3*(2/3) + 7*1] / 10 = (2 + 7) / 10 = 0.9
+#   m=4: [4*1 + 6*1] / 10 = 1.0   (and every m >= 4 gives 1.0)
+@pytest.mark.parametrize(("m", "expected"), [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (7, 1.0), (10, 1.0)])
+def test_vqa_accuracy_leave_one_out_values(m, expected):
+    assert vqa_accuracy("dog", _ten("dog", m)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_vqa_accuracy_is_exact_rational():
+    # Computed as Fraction(6, 10) and rounded once, so it equals the float literal 0.6 exactly.
+    assert vqa_accuracy("dog", _ten("dog", 2)) == 0.6
+    assert vqa_accuracy("dog", _ten("dog", 1)) == 0.3
+
+
+def test_vqa_accuracy_with_fewer_than_ten_answers():
+    # 3 humans ["dog", "dog", "cat"], prediction "dog":
+    #   leave out dog -> 1 match -> 1/3; leave out dog -> 1/3; leave out cat -> 2 matches -> 2/3
+    #   mean = (1/3 + 1/3 + 2/3) / 3 = 4/9
+    assert vqa_accuracy("dog", ["dog", "dog", "cat"]) == pytest.approx(4 / 9, abs=1e-12)
+
+
+def test_vqa_accuracy_normalises_number_words_both_ways():
+    # "two" -> "2": 2 of 10 humans wrote "2" -> 0.6; and a prediction "2" matches humans who wrote "two".
+    assert vqa_accuracy("two", _ten("2", 2)) == pytest.approx(0.6)
+    assert vqa_accuracy("2", _ten("two", 3)) == pytest.approx(0.9)
+    assert vqa_accuracy("None", _ten("0", 10)) == 1.0
+
+
+def test_vqa_accuracy_normalises_articles_case_whitespace_and_punctuation():
+    answers = _ten("red car", 4, other="blue car")
+    assert vqa_accuracy("  The RED\tcar. ", answers) == 1.0
+    assert vqa_accuracy("a red car!", answers) == 1.0
+    assert vqa_accuracy("red-car", answers) == 1.0  # "-" between letters becomes a space
+    assert vqa_accuracy("red cars", answers) == 0.0
+
+
+def test_vqa_accuracy_contractions():
+    # "dont" gets its apostrophe back, so it matches "don't"; 1 of 10 matching -> 0.3.
+    assert vqa_accuracy("dont", _ten("don't", 1, other="no")) == pytest.approx(0.3)
+    assert vqa_accuracy("don't", _ten("dont", 10)) == 1.0
+
+
+def test_vqa_accuracy_rejects_bad_answers():
+    with pytest.raises(ValueError, match="at least 2"):
+        vqa_accuracy("dog", ["dog"])
+    with pytest.raises(ValueError, match="single string"):
+        vqa_accuracy("dog", "dog")
+    with pytest.raises(ValueError, match="must be strings"):
+        vqa_accuracy("dog", ["dog", 3])
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("two", "2"),
+        ("Ten", "10"),
+        ("zero", "0"),
+        ("none", "0"),
+        ("the dog", "dog"),
+        ("A Cat", "cat"),
+        ("an apple", "apple"),
+        ("yes.", "yes"),  # trailing period removed
+        ("yes!", "yes"),  # "!" -> space, then whitespace collapsed
+        ("3.5", "3.5"),  # decimal point kept
+        ("1,000", "1000"),  # comma between digits removed, not spaced
+        ("1, 2", "1 2"),  # ", " touches a space: removed
+        ("red,blue", "red blue"),  # lone comma between letters: replaced by a space
+        ("dont", "don't"),
+        ("isnt", "isn't"),
+        ("couldnt've", "couldn't've"),
+        ("its", "its"),  # also a word: left alone
+        ("well", "well"),
+        ("man's", "man's"),  # apostrophe kept (possessive)
+        ("2:20 pm", "2:20 pm"),  # colon kept (time)
+        ("  Multiple   spaces\nhere ", "multiple spaces here"),
+        ("(left)", "left"),
+        ("t-shirt", "t shirt"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer_edge_cases(raw, expected):
+    assert normalize_answer(raw) == expected
+
+
+def test_exact_match():
+    assert exact_match("The Red.", ["red"]) == 1.0
+    assert exact_match("two", ["3", "2"]) == 1.0
+    assert exact_match("blue", ["red"]) == 0.0
+    # Without normalisation only surrounding whitespace is forgiven.
+    assert exact_match(" Red ", ["Red"], normalize=False) == 1.0
+    assert exact_match("the red", ["red"], normalize=False) == 0.0
+    with pytest.raises(ValueError, match="at least 1"):
+        exact_match("red", [])
+
+
+def test_levenshtein():
+    assert levenshtein("kitten", "sitting") == 3  # k->s, e->i, +g
+    assert levenshtein("", "abc") == 3
+    assert levenshtein("abc", "abc") == 0
+    assert levenshtein("flaw", "lawn") == 2  # -f, +n
+
+
+def test_anls_hand_values():
+    # Identical after lower-casing / whitespace collapsing -> NL = 0 -> 1.
+    assert anls("  Total   Amount ", ["total amount"]) == 1.0
+    # "kitten" vs "sitting": distance 3, max length 7 -> NL = 3/7 < 0.5 -> 1 - 3/7 = 4/7.
+    assert anls("kitten", ["sitting"]) == pytest.approx(4 / 7)
+    # Best of several answers: "abcd" vs "abce" -> NL = 1/4 -> 0.75; vs "xyz" -> NL = 1 -> 0.
+    assert anls("abcd", ["xyz", "abce"]) == pytest.approx(0.75)
+    # "ab" vs "cd": NL = 2/2 = 1 -> 0.
+    assert anls("ab", ["cd"]) == 0.0
+    # Exactly at the threshold: "ab" vs "ac" -> NL = 1/2, not < 0.5 -> 0 (paper's strict inequality).
+    assert anls("ab", ["ac"]) == 0.0
+    # A looser threshold keeps it: 1 - 1/2.
+    assert anls("ab", ["ac"], threshold=0.6) == pytest.approx(0.5)
+    # Two empty strings are identical.
+    assert anls("", [""]) == 1.0
+
+
+def test_anls_rejects_bad_input():
+    with pytest.raises(ValueError, match="threshold"):
+        anls("a", ["a"], threshold=0.0)
+    with pytest.raises(ValueError, match="at least 1"):
+        anls("a", [])
+
+
+def test_metric_registry_names():
+    assert METRICS["vqa_accuracy"] is vqa_accuracy
+    assert sorted(METRICS) == ["anls", "exact_match", "vqa_accuracy"]

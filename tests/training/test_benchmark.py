@@ -1,0 +1,232 @@
+"""The generated VQA benchmark: schema, determinism, correct answers and glyphs inside the target box."""
+
+import io
+import json
+import re
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from scripts.make_benchmark import main as make_benchmark_main
+from training.benchmark import (
+    BENCHMARK_VERSION,
+    DEFAULT_SHAPES,
+    BenchmarkCfg,
+    Scene,
+    _digits,
+    _glyph_pools,
+    generate_rows,
+    make_benchmark,
+    make_question,
+    render_scene,
+    sample_scene,
+)
+from training.data import BENCHMARK_EXTRA_COLUMNS, SCHEMA_COLUMNS, load_benchmark, read_manifest
+
+CFG = BenchmarkCfg()
+PLURAL_TO_SHAPE = {"circles": "circle", "squares": "square", "triangles": "triangle", "diamonds": "diamond",
+                   "crosses": "cross"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rows():
+    """64 rows of the train split, seed 11."""
+    return generate_rows(CFG, seed=11, split="train", start=0, stop=64)
+
+
+def _expected(scene: dict, question: str) -> tuple[str, list[int]]:
+    """Re-derive (answer, target_box) from the scene description, independently of the generator's code."""
+    objects = scene["objects"]
+    if m := re.fullmatch(r"what digit is in the (\w+) (\w+)\?", question):
+        (obj,) = [o for o in objects if (o["colour"], o["shape"]) == m.groups()]
+        return str(obj["digit"]), obj["box"]
+    if m := re.fullmatch(r"what colour is the shape holding an? (\d)\?", question):
+        (obj,) = [o for o in objects if o["digit"] == int(m.group(1))]
+        return obj["colour"], obj["box"]
+    if m := re.fullmatch(r"how many (\w+)\?", question):
+        return str(sum(o["shape"] == PLURAL_TO_SHAPE[m.group(1)] for o in objects)), []
+    if m := re.fullmatch(r"is there an? (\w+) (\w+)\?", question):
+        found = [o for o in objects if (o["colour"], o["shape"]) == m.groups()]
+        return ("yes", found[0]["box"]) if found else ("no", [])
+    raise AssertionError(f"unexpected question {question!r}")
+
+
+def test_answers_match_the_scene(rows):
+    seen_types = set()
+    for row in rows:
+        scene = json.loads(row["scene"])
+        answer, box = _expected(scene, row["question"])
+        assert row["answers"] == [answer] * 10, row["question"]
+        assert row["target_box"] == box
+        seen_types.add(row["question_type"])
+    assert seen_types == {"digit", "colour", "count", "yesno"}
+
+
+def test_glyph_is_drawn_inside_the_target_box(rows):
+    checked = 0
+    for row in rows:
+        if row["question_type"] not in ("digit", "colour"):
+            continue
+        scene = Scene.from_json(row["scene"])
+        (target,) = [o for o in scene.objects if list(o.box) == row["target_box"]]
+        x0, y0, x1, y1 = target.box
+        gx0, gy0, gx1, gy1 = target.glyph_box
+        assert x0 <= gx0 < gx1 <= x1 and y0 <= gy0 < gy1 <= y1
+        with_glyphs = render_scene(scene, CFG).astype(np.int16)
+        without = render_scene(scene, CFG, glyphs=False).astype(np.int16)
+        changed = np.abs(with_glyphs - without).max(axis=-1) > 0
+        # Every changed pixel lies in some shape's glyph box, and the target's glyph box holds visible ink.
+        allowed = np.zeros_like(changed)
+        for obj in scene.objects:
+            bx0, by0, bx1, by1 = obj.glyph_box
+            allowed[by0:by1, bx0:bx1] = True
+        assert not (changed & ~allowed).any()
+        ink = np.abs(with_glyphs - without)[gy0:gy1, gx0:gx1].max(axis=-1)
+        assert (ink > 60).sum() >= 15, "too little of the digit is visible"
+        # The stored (JPEG) image is this rendering, up to compression error.
+        stored = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"), dtype=np.int16)
+        assert stored.shape == (CFG.image_size, CFG.image_size, 3)
+        assert np.abs(stored - with_glyphs).mean() < 4.0
+        checked += 1
+    assert checked >= 10
+
+
+def test_scene_invariants():
+    images, labels = _digits()
+    pools = _glyph_pools(CFG.glyph_pool_fractions)
+    test_pool = set(np.concatenate(pools["test"]).tolist())
+    train_pool = set(np.concatenate(pools["train"]).tolist())
+    assert not train_pool & test_pool
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        scene = sample_scene(rng, CFG, "test")
+        pairs = [(o.colour, o.shape) for o in scene.objects]
+        digits = [o.digit for o in scene.objects]
+        assert len(set(pairs)) == len(pairs) and len(set(digits)) == len(digits)
+        assert CFG.min_objects <= len(scene.objects) <= CFG.max_objects
+        boxes = [o.box for o in scene.objects] + [d.glyph_box for d in scene.distractors]
+        for i, (ax0, ay0, ax1, ay1) in enumerate(boxes):
+            assert 0 <= ax0 < ax1 <= CFG.image_size and 0 <= ay0 < ay1 <= CFG.image_size
+            for bx0, by0, bx1, by1 in boxes[i + 1 :]:
+                assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, "regions overlap"
+        for obj in scene.objects:
+            assert labels[obj.glyph_index] == obj.digit and obj.glyph_index in test_pool
+            side = obj.glyph_box[2] - obj.glyph_box[0]
+            assert CFG.glyph_size[0] <= side <= CFG.glyph_size[1]
+            assert CFG.shape_size[0] <= obj.box[2] - obj.box[0] <= CFG.shape_size[1]
+        assert all(labels[d.glyph_index] == d.digit for d in scene.distractors)
+        assert Scene.from_json(scene.to_json()) == scene
+
+
+def test_generation_is_deterministic_by_seed(rows):
+    again = generate_rows(CFG, seed=11, split="train", start=0, stop=8)
+    assert again == rows[:8]
+    # Row i does not depend on how the split is chunked.
+    assert generate_rows(CFG, seed=11, split="train", start=5, stop=8) == rows[5:8]
+    other_seed = generate_rows(CFG, seed=12, split="train", start=0, stop=8)
+    assert [r["image"]["bytes"] for r in other_seed] != [r["image"]["bytes"] for r in rows[:8]]
+    other_split = generate_rows(CFG, seed=11, split="val", start=0, stop=8)
+    assert [r["scene"] for r in other_split] != [r["scene"] for r in rows[:8]]
+
+
+def test_questions_per_image_share_the_image():
+    cfg = BenchmarkCfg(questions_per_image=3)
+    rows = generate_rows(cfg, seed=1, split="train", start=2, stop=7)  # images 0 (rows 2), 1 (3-5), 2 (6)
+    assert [r["question_id"] for r in rows] == [f"train-{i:07d}" for i in range(2, 7)]
+    assert rows[1]["image"] == rows[2]["image"] == rows[3]["image"] != rows[0]["image"]
+    assert generate_rows(cfg, seed=1, split="train", start=0, stop=7)[2:] == rows
+
+
+def test_question_types_and_weights():
+    cfg = BenchmarkCfg(question_types=("count", "yesno"), question_weights=(1.0, 0.0))
+    rng = np.random.default_rng(3)
+    scene = sample_scene(rng, cfg)
+    assert {make_question(scene, rng, cfg).question_type for _ in range(20)} == {"count"}
+    answers = {make_question(scene, rng, cfg, "yesno").answer for _ in range(40)}
+    assert answers == {"yes", "no"}
+    with pytest.raises(ValueError, match="unknown question type 'size'"):
+        make_question(scene, rng, cfg, "size")
+
+
+def test_make_benchmark_saves_splits_and_manifests(tmp_path):
+    out = tmp_path / "bench"
+    result = make_benchmark(out, seed=4, sizes={"train": 40, "val": 12, "test": 12}, workers=1)
+    loaded = load_benchmark(out)
+    assert sorted(loaded) == ["test", "train", "val"]
+    for split, size in {"train": 40, "val": 12, "test": 12}.items():
+        ds = loaded[split]
+        assert len(ds) == size
+        assert ds.column_names == [*SCHEMA_COLUMNS, *BENCHMARK_EXTRA_COLUMNS]
+        assert ds.features["image"] == datasets.Image()
+        assert len(set(ds["question_id"])) == size
+        first = ds[0]
+        assert first["image"].size == (448, 448) and first["image"].mode == "RGB"
+        split_manifest = json.loads((out / split / "manifest.json").read_text())
+        assert split_manifest["size"] == size and split_manifest["seed"] == 4
+        assert sum(split_manifest["question_type_counts"].values()) == size
+        assert split_manifest["question_type_counts"] == {
+            t: list(ds["question_type"]).count(t) for t in set(ds["question_type"])
+        }
+    assert load_benchmark(out, split="val")["question"] == result["val"]["question"]
+    manifest = read_manifest(out)
+    assert manifest["version"] == BENCHMARK_VERSION and manifest["seed"] == 4
+    assert manifest["sizes"] == {"train": 40, "val": 12, "test": 12}
+    assert BenchmarkCfg.from_dict(manifest["generator"]) == BenchmarkCfg()
+    assert not [p for p in tmp_path.iterdir() if p.name != "bench"], "staging directory left behind"
+    with pytest.raises(ValueError, match="split 'dev'.*'test', 'train', 'val'"):
+        load_benchmark(out, split="dev")
+    with pytest.raises(ValueError, match="exists"):
+        make_benchmark(out, sizes={"test": 2})
+
+
+def test_cli_is_deterministic_across_worker_counts(tmp_path):
+    base = ["--train-size", "6", "--val-size", "0", "--test-size", "3", "--seed", "9"]
+    assert make_benchmark_main(["--out", str(tmp_path / "a"), "--workers", "1", *base]) == 0
+    assert make_benchmark_main(["--out", str(tmp_path / "b"), "--workers", "2", *base]) == 0
+    a, b = load_benchmark(tmp_path / "a"), load_benchmark(tmp_path / "b")
+    assert sorted(a) == ["test", "train"]
+    for split in a:
+        raw_a = a[split].cast_column("image", datasets.Image(decode=False)).to_dict()
+        raw_b = b[split].cast_column("image", datasets.Image(decode=False)).to_dict()
+        assert raw_a == raw_b
+    assert read_manifest(tmp_path / "a")["command"].startswith("python -m scripts.make_benchmark --out")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sizes": {"dev": 5}}, "'dev'"),
+        ({"sizes": {"train": 0}}, "positive integer, got 0"),
+        ({"sizes": {"train": 2.5}}, "got 2.5"),
+        ({"seed": -1}, "seed"),
+        ({"workers": 0}, "workers"),
+    ],
+)
+def test_make_benchmark_rejects_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_benchmark(tmp_path / "x", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_objects": 11}, "max_objects"),
+        ({"shapes": ("circle", "hexagon")}, "shapes"),
+        ({"colours": ("red", "red")}, "colours"),
+        ({"glyph_size": (16, 40)}, "glyph_size"),
+        ({"image_size": 100}, "image_size"),
+        ({"question_weights": (1.0,)}, "question_weights"),
+        ({"image_format": "gif"}, "image_format"),
+    ],
+)
+def test_cfg_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BenchmarkCfg(**kwargs)
+
+
+def test_cfg_round_trip_rejects_unknown_keys():
+    assert BenchmarkCfg.from_dict(BenchmarkCfg(shapes=DEFAULT_SHAPES[:3]).to_dict()).shapes == DEFAULT_SHAPES[:3]
+    with pytest.raises(ValueError, match="unknown BenchmarkCfg field.*'colors'"):
+        BenchmarkCfg.from_dict({"colors": ["red"]})

@@ -1,0 +1,269 @@
+"""Dataset loaders map each source schema onto the common VQA schema (training/data.py)."""
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from training import data
+from training.data import (
+    SCHEMA_COLUMNS,
+    ColumnMap,
+    DatasetNotFoundError,
+    load_benchmark,
+    load_vqa_dataset,
+    schema_features,
+    to_common_schema,
+)
+
+
+def _images(n: int) -> list[Image.Image]:
+    """n tiny images, each a distinct solid colour so rows can be told apart after the mapping."""
+    return [Image.fromarray(np.full((6, 8, 3), 20 * i + 10, dtype=np.uint8)) for i in range(n)]
+
+
+def _pixel(img: Image.Image) -> int:
+    return int(np.asarray(img)[0, 0, 0])
+
+
+def _save(ds: datasets.Dataset, tmp_path, split: str) -> str:
+    path = tmp_path / "saved"
+    datasets.DatasetDict({split: ds}).save_to_disk(str(path))
+    return str(path)
+
+
+def _vqav2() -> datasets.Dataset:
+    # lmms-lab/VQAv2 layout: 10 answer records per question, integer ids.
+    records = [
+        [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j, a in enumerate(["2"] * 7 + ["3"] * 3)],
+        [{"answer": "yes", "answer_confidence": "maybe", "answer_id": j + 1} for j in range(10)],
+    ]
+    return datasets.Dataset.from_dict(
+        {
+            "question_type": ["how many", "is the"],
+            "multiple_choice_answer": ["2", "yes"],
+            "answers": records,
+            "image_id": [11, 12],
+            "answer_type": ["number", "yes/no"],
+            "question_id": [1001, 1002],
+            "question": ["How many dogs?", "Is the sky blue?"],
+            "image": _images(2),
+        },
+        features=datasets.Features(
+            {
+                "question_type": datasets.Value("string"),
+                "multiple_choice_answer": datasets.Value("string"),
+                "answers": datasets.List(
+                    {
+                        "answer": datasets.Value("string"),
+                        "answer_confidence": datasets.Value("string"),
+                        "answer_id": datasets.Value("int64"),
+                    }
+                ),
+                "image_id": datasets.Value("int64"),
+                "answer_type": datasets.Value("string"),
+                "question_id": datasets.Value("int64"),
+                "question": datasets.Value("string"),
+                "image": datasets.Image(),
+            }
+        ),
+    )
+
+
+def test_vqav2_mapping(tmp_path):
+    path = _save(_vqav2(), tmp_path, "validation")
+    ds = load_vqa_dataset("vqav2", path=path)
+    assert ds.column_names == list(SCHEMA_COLUMNS)
+    assert ds.features == schema_features()
+    assert len(ds) == 2
+    row = ds[0]
+    assert row["question"] == "How many dogs?"
+    assert row["answers"] == ["2"] * 7 + ["3"] * 3
+    assert row["question_id"] == "1001"
+    assert row["question_type"] == "number"  # default: the 3-way answer_type
+    assert _pixel(row["image"]) == 10 and row["image"].size == (8, 6)
+    assert ds[1]["answers"] == ["yes"] * 10 and _pixel(ds[1]["image"]) == 30
+
+
+def test_column_override_and_kept_columns(tmp_path):
+    path = _save(_vqav2(), tmp_path, "validation")
+    ds = load_vqa_dataset("vqav2", path=path, columns={"question_type": "question_type"}, keep_columns=["image_id"])
+    assert ds.column_names == [*SCHEMA_COLUMNS, "image_id"]
+    assert ds["question_type"] == ["how many", "is the"]
+    assert ds["image_id"] == [11, 12]
+
+
+def test_images_are_not_reencoded(tmp_path):
+    source = _vqav2()
+    ds = to_common_schema(source, data.VQAv2Columns())
+    raw_in = source.cast_column("image", datasets.Image(decode=False))["image"]
+    raw_out = ds.cast_column("image", datasets.Image(decode=False))["image"]
+    assert [r["bytes"] for r in raw_out] == [r["bytes"] for r in raw_in]
+
+
+def _gqa_instructions(with_images: bool = False) -> datasets.Dataset:
+    # lmms-lab/GQA "*_instructions" layout: one answer, nested types, images in another config keyed by imageId.
+    extra = {"image": _images(3)} if with_images else {}
+    return datasets.Dataset.from_dict(
+        {
+            **extra,
+            "id": ["q7", "q8", "q9"],
+            "imageId": ["img2", "img1", "img2"],
+            "question": ["Is the cup red?", "What is on the table?", "Which side is the cat on?"],
+            "answer": ["no", "laptop", "left"],
+            "fullAnswer": ["No, the cup is blue.", "The laptop.", "The cat is on the left."],
+            "types": [
+                {"structural": "verify", "semantic": "attr", "detailed": "verifyAttr"},
+                {"structural": "query", "semantic": "rel", "detailed": "relS"},
+                {"structural": "query", "semantic": "rel", "detailed": "positionQuery"},
+            ],
+        }
+    )
+
+
+def test_gqa_mapping_with_separate_images(tmp_path):
+    images = datasets.Dataset.from_dict({"id": ["img1", "img2"], "image": _images(2)})
+    (tmp_path / "q").mkdir()
+    _gqa_instructions().save_to_disk(str(tmp_path / "q" / "instr"))
+    images.save_to_disk(str(tmp_path / "q" / "images"))
+    ds = load_vqa_dataset("gqa", path=tmp_path / "q" / "instr", images=tmp_path / "q" / "images")
+    assert ds.column_names == list(SCHEMA_COLUMNS)
+    assert ds["answers"] == [["no"], ["laptop"], ["left"]]
+    assert ds["question_id"] == ["q7", "q8", "q9"]
+    assert ds["question_type"] == ["verify", "query", "query"]
+    # img2 is the second image (pixel 30), img1 the first (pixel 10).
+    assert [_pixel(img) for img in ds["image"]] == [30, 10, 30]
+
+
+def test_gqa_dotted_override_and_missing_images():
+    ds = to_common_schema(
+        _gqa_instructions(with_images=True),
+        data.GQAColumns(question_type="types.detailed"),
+    )
+    assert ds["question_type"] == ["verifyAttr", "relS", "positionQuery"]
+    with pytest.raises(ValueError, match="images="):
+        to_common_schema(_gqa_instructions(), data.GQAColumns())
+    with pytest.raises(ValueError, match="no field 'nope'.*detailed"):
+        to_common_schema(_gqa_instructions(with_images=True), data.GQAColumns(question_type="types.nope"))
+    images = datasets.Dataset.from_dict({"id": ["img1"], "image": _images(1)})
+    with pytest.raises(ValueError, match="'img2'"):
+        to_common_schema(_gqa_instructions(), data.GQAColumns(), images=images)
+
+
+def test_textvqa_mapping_from_parquet_file(tmp_path):
+    # facebook/textvqa layout: 10 plain-string answers, no question type.
+    source = datasets.Dataset.from_dict(
+        {
+            "image_id": ["a1", "a2"],
+            "question_id": [5, 6],
+            "question": ["what brand is this?", "what does the sign say?"],
+            "image": _images(2),
+            "answers": [["nokia"] * 9 + ["nokia phone"], ["stop"] * 10],
+            "ocr_tokens": [["nokia"], ["stop", "sign"]],
+        },
+        features=datasets.Features(
+            {
+                "image_id": datasets.Value("string"),
+                "question_id": datasets.Value("int64"),
+                "question": datasets.Value("string"),
+                "image": datasets.Image(),
+                "answers": datasets.List(datasets.Value("string")),
+                "ocr_tokens": datasets.List(datasets.Value("string")),
+            }
+        ),
+    )
+    file = tmp_path / "textvqa_val.parquet"
+    source.to_parquet(str(file))
+    ds = load_vqa_dataset("textvqa", path=file, cache_dir=str(tmp_path / "cache"))
+    assert ds.column_names == list(SCHEMA_COLUMNS)
+    assert ds["answers"][0] == ["nokia"] * 9 + ["nokia phone"]
+    assert ds["question_id"] == ["5", "6"]
+    assert ds["question_type"] == ["textvqa", "textvqa"]
+    assert [_pixel(img) for img in ds["image"]] == [10, 30]
+
+
+def test_docvqa_mapping(tmp_path):
+    # lmms-lab/DocVQA layout: questionId, a list of question types, several accepted answers.
+    source = datasets.Dataset.from_dict(
+        {
+            "questionId": [49153, 24580],
+            "question": ["What is the date?", "Who signed the letter?"],
+            "question_types": [["handwritten", "form"], ["layout"]],
+            "image": _images(2),
+            "docId": [14465, 1],
+            "answers": [["March 3, 1998", "3/3/1998"], ["J. Smith"]],
+        }
+    )
+    ds = load_vqa_dataset("docvqa", path=_save(source, tmp_path, "validation"))
+    assert ds["answers"] == [["March 3, 1998", "3/3/1998"], ["J. Smith"]]
+    assert ds["question_id"] == ["49153", "24580"]
+    assert ds["question_type"] == ["handwritten|form", "layout"]
+
+
+def test_missing_local_dataset_says_how_to_get_it(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_vqa_dataset("vqav2", path=tmp_path / "nowhere")
+    message = str(info.value)
+    assert "lmms-lab/VQAv2" in message and "save_to_disk" in message and "path=" in message
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_unreachable_hub_says_how_to_get_it(monkeypatch):
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise ConnectionError("Couldn't reach 'lmms-lab/DocVQA' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(data.datasets, "load_dataset", offline)
+    with pytest.raises(DatasetNotFoundError, match=r"lmms-lab/DocVQA.*'DocVQA'") as info:
+        load_vqa_dataset("docvqa")
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert calls[0][0] == ("lmms-lab/DocVQA", "DocVQA")
+    assert calls[0][1]["split"] == "validation"
+
+
+def test_bad_requests_raise_value_errors(tmp_path):
+    path = _save(_vqav2(), tmp_path, "validation")
+    with pytest.raises(ValueError, match="unknown dataset 'coco'.*vqav2"):
+        load_vqa_dataset("coco", path=path)
+    with pytest.raises(ValueError, match="split 'train'.*validation"):
+        load_vqa_dataset("vqav2", path=path, split="train")
+    with pytest.raises(ValueError, match="unknown column-map field.*'qtype'"):
+        load_vqa_dataset("vqav2", path=path, columns={"qtype": "x"})
+    with pytest.raises(ValueError, match="'query' not found; available columns: .*'question'"):
+        load_vqa_dataset("vqav2", path=path, columns={"question": "query"})
+    with pytest.raises(ValueError, match="clashes"):
+        to_common_schema(_vqav2(), data.VQAv2Columns(), keep_columns=["question"])
+    with pytest.raises(ValueError, match="has no key 'text'"):
+        to_common_schema(_vqav2(), ColumnMap(answer_key="text"))
+
+
+def test_load_benchmark_missing_gives_command(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="python -m scripts.make_benchmark --out"):
+        load_benchmark(tmp_path / "bench")
+
+
+def test_columnwise_answer_records():
+    # Older hub datasets declare answers as Sequence({...}), which datasets returns as a dict of lists.
+    source = datasets.Dataset.from_dict(
+        {
+            "image": _images(1),
+            "question": ["what colour?"],
+            "answers": [{"answer": ["red", "dark red"], "answer_id": [1, 2]}],
+            "question_id": [3],
+        },
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "question": datasets.Value("string"),
+                "answers": datasets.Sequence(
+                    {"answer": datasets.Value("string"), "answer_id": datasets.Value("int64")}
+                ),
+                "question_id": datasets.Value("int64"),
+            }
+        ),
+    )
+    ds = to_common_schema(source, ColumnMap(question_type=None, default_question_type="other"))
+    assert ds[0]["answers"] == ["red", "dark red"]
+    assert ds[0]["question_type"] == "other"
