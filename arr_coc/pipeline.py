@@ -90,6 +90,9 @@ class ArrCoc(nn.Module):
                  identity_init: bool = False, device=None, dtype=None):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
+        if min_tokens < 1:
+            # Realizing cuts each patch into budgets[k] >= 1 segments; a patch with no tokens would lose its features.
+            raise ValueError(f"ArrCoc needs min_tokens >= 1 (every patch yields at least one token), got {min_tokens}")
         self.dim, self.query_dim, self.num_patches = dim, query_dim, num_patches
         self.patch_grid = _check_patch_grid(patch_grid, num_patches)
         self.knowing = Knowing(dim, query_dim, attn_dim=attn_dim, num_prototypes=num_prototypes, hist_bins=hist_bins,

@@ -312,3 +312,8 @@ def test_public_api_names():
         assert hasattr(arr_coc, name) and name in arr_coc.__all__, name
     assert {"uniform", "threshold", "proportional", "projection", "pgd", "mckp", "hierarchical"} <= \
         set(list_allocators())
+
+
+def test_min_tokens_below_one_is_rejected():
+    with pytest.raises(ValueError, match=r"min_tokens >= 1.*got 0"):
+        ArrCoc(8, 8, num_patches=4, budget=8, min_tokens=0, max_tokens=4)
