@@ -106,7 +106,7 @@ class Knowing(nn.Module):
         self.feat_norm = nn.LayerNorm(dim, elementwise_affine=False, **fk)
         self.prototypes = nn.Parameter(torch.empty(num_prototypes, dim, **fk))
         # Sharpness of the soft codebook assignment (learned, kept positive through exp).
-        self.log_proto_temp = nn.Parameter(torch.zeros((), **fk))
+        self.log_proto_temp = nn.Parameter(torch.zeros(1, **fk))  # shape (1,): FSDP cannot shard 0-dim params
         self.identity_init = identity_init
         if identity_init and query_dim != dim:
             raise ValueError(f"identity_init needs query_dim == dim, got {query_dim} != {dim}")

@@ -182,7 +182,7 @@ def test_learnable_false_gives_buffers_not_parameters():
     assert set(bufs) == {"weights", "log_focus", "explore", "compress"}
     assert not any(isinstance(b, torch.nn.Parameter) for b in bufs.values())
     assert torch.equal(bufs["weights"], torch.tensor([1.0, 2.0, 3.0]))
-    torch.testing.assert_close(bufs["log_focus"], torch.tensor(math.log(2.0)))
+    torch.testing.assert_close(bufs["log_focus"], torch.tensor([math.log(2.0)]))
     assert set(bal.state_dict()) == set(bufs)
     learn = Balancing(3)
     assert {n for n, _ in learn.named_parameters()} == {"weights", "log_focus", "explore", "compress"}

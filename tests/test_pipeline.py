@@ -317,3 +317,9 @@ def test_public_api_names():
 def test_min_tokens_below_one_is_rejected():
     with pytest.raises(ValueError, match=r"min_tokens >= 1.*got 0"):
         ArrCoc(8, 8, num_patches=4, budget=8, min_tokens=0, max_tokens=4)
+
+
+def test_no_scalar_parameters_so_fsdp_can_shard():
+    # FSDP2's fully_shard refuses 0-dim parameters; every ArrCoc parameter must have at least one dimension.
+    model = ArrCoc(8, 8, num_patches=4, budget=8, min_tokens=1, max_tokens=4)
+    assert all(p.dim() >= 1 for p in model.parameters())
