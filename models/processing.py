@@ -1,0 +1,207 @@
+"""Processor for ``ArrCocLlava``: images to normalised pixels, text to ids with exactly ``budget`` image placeholders.
+
+ARR-COC gives every image exactly ``budget`` visual tokens (the default allocators hit the total exactly), so the
+prompt's single ``<image>`` is expanded to ``budget`` copies of the image token id, as the LLaVA processor does with
+its fixed 576. The expansion happens on ids (the text is tokenised with one ``<image>`` special token, then that id is
+repeated), so it costs nothing and cannot be split by a tokenizer merge.
+
+``build_byte_tokenizer`` makes a tokenizer without any download: one token per UTF-8 byte plus the special tokens,
+saved and reloaded like any ``PreTrainedTokenizerFast``. The tiny and bench presets use it; real checkpoints use
+their own tokenizer (``AutoTokenizer.from_pretrained``), with ``<image>`` added when missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["ArrCocProcessor", "IGNORE_INDEX", "build_byte_tokenizer", "pad_sequences"]
+
+#: Label value ignored by the loss (prompt, image and padding positions).
+IGNORE_INDEX = -100
+
+
+def build_byte_tokenizer(image_token: str = "<image>"):
+    """A byte-level tokenizer: ids 0-3 are ``<pad>, <s>, </s>, image_token``, then one id per byte (vocab 260).
+
+    Returns:
+        A ``transformers.PreTrainedTokenizerFast`` with pad/bos/eos set and ``image_token`` as a special token.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ("<pad>", "<s>", "</s>", image_token)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    vocab.update({ch: len(specials) + i for i, ch in enumerate(alphabet)})
+    # BPE with no merges is exactly a byte-level tokenizer in the GPT-2 byte-to-unicode alphabet.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   additional_special_tokens=[image_token])
+    fast.add_bos_token = True
+    return fast
+
+
+class ArrCocProcessor:
+    """Images and prompts → model inputs for ``ArrCocLlava``.
+
+    Args:
+        tokenizer: The LLM's tokenizer; must know ``image_token`` as a single token (added if missing).
+        budget: Visual tokens per image; each ``image_token`` is expanded to this many ids.
+        image_size: ``(H, W)`` the vision tower expects.
+        image_mean: Per-channel mean for normalisation.
+        image_std: Per-channel std.
+        image_token: The placeholder in prompts.
+        prompt_template: Prompt with ``{question}`` and exactly one ``image_token``.
+        answer_template: Target text with ``{answer}``; the tokenizer's EOS is appended.
+        query_tokenizer: For an open_clip query encoder: strings → ``(B, L)`` ids. ``None``: the question is
+            tokenised with ``tokenizer`` (for the LLM-embedding query).
+
+    Shapes (of :meth:`__call__`'s result):
+        pixel_values: (B, 3, H, W)
+        input_ids, attention_mask: (B, L)
+        query_input_ids, query_attention_mask: (B, Lq)
+    """
+
+    def __init__(self, tokenizer: Any, *, budget: int, image_size: Sequence[int], image_mean: Sequence[float],
+                 image_std: Sequence[float], image_token: str = "<image>",
+                 prompt_template: str = "USER: <image>\n{question} ASSISTANT:", answer_template: str = " {answer}",
+                 query_tokenizer: Callable[[list[str]], Tensor] | None = None):
+        if budget < 1:
+            raise ValueError(f"budget must be >= 1, got {budget}")
+        if prompt_template.count(image_token) != 1 or "{question}" not in prompt_template:
+            raise ValueError(f"prompt_template must hold exactly one {image_token!r} and a {{question}} field, "
+                             f"got {prompt_template!r}")
+        if "{answer}" not in answer_template:
+            raise ValueError(f"answer_template must hold an {{answer}} field, got {answer_template!r}")
+        if image_token not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        self.budget = int(budget)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.image_mean = tuple(float(v) for v in image_mean)
+        self.image_std = tuple(float(v) for v in image_std)
+        self.image_token = image_token
+        self.image_token_id = int(tokenizer.convert_tokens_to_ids(image_token))
+        self.prompt_template = prompt_template
+        self.answer_template = answer_template
+        self.query_tokenizer = query_tokenizer
+
+    # -- images --------------------------------------------------------------------------------------------------------
+    def preprocess_images(self, images: Sequence[Any]) -> Tensor:
+        """PIL images (or HWC uint8 arrays) → normalised ``(B, 3, H, W)`` float32, bicubic-resized to ``image_size``."""
+        from PIL import Image
+
+        out = []
+        for i, img in enumerate(images):
+            if isinstance(img, np.ndarray):
+                img = Image.fromarray(img)
+            if not isinstance(img, Image.Image):
+                raise ValueError(f"image {i} must be a PIL image or an HWC uint8 array, got {type(img).__name__}")
+            img = img.convert("RGB")
+            if img.size != (self.image_size[1], self.image_size[0]):
+                img = img.resize((self.image_size[1], self.image_size[0]), Image.BICUBIC)
+            out.append(np.asarray(img, dtype=np.float32) / 255.0)
+        x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)  # (B, 3, H, W)
+        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+    # -- text ----------------------------------------------------------------------------------------------------------
+    def prompt(self, question: str) -> str:
+        return self.prompt_template.replace("{question}", question)
+
+    def answer(self, answer: str) -> str:
+        return self.answer_template.replace("{answer}", answer)
+
+    def expand_image_tokens(self, ids: Sequence[int]) -> list[int]:
+        """Replace the single image placeholder id by ``budget`` copies.
+
+        Raises:
+            ValueError: if ``ids`` hold no placeholder or more than one (one image per sample).
+        """
+        n = sum(1 for t in ids if t == self.image_token_id)
+        if n != 1:
+            raise ValueError(f"a prompt must hold exactly one {self.image_token!r} placeholder, found {n}")
+        out: list[int] = []
+        for t in ids:
+            out.extend([t] * self.budget if t == self.image_token_id else [t])
+        return out
+
+    def encode_prompt(self, question: str) -> list[int]:
+        """Prompt ids (with BOS if the tokenizer adds one) and the image placeholder expanded."""
+        return self.expand_image_tokens(self.tokenizer(self.prompt(question), add_special_tokens=True)["input_ids"])
+
+    def encode_answer(self, answer: str) -> list[int]:
+        """Target ids: the answer text without special tokens, then EOS."""
+        ids = self.tokenizer(self.answer(answer), add_special_tokens=False)["input_ids"]
+        return list(ids) + [int(self.tokenizer.eos_token_id)]
+
+    def encode_queries(self, questions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Query-encoder ids and mask for a batch of questions. Shapes (B, Lq), (B, Lq)."""
+        if self.query_tokenizer is not None:
+            ids = self.query_tokenizer(list(questions)).long()
+            return ids, torch.ones_like(ids, dtype=torch.bool)
+        enc = [self.tokenizer(q, add_special_tokens=False)["input_ids"] for q in questions]
+        return pad_sequences(enc, int(self.tokenizer.pad_token_id), "right")
+
+    def __call__(self, images: Sequence[Any], questions: Sequence[str], *, padding_side: str = "left") -> dict:
+        """Inputs for generation: prompts only, left-padded (decoder-only generation continues at the right end)."""
+        if len(images) != len(questions):
+            raise ValueError(f"got {len(images)} images but {len(questions)} questions")
+        ids, mask = pad_sequences([self.encode_prompt(q) for q in questions], int(self.tokenizer.pad_token_id),
+                                  padding_side)
+        q_ids, q_mask = self.encode_queries(questions)
+        return {"pixel_values": self.preprocess_images(images), "input_ids": ids, "attention_mask": mask,
+                "query_input_ids": q_ids, "query_attention_mask": q_mask}
+
+    def batch_decode(self, ids: Tensor | Sequence[Sequence[int]]) -> list[str]:
+        return [s.strip() for s in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    # -- persistence ---------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "image_size": list(self.image_size), "image_mean": list(self.image_mean),
+                "image_std": list(self.image_std), "image_token": self.image_token,
+                "prompt_template": self.prompt_template, "answer_template": self.answer_template}
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write the tokenizer and ``arr_coc_processor.json`` (the query tokenizer is rebuilt from the model config)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(d))
+        (d / "arr_coc_processor.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], *, query_tokenizer=None) -> "ArrCocProcessor":
+        from transformers import AutoTokenizer
+
+        d = Path(directory)
+        params = json.loads((d / "arr_coc_processor.json").read_text())
+        return cls(AutoTokenizer.from_pretrained(str(d)), query_tokenizer=query_tokenizer, **params)
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right",
+                  value_dtype: torch.dtype = torch.int64) -> tuple[Tensor, Tensor]:
+    """Pad id lists into a ``(B, L)`` tensor and a bool mask, on the ``right`` or the ``left``."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    length = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), length), pad_id, dtype=value_dtype)
+    mask = torch.zeros(len(seqs), length, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        sl = slice(length - len(s), length) if side == "left" else slice(0, len(s))
+        ids[i, sl] = torch.as_tensor(list(s), dtype=value_dtype)
+        mask[i, sl] = True
+    return ids, mask
+
+

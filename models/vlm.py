@@ -1,0 +1,270 @@
+"""``ArrCocLlava``: ARR-COC as a drop-in visual-token layer for a Hugging Face LLaVA model.
+
+LLaVA (Liu et al. 2023, "Visual Instruction Tuning"; LLaVA-1.5, Liu et al. 2024) feeds every vision-tower token
+through a projector into the LLM. Here the path is
+
+    pixels ─► vision tower ─► (B, K, h, w, Dv) ─► ArrCoc(query) ─► tokens (B, budget, Dv) + E_pos(row, col)
+          ─► multi-modal projector ─► (B, budget, E) ─► masked_scatter into the input embeddings at <image> ids
+
+so the LLM sees exactly ``budget`` visual tokens per image, spent where the question points. ``E_pos`` is the learned
+2-D position embedding of :mod:`models.position` (why it is there and why zero-initialised is documented there).
+
+Weights. The wrapped ``LlavaForConditionalGeneration`` keeps its projector, language model and LM head; its own
+vision tower is either used (the ``hf``/``llava`` backend, moved into :class:`~models.vision.HFVision`) or dropped
+(the ``open_clip`` backend). So a real checkpoint loads with
+``LlavaForConditionalGeneration.from_pretrained("llava-hf/llava-1.5-7b-hf")`` and is wrapped by
+``models.builders.build_model`` (see ``configs/models/llava15_7b.yaml``); our own checkpoints (``model.safetensors``)
+load with :func:`load_state_dict_nonstrict`, which tolerates exactly the parameters LLaVA leaves unused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from arr_coc import ArrCoc, ArrCocOutput
+from models.position import PositionEmbedding2d
+from models.text import LlmEmbeddingQuery
+from models.vision import VisionTower
+
+__all__ = ["ArrCocLlava", "ArrCocLlavaOutput", "load_state_dict_nonstrict"]
+
+
+@dataclass(frozen=True)
+class ArrCocLlavaOutput:
+    """Result of :meth:`ArrCocLlava.forward`.
+
+    Attributes:
+        loss: Mean next-token cross-entropy over the label tokens (``None`` without labels).
+        logits: (B, L, V) next-token logits.
+        arr_coc: The ArrCoc layer's output (budgets (B, K), scores, positions, ...).
+        past_key_values: The LLM's cache, when it returns one.
+        alloc_context: (B, K, C) the per-patch context a learning allocator (``bandit``) chose with, detached;
+            ``None`` for the other allocators. Lets a trainer credit rewards gathered from several processes.
+    """
+
+    loss: Tensor | None
+    logits: Tensor
+    arr_coc: ArrCocOutput
+    past_key_values: Any = None
+    alloc_context: Tensor | None = None
+
+
+class ArrCocLlava(nn.Module):
+    """A LLaVA model whose visual tokens come from an :class:`~arr_coc.ArrCoc` layer.
+
+    Args:
+        llava: A ``transformers.LlavaForConditionalGeneration``. Its ``config.image_token_id`` marks the placeholders;
+            its own vision tower should already be removed or moved into ``vision``.
+        vision: The feature source, returning ``(B, K, h, w, Dv)``; ``Dv`` must equal ``arr_coc.dim`` and the
+            projector's input width.
+        arr_coc: The budget layer; ``arr_coc.budget`` visual tokens per image.
+        query_encoder: ``None`` (or :class:`~models.text.LlmEmbeddingQuery`): the mean of the LLM's input embeddings
+            of the question tokens. Otherwise a module ``(query_input_ids, query_attention_mask) → (B, Dq)``, e.g.
+            :class:`~models.text.OpenClipText`.
+        pos_embed: Learned 2-D position embedding added to the tokens before the projector (``None``: none).
+        use_pixel_entropy: Give ArrCoc the pixels, so its propositional score is the grey-level entropy.
+
+    Shapes:
+        pixel_values: (B, 3, H, W)
+        input_ids, attention_mask, labels: (B, L); each row holds exactly ``budget`` image-token ids
+        query_input_ids, query_attention_mask: (B, Lq)
+    """
+
+    def __init__(self, llava: nn.Module, vision: VisionTower, arr_coc: ArrCoc, *,
+                 query_encoder: nn.Module | None = None, pos_embed: PositionEmbedding2d | None = None,
+                 use_pixel_entropy: bool = False):
+        super().__init__()
+        cfg = llava.config
+        proj_in = llava.model.multi_modal_projector.linear_1.in_features
+        if vision.feature_dim != arr_coc.dim or proj_in != arr_coc.dim:
+            raise ValueError(f"widths disagree: vision features D={vision.feature_dim}, ArrCoc dim={arr_coc.dim}, "
+                             f"projector input={proj_in}")
+        if vision.num_patches != arr_coc.num_patches or tuple(vision.patch_grid) != tuple(arr_coc.patch_grid):
+            raise ValueError(f"vision patch grid {vision.patch_grid} (K={vision.num_patches}) differs from ArrCoc's "
+                             f"{arr_coc.patch_grid} (K={arr_coc.num_patches})")
+        if pos_embed is not None and pos_embed.dim != arr_coc.dim:
+            raise ValueError(f"pos_embed width {pos_embed.dim} != ArrCoc dim {arr_coc.dim}")
+        # LLaVA's own tower is either moved into ``vision`` (HF backend) or dead weight next to ours: one owner only.
+        llava.model.vision_tower = None
+        self.llava = llava
+        self.vision = vision
+        self.arr_coc = arr_coc
+        self.query_encoder = query_encoder if query_encoder is not None else LlmEmbeddingQuery()
+        self.pos_embed = pos_embed
+        self.use_pixel_entropy = use_pixel_entropy
+        self.image_token_id = int(cfg.image_token_id)
+        self._last_context: Tensor | None = None
+
+    # -- parts ---------------------------------------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.llava.config
+
+    @property
+    def budget(self) -> int:
+        return self.arr_coc.budget
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.llava.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.llava.model.language_model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llava.get_input_embeddings()
+
+    def fsdp_blocks(self) -> list[nn.Module]:
+        """Modules to shard one per FSDP group (LLM decoder layers, vision blocks); the rest joins the root."""
+        layers = getattr(self.language_model, "layers", None)
+        return list(self.vision.fsdp_blocks()) + (list(layers) if layers is not None else [])
+
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Named parameters by part: ``vision``, ``arr_coc``, ``projector`` (with the position table), ``query``,
+        ``llm`` (everything of the LLaVA model that is not the projector)."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in
+                                                              ("vision", "arr_coc", "projector", "query", "llm")}
+        proj = {id(p) for p in self.projector.parameters()}
+        for name, p in self.named_parameters():
+            if name.startswith("vision."):
+                groups["vision"].append((name, p))
+            elif name.startswith("arr_coc."):
+                groups["arr_coc"].append((name, p))
+            elif name.startswith("pos_embed.") or id(p) in proj:
+                groups["projector"].append((name, p))
+            elif name.startswith("query_encoder."):
+                groups["query"].append((name, p))
+            else:
+                groups["llm"].append((name, p))
+        return groups
+
+    def set_trainable(self, *, vision: bool, llm: bool, arr_coc: bool, projector: bool = True,
+                      query: bool = False) -> None:
+        """Freeze or unfreeze each part (see :meth:`parameter_groups`)."""
+        flags = {"vision": vision, "llm": llm, "arr_coc": arr_coc, "projector": projector, "query": query}
+        for part, params in self.parameter_groups().items():
+            for _, p in params:
+                p.requires_grad_(bool(flags[part]))
+
+    # -- the ARR-COC path ----------------------------------------------------------------------------------------------
+    def encode_query(self, query_input_ids: Tensor, query_attention_mask: Tensor | None = None) -> Tensor:
+        """The question as one vector. Shapes (B, Lq), (B, Lq) → (B, Dq)."""
+        if not isinstance(query_input_ids, Tensor) or query_input_ids.dim() != 2:
+            shape = tuple(query_input_ids.shape) if isinstance(query_input_ids, Tensor) else query_input_ids
+            raise ValueError(f"query_input_ids must have shape (B, Lq), got {shape}")
+        if isinstance(self.query_encoder, LlmEmbeddingQuery):
+            embeds = self.get_input_embeddings()(query_input_ids)  # (B, Lq, E)
+            return self.query_encoder(embeds, query_attention_mask)
+        return self.query_encoder(query_input_ids, query_attention_mask)
+
+    def visual_tokens(self, pixel_values: Tensor, query: Tensor) -> tuple[Tensor, ArrCocOutput]:
+        """Projected visual tokens. Shapes (B, 3, H, W), (B, Dq) → (B, T, E) with T = budget, plus ArrCoc's output."""
+        feats = self.vision(pixel_values)  # (B, K, h, w, Dv)
+        # ArrCoc runs in its own (float32) precision whatever the towers use: it is small, and its scores feed an
+        # exact integer allocation that bf16 rounding would make jittery.
+        dt = self.arr_coc.knowing.q_proj.weight.dtype
+        feats, query = feats.to(dt), query.to(dt)
+        out = self.arr_coc(feats, query=query, pixels=pixel_values.to(dt) if self.use_pixel_entropy else None)
+        self._last_context = (self.arr_coc._context(feats, query, out.scores)
+                              if getattr(self.arr_coc.attending, "uses_context", False) else None)
+        tokens = out.tokens  # (B, T, Dv)
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed(out.positions, out.mask).to(tokens.dtype)
+        proj_dtype = self.projector.linear_1.weight.dtype
+        return self.projector(tokens.to(proj_dtype)), out  # (B, T, E)
+
+    def embed_inputs(self, pixel_values: Tensor, input_ids: Tensor, *, query_input_ids: Tensor,
+                     query_attention_mask: Tensor | None = None) -> tuple[Tensor, ArrCocOutput]:
+        """Input embeddings with the visual tokens scattered into the image placeholders.
+
+        Shapes:
+            pixel_values: (B, 3, H, W)
+            input_ids: (B, L)
+            returns: (B, L, E) embeddings and the ArrCoc output
+
+        Raises:
+            ValueError: when a sample's placeholder count differs from its visual-token count (both are named).
+        """
+        if input_ids.dim() != 2 or pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"input_ids must be (B, L) with B = pixel_values' batch {pixel_values.shape[0]}, "
+                             f"got {tuple(input_ids.shape)}")
+        query = self.encode_query(query_input_ids, query_attention_mask)
+        image_embeds, out = self.visual_tokens(pixel_values, query)
+        placeholders = input_ids == self.image_token_id  # (B, L)
+        n_ph = placeholders.sum(1)
+        n_tok = out.mask.sum(1)
+        if not torch.equal(n_ph, n_tok):
+            b = int((n_ph != n_tok).nonzero()[0, 0])
+            raise ValueError(
+                f"image placeholder / visual token count mismatch in sample {b}: input_ids hold {int(n_ph[b])} "
+                f"image tokens (id {self.image_token_id}) but ArrCoc produced {int(n_tok[b])} visual tokens "
+                f"(budget={self.budget}); expand <image> with the model's processor")
+        embeds = self.get_input_embeddings()(input_ids)  # (B, L, E)
+        embeds = embeds.masked_scatter(placeholders.unsqueeze(-1), image_embeds[out.mask].to(embeds.dtype))
+        return embeds, out
+
+    # -- LLaVA API -----------------------------------------------------------------------------------------------------
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                query_input_ids: Tensor, query_attention_mask: Tensor | None = None, labels: Tensor | None = None,
+                **lm_kwargs: Any) -> ArrCocLlavaOutput:
+        """Training / scoring forward: the LLaVA LM over the merged embeddings (HF's shifted loss with ``labels``)."""
+        embeds, out = self.embed_inputs(pixel_values, input_ids, query_input_ids=query_input_ids,
+                                        query_attention_mask=query_attention_mask)
+        lm = self.llava(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+        return ArrCocLlavaOutput(loss=lm.loss, logits=lm.logits, arr_coc=out,
+                                 past_key_values=getattr(lm, "past_key_values", None),
+                                 alloc_context=self._last_context)
+
+    @torch.no_grad()
+    def generate(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                 query_input_ids: Tensor, query_attention_mask: Tensor | None = None, **generate_kwargs: Any) -> Tensor:
+        """Greedy/sampled continuation of left-padded prompts; returns only the new tokens, shape (B, N).
+
+        Works on an FSDP2-sharded model too: the root group is gathered for the duration of the call.
+        """
+        with self._unsharded():
+            embeds, _ = self.embed_inputs(pixel_values, input_ids, query_input_ids=query_input_ids,
+                                          query_attention_mask=query_attention_mask)
+            generate_kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id
+                                       if getattr(self.config.text_config, "pad_token_id", None) is not None else 0)
+            return self.llava.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    @contextlib.contextmanager
+    def _unsharded(self) -> Iterator[None]:
+        # An FSDP2 module gathers its root group only in its own forward; generate() calls sub-modules directly.
+        unshard = getattr(self, "unshard", None)
+        if callable(unshard) and hasattr(self, "reshard"):
+            unshard()
+            try:
+                yield
+            finally:
+                self.reshard()
+        else:
+            yield
+
+
+def load_state_dict_nonstrict(model: nn.Module, state_dict: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+    """Load weights, tolerating only the keys LLaVA leaves unused; anything else missing or unexpected raises.
+
+    Tolerated: ``llava.model.vision_tower.*`` (dropped for the open_clip backend) and the open_clip heads that
+    :class:`~models.vision.OpenClipVision` prunes. Returns the ignored (missing, unexpected) keys.
+
+    Raises:
+        ValueError: on any other missing or unexpected key (the first few are named).
+    """
+    tolerated = ("llava.model.vision_tower.", "vision.visual.proj", "vision.visual.ln_post", "vision.visual.attn_pool",
+                 "query_encoder.clip.logit_")
+    res = model.load_state_dict(state_dict, strict=False)
+    bad_missing = [k for k in res.missing_keys if not k.startswith(tolerated)]
+    bad_unexpected = [k for k in res.unexpected_keys if not k.startswith(tolerated)]
+    if bad_missing or bad_unexpected:
+        raise ValueError(f"state dict does not fit the model: missing {bad_missing[:8]} "
+                         f"({len(bad_missing)} total), unexpected {bad_unexpected[:8]} ({len(bad_unexpected)} total)")
+    return ([k for k in res.missing_keys if k.startswith(tolerated)],
+            [k for k in res.unexpected_keys if k.startswith(tolerated)])

@@ -1,0 +1,101 @@
+"""Vision towers → (B, K, h, w, D) patch grids, and the query encoders."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+from models.text import LlmEmbeddingQuery, OpenClipText, masked_mean
+from models.vision import HFVision, OpenClipVision, create_open_clip, hf_vision_from_config
+
+HF_TINY = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
+           "image_size": 32, "patch_size": 4}  # 8x8 token grid
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return create_open_clip("arr-coc-tiny-vit")
+
+
+def test_open_clip_patch_layout_matches_token_grid(clip):
+    import copy
+
+    full = copy.deepcopy(clip.visual)  # unpruned reference
+    vis = OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(2, 4), feature_layer=-2)
+    assert vis.fine_grid == (4, 2) and len(vis.visual.transformer.resblocks) == 1  # block 2 of 2 pruned
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = vis(x)
+        grid = full.forward_intermediates(x, indices=[0], intermediates_only=True)["image_intermediates"][0]
+    assert feats.shape == (2, 8, 4, 2, 32)
+    # Patch k = (row, col) holds grid cells [row*4 + i, col*2 + j].
+    for k, (r, c) in enumerate((r, c) for r in range(2) for c in range(4)):
+        torch.testing.assert_close(feats[:, k], grid[:, :, r * 4:(r + 1) * 4, c * 2:(c + 1) * 2].permute(0, 2, 3, 1))
+
+
+def test_open_clip_resampled_layout(clip):
+    import copy
+
+    # A K=200-style layout (10 x 20 patches) on an 8x8 token grid needs resampling to (10 h, 20 w).
+    vis = OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(10, 20), fine_grid=(2, 2))
+    feats = vis(torch.randn(1, 3, 64, 64))
+    assert feats.shape == (1, 200, 2, 2, 32) and torch.isfinite(feats).all()
+    with pytest.raises(ValueError, match="does not divide"):
+        OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(3, 3))
+
+
+def test_bad_pixels_rejected(clip):
+    import copy
+
+    vis = OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(4, 4))
+    with pytest.raises(ValueError, match=r"\(64, 64\)"):
+        vis(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="B, 3, H, W"):
+        vis(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match="feature_layer=5"):
+        OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(4, 4), feature_layer=5)
+
+
+@pytest.mark.parametrize("kind,prefix", [("clip", 1), ("siglip", 0)])
+def test_hf_vision_drops_prefix_and_prunes(kind, prefix):
+    torch.manual_seed(0)
+    ref = hf_vision_from_config(kind, HF_TINY, patch_grid=(4, 4), prune=False, feature_layer=-2)
+    vis = hf_vision_from_config(kind, HF_TINY, patch_grid=(4, 4), feature_layer=-2)
+    vis.model.load_state_dict(ref.model.state_dict(), strict=False)
+    assert isinstance(vis, HFVision) and vis.num_prefix_tokens == prefix
+    assert len(vis.fsdp_blocks()) == 2 and len(ref.fsdp_blocks()) == 3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = vis(x)
+        hidden = ref.model(pixel_values=x, output_hidden_states=True).hidden_states[-2][:, prefix:]
+    assert feats.shape == (2, 16, 2, 2, 16)
+    grid = hidden.transpose(1, 2).reshape(2, 16, 8, 8)
+    torch.testing.assert_close(feats[:, 5], grid[:, :, 2:4, 2:4].permute(0, 2, 3, 1))  # patch (1, 1)
+    with pytest.raises(ValueError, match="unknown HF vision kind"):
+        hf_vision_from_config("vit", HF_TINY, patch_grid=(4, 4))
+
+
+def test_open_clip_text_query(clip):
+    import copy
+
+    text = OpenClipText(copy.deepcopy(clip), open_clip.get_tokenizer("arr-coc-tiny-vit"))
+    assert text.clip.visual is None and text.output_dim == 32
+    ids = text.tokenize(["what digit is in the red circle?", "how many triangles?"])
+    q = text(ids)
+    assert q.shape == (2, 32) and not torch.allclose(q[0], q[1])
+
+
+def test_llm_embedding_query_is_masked_mean():
+    e = torch.arange(12.0).view(1, 4, 3)
+    m = torch.tensor([[True, True, False, False]])
+    torch.testing.assert_close(LlmEmbeddingQuery()(e, m), e[:, :2].mean(1))
+    assert masked_mean(e, torch.zeros(1, 4, dtype=torch.bool)).abs().sum() == 0
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        LlmEmbeddingQuery()(e, m[:, :3])
+
+
+def test_unknown_open_clip_model():
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        create_open_clip("no-such-model")

@@ -1,0 +1,128 @@
+"""Every YAML in configs/ builds; unknown keys and malformed overrides are rejected with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.builders import CONFIG_DIR, build_model, list_model_presets, load_model_cfg
+from training.train import load_train_cfg, model_cfg
+
+YAMLS = sorted(CONFIG_DIR.rglob("*.yaml"))
+
+
+def _header(path: Path) -> str:
+    lines = path.read_text().splitlines()
+    return "\n".join(line for line in lines[: next(i for i, ln in enumerate(lines) if not ln.startswith("#"))])
+
+
+def test_configs_exist():
+    names = {p.relative_to(CONFIG_DIR).as_posix() for p in YAMLS}
+    assert {"accelerate/fsdp_cpu.yaml", "accelerate/fsdp_gpu.yaml", "train/tiny.yaml", "train/bench.yaml",
+            "models/tiny.yaml", "models/bench.yaml", "models/llava15_7b.yaml"} <= names
+    assert set(list_model_presets()) >= {"tiny", "bench", "llava15_7b"}
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
+def test_yaml_is_headed_by_its_command(path):
+    head = _header(path)
+    assert head.startswith("#"), f"{path} must open with a comment naming its command"
+    want = "build_model" if path.parent.name == "models" else "accelerate launch"
+    assert want in head, f"{path} header lacks {want!r}"
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_yaml_loads(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))  # accelerate rejects unknown keys itself
+    assert cfg.distributed_type.value == "FSDP" and cfg.fsdp_config["fsdp_version"] == 2
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_train_yaml_loads_and_its_model_validates(path):
+    cfg = load_train_cfg(path)
+    mcfg = model_cfg(cfg)
+    assert mcfg.arr_coc["budget"] >= mcfg.arr_coc["num_patches"] * mcfg.arr_coc["min_tokens"]
+    assert cfg.train.batch_size >= 1
+
+
+@pytest.mark.parametrize("name", ["tiny", "bench"])
+def test_model_preset_builds(name):
+    model, processor = build_model(name)
+    cfg = load_model_cfg(name)
+    assert model.budget == cfg.arr_coc["budget"] == processor.budget
+    assert model.vision.num_patches == cfg.arr_coc["num_patches"]
+    x = torch.zeros(1, 3, *processor.image_size)
+    with torch.no_grad():
+        assert model.vision(x).shape[1] == cfg.arr_coc["num_patches"]
+
+
+def _tiny_llava_checkpoint(directory: Path) -> None:
+    """A LLaVA-1.5-shaped checkpoint (HF CLIP tower with a 24x24 token grid, Llama LM), saved locally."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from models.processing import build_byte_tokenizer
+
+    tok = build_byte_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=48, patch_size=2)
+    text = LlamaConfig(vocab_size=264, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                       tie_word_embeddings=False, pad_token_id=0)
+    cfg = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
+                      image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2)
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(cfg).save_pretrained(directory)
+    tok.save_pretrained(directory)
+
+
+def test_llava15_7b_preset_builds_from_a_local_checkpoint(tmp_path):
+    """The preset's structure (HF tower from the checkpoint, 6x6 patches of 4x4, 576 tokens, frozen LLM), loaded
+    with from_pretrained from a tiny local checkpoint of the same shape (no hub access here)."""
+    from PIL import Image
+
+    _tiny_llava_checkpoint(tmp_path)
+    model, processor = build_model("llava15_7b", [f"llm.name_or_path={tmp_path}", "llm.dtype=float32"])
+    assert model.llava.model.vision_tower is None and type(model.vision).__name__ == "HFVision"
+    assert model.vision.fine_grid == (4, 4) and model.budget == 576
+    groups = model.parameter_groups()
+    assert not any(p.requires_grad for _, p in groups["llm"] + groups["vision"])
+    assert all(p.requires_grad for _, p in groups["arr_coc"] + groups["projector"])
+    batch = processor([Image.new("RGB", (60, 50), "red")], ["what colour is it?"])
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.arr_coc.budgets.sum().item() == 576 and torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.max_stepz=3", r"train\.max_stepz"),
+    ("optimizer.lr=1", r"optimizer"),
+    ("model.arr_coc.budgett=3", r"budgett"),
+    ("model.llm.text_config.hiden_size=3", r"hiden_size"),
+    ("model.vision.backend=timm", r"vision\.backend"),
+    ("dist.fsdp=maybe", r"dist\.fsdp"),
+    ("train.batch_size=0", r"train\.batch_size"),
+    ("no_equals_sign", r"key=value"),
+    ("train.max_steps.sub=1", r"not a section"),
+])
+def test_bad_overrides_rejected(override, match):
+    with pytest.raises(ValueError, match=match):
+        load_train_cfg(CONFIG_DIR / "train" / "tiny.yaml", [override])
+
+
+def test_good_overrides_apply():
+    cfg = load_train_cfg(CONFIG_DIR / "train" / "tiny.yaml",
+                         ["train.max_steps=3", "optim.lr=1e-4", "model.arr_coc.budget=48", "dist.fsdp=off",
+                          "model_preset=tiny", "data.path=/tmp/x"])
+    assert cfg.train.max_steps == 3 and cfg.optim.lr == 1e-4 and cfg.dist.fsdp == "off" and cfg.data.path == "/tmp/x"
+    assert model_cfg(cfg).arr_coc["budget"] == 48
+
+
+def test_unknown_preset_and_model_key():
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        load_model_cfg("huge")
+    with pytest.raises(ValueError, match=r"vision\.modelname"):
+        load_model_cfg("tiny", ["vision.modelname=x"])

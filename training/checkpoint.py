@@ -1,0 +1,177 @@
+"""Atomic, resumable training checkpoints for (FSDP2-sharded or plain) models.
+
+Layout of ``<output_dir>/checkpoints/step_00000012/``:
+
+- ``model.safetensors``: the full (unsharded) model weights, written by rank 0; loadable without torch.distributed
+  (``safetensors.torch.load_file`` + :func:`models.vlm.load_state_dict_nonstrict`).
+- ``dcp/``: ``torch.distributed.checkpoint`` of the sharded model and optimizer state (each rank writes its shards;
+  loading reshards, so a run can resume on a different number of processes).
+- ``scheduler.pt``, ``trainer_state.json`` (step, epoch, data position, world size, the resolved config).
+- ``rng/rank{r}.pt``: Python, NumPy, torch CPU and CUDA generator states of every rank.
+- ``processor/``: the tokenizer and processor settings, for inference from the checkpoint alone.
+
+Atomicity: everything is written under ``.step_00000012.tmp`` and renamed once complete (``os.replace`` on one file
+system is atomic), then ``latest`` (a one-line file, itself replaced atomically) points at it. A crash mid-write
+leaves only a ``.tmp`` folder, which :func:`find_latest` ignores and the next save removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["find_latest", "load_checkpoint", "save_checkpoint"]
+
+_PREFIX = "step_"
+
+
+def _is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _is_dist() else 0
+
+
+def _barrier() -> None:
+    if _is_dist():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def _quiet_single_process():
+    """DCP warns that it assumes one process when no process group exists; that is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+
+
+def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, trainer_state: dict[str, Any], processor: Any = None, keep_last: int | None = None,
+                    ) -> Path:
+    """Write a checkpoint for ``step`` atomically; every rank must call it (collective). Returns the final path."""
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    root = Path(root)
+    final = root / f"{_PREFIX}{step:08d}"
+    tmp = root / f".{_PREFIX}{step:08d}.tmp"
+    if _rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        (tmp / "rng").mkdir(parents=True)
+    _barrier()
+
+    # Sharded model + optimizer: each rank writes its own shards (collective planning inside).
+    with _quiet_single_process():
+        dcp.save(_state_dicts(model, optimizer), checkpoint_id=str(tmp / "dcp"))
+    # Full weights as real safetensors (gathered to rank 0, on CPU).
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    torch.save(_rng_state(), tmp / "rng" / f"rank{_rank()}.pt")
+    if _rank() == 0:
+        save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "step": str(step)})
+        torch.save(scheduler.state_dict() if scheduler is not None else {}, tmp / "scheduler.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=str) + "\n")
+        if processor is not None:
+            processor.save_pretrained(tmp / "processor")
+    del full
+    _barrier()
+    if _rank() == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _atomic_write_text(root / "latest", final.name + "\n")
+        if keep_last is not None and keep_last > 0:
+            done = sorted(p for p in root.glob(f"{_PREFIX}*") if p.is_dir())
+            for old in done[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def find_latest(root: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint under ``root`` (``None`` if there is none); ``.tmp`` folders never count."""
+    root = Path(root)
+    pointer = root / "latest"
+    if pointer.is_file():
+        cand = root / pointer.read_text().strip()
+        if (cand / "trainer_state.json").is_file():
+            return cand
+    done = sorted(p for p in root.glob(f"{_PREFIX}*") if (p / "trainer_state.json").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any = None, restore_rng: bool = True) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and this rank's RNG from ``path``; returns ``trainer_state``.
+
+    Collective on every rank. RNG states are restored only when the checkpoint has one for this rank (same or larger
+    world size); otherwise the caller's seeding stands.
+
+    Raises:
+        ValueError: if ``path`` is not a complete checkpoint.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    path = Path(path)
+    if not (path / "trainer_state.json").is_file() or not (path / "dcp").is_dir():
+        raise ValueError(f"{str(path)!r} is not a complete checkpoint (no trainer_state.json or dcp/)")
+    state = _state_dicts(model, optimizer)
+    with _quiet_single_process():
+        dcp.load({"model": state["model"]}, checkpoint_id=str(path / "dcp"))  # strict: every weight must be there
+        # Partial for the optimizer: a parameter that never received a gradient (e.g. an unused ArrCoc tension) has
+        # no Adam state in the checkpoint, while the freshly initialised optimizer has a zero one; AdamW skips such a
+        # parameter either way, so keeping the zero state is exact.
+        dcp.load({"optim": state["optim"]}, checkpoint_id=str(path / "dcp"),
+                 planner=DefaultLoadPlanner(allow_partial_load=True))
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng = path / "rng" / f"rank{_rank()}.pt"
+    if restore_rng and rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=False))
+    return json.loads((path / "trainer_state.json").read_text())

@@ -1,0 +1,92 @@
+"""Collation of VQA rows into ``ArrCocLlava`` batches, through the model's processor.
+
+Rows follow the common schema of ``training/data.py`` (``image, question, answers, question_id, question_type``).
+For training, each sequence is ``prompt(question)`` with its ``<image>`` expanded to ``budget`` placeholders, then
+``answer`` and EOS; labels copy the answer and EOS ids and mask everything else (prompt, image placeholders, padding)
+with ``IGNORE_INDEX``, so the loss is the answer's likelihood given the image and question (as in LLaVA's
+instruction tuning). The target answer is the most frequent of the row's answers (first occurrence breaks ties),
+which for VQAv2's 10 human answers is the consensus answer. For generation, prompts are left-padded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from models.processing import IGNORE_INDEX, ArrCocProcessor, pad_sequences
+
+__all__ = ["VqaCollator", "consensus_answer", "move_to"]
+
+
+def consensus_answer(answers: Sequence[str] | str) -> str:
+    """The most frequent answer; ties go to the earliest. A bare string is its own answer."""
+    if isinstance(answers, str):
+        return answers
+    if len(answers) == 0:
+        raise ValueError("a training row needs at least one answer, got an empty list")
+    counts = Counter(answers)
+    best = max(counts.values())
+    return next(a for a in answers if counts[a] == best)
+
+
+class VqaCollator:
+    """List of rows → batch dict of tensors (plus the rows' ids, answers and types as lists).
+
+    Args:
+        processor: The model's :class:`~models.processing.ArrCocProcessor`.
+        train: Build teacher-forced sequences with labels (right-padded); otherwise prompts only (left-padded).
+        max_length: Raise ``ValueError`` for longer sequences (``None``: no limit). Never truncates silently.
+
+    Shapes (of the result, B rows, L tokens):
+        pixel_values: (B, 3, H, W)
+        input_ids, attention_mask, labels: (B, L)
+        query_input_ids, query_attention_mask: (B, Lq)
+    """
+
+    def __init__(self, processor: ArrCocProcessor, *, train: bool = True, max_length: int | None = None):
+        self.processor = processor
+        self.train = train
+        self.max_length = max_length
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if len(rows) == 0:
+            raise ValueError("cannot collate an empty batch")
+        p = self.processor
+        questions = [str(r["question"]) for r in rows]
+        seqs, labels = [], []
+        for q, r in zip(questions, rows):
+            prompt = p.encode_prompt(q)
+            if self.train:
+                target = p.encode_answer(consensus_answer(r["answers"]))
+                seqs.append(prompt + target)
+                labels.append([IGNORE_INDEX] * len(prompt) + target)
+            else:
+                seqs.append(prompt)
+        longest = max(len(s) for s in seqs)
+        if self.max_length is not None and longest > self.max_length:
+            raise ValueError(f"a sequence has {longest} tokens (budget {p.budget} image tokens included), more than "
+                             f"max_length={self.max_length}")
+        pad = int(p.tokenizer.pad_token_id)
+        side = "right" if self.train else "left"
+        input_ids, attention_mask = pad_sequences(seqs, pad, side)
+        q_ids, q_mask = p.encode_queries(questions)
+        batch: dict[str, Any] = {
+            "pixel_values": p.preprocess_images([r["image"] for r in rows]),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask.long(),
+            "query_input_ids": q_ids,
+            "query_attention_mask": q_mask,
+            "question_id": [str(r.get("question_id", i)) for i, r in enumerate(rows)],
+            "question_type": [str(r.get("question_type", "")) for r in rows],
+            "answers": [list(r["answers"]) if not isinstance(r["answers"], str) else [r["answers"]] for r in rows],
+        }
+        if self.train:
+            batch["labels"], _ = pad_sequences(labels, IGNORE_INDEX, side)
+        return batch
+
+
+def move_to(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Tensors of ``batch`` moved to ``device``; everything else passed through."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
