@@ -1,8 +1,15 @@
 """Choosing between the CUDA kernel and the pure-torch reference, and loading the kernel lazily.
 
-The CUDA extension is compiled on first CUDA use (never at import) with ``torch.utils.cpp_extension.load``; any
-failure (no CUDA, no compiler, no sources, a build error) makes :func:`load_kernel` return ``None``, records the reason,
-and emits one warning naming the fallback. ``ARR_COC_KERNEL=reference|cuda`` or :data:`_override_impl` force a path.
+The CUDA extension (``csrc/``: one warp per row, values in registers, safeguarded Newton on the piecewise-linear
+budget equation of Held, Wolfe & Crowder 1974, sort-free unlike the methods surveyed by Condat 2016; see
+``csrc/projection.cuh`` and DESIGN.md "Kernel facts") is compiled on first CUDA use (never at import) with
+``torch.utils.cpp_extension.load`` (ninja, cached by torch across processes). Any failure (no CUDA, no compiler, no
+sources, a build error) makes :func:`load_kernel` return ``None``, records the reason, and emits one warning naming
+the fallback, unless ``cuda`` was forced, which raises instead.
+``ARR_COC_KERNEL=reference|cuda|auto`` or :data:`_override_impl` force a path.
+
+The ``cuda_*`` functions below are the only callers of the extension: they flatten rows to ``(R, K)``, cast bounds and
+budgets to the accumulation dtype and pass bounds as strided views (a scalar bound stays a 0-stride view, no copy).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["HAS_CUDA_KERNEL", "load_kernel", "use_cuda_kernel", "kernel_status"]
+__all__ = ["HAS_CUDA_KERNEL", "load_kernel", "use_cuda_kernel", "kernel_status", "cuda_kernel_or_none"]
 
 # None: not tried yet; True/False after the first attempt.
 HAS_CUDA_KERNEL: bool | None = None
@@ -24,6 +31,8 @@ _ext = None
 _reason: str | None = None
 _CSRC = Path(__file__).parent / "csrc"
 _VALID = ("reference", "cuda", "auto")
+# Rows longer than this take the block-per-row path, whose rounding is the reference's (see csrc/projection.cu).
+WARP_MAX_K = 1024
 
 
 def _requested() -> str:
@@ -45,29 +54,60 @@ def kernel_status() -> str:
     return "CUDA kernel loaded" if HAS_CUDA_KERNEL else f"reference fallback: {_reason}"
 
 
-def _build():
+def _cuda_home() -> str:
+    """The CUDA toolkit root, checked for headers (torch infers ``/usr/local`` from a ``/usr/local/bin/nvcc`` shim)."""
     from torch.utils import cpp_extension
 
-    if not torch.cuda.is_available():
+    for home in (cpp_extension.CUDA_HOME, os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home and (Path(home) / "include" / "cuda_runtime.h").is_file() and (Path(home) / "bin" / "nvcc").exists():
+            # cpp_extension reads this module global when it builds include paths and the nvcc command.
+            cpp_extension.CUDA_HOME = home
+            return home
+    raise RuntimeError(f"no CUDA toolkit found (CUDA_HOME={cpp_extension.CUDA_HOME!r} has no include/cuda_runtime.h)")
+
+
+def _sources() -> list[str]:
+    return sorted(str(p) for p in _CSRC.iterdir() if p.suffix in (".cu", ".cpp"))
+
+
+def _build(*, require_gpu: bool = True, build_directory: str | None = None, verbose: bool | None = None):
+    """Compile and import the extension. ``require_gpu=False`` only compiles (the test that the sources build)."""
+    from torch.utils import cpp_extension
+
+    if require_gpu and not torch.cuda.is_available():
         raise RuntimeError("torch.cuda.is_available() is False")
-    if cpp_extension.CUDA_HOME is None:
-        raise RuntimeError("CUDA_HOME not found (no nvcc)")
-    sources = sorted(str(p) for p in _CSRC.glob("*.c*") if p.suffix in (".cu", ".cpp"))
+    if torch.version.cuda is None:
+        raise RuntimeError(f"torch {torch.__version__} is built without CUDA")
+    _cuda_home()
+    sources = _sources()
     if not sources:
         raise RuntimeError(f"no CUDA sources in {_CSRC}")
     # sm_90 SASS for H100/H200 plus PTX so other GPUs JIT it; an explicit user setting wins.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
+    if verbose is None:
+        verbose = os.environ.get("ARR_COC_KERNEL_VERBOSE", "0") == "1"
+    # No --use_fast_math: flush-to-zero and approximate division would break bit-exact rounding parity.
     return cpp_extension.load(
         name="arr_coc_cuda",
         sources=sources,
         extra_cflags=["-O3"],
-        extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
-        verbose=os.environ.get("ARR_COC_KERNEL_VERBOSE", "0") == "1",
+        extra_cuda_cflags=["-O3", "-lineinfo"],
+        extra_include_paths=[str(_CSRC)],
+        build_directory=build_directory,
+        verbose=verbose,
     )
 
 
+def _forced_msg() -> str:
+    return f"arr_coc: ARR_COC_KERNEL=cuda (or _override_impl='cuda') but the CUDA kernel is unavailable ({_reason})"
+
+
 def load_kernel():
-    """Build (once) and return the CUDA extension, or ``None`` with a single warning if it cannot be had."""
+    """Build (once) and return the CUDA extension, or ``None`` with a single warning if it cannot be had.
+
+    Raises:
+        RuntimeError: the kernel cannot be had and ``cuda`` is forced (``ARR_COC_KERNEL`` or ``_override_impl``).
+    """
     global HAS_CUDA_KERNEL, _ext, _reason
     if HAS_CUDA_KERNEL is None:
         try:
@@ -75,17 +115,81 @@ def load_kernel():
             HAS_CUDA_KERNEL = True
         except Exception as exc:  # any failure means: use the reference
             _ext, HAS_CUDA_KERNEL, _reason = None, False, f"{type(exc).__name__}: {exc}"
-            msg = f"arr_coc: CUDA kernel unavailable ({_reason}); using the pure-torch reference"
             if _requested() == "cuda":
-                raise RuntimeError(msg) from exc
+                raise RuntimeError(_forced_msg()) from exc
+            msg = f"arr_coc: CUDA kernel unavailable ({_reason}); using the pure-torch reference"
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    elif not HAS_CUDA_KERNEL and _requested() == "cuda":
+        raise RuntimeError(_forced_msg())
     return _ext
 
 
-def cuda_projection_forward(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """Call the extension's forward; the argument layout is the extension's contract."""
-    return ext.projection_forward(y, budget, lo, hi)
+def cuda_kernel_or_none():
+    """The extension if CUDA tensors should use it now (per the override/env var and the build), else ``None``."""
+    return load_kernel() if use_cuda_kernel() else None
 
 
-def cuda_projection_backward(ext, x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    return tuple(ext.projection_backward(x, lo, hi, grad))
+# ----------------------------------------------------------------------------------------------------------------------
+# Call-through to the extension. Callers (ops.py) have validated shapes and values; these only reshape and cast.
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _rows(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, budget_dtype: torch.dtype):
+    k = y.shape[-1]
+    y2 = y.reshape(-1, k)  # (R, K)
+    r, acc = y2.shape[0], _acc(y.dtype)
+    b = budget.to(budget_dtype).expand(y.shape[:-1]).reshape(r)  # (R,), 0-stride when the budget is a scalar
+    lo2 = lo.to(acc).expand(y.shape).reshape(r, k)  # (R, K) view: strides (0, 0) for a scalar bound
+    hi2 = hi.to(acc).expand(y.shape).reshape(r, k)
+    return y2, b, lo2, hi2
+
+
+def cuda_projection_forward(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, path: int = 0) -> Tensor:
+    """The projection on the GPU: the warp kernel for K <= 1024, the block kernel beyond (``path`` forces one)."""
+    y2, b, lo2, hi2 = _rows(y, budget, lo, hi, _acc(y.dtype))
+    x, _ = ext.forward(y2, b, None, lo2, hi2, 0, path)
+    return x.reshape(y.shape)
+
+
+def cuda_project_and_round(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, path: int = 0):
+    """Projection and largest-remainder rounding in one pass (K <= 1024); beyond, the reference rounds the kernel's x.
+
+    ``budget``, ``lo`` and ``hi`` hold integers (any dtype). Returns ``(x, t)`` with ``t`` int64.
+    """
+    k = y.shape[-1]
+    if k > WARP_MAX_K or path == 2:
+        from arr_coc.kernels.reference import round_largest_remainder
+
+        x = cuda_projection_forward(ext, y, budget, lo, hi, path=path)
+        return x, round_largest_remainder(x, budget.long(), lo.long(), hi.long())
+    y2, b, lo2, hi2 = _rows(y, budget, lo, hi, _acc(y.dtype))
+    bi = budget.long().expand(y.shape[:-1]).reshape(-1)
+    x, t = ext.forward(y2, b, bi, lo2, hi2, 1, path)
+    return x.reshape(y.shape), t.reshape(y.shape)
+
+
+def cuda_round(ext, x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Largest-remainder rounding of a given ``x`` (K <= 1024; beyond, the reference)."""
+    if x.shape[-1] > WARP_MAX_K:
+        from arr_coc.kernels.reference import round_largest_remainder
+
+        return round_largest_remainder(x, budget, lo, hi)
+    x2, b, lo2, hi2 = _rows(x, budget, lo, hi, _acc(x.dtype))
+    bi = budget.long().expand(x.shape[:-1]).reshape(-1)
+    _, t = ext.forward(x2, b, bi, lo2, hi2, 2, 0)
+    return t.reshape(x.shape)
+
+
+def cuda_projection_backward(ext, x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor, *, path: int = 0):
+    """VJP from the saved output: ``(g_y, g_budget)`` in ``grad``'s dtype."""
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    r, acc = x2.shape[0], _acc(x.dtype)
+    g2 = grad.to(x.dtype).expand(x.shape).reshape(r, k)
+    lo2 = lo.to(acc).expand(x.shape).reshape(r, k)
+    hi2 = hi.to(acc).expand(x.shape).reshape(r, k)
+    gy, gb = ext.backward(x2, lo2, hi2, g2, path)
+    return gy.reshape(x.shape).to(grad.dtype), gb.reshape(x.shape[:-1]).to(grad.dtype)

@@ -6,8 +6,11 @@ and FSDP trace through them, and lets a CUDA kernel replace the reference for CU
 Value checks that need the data (NaN/inf, feasibility) run inside the op implementations, so they stay eager under
 ``torch.compile`` without graph breaks.
 
-Which implementation runs on CUDA is chosen per call by :func:`arr_coc.kernels.dispatch.use_cuda_kernel`: the
-``ARR_COC_KERNEL=reference|cuda`` environment variable or the ``_override_impl`` test hook force either path.
+Each op's default implementation (CPU, and any device without its own) is the pure-torch reference; a
+``register_kernel("cuda")`` implementation sends CUDA tensors to the extension in ``csrc/`` when
+:func:`arr_coc.kernels.dispatch.cuda_kernel_or_none` yields it: the ``ARR_COC_KERNEL=reference|cuda`` environment
+variable or the ``_override_impl`` test hook force either path, and a failed build falls back with one warning.
+``project_and_round`` fuses the projection with the largest-remainder rounding (one kernel pass on CUDA).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from arr_coc._utils import _check_tensor
 from arr_coc.kernels import dispatch
 from arr_coc.kernels.reference import projection_backward, projection_forward, round_largest_remainder
 
-__all__ = ["capped_simplex_projection", "round_to_budget"]
+__all__ = ["capped_simplex_projection", "project_and_round", "round_to_budget"]
 
 _Number = int | float
 
@@ -60,15 +63,19 @@ def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: st
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The projection op.
+# The projection op. The default implementation (CPU and any other device) is the reference; CUDA tensors get the
+# kernel through ``register_kernel("cuda")`` unless the override/env var or a failed build sends them to the reference.
+
+
+def _projection_cuda(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    ext = dispatch.cuda_kernel_or_none()
+    if ext is None:
+        return projection_forward(y, budget, lo, hi)
+    return dispatch.cuda_projection_forward(ext, y, budget, lo, hi)
 
 
 def _projection_impl(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    if y.is_cuda and dispatch.use_cuda_kernel():
-        ext = dispatch.load_kernel()
-        if ext is not None:
-            return dispatch.cuda_projection_forward(ext, y, budget, lo, hi)
-    return projection_forward(y, budget, lo, hi)
+    return _projection_cuda(y, budget, lo, hi) if y.is_cuda else projection_forward(y, budget, lo, hi)
 
 
 def project_unchecked(y: Tensor, budget: float, lo: float, hi: float) -> Tensor:
@@ -80,7 +87,13 @@ def project_unchecked(y: Tensor, budget: float, lo: float, hi: float) -> Tensor:
 @torch.library.custom_op("arr_coc::capped_simplex_projection", mutates_args=())
 def _projection_op(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     _check_values(y, budget, lo, hi)
-    return _projection_impl(y, budget, lo, hi)
+    return projection_forward(y, budget, lo, hi)
+
+
+@_projection_op.register_kernel("cuda")
+def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    _check_values(y, budget, lo, hi)
+    return _projection_cuda(y, budget, lo, hi)
 
 
 @_projection_op.register_fake
@@ -90,11 +103,15 @@ def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 
 @torch.library.custom_op("arr_coc::capped_simplex_projection_backward", mutates_args=())
 def _projection_backward_op(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    if x.is_cuda and dispatch.use_cuda_kernel():
-        ext = dispatch.load_kernel()
-        if ext is not None:
-            return dispatch.cuda_projection_backward(ext, x, lo, hi, grad)
     return projection_backward(x, lo, hi, grad)
+
+
+@_projection_backward_op.register_kernel("cuda")
+def _(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    ext = dispatch.cuda_kernel_or_none()
+    if ext is None:
+        return projection_backward(x, lo, hi, grad)
+    return dispatch.cuda_projection_backward(ext, x, lo, hi, grad)
 
 
 @_projection_backward_op.register_fake
@@ -122,8 +139,7 @@ _projection_op.register_autograd(_backward, setup_context=_setup_context)
 # The rounding op (integer output, no gradient).
 
 
-@torch.library.custom_op("arr_coc::round_to_budget", mutates_args=())
-def _round_op(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+def _check_roundable(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
     _check_values(x, budget, lo, hi, what="x")
     lo_f, hi_f = lo.to(x.dtype), hi.to(x.dtype)
     # Drift allowance: float32 sums of K ~ 200 values land ~1e-3 off; anything further is not a projected x.
@@ -143,12 +159,71 @@ def _round_op(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
             f"x sums to {x.double().sum(-1)[i].item():.6g} at row {i} but budget is {budget.double()[i].item():g}; "
             "round_to_budget expects x on the capped simplex (call capped_simplex_projection first)"
         )
+
+
+@torch.library.custom_op("arr_coc::round_to_budget", mutates_args=())
+def _round_op(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    _check_roundable(x, budget, lo, hi)
     return round_largest_remainder(x, budget, lo, hi)
+
+
+@_round_op.register_kernel("cuda")
+def _(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    _check_roundable(x, budget, lo, hi)
+    ext = dispatch.cuda_kernel_or_none()
+    if ext is None:
+        return round_largest_remainder(x, budget, lo, hi)
+    return dispatch.cuda_round(ext, x, budget, lo, hi)
 
 
 @_round_op.register_fake
 def _(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     return torch.empty(x.shape, dtype=torch.int64, device=x.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Projection fused with rounding: one pass on CUDA (the kernel rounds the x it has just written, as stored).
+
+
+def _project_and_round_ref(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    x = projection_forward(y, budget.to(acc), lo.to(acc), hi.to(acc))
+    return x, round_largest_remainder(x, budget, lo, hi)
+
+
+@torch.library.custom_op("arr_coc::project_and_round", mutates_args=())
+def _project_and_round_op(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    _check_values(y, budget, lo, hi)
+    return _project_and_round_ref(y, budget, lo, hi)
+
+
+@_project_and_round_op.register_kernel("cuda")
+def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    _check_values(y, budget, lo, hi)
+    ext = dispatch.cuda_kernel_or_none()
+    if ext is None:
+        return _project_and_round_ref(y, budget, lo, hi)
+    return dispatch.cuda_project_and_round(ext, y, budget, lo, hi)
+
+
+@_project_and_round_op.register_fake
+def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(y), torch.empty(y.shape, dtype=torch.int64, device=y.device)
+
+
+def _setup_context_pr(ctx, inputs, output) -> None:
+    _, _, lo, hi = inputs
+    ctx.save_for_backward(output[0], lo, hi)
+
+
+def _backward_pr(ctx, grad_x: Tensor, grad_t):
+    # The integer output carries no gradient; x has the projection's (the budget is integer: no gradient either).
+    x, lo, hi = ctx.saved_tensors
+    g_y, _ = _projection_backward_op(x, lo, hi, grad_x)
+    return g_y, None, None, None
+
+
+_project_and_round_op.register_autograd(_backward_pr, setup_context=_setup_context_pr)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -264,3 +339,35 @@ def round_to_budget(x: Tensor, budget: Tensor | _Number, lo: Tensor | _Number, h
     budget, lo, hi = (v.round().long() if isinstance(v, Tensor) else int(v) for v in (budget, lo, hi))
     x, b, lo_t, hi_t = _prepare(x, budget, lo, hi, name="x", int_bounds=True)
     return torch.ops.arr_coc.round_to_budget(x, b.contiguous(), lo_t, hi_t)
+
+
+def project_and_round(
+    y: Tensor, budget: Tensor | _Number, lo: Tensor | _Number, hi: Tensor | _Number
+) -> tuple[Tensor, Tensor]:
+    """Projection onto the capped simplex and largest-remainder rounding of the result, fused on CUDA.
+
+    Equal to ``x = capped_simplex_projection(y, budget, lo, hi)`` followed by ``round_to_budget(x, budget, lo, hi)``
+    on the same ``x`` (bit-for-bit on the integers), in one kernel pass on CUDA for ``K <= 1024``. ``x`` is
+    differentiable in ``y`` (the projection's backward); ``t`` is an integer tensor and carries no gradient.
+
+    Args:
+        y: Points to project. Any float dtype; half types are solved in fp32.
+        budget: Integer row sums (int, integral float, or integer tensor broadcastable to ``(...)``).
+        lo: Integer lower bounds broadcastable to ``y``.
+        hi: Integer upper bounds broadcastable to ``y``.
+
+    Returns:
+        ``(x, t)``: the projection (dtype of ``y``) and its rounding (int64), both shaped like ``y``.
+
+    Raises:
+        ValueError: as :func:`capped_simplex_projection`, and for non-integer ``budget``/``lo``/``hi``.
+
+    Shapes:
+        y: (..., K)
+        returns: (..., K), (..., K) int64
+    """
+    for name, v in (("budget", budget), ("lo", lo), ("hi", hi)):
+        _check_integral(name, v)
+    budget, lo, hi = (v.round().long() if isinstance(v, Tensor) else int(v) for v in (budget, lo, hi))
+    y, b, lo_t, hi_t = _prepare(y, budget, lo, hi, name="y", int_bounds=True)
+    return torch.ops.arr_coc.project_and_round(y, b.contiguous(), lo_t, hi_t)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from arr_coc import create_allocator, list_allocators
 from arr_coc.allocators.mckp import level_values, solve_mckp
-from tests._solvers import mckp_brute, waterfill_log_f64
+from _solvers import mckp_brute, waterfill_log_f64
 
 # The bandit allocator learns from rewards and is exercised in its own tests; all the others are checked here.
 STATIC = [n for n in list_allocators() if n != "bandit"]

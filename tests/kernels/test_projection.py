@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arr_coc import capped_simplex_projection
-from tests._solvers import project_f64
+from _solvers import project_f64
 
 
 def _rel_err(x: torch.Tensor, ref: np.ndarray, y: torch.Tensor | None = None) -> float:

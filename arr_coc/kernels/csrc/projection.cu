@@ -8,8 +8,9 @@
 //   path:        0 auto, 1 force the warp path (K <= 1024), 2 force the block path (projection and backward only)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <optional>
 #include <vector>
@@ -40,33 +41,14 @@ void check_rows(const at::Tensor& t, const char* name, int64_t R) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == R, name, " must have shape (", R, ",), got ", t.sizes());
 }
 
-template <typename scalar_t, bool S>
-void launch_warp(const ProjArgs<scalar_t>& a, int V, cudaStream_t st) {
-  const dim3 grid(unsigned((a.R + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
-  switch (V) {
-#define ARR_COC_CASE(v) \
-  case v: projection_warp_kernel<scalar_t, v, S><<<grid, block, 0, st>>>(a); break;
-    ARR_COC_CASE(1) ARR_COC_CASE(2) ARR_COC_CASE(3) ARR_COC_CASE(4) ARR_COC_CASE(5) ARR_COC_CASE(6) ARR_COC_CASE(7)
-    ARR_COC_CASE(8) ARR_COC_CASE(16) ARR_COC_CASE(32)
-#undef ARR_COC_CASE
-    default: TORCH_CHECK(false, "arr_coc: no warp kernel for ", V, " values per lane");
-  }
-}
-
-template <typename scalar_t>
-void launch_backward_warp(const BwdArgs<scalar_t>& a, int V, cudaStream_t st) {
-  const dim3 grid(unsigned((a.R + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
-  switch (V) {
-#define ARR_COC_CASE(v) \
-  case v: backward_warp_kernel<scalar_t, v><<<grid, block, 0, st>>>(a); break;
-    ARR_COC_CASE(1) ARR_COC_CASE(2) ARR_COC_CASE(3) ARR_COC_CASE(4) ARR_COC_CASE(5) ARR_COC_CASE(6) ARR_COC_CASE(7)
-    ARR_COC_CASE(8) ARR_COC_CASE(16) ARR_COC_CASE(32)
-#undef ARR_COC_CASE
-    default: TORCH_CHECK(false, "arr_coc: no backward warp kernel for ", V, " values per lane");
-  }
-}
-
 }  // namespace
+
+// Defined and instantiated once per dtype in projection_<dtype>.cu (projection_launch.cuh), so that ninja compiles
+// the dtypes in parallel.
+template <typename scalar_t>
+void launch_forward(const ProjArgs<scalar_t>& a, int V, bool scalar_bounds, bool use_block, cudaStream_t st);
+template <typename scalar_t>
+void launch_backward(const BwdArgs<scalar_t>& a, int V, bool use_block, cudaStream_t st);
 
 // Returns {x, t}: x undefined in round-only mode, t undefined in projection mode.
 std::vector<at::Tensor> forward_cuda(const at::Tensor& y_in, const at::Tensor& budget,
@@ -101,7 +83,7 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& y_in, const at::Tensor& b
   at::Tensor t = rounding ? at::empty({R, K}, y.options().dtype(at::kLong)) : at::Tensor();
   if (R == 0) return {x, t};
   const bool scalar_bounds = lo.stride(0) == 0 && lo.stride(1) == 0 && hi.stride(0) == 0 && hi.stride(1) == 0;
-  cudaStream_t st = at::cuda::getCurrentCUDAStream();
+  cudaStream_t st = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "arr_coc_projection_forward", [&] {
     using acc_t = typename Acc<scalar_t>::type;
     ProjArgs<scalar_t> a;
@@ -121,13 +103,7 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& y_in, const at::Tensor& b
     a.R = R;
     a.K = int(K);
     a.mode = int(mode);
-    if (use_block) {
-      projection_block_kernel<scalar_t><<<dim3(unsigned(R)), dim3(kBlockThreads), 0, st>>>(a);
-    } else if (scalar_bounds) {
-      launch_warp<scalar_t, true>(a, V, st);
-    } else {
-      launch_warp<scalar_t, false>(a, V, st);
-    }
+    launch_forward<scalar_t>(a, V, scalar_bounds, use_block, st);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {x, t};
@@ -154,7 +130,7 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& x_in, const at::Tensor& 
   const int V = pick_v(K);
   TORCH_CHECK(!(path == 1 && V == 0), "arr_coc: the warp path handles K <= 1024, got K=", K);
   const bool use_block = path == 2 || (path == 0 && V == 0);
-  cudaStream_t st = at::cuda::getCurrentCUDAStream();
+  cudaStream_t st = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "arr_coc_projection_backward", [&] {
     using acc_t = typename Acc<scalar_t>::type;
     BwdArgs<scalar_t> a;
@@ -170,11 +146,7 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& x_in, const at::Tensor& 
     a.hi_cs = hi.stride(1);
     a.R = R;
     a.K = int(K);
-    if (use_block) {
-      backward_block_kernel<scalar_t><<<dim3(unsigned(R)), dim3(kBlockThreads), 0, st>>>(a);
-    } else {
-      launch_backward_warp<scalar_t>(a, V, st);
-    }
+    launch_backward<scalar_t>(a, V, use_block, st);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {gy, gb};

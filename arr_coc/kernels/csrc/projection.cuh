@@ -431,8 +431,10 @@ __global__ void __launch_bounds__(kBlockThreads) projection_block_kernel(const P
     tau = (nf > 0 && tn > tl && tn < th) ? tn : acc_t(0.5) * (tl + th);
   }
   if (nf > 0) tau = fmin(fmax(tau + r / acc_t(nf), tl), th);
-  for (int k = threadIdx.x; k < K; k += kBlockThreads)
-    a.x[row * K + k] = static_cast<scalar_t>(clampv(static_cast<acc_t>(yr[k]) - tau, lor[k * a.lo_cs], hir[k * a.hi_cs]));
+  for (int k = threadIdx.x; k < K; k += kBlockThreads) {
+    const acc_t xk = clampv(static_cast<acc_t>(yr[k]) - tau, lor[k * a.lo_cs], hir[k * a.hi_cs]);
+    a.x[row * K + k] = static_cast<scalar_t>(xk);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+// Kernel launchers, instantiated for one dtype per translation unit (projection_<dtype>.cu) so builds run in parallel.
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include "projection.cuh"
+
+namespace arr_coc {
+
+template <typename scalar_t, bool S>
+void launch_forward_warp(const ProjArgs<scalar_t>& a, int V, cudaStream_t st) {
+  const dim3 grid(unsigned((a.R + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
+  switch (V) {
+#define ARR_COC_CASE(v) \
+  case v: projection_warp_kernel<scalar_t, v, S><<<grid, block, 0, st>>>(a); break;
+    ARR_COC_CASE(1) ARR_COC_CASE(2) ARR_COC_CASE(3) ARR_COC_CASE(4) ARR_COC_CASE(5) ARR_COC_CASE(6) ARR_COC_CASE(7)
+    ARR_COC_CASE(8) ARR_COC_CASE(16) ARR_COC_CASE(32)
+#undef ARR_COC_CASE
+    default: TORCH_CHECK(false, "arr_coc: no warp kernel for ", V, " values per lane");
+  }
+}
+
+template <typename scalar_t>
+void launch_forward(const ProjArgs<scalar_t>& a, int V, bool scalar_bounds, bool use_block, cudaStream_t st) {
+  if (use_block) {
+    projection_block_kernel<scalar_t><<<dim3(unsigned(a.R)), dim3(kBlockThreads), 0, st>>>(a);
+  } else if (scalar_bounds) {
+    launch_forward_warp<scalar_t, true>(a, V, st);
+  } else {
+    launch_forward_warp<scalar_t, false>(a, V, st);
+  }
+}
+
+template <typename scalar_t>
+void launch_backward(const BwdArgs<scalar_t>& a, int V, bool use_block, cudaStream_t st) {
+  if (use_block) {
+    backward_block_kernel<scalar_t><<<dim3(unsigned(a.R)), dim3(kBlockThreads), 0, st>>>(a);
+    return;
+  }
+  const dim3 grid(unsigned((a.R + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
+  switch (V) {
+#define ARR_COC_CASE(v) \
+  case v: backward_warp_kernel<scalar_t, v><<<grid, block, 0, st>>>(a); break;
+    ARR_COC_CASE(1) ARR_COC_CASE(2) ARR_COC_CASE(3) ARR_COC_CASE(4) ARR_COC_CASE(5) ARR_COC_CASE(6) ARR_COC_CASE(7)
+    ARR_COC_CASE(8) ARR_COC_CASE(16) ARR_COC_CASE(32)
+#undef ARR_COC_CASE
+    default: TORCH_CHECK(false, "arr_coc: no backward warp kernel for ", V, " values per lane");
+  }
+}
+
+#define ARR_COC_INSTANTIATE(T)                                                                                \
+  template void launch_forward<T>(const ProjArgs<T>&, int, bool, bool, cudaStream_t);                        \
+  template void launch_backward<T>(const BwdArgs<T>&, int, bool, cudaStream_t);
+
+}  // namespace arr_coc

@@ -1,0 +1,259 @@
+"""The ``torch.library`` ops on CPU: opcheck, parity with the reference, torch.compile, fallback and override."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from arr_coc.kernels import capped_simplex_projection, dispatch, ops, project_and_round, round_to_budget
+from arr_coc.kernels.reference import projection_backward, projection_forward, round_largest_remainder
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def _problem(r: int, k: int, dtype: torch.dtype, *, seed: int = 0, per_element: bool = False):
+    """Rows of ``y`` with integer budgets and bounds (scalar or per element) that are feasible."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.randn(r, k, generator=g, dtype=torch.float64) * 3 + 4).to(dtype)
+    if per_element:
+        lo = torch.randint(0, 3, (r, k), generator=g)
+        hi = lo + torch.randint(1, 8, (r, k), generator=g)
+    else:
+        lo, hi = torch.tensor(1), torch.tensor(7)
+    lo_sum, hi_sum = lo.expand(r, k).sum(-1), hi.expand(r, k).sum(-1)
+    budget = lo_sum + ((hi_sum - lo_sum) * torch.rand(r, generator=g, dtype=torch.float64)).long()
+    return y, budget, lo, hi
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# opcheck: schema, fake impl, autograd registration and AOT dispatch of every op.
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_element", [False, True])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_projection(dtype, per_element, requires_grad):
+    y, b, lo, hi = _problem(3, 6, dtype, per_element=per_element)
+    acc = _acc(dtype)
+    y = y.requires_grad_(requires_grad)
+    b = b.to(acc).requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.arr_coc.capped_simplex_projection.default, (y, b, lo.to(acc), hi.to(acc)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck_projection_backward(dtype):
+    y, b, lo, hi = _problem(3, 6, dtype, per_element=True)
+    acc = _acc(dtype)
+    x = projection_forward(y, b.to(acc), lo.to(acc), hi.to(acc))
+    g = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.arr_coc.capped_simplex_projection_backward.default, (x, lo.to(acc), hi.to(acc), g))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_element", [False, True])
+def test_opcheck_round(dtype, per_element):
+    y, b, lo, hi = _problem(4, 7, dtype, per_element=per_element)
+    acc = _acc(dtype)
+    x = projection_forward(y, b.to(acc), lo.to(acc), hi.to(acc))
+    torch.library.opcheck(torch.ops.arr_coc.round_to_budget.default, (x, b, lo, hi))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_element", [False, True])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_project_and_round(dtype, per_element, requires_grad):
+    y, b, lo, hi = _problem(3, 6, dtype, per_element=per_element)
+    torch.library.opcheck(torch.ops.arr_coc.project_and_round.default, (y.requires_grad_(requires_grad), b, lo, hi))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parity of the registered CPU path with the reference.
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_element", [False, True])
+def test_cpu_op_parity_with_reference(dtype, per_element):
+    y, b, lo, hi = _problem(64, 23, dtype, seed=1, per_element=per_element)
+    acc = _acc(dtype)
+    bf, lof, hif = b.to(acc), lo.to(acc), hi.to(acc)
+    x_ref = projection_forward(y, bf, lof, hif)
+    x_op = torch.ops.arr_coc.capped_simplex_projection(y, bf, lof, hif)
+    assert torch.equal(x_op, x_ref)
+    assert torch.equal(capped_simplex_projection(y, bf, lof, hif), x_ref)
+    t_ref = round_largest_remainder(x_ref, b, lo, hi)
+    assert torch.equal(torch.ops.arr_coc.round_to_budget(x_ref, b, lo, hi), t_ref)
+    assert torch.equal(round_to_budget(x_ref, b, lo, hi), t_ref)
+    x2, t2 = torch.ops.arr_coc.project_and_round(y, b, lo, hi)
+    assert torch.equal(x2, x_ref) and torch.equal(t2, t_ref)
+    x3, t3 = project_and_round(y, b, lo, hi)
+    assert torch.equal(x3, x_ref) and torch.equal(t3, t_ref)
+    assert torch.equal(t3.sum(-1), b)
+    g = torch.randn_like(x_ref)
+    gy_ref, gb_ref = projection_backward(x_ref, lof, hif, g)
+    gy, gb = torch.ops.arr_coc.capped_simplex_projection_backward(x_ref, lof, hif, g)
+    assert torch.equal(gy, gy_ref) and torch.equal(gb, gb_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_autograd_matches_reference_backward(dtype):
+    y, b, lo, hi = _problem(16, 11, dtype, seed=2)
+    acc = _acc(dtype)
+    y = y.requires_grad_()
+    bf = b.to(acc).requires_grad_()
+    x = capped_simplex_projection(y, bf, lo.to(acc), hi.to(acc))
+    g = torch.randn_like(x)
+    gy, gb = torch.autograd.grad(x, (y, bf), g)
+    gy_ref, gb_ref = projection_backward(x.detach(), lo.to(acc), hi.to(acc), g)
+    torch.testing.assert_close(gy, gy_ref, rtol=0, atol=0)
+    torch.testing.assert_close(gb, gb_ref, rtol=0, atol=0)
+    # The fused op differentiates x the same way; the integers carry no gradient.
+    x2, t2 = project_and_round(y, b, lo, hi)
+    assert not t2.requires_grad
+    (gy2,) = torch.autograd.grad(x2, y, g)
+    torch.testing.assert_close(gy2, gy_ref, rtol=0, atol=0)
+
+
+def test_project_and_round_validates():
+    y = torch.randn(2, 5)
+    with pytest.raises(ValueError, match="integer"):
+        project_and_round(y, 10.5, 0, 5)
+    with pytest.raises(ValueError, match="infeasible"):
+        project_and_round(y, 30, 0, 5)
+    with pytest.raises(ValueError, match="non-finite"):
+        project_and_round(torch.tensor([[1.0, float("nan")]]), 2, 0, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# torch.compile traces through the ops without graph breaks (fullgraph=True raises on one).
+
+
+def test_compile_fullgraph_projection_and_backward():
+    torch._dynamo.reset()
+
+    def f(y, b):
+        x = capped_simplex_projection(y, b, 1.0, 7.0)
+        return (x * x).sum()
+
+    y, b, _, _ = _problem(4, 9, torch.float32, seed=3)
+    b = b.float()
+    yc, ye = y.clone().requires_grad_(), y.clone().requires_grad_()
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(yc, b)
+    out.backward()
+    f(ye, b).backward()
+    torch.testing.assert_close(out, f(y, b))
+    torch.testing.assert_close(yc.grad, ye.grad)
+
+
+def test_compile_fullgraph_inductor_project_and_round():
+    torch._dynamo.reset()
+
+    def f(y):
+        x, t = project_and_round(torch.relu(y) * 2.0, 40, 1, 7)
+        return x.sum(-1), t
+
+    y = torch.randn(3, 8)
+    explanation = torch._dynamo.explain(f)(y)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    xs, t = torch.compile(f, fullgraph=True)(y)
+    xs_e, t_e = f(y)
+    torch.testing.assert_close(xs, xs_e)
+    assert torch.equal(t, t_e)
+    assert torch.equal(t.sum(-1), torch.full((3,), 40))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Kernel loading: fallback with exactly one warning, and the overrides.
+
+
+@pytest.fixture
+def fresh_dispatch(monkeypatch):
+    """Dispatch state as before any load attempt; monkeypatch restores the real state afterwards."""
+    monkeypatch.setattr(dispatch, "HAS_CUDA_KERNEL", None)
+    monkeypatch.setattr(dispatch, "_ext", None)
+    monkeypatch.setattr(dispatch, "_reason", None)
+    monkeypatch.setattr(dispatch, "_override_impl", None)
+    monkeypatch.delenv("ARR_COC_KERNEL", raising=False)
+    return monkeypatch
+
+
+def _no_compiler(**_):
+    raise RuntimeError("nvcc not found (simulated)")
+
+
+def test_missing_compiler_falls_back_with_one_warning(fresh_dispatch):
+    fresh_dispatch.setattr(dispatch, "_build", _no_compiler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dispatch.load_kernel() is None
+        assert dispatch.load_kernel() is None
+        assert dispatch.cuda_kernel_or_none() is None
+        # The CUDA implementations of the ops fall back to the reference (called here on CPU tensors).
+        y, b, lo, hi = _problem(8, 12, torch.float32, seed=4)
+        x = ops._projection_cuda(y, b.float(), lo.float(), hi.float())
+    ours = [w for w in caught if "arr_coc" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert issubclass(ours[0].category, RuntimeWarning)
+    assert "nvcc not found (simulated)" in str(ours[0].message) and "reference" in str(ours[0].message)
+    assert dispatch.HAS_CUDA_KERNEL is False
+    assert "nvcc not found" in dispatch.kernel_status()
+    assert torch.equal(x, projection_forward(y, b.float(), lo.float(), hi.float()))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback")
+def test_real_build_without_gpu_falls_back(fresh_dispatch):
+    with pytest.warns(RuntimeWarning, match="cuda.is_available"):
+        assert dispatch.load_kernel() is None
+    assert dispatch.HAS_CUDA_KERNEL is False
+
+
+def test_env_reference_never_builds(fresh_dispatch):
+    def fail(**_):
+        raise AssertionError("the build must not be attempted when the reference is forced")
+
+    fresh_dispatch.setattr(dispatch, "_build", fail)
+    fresh_dispatch.setenv("ARR_COC_KERNEL", "reference")
+    assert not dispatch.use_cuda_kernel()
+    assert dispatch.cuda_kernel_or_none() is None
+    assert dispatch.HAS_CUDA_KERNEL is None
+
+
+def test_env_cuda_forced_raises_clearly(fresh_dispatch):
+    fresh_dispatch.setattr(dispatch, "_build", _no_compiler)
+    fresh_dispatch.setenv("ARR_COC_KERNEL", "cuda")
+    for _ in range(2):  # also once the failure is cached
+        with pytest.raises(RuntimeError, match="ARR_COC_KERNEL=cuda.*nvcc not found"):
+            dispatch.cuda_kernel_or_none()
+
+
+def test_override_beats_env(fresh_dispatch):
+    fresh_dispatch.setenv("ARR_COC_KERNEL", "cuda")
+    fresh_dispatch.setattr(dispatch, "_override_impl", "reference")
+    assert not dispatch.use_cuda_kernel()
+    fresh_dispatch.setenv("ARR_COC_KERNEL", "reference")
+    fresh_dispatch.setattr(dispatch, "_override_impl", "cuda")
+    assert dispatch.use_cuda_kernel()
+    fresh_dispatch.setattr(dispatch, "_override_impl", None)
+    fresh_dispatch.setenv("ARR_COC_KERNEL", "auto")
+    assert dispatch.use_cuda_kernel()
+
+
+def test_bad_env_value_is_rejected(fresh_dispatch):
+    fresh_dispatch.setenv("ARR_COC_KERNEL", "triton")
+    with pytest.raises(ValueError, match="triton"):
+        dispatch.use_cuda_kernel()
+
+
+def test_successful_load_is_used_without_warning(fresh_dispatch):
+    sentinel = object()
+    fresh_dispatch.setattr(dispatch, "_build", lambda **_: sentinel)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dispatch.cuda_kernel_or_none() is sentinel
+    assert dispatch.HAS_CUDA_KERNEL is True
+    assert dispatch.kernel_status() == "CUDA kernel loaded"
