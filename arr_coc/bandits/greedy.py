@@ -9,6 +9,7 @@ Shapes: N rows, A arms. Contexts are accepted in either layout (``(N, d)`` or ``
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -26,9 +27,7 @@ class _MeanPolicy(_StatsPolicy):
 
     def __init__(self, n_arms: int, *, initial_value: float = 0.0, forgetting=None, device=None, dtype=None) -> None:
         super().__init__(n_arms, None, 0, forgetting=forgetting, device=device, dtype=dtype)
-        if not isinstance(initial_value, (int, float)) or initial_value != initial_value or abs(initial_value) == float(
-            "inf"
-        ):
+        if not isinstance(initial_value, (int, float)) or not math.isfinite(initial_value):
             raise ValueError(f"initial_value must be a finite number, got {initial_value!r}")
         self.initial_value = float(initial_value)
         self._register_stat("reward_sums", ())
@@ -40,11 +39,40 @@ class _MeanPolicy(_StatsPolicy):
     def means(self) -> Tensor:
         """Per-arm mean reward, ``(A,)``; ``initial_value`` where an arm has no (undiscounted-away) data."""
         seen = self.counts > 0
-        return torch.where(seen, self.reward_sums / self.counts.clamp_min(1e-12), torch.full_like(self.counts,
-                                                                                                  self.initial_value))
+        fallback = torch.full_like(self.counts, self.initial_value)
+        return torch.where(seen, self.reward_sums / self.counts.clamp_min(1e-12), fallback)
 
     def _predict_chosen(self, x: Tensor, actions: Tensor) -> Tensor:
         return self.means[actions]
+
+    def _arm_probs(self) -> Tensor:
+        """Context-free action distribution, ``(A,)``; subclasses with a closed form override it."""
+        raise NotImplementedError
+
+    def _refresh(self) -> None:
+        self._cache = None  # statistics changed: the cached distribution is stale
+
+    def _probs_and_cdf(self) -> tuple[Tensor, Tensor]:
+        """The shared distribution and its CDF, cached between updates (state changes only in ``update``)."""
+        cache = getattr(self, "_cache", None)
+        if cache is None or cache[0].device != self.device or cache[0].dtype != self.dtype:
+            probs = self._arm_probs()
+            cache = (probs, probs.cumsum(0))
+            self._cache = cache
+        return cache
+
+    def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        contexts, _ = self._check_contexts(contexts)
+        return self._probs_and_cdf()[0][None, :].expand(contexts.shape[0], -1)
+
+    def select(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        contexts, _ = self._check_contexts(contexts)
+        probs, cdf = self._probs_and_cdf()
+        # Every row shares one distribution: inverse-CDF sampling of the whole batch in one searchsorted; scaling by
+        # the total keeps u strictly below the last CDF value, so zero-probability arms are never drawn.
+        u = torch.rand(contexts.shape[0], generator=generator, device=self.device, dtype=self.dtype) * cdf[-1]
+        actions = torch.searchsorted(cdf, u, right=True).clamp_max(self.n_arms - 1)
+        return actions, probs[actions]
 
     def _config(self) -> dict[str, Any]:
         return {"n_arms": self.n_arms, "initial_value": self.initial_value, **super()._config()}
@@ -73,11 +101,9 @@ class EpsilonGreedy(_MeanPolicy):
             raise ValueError(f"epsilon must lie in [0, 1], got {epsilon!r}")
         self.epsilon = eps
 
-    def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        contexts, _ = self._check_contexts(contexts)
-        greedy = self._argmax_probs(self.means[None, :])  # (1, A)
-        probs = (1 - self.epsilon) * greedy + self.epsilon / self.n_arms
-        return probs.expand(contexts.shape[0], -1)
+    def _arm_probs(self) -> Tensor:
+        greedy = self._argmax_probs(self.means[None, :])[0]  # (A,)
+        return (1 - self.epsilon) * greedy + self.epsilon / self.n_arms
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "epsilon": self.epsilon}
@@ -103,10 +129,8 @@ class Softmax(_MeanPolicy):
         super().__init__(n_arms, initial_value=initial_value, forgetting=forgetting, device=device, dtype=dtype)
         self.temperature = _check_positive("temperature", temperature)
 
-    def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        contexts, _ = self._check_contexts(contexts)
-        probs = torch.softmax(self.means / self.temperature, dim=-1)[None, :]
-        return probs.expand(contexts.shape[0], -1)
+    def _arm_probs(self) -> Tensor:
+        return torch.softmax(self.means / self.temperature, dim=-1)
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "temperature": self.temperature}

@@ -301,15 +301,21 @@ class ConstrainedThompsonSampling(_AllocationPolicy):
 def _maxmin_knapsack(theta: np.ndarray, past: np.ndarray, req: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Lexicographic max-min: maximise ``min_i(past_i + θ_i x_i)``, then ``Σθx`` among the maximisers.
 
-    Stage 1 has variables ``[x (binary), z (free)]`` and rows ``z - θ_i x_i <= past_i``; stage 2 forces ``x_i = 1`` for
-    every agent that needs service to stay at or above the optimal floor ``z*``.
+    Stage 1 has variables ``[x (binary), z (free)]`` and rows ``z - θ_i x_i <= past_i`` for every servable agent
+    (request fits the budget alone, θ_i > 0); stage 2 forces ``x_i = 1`` for every servable agent that needs service to stay at
+    or above the optimal floor ``z*``.
     """
     n = theta.shape[0]
+    # Only agents whose request fits the budget on its own can be served this round; the floor ignores the others
+    # (otherwise one agent that never fits pins z* and the fairness mode silently degrades to the plain knapsack).
+    servable = np.all(req <= b[None, :] + 1e-12, axis=1) & (theta > 0)
+    if not servable.any():
+        return _solve_milp(theta, req, b)
     c = np.zeros(n + 1)
     c[-1] = -1.0  # maximise z
     res_rows = np.concatenate([req.T, np.zeros((req.shape[1], 1))], axis=1)
-    floor_rows = np.concatenate([-np.diag(theta), np.ones((n, 1))], axis=1)
-    cons = [LinearConstraint(res_rows, -np.inf, b), LinearConstraint(floor_rows, -np.inf, past)]
+    floor_rows = np.concatenate([-np.diag(theta), np.ones((n, 1))], axis=1)[servable]
+    cons = [LinearConstraint(res_rows, -np.inf, b), LinearConstraint(floor_rows, -np.inf, past[servable])]
     bounds = Bounds(np.concatenate([np.zeros(n), [-np.inf]]), np.concatenate([np.ones(n), [np.inf]]))
     integrality = np.concatenate([np.ones(n), [0.0]])
     res = milp(c, constraints=cons, integrality=integrality, bounds=bounds, options={"mip_rel_gap": 0.0})
@@ -317,7 +323,7 @@ def _maxmin_knapsack(theta: np.ndarray, past: np.ndarray, req: np.ndarray, b: np
         raise RuntimeError(f"HiGHS failed on the max-min stage (status {res.status}: {res.message})")
     z_star = res.x[-1]
     tol = 1e-9 * (1.0 + abs(z_star))
-    forced = (past < z_star - tol) & (theta > 0)
+    forced = servable & (past < z_star - tol)
     return _solve_milp(theta, req, b, forced=forced)
 
 

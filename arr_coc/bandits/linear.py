@@ -110,9 +110,11 @@ class _LinearPolicy(_StatsPolicy):
         if per_arm:  # phi (N, A, F)
             mean = torch.einsum("naf,af->na", phi, self.theta)
             var = torch.einsum("naf,afg,nag->na", phi, self.A_inv, phi)
-        else:  # phi (N, F)
+        else:  # phi (N, F): one (N, F) x (F, A*F) GEMM instead of A broadcast matmuls
+            n, f = phi.shape
             mean = phi @ self.theta.T
-            var = ((phi[None] @ self.A_inv) * phi[None]).sum(-1).T  # (A, N, F) -> (N, A)
+            proj = (phi @ self.A_inv.permute(1, 0, 2).reshape(f, -1)).view(n, self.n_arms, f)  # (N, A, F) = φᵀA_a⁻¹
+            var = (proj * phi[:, None, :]).sum(-1)
         return mean, var.clamp_min(0.0)  # round-off can make a tiny quadratic form negative
 
     def expected_reward(self, contexts: Tensor) -> Tensor:
@@ -171,6 +173,9 @@ class LinUCB(_LinearPolicy):
     def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         return self._argmax_probs(self.scores(contexts))
 
+    def select(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        return self._argmax_select(self.scores(contexts), generator)
+
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "alpha": self.alpha}
 
@@ -193,7 +198,7 @@ class LinTS(_LinearPolicy):
         select: contexts ``(N, d)`` or ``(N, A, d)`` -> actions ``(N,)``, propensities ``(N,)``.
     """
 
-    def __init__(self, n_arms: int, dim: int, v: float = 1.0, lam: float = 1.0, *, n_mc: int = 128,
+    def __init__(self, n_arms: int, dim: int, v: float = 1.0, lam: float = 1.0, *, n_mc: int = 64,
                  solver: str = "cholesky", forgetting=None, device=None, dtype=None) -> None:
         super().__init__(n_arms, dim, dim, lam, solver=solver, forgetting=forgetting, device=device, dtype=dtype)
         self.v = _check_positive("v", v, allow_zero=True)
@@ -326,6 +331,9 @@ class HybridLinUCB(_StatsPolicy):
 
     def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         return self._argmax_probs(self.scores(contexts))
+
+    def select(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        return self._argmax_select(self.scores(contexts), generator)
 
     def _config(self) -> dict[str, Any]:
         return {"n_arms": self.n_arms, "dim": self.arm_dim, "shared_dim": self.shared_dim, "alpha": self.alpha,

@@ -97,7 +97,9 @@ class NeuralLinear(_LinearPolicy):
         n = x.shape[0]
         keep = min(n, self.buffer_size)
         slots = (int(self._buf_pos) + n - keep + torch.arange(keep, device=self.device)) % self.buffer_size
-        self._buf_x[slots], self._buf_a[slots], self._buf_r[slots] = x[n - keep:], actions[n - keep:], rewards[n - keep:]
+        self._buf_x[slots] = x[n - keep:]
+        self._buf_a[slots] = actions[n - keep:]
+        self._buf_r[slots] = rewards[n - keep:]
         self._buf_pos.copy_((self._buf_pos + n) % self.buffer_size)
         self._buf_len.copy_(torch.clamp(self._buf_len + n, max=self.buffer_size))
 

@@ -3,7 +3,8 @@ with Beta–Bernoulli or Gaussian posteriors, batched, and optional forgetting.
 
 Each row of a batch draws its own posterior sample, so a batch of N decisions equals N independent Thompson draws
 from the same posterior. Thompson sampling has no closed-form action probabilities; propensities are Monte Carlo
-estimates over ``n_mc`` extra draws pooled with the draw actually used (so a chosen arm never gets propensity 0).
+estimates over ``n_mc`` extra draws (cached until the next update, since every row shares the posterior) pooled with
+the draw actually used (so a chosen arm never gets propensity 0).
 
 Beta sampling uses Marsaglia & Tsang (2000) gamma variates built from normal and uniform draws, so an explicit
 ``torch.Generator`` gives reproducible results on any device.
@@ -39,20 +40,26 @@ def _sample_gamma(alpha: Tensor, generator: torch.Generator | None) -> Tensor:
     c = 1.0 / torch.sqrt(9.0 * d)
     out = torch.empty_like(a)
     todo = torch.ones_like(a, dtype=torch.bool)
-    # Rejection rounds: acceptance is >95% per round for a >= 1, so a handful of vectorised rounds suffice.
-    for _ in range(64):
-        z = torch.randn(a.shape, generator=generator, device=a.device, dtype=a.dtype)
-        u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype)
+    # Rejection rounds of 4 candidates per element: acceptance is >95% per candidate for a >= 1, so one round almost
+    # always finishes (an element is left over with probability < 1e-5) and later rounds are rare.
+    tiny = torch.finfo(a.dtype).tiny
+    for _ in range(16):
+        z = torch.randn((4, *a.shape), generator=generator, device=a.device, dtype=a.dtype)
+        u = torch.rand((4, *a.shape), generator=generator, device=a.device, dtype=a.dtype)
         v = (1 + c * z) ** 3
-        ok = (v > 0) & (torch.log(u.clamp_min(1e-38)) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-38)))
-        take = ok & todo
-        out = torch.where(take, d * v, out)
-        todo = todo & ~ok
+        ok = (v > 0) & (torch.log(u.clamp_min(tiny)) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(tiny)))
+        dv = d * v
+        cand = dv[3]
+        for j in (2, 1, 0):  # the first accepted candidate wins (argmax over an int8 axis is slow on CPU)
+            cand = torch.where(ok[j], dv[j], cand)
+        take = ok.any(0) & todo
+        out = torch.where(take, cand, out)
+        todo = todo & ~take
         if not bool(todo.any()):
             break
     out = torch.where(todo, d, out)  # practically unreachable; fall back to the mode-ish value instead of garbage
     u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype)
-    return torch.where(boost, out * u.clamp_min(1e-38) ** (1.0 / alpha), out)
+    return torch.where(boost, out * u.clamp_min(tiny) ** (1.0 / alpha), out)
 
 
 def _sample_beta(alpha: Tensor, beta: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -82,7 +89,7 @@ class ThompsonSampling(_MeanPolicy):
     """
 
     def __init__(self, n_arms: int, prior: str = "beta", *, alpha0: float = 1.0, beta0: float = 1.0,
-                 prior_mean: float = 0.0, prior_var: float = 1.0, noise_var: float = 1.0, n_mc: int = 256,
+                 prior_mean: float = 0.0, prior_var: float = 1.0, noise_var: float = 1.0, n_mc: int = 1024,
                  forgetting=None, device=None, dtype=None) -> None:
         super().__init__(n_arms, initial_value=0.0, forgetting=forgetting, device=device, dtype=dtype)
         if prior not in _PRIORS:
@@ -107,7 +114,7 @@ class ThompsonSampling(_MeanPolicy):
                 raise ValueError(f"Beta Thompson sampling needs rewards in [0, 1]; row {i} has {float(rewards[i])}")
 
     def posterior(self) -> tuple[Tensor, Tensor]:
-        """Posterior parameters per arm, each ``(A,)``: ``(alpha, beta)`` for Beta, ``(mean, variance)`` for Gaussian."""
+        """Posterior parameters per arm, each ``(A,)``: ``(alpha, beta)`` (Beta) or ``(mean, variance)`` (Gaussian)."""
         if self.prior == "beta":
             return self.alpha0 + self.reward_sums, self.beta0 + self.counts - self.reward_sums
         precision = 1.0 / self.prior_var + self.counts / self.noise_var
@@ -128,18 +135,33 @@ class ThompsonSampling(_MeanPolicy):
         eps = torch.randn(*shape, self.n_arms, generator=generator, device=self.device, dtype=self.dtype)
         return p + q.sqrt() * eps
 
+    def _refresh(self) -> None:
+        super()._refresh()
+        self._mc_cache = None  # the posterior changed: the Monte Carlo win counts are stale
+
+    def _win_counts(self, generator: torch.Generator | None) -> Tensor:
+        """How often each arm wins in ``n_mc`` posterior draws, ``(A,)``.
+
+        All rows share one posterior, and it changes only in ``update``, so one set of draws serves every ``select``
+        until the next update (drawn with the generator of the first call after it).
+        """
+        cache = getattr(self, "_mc_cache", None)
+        if cache is None or cache.device != self.device or cache.dtype != self.dtype:
+            winners = self._draw((self.n_mc,), generator).argmax(-1)  # (S,)
+            cache = torch.bincount(winners, minlength=self.n_arms).to(self.dtype)
+            self._mc_cache = cache
+        return cache
+
     def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         contexts, _ = self._check_contexts(contexts)
-        winners = self._draw((self.n_mc,), generator).argmax(-1)  # (S,)
-        probs = torch.bincount(winners, minlength=self.n_arms).to(self.dtype) / self.n_mc
+        probs = self._win_counts(generator) / self.n_mc
         return probs[None, :].expand(contexts.shape[0], -1)
 
     def select(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         contexts, _ = self._check_contexts(contexts)
-        n = contexts.shape[0]
-        actions = self._draw((n,), generator).argmax(-1)  # (N,)
-        # All rows share one posterior, so one set of S extra draws serves every row.
-        counts = torch.bincount(self._draw((self.n_mc,), generator).argmax(-1), minlength=self.n_arms).to(self.dtype)
+        counts = self._win_counts(generator)
+        actions = self._draw((contexts.shape[0],), generator).argmax(-1)  # (N,) one Thompson draw per row
+        # The row's own draw is pooled with the S cached ones, so a chosen arm never gets propensity 0.
         props = (counts[actions] + 1) / (self.n_mc + 1)
         return actions, props
 

@@ -46,9 +46,8 @@ class UCB1(_MeanPolicy):
         width = self.c * torch.sqrt(2.0 * torch.log(total) / self.counts.clamp_min(1e-12))
         return torch.where(seen, self.means + width, torch.full_like(self.counts, float("inf")))
 
-    def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        contexts, _ = self._check_contexts(contexts)
-        return self._argmax_probs(self.indices()[None, :]).expand(contexts.shape[0], -1)
+    def _arm_probs(self) -> Tensor:
+        return self._argmax_probs(self.indices()[None, :])[0]
 
     def _config(self) -> dict[str, Any]:
         cfg = super()._config()

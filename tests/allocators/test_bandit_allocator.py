@@ -1,0 +1,200 @@
+"""The ``bandit`` token allocator: budget contract, credit assignment, learning, uncertainty, pipeline, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arr_coc import ArrCoc, create_allocator, list_allocators
+from arr_coc.allocators.bandit import BanditAllocator
+from arr_coc.allocators.mckp import solve_mckp
+from arr_coc.bandits import Discount
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Two shared CPU cores: intra-op threading only adds contention for these tiny tensors."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_registered():
+    assert "bandit" in list_allocators()
+    assert isinstance(create_allocator("bandit", context_dim=5), BanditAllocator)
+
+
+@pytest.mark.parametrize("policy", ["ucb", "ts"])
+def test_default_preset_exact_budget_and_levels(policy):
+    alloc = create_allocator("bandit", context_dim=11, policy=policy)  # 13,200 tokens over K=200, 64..400
+    g = torch.Generator().manual_seed(0)
+    u, c = torch.randn(3, 200, generator=g), torch.randn(3, 200, 11, generator=g)
+    for _ in range(3):
+        t = alloc(u, context=c)
+        assert t.dtype == torch.int64 and t.shape == (3, 200)
+        assert (t.sum(-1) == 13200).all()
+        assert set(t.unique().tolist()) <= {64, 128, 256, 400}
+        alloc.update(torch.rand(3, generator=g))
+
+
+def test_at_most_lagrangian_path():
+    alloc = create_allocator("bandit", budget=8 * 10, min_tokens=4, max_tokens=20, levels=(4, 8, 20),
+                             mode="at_most", method="lagrangian", context_dim=6)
+    g = torch.Generator().manual_seed(1)
+    t = alloc(torch.randn(4, 8, generator=g), context=torch.randn(4, 8, 6, generator=g))
+    assert (t.sum(-1) <= 80).all() and (t >= 4).all() and (t <= 20).all()
+    assert torch.equal(alloc.last_info.slack, 80 - t.sum(-1))
+
+
+def test_credit_assignment_is_joint_additive_ridge():
+    """The statistics equal a ridge fit of r_b on Φ_b = Σ_k e_{l_k} ⊗ x_k (the documented credit assignment)."""
+    levels = (2, 4, 8)
+    alloc = create_allocator("bandit", budget=24, min_tokens=2, max_tokens=8, levels=levels, mode="at_most",
+                             context_dim=5, proj_dim=3, lam=0.5, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    phis, rs = [], []
+    for _ in range(4):
+        c = torch.randn(6, 5, 5, generator=g, dtype=torch.float64)
+        t = alloc(torch.randn(6, 5, generator=g, dtype=torch.float64), context=c)
+        r = torch.randn(6, generator=g, dtype=torch.float64)
+        alloc.update(r)
+        x = torch.cat([c @ alloc.proj, torch.ones(6, 5, 1, dtype=torch.float64)], -1)  # (B, K, 4)
+        lvl = (t[..., None] == torch.tensor(levels)).double()  # (B, K, L)
+        phis.append(torch.einsum("bkl,bkw->blw", lvl, x).reshape(6, -1))
+        rs.append(r)
+    phi, r = torch.cat(phis), torch.cat(rs)
+    a = 0.5 * torch.eye(phi.shape[1], dtype=torch.float64) + phi.T @ phi
+    theta = torch.linalg.solve(a, phi.T @ r)
+    assert torch.allclose(alloc.policy.theta[0], theta, atol=1e-9)
+    # the values the knapsack sees are θ_lᵀx + alpha·width, from the diagonal blocks of A⁻¹
+    c = torch.randn(2, 5, 5, generator=g, dtype=torch.float64)
+    x = torch.cat([c @ alloc.proj, torch.ones(2, 5, 1, dtype=torch.float64)], -1)
+    a_inv = torch.linalg.inv(a)
+    want = torch.empty(2, 5, 3, dtype=torch.float64)
+    for l in range(3):
+        e = torch.zeros(2, 5, 3 * 4, dtype=torch.float64)
+        e[..., l * 4:(l + 1) * 4] = x
+        want[..., l] = e @ theta + torch.sqrt(torch.einsum("bkp,pq,bkq->bk", e, a_inv, e))
+    assert torch.allclose(alloc.bandit_values(c), want, atol=1e-9)
+
+
+def test_update_with_explicit_context_and_budgets_matches_pending():
+    kw = dict(budget=20, min_tokens=2, max_tokens=8, levels=(2, 4, 8), mode="at_most", context_dim=4)
+    a1, a2 = create_allocator("bandit", **kw), create_allocator("bandit", **kw)
+    g = torch.Generator().manual_seed(3)
+    c, u = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, generator=g)
+    t = a1(u, context=c)
+    r = torch.rand(3, generator=g)
+    a1.update(r)
+    a2.update(r, context=c, budgets=t)
+    assert torch.allclose(a1.policy.theta, a2.policy.theta, atol=1e-6)
+
+
+def _problem(seed=0, k=6, c_dim=4):
+    """Additive ground truth: patch k gains w·x_k per unit of log-level; only the informative patches deserve tokens."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(c_dim, generator=g)
+    return g, w
+
+
+def _true_value(c, t, w, levels):
+    gain = torch.log2(t.double() / levels[0])  # 0, 1, 2, ... per level step
+    return ((c.double() @ w.double()) * gain).sum(-1)  # (B,)
+
+
+@pytest.mark.parametrize("policy", ["ucb", "ts"])
+def test_learns_to_beat_random_allocation(policy):
+    levels, k, c_dim, budget = (2, 4, 8), 6, 4, 6 * 4
+    g, w = _problem()
+    alloc = create_allocator("bandit", budget=budget, min_tokens=2, max_tokens=8, levels=levels, mode="at_most",
+                             context_dim=c_dim, proj_dim=c_dim, policy=policy, alpha=0.5, utility_weight=0.0,
+                             dtype=torch.float64)
+    for _ in range(40):
+        c = torch.randn(32, k, c_dim, generator=g, dtype=torch.float64)
+        t = alloc(torch.zeros(32, k, dtype=torch.float64), context=c)
+        alloc.update(_true_value(c, t, w, levels) + 0.1 * torch.randn(32, generator=g, dtype=torch.float64))
+    c = torch.randn(256, k, c_dim, generator=g, dtype=torch.float64)
+    learned = _true_value(c, alloc(torch.zeros(256, k, dtype=torch.float64), context=c), w, levels).mean()
+    # oracle: the knapsack on the true per-(patch, level) values; random: uniform random feasible levels
+    truth = (c @ w.double())[..., None] * torch.log2(torch.tensor(levels, dtype=torch.float64) / levels[0])
+    oracle = _true_value(c, solve_mckp(truth, levels, budget, mode="at_most").tokens, w, levels).mean()
+    rand_vals = (torch.rand(256, k, 3, generator=g, dtype=torch.float64))
+    rnd = _true_value(c, solve_mckp(rand_vals, levels, budget, mode="at_most").tokens, w, levels).mean()
+    assert learned - rnd > 0.8 * (oracle - rnd), (float(learned), float(rnd), float(oracle))
+
+
+def test_uncertainty_shrinks_with_data():
+    alloc = create_allocator("bandit", budget=20, min_tokens=2, max_tokens=8, levels=(2, 4, 8), mode="at_most",
+                             context_dim=4)
+    g = torch.Generator().manual_seed(4)
+    c = torch.randn(2, 5, 4, generator=g)
+    before = alloc.uncertainty(c)
+    assert before.shape == (2, 5) and (before > 0).all()
+    for _ in range(20):
+        cc = torch.randn(16, 5, 4, generator=g)
+        alloc(torch.randn(16, 5, generator=g), context=cc)
+        alloc.update(torch.rand(16, generator=g))
+    assert (alloc.uncertainty(c) < before).all()
+
+
+def test_state_dict_roundtrip_reproduces_allocation():
+    kw = dict(budget=20, min_tokens=2, max_tokens=8, levels=(2, 4, 8), mode="at_most", context_dim=4,
+              forgetting=Discount(0.99))
+    a1 = create_allocator("bandit", **kw)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        c = torch.randn(8, 5, 4, generator=g)
+        a1(torch.randn(8, 5, generator=g), context=c)
+        a1.update(torch.rand(8, generator=g))
+    a2 = create_allocator("bandit", **kw)
+    a2.load_state_dict(a1.state_dict())
+    c, u = torch.randn(4, 5, 4, generator=g), torch.randn(4, 5, generator=g)
+    assert torch.equal(a1(u, context=c), a2(u, context=c))
+    assert torch.allclose(a1.uncertainty(c), a2.uncertainty(c))
+    lazy = create_allocator("bandit", **{**kw, "context_dim": None})  # a lazy projection adopts the saved one
+    lazy.load_state_dict(a1.state_dict())
+    assert lazy.context_dim == 4 and torch.equal(lazy(u, context=c), a1(u, context=c))
+
+
+def test_in_pipeline_context_and_uncertainty_flow():
+    k, d, lo, hi, budget = 8, 6, 4, 20, 8 * 10
+    model = ArrCoc(d, d, num_patches=k, budget=budget, min_tokens=lo, max_tokens=hi, allocator="bandit",
+                   allocator_kwargs={"levels": (4, 8, 20), "mode": "at_most"})
+    g = torch.Generator().manual_seed(6)
+    feats, query = torch.randn(2, k, 2, 2, d, generator=g), torch.randn(2, d, generator=g)
+    with torch.no_grad():  # the allocation path; the straight-through relaxation is the registry's, tested elsewhere
+        out = model(feats, query=query)
+    assert (out.budgets.sum(-1) <= budget).all() and set(out.budgets.unique().tolist()) <= {4, 8, 20}
+    assert model.attending.context_dim == 2 * d + 3  # [query; patch mean; 3 scores]
+    model.attending.update(torch.tensor([1.0, 0.0]))
+    assert int(model.attending.policy.steps) == 2
+
+
+def test_errors():
+    alloc = create_allocator("bandit", budget=20, min_tokens=2, max_tokens=8, levels=(2, 4, 8), mode="at_most",
+                             context_dim=4)
+    u = torch.randn(2, 5)
+    with pytest.raises(ValueError, match="needs context"):
+        alloc(u)
+    with pytest.raises(ValueError, match="width 3"):
+        alloc(u, context=torch.randn(2, 5, 3))
+    with pytest.raises(ValueError, match=r"\(B, K\) = \(2, 4\)"):
+        alloc(u, context=torch.randn(2, 4, 4))
+    bad = torch.randn(2, 5, 4)
+    bad[1, 2, 3] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        alloc(u, context=bad)
+    with pytest.raises(ValueError, match="before any forward"):
+        alloc.update(torch.ones(2))
+    t = alloc(u, context=torch.randn(2, 5, 4))
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        alloc.update(torch.ones(3))
+    with pytest.raises(ValueError, match="non-finite"):
+        alloc.update(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="not one of the levels"):
+        alloc.update(torch.ones(2), context=torch.randn(2, 5, 4), budgets=t + 1)
+    with pytest.raises(ValueError, match="policy"):
+        create_allocator("bandit", policy="greedy")
+    with pytest.raises(ValueError, match="proj_dim"):
+        create_allocator("bandit", proj_dim=0)

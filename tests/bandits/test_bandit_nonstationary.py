@@ -1,0 +1,150 @@
+"""Forgetting rules: each recovers after an abrupt switch of the best arm, where the stationary policy does not;
+the batched Page–Hinkley scan equals a sequential reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arr_coc.bandits import Discount, EpsilonGreedy, LinUCB, PageHinkley, SlidingWindow, ThompsonSampling, UCB1
+from arr_coc.bandits import nonstationary as ns
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Two shared CPU cores: intra-op threading only adds contention for these tiny tensors."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+MODES = {
+    "window": SlidingWindow(200),
+    "discount": Discount(0.99),
+    "page_hinkley": PageHinkley(delta=0.05, threshold=4.0),
+}
+
+
+def _run_switch(make, rounds=120, batch=8, switch=60, seed=0):
+    """Two Bernoulli arms with means (0.8, 0.2) that swap at round ``switch``; returns post-switch regret."""
+    g = torch.Generator().manual_seed(seed)
+    pol = make()
+    means = torch.tensor([0.8, 0.2])
+    regret = 0.0
+    for t in range(rounds):
+        if t == switch:
+            means = means.flip(0)
+        ctx = torch.zeros(batch, 1)
+        a, _ = pol.select(ctx, generator=g)
+        r = (torch.rand(batch, generator=g) < means[a]).float()
+        pol.update(ctx, a, r)
+        if t >= switch:
+            regret += float((means.max() - means[a]).sum())
+    return regret
+
+
+FAMILIES = {
+    "ucb1": lambda f: UCB1(2, 0.3, forgetting=f),
+    "ts": lambda f: ThompsonSampling(2, "beta", forgetting=f),
+    "eps": lambda f: EpsilonGreedy(2, 0.1, forgetting=f),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_forgetting_recovers_after_switch(mode, family):
+    make = FAMILIES[family]
+    stationary = sum(_run_switch(lambda: make(None), seed=s) for s in range(3)) / 3
+    adaptive = sum(_run_switch(lambda: make(MODES[mode]), seed=s) for s in range(3)) / 3
+    # Post-switch: 60 rounds x 8 pulls x 0.6 gap = 288 is the regret of never switching.
+    assert adaptive < 0.5 * stationary, (family, mode, adaptive, stationary)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_linucb_forgetting_recovers_after_switch(mode):
+    """Contextual version: the reward weights of the two arms swap."""
+    def run(forgetting, seed):
+        g = torch.Generator().manual_seed(seed)
+        pol = LinUCB(2, 3, alpha=0.5, forgetting=forgetting)
+        w = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.5, -1.0]])
+        regret = 0.0
+        for t in range(120):
+            if t == 60:
+                w = w.flip(0)
+            x = torch.rand(8, 3, generator=g)
+            mu = x @ w.T  # (8, 2)
+            a, _ = pol.select(x, generator=g)
+            pol.update(x, a, mu.gather(1, a[:, None])[:, 0] + 0.1 * torch.randn(8, generator=g))
+            if t >= 60:
+                regret += float((mu.max(1).values - mu.gather(1, a[:, None])[:, 0]).sum())
+        return regret
+
+    stationary = sum(run(None, s) for s in range(2))
+    adaptive = sum(run(MODES[mode], s) for s in range(2))
+    assert adaptive < 0.6 * stationary, (mode, adaptive, stationary)
+
+
+def _page_hinkley_reference(signal, actions, n_arms, cfg):
+    """Row-by-row two-sided Page–Hinkley with reset; returns (keep, alarms per arm)."""
+    n = [0] * n_arms
+    mean = [0.0] * n_arms
+    up = [0.0] * n_arms
+    up_min = [0.0] * n_arms
+    dn = [0.0] * n_arms
+    dn_max = [0.0] * n_arms
+    alarm_rows = {a: [] for a in range(n_arms)}
+    for i, (s, a) in enumerate(zip(signal.tolist(), actions.tolist())):
+        n[a] += 1
+        mean[a] += (s - mean[a]) / n[a]
+        up[a] += s - mean[a] - cfg.delta
+        dn[a] += s - mean[a] + cfg.delta
+        up_min[a] = min(up_min[a], up[a])
+        dn_max[a] = max(dn_max[a], dn[a])
+        if n[a] >= cfg.min_samples and max(up[a] - up_min[a], dn_max[a] - dn[a]) > cfg.threshold:
+            alarm_rows[a].append(i)
+            n[a], mean[a], up[a], up_min[a], dn[a], dn_max[a] = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+    keep = [not alarm_rows[a] or i > alarm_rows[a][-1] for i, a in enumerate(actions.tolist())]
+    return torch.tensor(keep), {a: v for a, v in alarm_rows.items()}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_page_hinkley_scan_matches_sequential_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    n_rows, n_arms = 300, 3
+    actions = torch.randint(0, n_arms, (n_rows,), generator=g)
+    # several level shifts so that arms alarm more than once within the batch
+    level = torch.zeros(n_rows, dtype=torch.float64)
+    level[100:] = 1.5
+    level[200:] = -1.0
+    signal = level + 0.3 * torch.randn(n_rows, generator=g, dtype=torch.float64)
+    cfg = PageHinkley(delta=0.05, threshold=3.0, min_samples=3)
+    state = {k: torch.zeros(n_arms, dtype=torch.float64) for k in ns._PH_FIELDS}
+    keep, alarmed, _ = ns._page_hinkley_scan(state, signal, actions, n_arms, cfg)
+    ref_keep, alarms = _page_hinkley_reference(signal, actions, n_arms, cfg)
+    assert sum(len(v) for v in alarms.values()) >= n_arms  # the test exercises multiple alarms
+    assert torch.equal(keep, ref_keep)
+    assert alarmed.tolist() == [bool(alarms[a]) for a in range(n_arms)]
+
+
+def test_page_hinkley_scan_split_batches_agree():
+    g = torch.Generator().manual_seed(9)
+    actions = torch.randint(0, 2, (200,), generator=g)
+    signal = torch.cat([torch.zeros(100), torch.ones(100) * 2]).double() + 0.2 * torch.randn(200, generator=g).double()
+    cfg = PageHinkley(0.05, 3.0, 3)
+    st = {k: torch.zeros(2, dtype=torch.float64) for k in ns._PH_FIELDS}
+    _, _, whole = ns._page_hinkley_scan(st, signal, actions, 2, cfg)
+    st1 = {k: torch.zeros(2, dtype=torch.float64) for k in ns._PH_FIELDS}
+    _, _, half = ns._page_hinkley_scan(st1, signal[:77], actions[:77], 2, cfg)
+    _, _, half = ns._page_hinkley_scan(half, signal[77:], actions[77:], 2, cfg)
+    for k in ns._PH_FIELDS:
+        assert torch.allclose(whole[k], half[k], atol=1e-10), k
+
+
+def test_page_hinkley_resets_counted():
+    pol = EpsilonGreedy(2, 0.0, forgetting=PageHinkley(0.01, 2.0, 3))
+    ctx = torch.zeros(50, 1)
+    pol.update(ctx, torch.zeros(50, dtype=torch.long), torch.zeros(50))
+    pol.update(ctx, torch.zeros(50, dtype=torch.long), torch.ones(50))
+    assert int(pol.resets[0]) >= 1 and int(pol.resets[1]) == 0
+    assert float(pol.means[0]) > 0.9  # the pre-change zeros were forgotten

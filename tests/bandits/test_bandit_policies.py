@@ -1,0 +1,268 @@
+"""Interface tests over every policy: shapes, propensities, validation errors, persistence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from arr_coc.bandits import (
+    BanditPolicy,
+    Discount,
+    EpsilonGreedy,
+    HybridLinUCB,
+    LinTS,
+    LinUCB,
+    NeuralLinear,
+    PageHinkley,
+    SlidingWindow,
+    Softmax,
+    ThompsonSampling,
+    UCB1,
+)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Two shared CPU cores: intra-op threading only adds contention for these tiny tensors."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+A, D, N = 4, 5, 32
+
+
+def _make(name: str, dtype=torch.float32, **kw) -> BanditPolicy:
+    f = {
+        "eps": lambda: EpsilonGreedy(A, 0.2, dtype=dtype, **kw),
+        "softmax": lambda: Softmax(A, 0.5, dtype=dtype, **kw),
+        "ucb1": lambda: UCB1(A, dtype=dtype, **kw),
+        "ts_beta": lambda: ThompsonSampling(A, "beta", dtype=dtype, **kw),
+        "ts_gauss": lambda: ThompsonSampling(A, "gaussian", dtype=dtype, **kw),
+        "linucb": lambda: LinUCB(A, D, 0.5, dtype=dtype, **kw),
+        "linucb_sm": lambda: LinUCB(A, D, 0.5, solver="sherman_morrison", dtype=dtype, **kw),
+        "lints": lambda: LinTS(A, D, 0.5, dtype=dtype, **kw),
+        "hybrid": lambda: HybridLinUCB(A, D - 2, 2, 0.5, dtype=dtype, **kw),
+        "neural_ucb": lambda: NeuralLinear(A, D, (8, 6), train_every=16, train_steps=3, batch_size=8, dtype=dtype,
+                                           **kw),
+        "neural_ts": lambda: NeuralLinear(A, D, (8,), head="ts", train_every=16, train_steps=3, dtype=dtype, **kw),
+    }
+    return f[name]()
+
+
+ALL = ["eps", "softmax", "ucb1", "ts_beta", "ts_gauss", "linucb", "linucb_sm", "lints", "hybrid", "neural_ucb",
+       "neural_ts"]
+
+
+def _warm(policy: BanditPolicy, per_arm: bool, steps: int = 3, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shape = (N, A, D) if per_arm else (N, D)
+    ctx = torch.randn(shape, generator=g, dtype=policy.dtype)
+    for _ in range(steps):
+        a, _ = policy.select(ctx, generator=g)
+        policy.update(ctx, a, torch.rand(N, generator=g, dtype=policy.dtype))
+    return ctx
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("per_arm", [False, True])
+def test_select_shapes_and_propensities(name, per_arm):
+    pol = _make(name)
+    ctx = _warm(pol, per_arm)
+    g = torch.Generator().manual_seed(1)
+    actions, props = pol.select(ctx, generator=g)
+    assert actions.shape == (N,) and actions.dtype == torch.int64
+    assert props.shape == (N,)
+    assert bool(((actions >= 0) & (actions < A)).all())
+    assert bool(((props > 0) & (props <= 1 + 1e-6)).all())
+    probs = pol.action_probabilities(ctx, generator=g)
+    assert probs.shape == (N, A)
+    assert torch.allclose(probs.sum(1), torch.ones(N), atol=1e-5)
+    assert bool((probs >= 0).all())
+
+
+@pytest.mark.parametrize("name", ["eps", "softmax", "ucb1", "linucb", "hybrid"])
+def test_closed_form_propensity_equals_probability(name):
+    pol = _make(name)
+    ctx = _warm(pol, False)
+    actions, props = pol.select(ctx)
+    probs = pol.action_probabilities(ctx)
+    assert torch.allclose(props, probs.gather(1, actions[:, None])[:, 0])
+
+
+def test_epsilon_greedy_probabilities_exact():
+    pol = EpsilonGreedy(3, 0.3)
+    ctx = torch.zeros(2, 1)
+    pol.update(ctx, torch.tensor([1, 2]), torch.tensor([1.0, 0.5]))
+    probs = pol.action_probabilities(ctx)
+    assert torch.allclose(probs[0], torch.tensor([0.1, 0.8, 0.1]))
+
+
+def test_thompson_mc_propensity_matches_empirical_frequency():
+    pol = ThompsonSampling(3, "beta")
+    pol.update(torch.zeros(30, 1), torch.tensor([0, 1, 2] * 10), torch.tensor([1.0, 0.0, 1.0] * 10) * torch.tensor(
+        [0.7, 0.6, 0.5]).repeat(10))
+    g = torch.Generator().manual_seed(0)
+    actions, props = pol.select(torch.zeros(20000, 1), generator=g)
+    freq = torch.bincount(actions, minlength=3).float() / 20000
+    for a in range(3):
+        if freq[a] > 0.02:
+            est = props[actions == a].mean()
+            assert abs(float(est) - float(freq[a])) < 0.08
+
+
+def test_lints_mc_propensity_matches_frequency_per_row():
+    pol = LinTS(3, 2, v=1.0, n_mc=2000)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 2, generator=g)
+    pol.update(x, torch.randint(0, 3, (50,), generator=g), torch.randn(50, generator=g))
+    ctx = torch.tensor([[0.3, -0.2]]).expand(4000, -1).contiguous()
+    actions, props = pol.select(ctx, generator=g)
+    freq = torch.bincount(actions, minlength=3).float() / 4000
+    assert torch.allclose(freq[actions], props, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bad_inputs_raise(name):
+    pol = _make(name)
+    ctx = torch.randn(N, D)
+    a, _ = pol.select(ctx)
+    r = torch.rand(N)
+    with pytest.raises(ValueError, match="NaN|non-finite"):
+        bad = ctx.clone()
+        bad[3, 1] = float("nan")
+        pol.select(bad)
+    with pytest.raises(ValueError, match="non-finite"):
+        rr = r.clone()
+        rr[2] = float("inf")
+        pol.update(ctx, a, rr)
+    with pytest.raises(ValueError, match="out of range"):
+        aa = a.clone()
+        aa[0] = A
+        pol.update(ctx, aa, r)
+    with pytest.raises(ValueError, match="out of range"):
+        aa = a.clone()
+        aa[5] = -1
+        pol.update(ctx, aa, r)
+    with pytest.raises(ValueError, match="integer dtype"):
+        pol.update(ctx, a.float(), r)
+    with pytest.raises(ValueError, match="shape"):
+        pol.update(ctx, a[:-1], r)
+    with pytest.raises(ValueError, match="shape"):
+        pol.update(ctx, a, r[:-1])
+    with pytest.raises(ValueError, match="dtype"):
+        pol.select(ctx.double())
+    with pytest.raises(ValueError, match="on meta"):
+        pol.select(torch.empty(N, D, device="meta"))
+    with pytest.raises(ValueError, match="dims|n_arms"):
+        pol.select(torch.randn(N, A + 1, D))
+    with pytest.raises(ValueError):
+        pol.select(torch.randn(N))
+    if pol._contextual:
+        with pytest.raises(ValueError, match="width"):
+            pol.select(torch.randn(N, D + 1))
+
+
+def test_constructor_errors_name_value():
+    with pytest.raises(ValueError, match="-1"):
+        LinUCB(-1, 3)
+    with pytest.raises(ValueError, match="epsilon"):
+        EpsilonGreedy(3, 1.5)
+    with pytest.raises(ValueError, match="'poisson'"):
+        ThompsonSampling(3, "poisson")
+    with pytest.raises(ValueError, match="solver"):
+        LinUCB(3, 2, solver="qr")
+    with pytest.raises(ValueError, match="sherman_morrison"):
+        LinUCB(3, 2, solver="sherman_morrison", forgetting=Discount(0.9))
+    with pytest.raises(ValueError, match="forgetting"):
+        LinUCB(3, 2, forgetting="window")
+    with pytest.raises(ValueError, match="gamma"):
+        Discount(1.5)
+    with pytest.raises(ValueError, match="size"):
+        SlidingWindow(0)
+    with pytest.raises(ValueError, match="threshold"):
+        PageHinkley(threshold=-1.0)
+    with pytest.raises(ValueError, match="lam"):
+        LinTS(3, 2, lam=0.0)
+    with pytest.raises(ValueError, match="dtype"):
+        LinUCB(3, 2, dtype=torch.int64)
+
+
+def test_beta_ts_rejects_rewards_outside_unit_interval():
+    pol = ThompsonSampling(2, "beta")
+    with pytest.raises(ValueError, match="1.5"):
+        pol.update(torch.zeros(2, 1), torch.tensor([0, 1]), torch.tensor([0.2, 1.5]))
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("forgetting", [None, SlidingWindow(20), Discount(0.95), PageHinkley(0.01, 2.0)])
+def test_save_load_roundtrip(tmp_path, name, forgetting):
+    if forgetting is not None and name in ("linucb_sm", "neural_ucb", "neural_ts"):
+        pytest.skip("combination rejected by the constructor")
+    kw = {} if forgetting is None else {"forgetting": forgetting}
+    pol = _make(name, dtype=torch.float64, **kw)
+    ctx = _warm(pol, False, steps=3)
+    path = tmp_path / "policy.safetensors"
+    pol.save(path)
+    loaded = BanditPolicy.load(path)
+    assert type(loaded) is type(pol)
+    assert loaded.dtype == torch.float64
+    assert loaded._config() == pol._config()
+    sd1, sd2 = pol.state_dict(), loaded.state_dict()
+    assert sd1.keys() == sd2.keys()
+    for k in sd1:
+        assert torch.equal(sd1[k], sd2[k]), k
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a1, p1 = pol.select(ctx, generator=g1)
+    a2, p2 = loaded.select(ctx, generator=g2)
+    assert torch.equal(a1, a2) and torch.allclose(p1, p2)
+    # the file is plain safetensors, not a pickle
+    assert path.read_bytes()[8:9] == b"{"
+
+
+def test_load_checks_class(tmp_path):
+    p = tmp_path / "x.safetensors"
+    LinUCB(2, 3).save(p)
+    with pytest.raises(ValueError, match="not a LinTS"):
+        LinTS.load(p)
+    assert isinstance(LinUCB.load(p), LinUCB)
+
+
+def test_state_dict_into_fresh_module():
+    pol = LinUCB(3, 4)
+    _ = torch.manual_seed(0)
+    x = torch.randn(20, 4)
+    pol.update(x, torch.randint(0, 3, (20,)), torch.randn(20))
+    fresh = LinUCB(3, 4)
+    fresh.load_state_dict(pol.state_dict())
+    assert torch.allclose(fresh.theta, pol.theta) and torch.allclose(fresh.A_inv, pol.A_inv)
+
+
+def test_generator_reproducibility():
+    pol = LinTS(3, 4)
+    x = torch.randn(10, 4)
+    a1, p1 = pol.select(x, generator=torch.Generator().manual_seed(3))
+    a2, p2 = pol.select(x, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a1, a2) and torch.equal(p1, p2)
+
+
+def test_module_to_moves_state_dtype():
+    pol = LinUCB(3, 4).to(torch.float64)
+    assert pol.dtype == torch.float64 and pol.theta.dtype == torch.float64
+    a, p = pol.select(torch.randn(5, 4, dtype=torch.float64))
+    assert p.dtype == torch.float64 and not math.isnan(float(p.sum()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ALL)
+def test_runs_on_cuda(name):
+    pol = _make(name).to("cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    ctx = torch.randn(N, D, device="cuda")
+    a, p = pol.select(ctx, generator=g)
+    pol.update(ctx, a, torch.rand(N, device="cuda"))
+    assert a.device.type == "cuda" and p.device.type == "cuda"
