@@ -16,7 +16,8 @@ from arr_coc.knowing import pixel_entropy, standardize
 D, K, H, W, LO, HI = 16, 16, 3, 3, 4, 100
 BUDGET = K * 20
 # Per-allocator kwargs that fit the small configuration (mckp's levels must lie in [LO, HI] and reach BUDGET).
-SMALL_KW = {"mckp": {"levels": (4, 20, 36, 100), "mode": "exact"}, "hierarchical": {"region_size": (2, 2)}}
+SMALL_KW = {"mckp": {"levels": (4, 20, 36, 100), "mode": "exact"}, "hierarchical": {"region_size": (2, 2)},
+            "bandit": {"levels": (4, 20, 36, 100), "mode": "exact"}}
 BALANCING = ("weights", "log_focus", "compress")
 KNOWING = ("q_proj.weight", "k_proj.weight", "prototypes")
 
@@ -105,14 +106,12 @@ def test_default_preset_mckp_exact():
 
 @pytest.mark.parametrize("name", list_allocators())
 def test_every_allocator_runs_in_arr_coc_and_hits_the_budget(name):
-    if name == "bandit":
-        pytest.skip("bandit needs its own set-up; tests/bandits covers it")
     model = _small(name)
     feats, query = _inputs()
     feats.requires_grad_(True)
     out = model(feats, query=query)
     _check_output(out, 2, K, BUDGET, LO, HI, D)
-    if name == "mckp":
+    if name in ("mckp", "bandit"):
         assert set(out.budgets.unique().tolist()) <= {4, 20, 36, 100}
     out.tokens.square().mean().backward()
     grads = [_grad_sum(model, f"balancing.{n}") for n in BALANCING]
