@@ -26,12 +26,11 @@ def _check_finite(name: str, t: Tensor) -> None:
     if t.is_floating_point() or t.is_complex():
         # Fast path: a finite sum means every element is finite (inf - inf and NaN propagate). Only an overflowing
         # or non-finite sum pays for the full elementwise scan.
-        if t.numel() == 0 or bool(torch.isfinite(t.sum(dtype=torch.float64 if t.is_floating_point() else None))):
+        acc = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
+        if t.numel() == 0 or bool(torch.isfinite(t.sum(dtype=acc))):
             return
         bad = ~torch.isfinite(t)
-        if not bool(bad.any()):
-            return
-        if bool(bad.any()):
+        if bool(bad.any()):  # the sum can also overflow with every element finite
             n_bad = int(bad.sum())
             first = tuple(int(i) for i in bad.nonzero()[0].tolist())
             val = t[first].item() if t.dim() else t.item()
