@@ -1,7 +1,7 @@
 """Time per call of every registered allocator, as ratios to ``uniform`` measured in the same run.
 
     python -m scripts.bench_allocators                 # CPU, and CUDA too when a GPU is present
-    python -m scripts.bench_allocators --batches 1 64 --repeats 5
+    python -m scripts.bench_allocators --batches 1 64 --repeats 5 --threads 1
 
 Default preset (K=200, budget 13,200, 64..400), utilities ~ N(0, 2²). Each figure is the median of ``--repeats``
 timed calls after one warm-up call. ``mckp`` uses its exact DP on CPU and its Lagrangian form on CUDA (the DP's
@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--allocators", nargs="+", default=None, help="default: every registered allocator but bandit")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (on a shared machine, 1 avoids OpenMP contention with other jobs)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = args.allocators or [n for n in list_allocators() if n != "bandit"]
     names = ["uniform", *[n for n in names if n != "uniform"]]  # the baseline is timed first
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
