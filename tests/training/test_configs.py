@@ -29,7 +29,7 @@ def test_configs_exist():
 def test_yaml_is_headed_by_its_command(path):
     head = _header(path)
     assert head.startswith("#"), f"{path} must open with a comment naming its command"
-    want = "build_model" if path.parent.name == "models" else "accelerate launch"
+    want = {"models": "build_model", "eval": "python -m eval.run_eval"}.get(path.parent.name, "accelerate launch")
     assert want in head, f"{path} header lacks {want!r}"
 
 

@@ -1,0 +1,381 @@
+"""Evaluate an ``ArrCocLlava`` (or a token-reduction baseline on it) on a VQA dataset in the common schema.
+
+Launch (each config in ``configs/eval/`` is headed by its own command)::
+
+    python -m eval.run_eval --config configs/eval/tiny.yaml
+    python -m eval.run_eval --config configs/eval/bench.yaml checkpoint=runs/bench method=visionzip token_fraction=0.25
+
+What it does: loads a checkpoint written by the training recipe (or builds a preset with random weights, for smoke
+tests), binds the evaluated *method* to it (``arr_coc``: the model's own layer, at its trained budget or at
+``token_fraction`` of the full-token count; or a training-free baseline of :mod:`eval.baselines` at exactly that
+many tokens), then decodes greedily in batches with a tqdm bar and scores every answer with the dataset's metric
+(:mod:`eval.metrics`). Outputs in ``output_dir``:
+
+- ``predictions.jsonl``: one record per question (``question_id, question, prediction, answers, question_type,
+  score, tokens`` (visual tokens the LLM attended to), ``target_fraction`` (benchmark only: the share of those
+  tokens whose centre lies in the queried ``target_box``), ``latency_s``), appended and flushed batch by batch;
+- ``summary.json``: accuracy overall and by question type, mean visual tokens per image, the visual-token FLOPs
+  fraction against the full-token model (defined in :mod:`eval.flops`), mean latency per sample, and the mean
+  ``target_fraction``;
+- ``run.json``: what was evaluated. A rerun with the same settings resumes: questions already in the JSONL are
+  skipped (a torn last line from a kill is dropped), and a rerun with different settings is refused unless
+  ``resume=false``, which starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from eval.baselines import VisualMethod, create_method, list_methods
+from eval.flops import visual_flops_fraction
+from eval.metrics import METRICS
+from models.builders import (apply_overrides, build_model, dataclass_from_dict, dataclass_to_dict, load_model_cfg,
+                             load_yaml)
+
+__all__ = ["EvalCfg", "EvalDataCfg", "build_eval_model", "evaluate", "load_eval_cfg", "main", "summarize",
+           "target_fraction"]
+
+
+# -- configuration -----------------------------------------------------------------------------------------------------
+@dataclass
+class EvalDataCfg:
+    """The evaluated dataset."""
+
+    source: str = "benchmark"  # benchmark (training/benchmark.py) | vqav2 | gqa | textvqa | docvqa (training/data.py)
+    path: str | None = None  # dataset directory (benchmark: written by scripts/make_benchmark.py)
+    split: str = "test"  # split to evaluate
+    max_samples: int | None = None  # only the first N rows
+    generate: bool = False  # benchmark only: generate it at `path` when missing (tiny smoke runs)
+    generate_sizes: dict = field(default_factory=lambda: {"train": 8, "val": 8, "test": 16})  # rows per split
+    generate_seed: int = 0  # benchmark seed when generating
+    generate_cfg: dict = field(default_factory=dict)  # BenchmarkCfg fields when generating (e.g. image_size)
+    images: str | None = None  # GQA: path of the separate images table
+
+
+@dataclass
+class EvalCfg:
+    """One evaluation run: a model, a method at a token budget, a dataset."""
+
+    output_dir: str = "runs/eval/tiny"  # predictions.jsonl, summary.json, run.json
+    checkpoint: str | None = None  # a checkpoint folder, a run's output_dir (latest checkpoint), or None
+    model_preset: str = "tiny"  # without a checkpoint: configs/models/<name>.yaml (or a YAML path), random init
+    model: dict = field(default_factory=dict)  # ModelCfg fields overriding the preset / the checkpoint's config
+    method: str = "arr_coc"  # arr_coc (the model's own layer) or a baseline of eval/baselines.py
+    token_fraction: float | None = None  # visual tokens as a fraction of the full-token count; None: trained budget
+    baseline: dict = field(default_factory=dict)  # baseline constructor arguments (e.g. {layer: 2} for fastv)
+    data: EvalDataCfg = field(default_factory=EvalDataCfg)
+    batch_size: int = 8  # questions per generate() call
+    max_new_tokens: int = 8  # greedy decoding length
+    metric: str = "auto"  # auto (the source's community metric) or a key of eval.metrics.METRICS
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
+    seed: int = 0  # random init of a preset (no checkpoint)
+    resume: bool = True  # skip questions already in predictions.jsonl
+
+
+def load_eval_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> EvalCfg:
+    """Read an eval YAML and apply ``key=value`` overrides; unknown keys or bad values raise ``ValueError``."""
+    raw = load_yaml(path) if path is not None else {}
+    cfg = dataclass_from_dict(EvalCfg, apply_overrides(raw, overrides))
+    if cfg.method not in list_methods():
+        raise ValueError(f"method={cfg.method!r}; choose from {list_methods()}")
+    if cfg.metric != "auto" and cfg.metric not in METRICS:
+        raise ValueError(f"metric={cfg.metric!r}; choose from ['auto'] + {sorted(METRICS)}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={cfg.device!r}; choose from ['auto', 'cpu', 'cuda']")
+    for name, v in (("batch_size", cfg.batch_size), ("max_new_tokens", cfg.max_new_tokens)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if cfg.token_fraction is not None and not (isinstance(cfg.token_fraction, (int, float))
+                                               and 0 < float(cfg.token_fraction) <= 1):
+        raise ValueError(f"token_fraction must be in (0, 1] or null, got {cfg.token_fraction!r}")
+    if cfg.method != "arr_coc" and cfg.token_fraction is None:
+        raise ValueError(f"method={cfg.method!r} is a baseline and needs token_fraction")
+    load_model_cfg(_model_dict(cfg.model_preset, cfg.model))  # validates the model overrides early
+    return cfg
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def _model_dict(preset: str | Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    base = dataclass_to_dict(load_model_cfg(preset))
+    return _merge(base, overrides)
+
+
+# -- model -------------------------------------------------------------------------------------------------------------
+def _resolve_checkpoint(path: str) -> Path:
+    """A folder holding ``model.safetensors``: the given checkpoint, or the latest one of a run directory."""
+    from training.checkpoint import find_latest
+
+    p = Path(path)
+    if (p / "model.safetensors").is_file():
+        return p
+    for root in (p / "checkpoints", p):
+        latest = find_latest(root) if root.is_dir() else None
+        if latest is not None and (latest / "model.safetensors").is_file():
+            return latest
+    raise ValueError(f"checkpoint={path!r} holds no model.safetensors, nor a run with checkpoints/")
+
+
+def build_eval_model(cfg: EvalCfg):
+    """``(model, processor, description)`` for ``cfg``: a trained checkpoint, or a randomly initialised preset."""
+    if cfg.checkpoint:
+        from safetensors.torch import load_file
+
+        from models.vlm import load_state_dict_nonstrict
+
+        ckpt = _resolve_checkpoint(cfg.checkpoint)
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        train_cfg = state.get("config", {})
+        base = _model_dict(train_cfg.get("model_preset", "tiny"), train_cfg.get("model", {}))
+        model, processor = build_model(_merge(base, cfg.model))
+        load_state_dict_nonstrict(model, load_file(str(ckpt / "model.safetensors")))
+        return model, processor, {"checkpoint": str(ckpt.resolve()), "step": state.get("step")}
+    torch.manual_seed(cfg.seed)
+    model, processor = build_model(_model_dict(cfg.model_preset, cfg.model))
+    return model, processor, {"checkpoint": None, "preset": cfg.model_preset, "seed": cfg.seed,
+                              "note": "random initialisation (smoke test)"}
+
+
+def _load_dataset(d: EvalDataCfg):
+    if d.source == "benchmark":
+        from training.data import load_benchmark
+
+        if d.path is None:
+            raise ValueError("data.path is required (the benchmark directory, or where to generate it)")
+        if d.generate and not Path(d.path, "dataset_dict.json").is_file():
+            from training.benchmark import BenchmarkCfg, make_benchmark
+
+            make_benchmark(d.path, seed=d.generate_seed, sizes=dict(d.generate_sizes),
+                           cfg=BenchmarkCfg.from_dict(d.generate_cfg))
+        ds = load_benchmark(d.path, d.split)
+    else:
+        from training.data import load_vqa_dataset
+
+        ds = load_vqa_dataset(d.source, split=d.split, path=d.path, images=d.images)
+    if d.max_samples is not None:
+        ds = ds.select(range(min(int(d.max_samples), len(ds))))
+    return ds
+
+
+def _metric_name(cfg: EvalCfg) -> str:
+    if cfg.metric != "auto":
+        return cfg.metric
+    if cfg.data.source == "benchmark":
+        return "exact_match"  # one generated answer per question
+    from training.data import SOURCES
+
+    if cfg.data.source not in SOURCES:
+        raise ValueError(f"data.source={cfg.data.source!r}; choose from ['benchmark'] + {sorted(SOURCES)}")
+    return SOURCES[cfg.data.source].metric
+
+
+# -- per-question bookkeeping ------------------------------------------------------------------------------------------
+def target_fraction(positions: Tensor, box: Sequence[int] | None, image_size: tuple[int, int]) -> float | None:
+    """Share of visual tokens whose centre lies in ``box = [x0, y0, x1, y1)`` (pixels of a ``(W, H)`` image).
+
+    Shapes:
+        positions: (T, 2) (row, col) in [0, 1]
+    """
+    if box is None or len(box) != 4 or positions.shape[0] == 0:
+        return None
+    w, h = image_size
+    y, x = positions[:, 0].double() * h, positions[:, 1].double() * w
+    x0, y0, x1, y1 = (float(v) for v in box)
+    inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+    return float(inside.double().mean())
+
+
+def _read_done(path: Path) -> list[dict[str, Any]]:
+    """Complete records of a predictions file; a torn last line (killed mid-write) is cut off the file."""
+    if not path.is_file():
+        return []
+    records, good_bytes = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(line)
+    if good_bytes != path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return records
+
+
+def summarize(records: Iterable[Mapping[str, Any]], *, flops_fraction: float | None = None) -> dict[str, Any]:
+    """Accuracy overall and by question type, mean visual tokens, latency and target-box share of records."""
+    recs = list(records)
+    n = len(recs)
+
+    def mean(key: str, rows: list[Mapping[str, Any]]) -> float | None:
+        vals = [float(r[key]) for r in rows if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    by_type: dict[str, dict[str, Any]] = {}
+    for qt in sorted({str(r.get("question_type", "")) for r in recs}):
+        rows = [r for r in recs if str(r.get("question_type", "")) == qt]
+        by_type[qt] = {"n": len(rows), "accuracy": mean("score", rows), "target_fraction": mean("target_fraction",
+                                                                                                rows)}
+    return {"n": n, "accuracy": mean("score", recs), "by_type": by_type,
+            "mean_visual_tokens": mean("tokens", recs), "visual_flops_fraction": flops_fraction,
+            "latency_s_per_sample": mean("latency_s", recs), "target_fraction": mean("target_fraction", recs)}
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# -- the run -----------------------------------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def _flops_fraction(method: VisualMethod, processor: Any, records: list[Mapping[str, Any]]) -> float | None:
+    """Visual-token FLOPs fraction for the mean prompt layout of the evaluated questions."""
+    if not records:
+        return None
+    ids = processor.encode_prompt("x")
+    first = ids.index(processor.image_token_id)
+    n_before = first
+    after = [int(r.get("prompt_text_tokens", 0)) - n_before for r in records]
+    n_after = max(0, round(sum(after) / len(after)))
+    return visual_flops_fraction(method.model.config.text_config, method.visual_per_layer(), method.full_tokens,
+                                 n_before=n_before, n_after=n_after)
+
+
+def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
+             model_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) one evaluation and return its summary (also written to ``summary.json``).
+
+    Args:
+        cfg: The run.
+        model: An already built ``ArrCocLlava`` (with ``processor``) to evaluate instead of building one from
+            ``cfg`` (the benchmark driver evaluates one trained model with many methods).
+        processor: Its processor.
+        model_info: What ``model`` is, recorded in ``run.json``.
+    """
+    from tqdm.auto import tqdm
+
+    from training.collate import VqaCollator, move_to
+
+    if model is None:
+        model, processor, model_info = build_eval_model(cfg)
+    elif processor is None:
+        raise ValueError("pass the model's processor along with the model")
+    device = _device(cfg.device)
+    model.to(device).eval()
+    method = create_method(cfg.method, model, cfg.token_fraction, **cfg.baseline)
+    proc = copy.copy(processor)
+    proc.budget = method.placeholders  # <image> expands to what this method feeds the LLM
+    metric_name = _metric_name(cfg)
+    metric = METRICS[metric_name]
+    ds = _load_dataset(cfg.data)
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path, run_path = out / "predictions.jsonl", out / "run.json"
+    run = {"method": cfg.method, "token_fraction": cfg.token_fraction, "num_tokens": method.num_tokens,
+           "full_tokens": method.full_tokens, "baseline": cfg.baseline, "metric": metric_name,
+           "data": dataclass_to_dict(cfg.data), "model": dict(model_info or {}), "max_new_tokens": cfg.max_new_tokens}
+    if cfg.resume and run_path.is_file() and pred_path.is_file():
+        old = json.loads(run_path.read_text())
+        diff = sorted(k for k in run if json.dumps(old.get(k), default=str) != json.dumps(run[k], default=str))
+        if diff:
+            raise ValueError(f"{out} holds a run with different settings {diff}: "
+                             f"{ {k: old.get(k) for k in diff} } vs { {k: run[k] for k in diff} }; "
+                             f"use another output_dir or resume=false")
+    elif pred_path.exists():
+        pred_path.unlink()
+    _atomic_json(run_path, run)
+    records = _read_done(pred_path)
+    done = {str(r["question_id"]) for r in records}
+    todo = [i for i, qid in enumerate(ds["question_id"]) if str(qid) not in done]
+
+    collator = VqaCollator(proc, train=False)
+    gen_kw = {"max_new_tokens": cfg.max_new_tokens, "do_sample": False, "num_beams": 1,
+              "eos_token_id": proc.tokenizer.eos_token_id}
+    bar = tqdm(total=len(ds), initial=len(ds) - len(todo), desc=f"eval {cfg.method}", dynamic_ncols=True)
+    with open(pred_path, "a") as f:
+        for start in range(0, len(todo), cfg.batch_size):
+            rows = [ds[i] for i in todo[start:start + cfg.batch_size]]
+            batch = move_to(collator(rows), device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            res = method.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
+                                  query_input_ids=batch["query_input_ids"],
+                                  query_attention_mask=batch["query_attention_mask"], **gen_kw)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            latency = (time.perf_counter() - t0) / len(rows)
+            preds = proc.batch_decode(res.sequences.cpu())
+            text_tokens = (batch["attention_mask"].sum(1) - method.placeholders).tolist()
+            for j, (row, pred) in enumerate(zip(rows, preds)):
+                answers = batch["answers"][j]
+                img = row["image"]
+                rec = {"question_id": batch["question_id"][j], "question": row["question"], "prediction": pred,
+                       "answers": answers, "question_type": batch["question_type"][j],
+                       "score": float(metric(pred, answers)), "tokens": int(res.tokens[j]),
+                       "target_fraction": target_fraction(res.positions[j].cpu(), row.get("target_box"), img.size)
+                       if "target_box" in row else None,
+                       "latency_s": latency, "prompt_text_tokens": int(text_tokens[j])}
+                if res.budgets is not None:
+                    rec["budgets"] = res.budgets[j].tolist()
+                records.append(rec)
+                f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(rows))
+    bar.close()
+    summary = summarize(records, flops_fraction=_flops_fraction(method, proc, records))
+    summary.update({"method": cfg.method, "token_fraction": cfg.token_fraction, "num_tokens": method.num_tokens,
+                    "full_tokens": method.full_tokens, "metric": metric_name, "evaluated_now": len(todo),
+                    "resumed": len(ds) - len(todo), "model": dict(model_info or {})})
+    _atomic_json(out / "summary.json", summary)
+    return summary
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m eval.run_eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="eval YAML (configs/eval/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method=fastv token_fraction=0.25")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point: parse, evaluate, print the summary. Returns the summary."""
+    args = _parse_args(argv)
+    summary = evaluate(load_eval_cfg(args.config, args.overrides))
+    print(json.dumps({k: summary[k] for k in ("method", "num_tokens", "n", "accuracy", "mean_visual_tokens",
+                                              "visual_flops_fraction", "latency_s_per_sample")}, default=str),
+          file=sys.stderr)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""Accuracy against the visual-token budget: ARR-COC vs. the known token-reduction methods, on the generated benchmark.
+
+    python -m scripts.bench_accuracy_budget --data data/bench --seeds 0 1 2        # GPU: the real benchmark
+    python -m scripts.bench_accuracy_budget --smoke                                # CPU, < 2 min: plumbing only
+
+Protocol (issue 7). For each training seed:
+
+1. train the *full-token* model once (every patch at full detail: ``allocator=uniform, budget=N, min=max=h·w``);
+2. train ARR-COC with the ``projection`` allocator (straight-through gradients) and with the ``bandit`` allocator
+   (answer-correctness feedback), both at the 25% budget;
+3. train a model with *uniform pooling* at each reduced budget (the strongest simple baseline);
+4. evaluate on the test split at token fractions {100, 50, 25, 12.5}%: the full model; every training-free baseline
+   of :mod:`eval.baselines` applied to the full model at exactly that many tokens; both ARR-COC models with their
+   allocator's budget set to that many tokens; the uniform-trained model of that budget.
+
+Outputs (``--out``, ``results/`` by default): ``accuracy_budget.md`` (accuracy mean ± std over seeds, overall and by
+question type, the visual-token FLOPs fraction, the share of tokens inside the queried region), ``accuracy_budget.png``
+(accuracy vs token fraction, one line per method), ``budget_heatmap.png`` (ARR-COC's per-patch budgets over one test
+image for different questions), and ``accuracy_budget.json`` (every summary). ``--smoke`` runs the same pipeline with
+the tiny preset, a few training steps and a tiny generated benchmark in a temporary folder; its numbers come from
+random-init tiny models and are labelled so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["main"]
+
+FRACTIONS = (1.0, 0.5, 0.25, 0.125)
+TRAINING_FREE = ("uniform", "threshold", "proportional", "visionzip", "fastv", "tome")
+# Smoke mode: the tiny preset cut into 2x2 patches of 4x4 fine tokens (N = 64), so that 12.5% (8 tokens) still gives
+# every patch a token; the LLM gets 3 layers so that FastV (K = 2) has a layer to prune.
+SMOKE_MODEL = {"arr_coc": {"num_patches": 4, "patch_grid": [2, 2], "budget": 16, "min_tokens": 1, "max_tokens": 16},
+               "llm": {"text_config": {"num_hidden_layers": 3}}}
+SMOKE_GEN = {"image_size": 64, "shape_size": [16, 20], "glyph_size": [6, 8], "min_objects": 2, "max_objects": 3,
+             "distractor_glyphs": 1, "clutter_lines": 4, "clutter_outlines": 1}
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m scripts.bench_accuracy_budget", description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run in a temporary folder (labelled as smoke)")
+    p.add_argument("--data", default="data/bench", help="benchmark directory (scripts/make_benchmark.py)")
+    p.add_argument("--out", default=None, help="results folder (default results/, or <tmp>/results with --smoke)")
+    p.add_argument("--work", default=None, help="runs folder for checkpoints and predictions (default runs/acc_budget)")
+    p.add_argument("--train-config", default="configs/train/bench.yaml")
+    p.add_argument("--eval-config", default="configs/eval/bench.yaml")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    p.add_argument("--train-fraction", type=float, default=0.25, help="budget the ARR-COC models are trained at")
+    p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the train config's)")
+    p.add_argument("--eval-samples", type=int, default=None, help="test rows to evaluate (default: all)")
+    p.add_argument("--train-override", nargs="*", default=[], help="extra key=value for every training run")
+    args = p.parse_args(argv)
+    for f in args.fractions:
+        if not 0 < f <= 1:
+            raise ValueError(f"--fractions must lie in (0, 1], got {f}")
+    return args
+
+
+# -- training ----------------------------------------------------------------------------------------------------------
+def _kv(prefix: str, d: dict[str, Any]) -> list[str]:
+    """Nested dict → ``prefix.key=value`` overrides (JSON values)."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k != "allocator_kwargs":
+            out += _kv(f"{prefix}.{k}", v)
+        else:
+            out.append(f"{prefix}.{k}={json.dumps(v)}")
+    return out
+
+
+def _train(name: str, model_over: dict[str, Any], a: argparse.Namespace, seed: int, work: Path,
+           extra: Sequence[str]) -> Path:
+    """Train one model with ``training.train`` (skipped when its final checkpoint exists); returns its run folder."""
+    from training.train import main as train_main
+
+    run = work / f"seed{seed}" / name
+    args = ["--config", a.train_config, f"output_dir={run}", f"train.seed={seed}", *extra,
+            *_kv("model", model_over), *a.train_override]
+    if a.steps is not None:
+        args.append(f"train.max_steps={a.steps}")
+    done = run / "checkpoints" / "latest"
+    if done.is_file():
+        print(f"[bench] {name} seed {seed}: reusing {run}", file=sys.stderr)
+        return run
+    print(f"[bench] training {name} (seed {seed})", file=sys.stderr)
+    train_main(args + (["--resume"] if (run / "checkpoints").is_dir() else []))
+    return run
+
+
+def _geometry(a: argparse.Namespace, base_model: dict[str, Any]) -> dict[str, int]:
+    """N, K, h·w and the bandit context width of the preset (built once, random weights)."""
+    from eval.run_eval import _model_dict
+    from models.builders import build_model
+    from training.train import load_train_cfg
+
+    tc = load_train_cfg(a.train_config, _kv("model", base_model) + list(a.train_override))
+    model, _ = build_model(_model_dict(tc.model_preset, tc.model))
+    (h, w), k = model.vision.fine_grid, model.vision.num_patches
+    return {"N": k * h * w, "K": k, "cells": h * w, "ctx": model.arr_coc.query_dim + model.arr_coc.dim + 3}
+
+
+# -- evaluation --------------------------------------------------------------------------------------------------------
+def _eval(run: Path | None, method: str, frac: float | None, a: argparse.Namespace, out: Path,
+          extra: Sequence[str], cache: dict) -> dict[str, Any]:
+    from eval.run_eval import build_eval_model, evaluate, load_eval_cfg
+
+    overrides = [f"output_dir={out}", f"method={method}", f"token_fraction={json.dumps(frac)}", *extra]
+    if a.eval_samples is not None:
+        overrides.append(f"data.max_samples={a.eval_samples}")
+    cfg = load_eval_cfg(a.eval_config, overrides + [f"checkpoint={run}"])
+    key = str(run)
+    if key not in cache:  # one model load per checkpoint, shared by every method and fraction
+        cache.clear()
+        cache[key] = build_eval_model(cfg)
+    model, processor, info = cache[key]
+    return evaluate(cfg, model=model, processor=processor, model_info=info)
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return m, sd
+
+
+def _fmt(m: float, sd: float, n: int) -> str:
+    if math.isnan(m):
+        return "n/a"
+    return f"{100 * m:.1f} ± {100 * sd:.1f}" if n > 1 else f"{100 * m:.1f}"
+
+
+# -- outputs -----------------------------------------------------------------------------------------------------------
+def _plot(results: dict, methods: list[str], fractions: list[float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in methods:
+        xs, ys, es = [], [], []
+        for f in sorted(fractions):
+            accs = [s["accuracy"] for s in results.get(m, {}).get(f, [])]
+            mean, sd = _stats(accs)
+            if not math.isnan(mean):
+                xs.append(100 * f), ys.append(100 * mean), es.append(100 * sd)
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([100 * f for f in sorted(fractions)], [f"{100 * f:g}%" for f in sorted(fractions)])
+    ax.set_xlabel("visual tokens (% of the full-token model)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: Sequence[str], title: str) -> str:
+    """ARR-COC's per-patch budgets over one test image for questions of different types; returns a description."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eval.baselines import create_method
+    from eval.run_eval import _load_dataset, build_eval_model, load_eval_cfg
+
+    cfg = load_eval_cfg(a.eval_config, [f"checkpoint={run}", f"token_fraction={frac}", *extra])
+    model, processor, _ = build_eval_model(cfg)
+    model.eval()
+    ds = _load_dataset(cfg.data)
+    # The first test image, and one question of each type: its own, then questions of other types taken from the
+    # following rows (they may name shapes absent from this image; the point is how the allocation moves with them).
+    row0 = ds[0]
+    questions, seen = [row0["question"]], {row0["question_type"]}
+    for i in range(1, min(len(ds), 200)):
+        if ds[i]["question_type"] not in seen:
+            seen.add(ds[i]["question_type"])
+            questions.append(ds[i]["question"])
+        if len(questions) == 3:
+            break
+    method = create_method("arr_coc", model, frac)
+    processor.budget = method.placeholders
+    image = row0["image"].convert("RGB")
+    gh, gw = model.vision.patch_grid
+    fig, axes = plt.subplots(1, len(questions), figsize=(3.6 * len(questions), 3.9))
+    axes = [axes] if len(questions) == 1 else list(axes)
+    for ax, q in zip(axes, questions):
+        batch = processor([image], [q])
+        with torch.no_grad():
+            _, _, budgets = method.embed(batch["pixel_values"], batch["input_ids"],
+                                         query_input_ids=batch["query_input_ids"],
+                                         query_attention_mask=batch["query_attention_mask"])
+        grid = budgets[0].reshape(gh, gw).float().numpy()
+        ax.imshow(image)
+        ax.imshow(grid, cmap="magma", alpha=0.55, extent=(0, image.width, image.height, 0), interpolation="nearest")
+        for (r, c), v in __import__("numpy").ndenumerate(grid):
+            ax.text((c + 0.5) * image.width / gw, (r + 0.5) * image.height / gh, f"{int(v)}", ha="center",
+                    va="center", color="white", fontsize=7)
+        ax.set_title(q, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"image `{row0['question_id']}`; questions: " + "; ".join(f"“{q}”" for q in questions)
+
+
+def _write_md(path: Path, results: dict, methods: list[str], fractions: list[float], meta: dict[str, Any]) -> None:
+    seeds = meta["seeds"]
+    lines = [f"# Accuracy vs. visual-token budget{' — SMOKE RUN' if meta['smoke'] else ''}", ""]
+    if meta["smoke"]:
+        lines += ["> **Smoke run: these numbers are meaningless.** Random-init tiny models trained for a handful of "
+                  "steps on a tiny generated benchmark, on CPU. They only show that the pipeline runs end to end. "
+                  "Real numbers come from `python -m scripts.bench_accuracy_budget --data data/bench` on a GPU.", ""]
+    lines += [f"- Command: `{meta['command']}`", f"- Date: {meta['date']}", f"- Device: {meta['device']}",
+              f"- Seeds: {seeds}; test rows per evaluation: {meta['rows']}",
+              f"- Full-token model: N = {meta['N']} visual tokens; ARR-COC trained at {100 * meta['train_fraction']:g}%"
+              f" and evaluated at each budget by setting its allocator's budget.",
+              "- Training-free baselines run on the full-token model at exactly the same tokens per image; at 100% "
+              "they are the full model (FastV's first K LLM layers always see all N tokens).", "",
+              "## Accuracy (%), mean ± std over seeds", "",
+              "| method | " + " | ".join(f"{100 * f:g}%" for f in fractions) + " |",
+              "|---|" + "---|" * len(fractions)]
+    for m in methods:
+        cells = []
+        for f in fractions:
+            accs = [s["accuracy"] for s in results.get(m, {}).get(f, [])]
+            cells.append(_fmt(*_stats(accs), len(accs)))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    qtypes = sorted({t for m in results.values() for ss in m.values() for s in ss for t in s["by_type"]})
+    for f in fractions:
+        if f == 1.0:
+            continue
+        lines += ["", f"## At {100 * f:g}% of the tokens: by question type, FLOPs and grounding", "",
+                  "| method | " + " | ".join(qtypes) + " | visual FLOPs fraction | tokens in queried box |",
+                  "|---|" + "---|" * (len(qtypes) + 2)]
+        for m in methods:
+            ss = results.get(m, {}).get(f, [])
+            if not ss:
+                continue
+            cells = [_fmt(*_stats([s["by_type"].get(t, {}).get("accuracy") for s in ss]), len(ss)) for t in qtypes]
+            fl, _ = _stats([s["visual_flops_fraction"] for s in ss])
+            tb, _ = _stats([s["target_fraction"] for s in ss])
+            cells += [f"{fl:.3f}", "n/a" if math.isnan(tb) else f"{100 * tb:.1f}%"]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Visual FLOPs fraction: LLM prefill FLOPs (projections, SwiGLU MLP, attention pairs) that involve "
+              "visual tokens, relative to the full-token model (see `eval/flops.py`). Tokens in queried box: share of "
+              "the visual tokens whose centre lies in the question's `target_box` (digit/colour/yes-no questions).",
+              "", "![accuracy vs budget](accuracy_budget.png)", "", "## Budget heat-map", "",
+              f"ARR-COC (projection) per-patch budgets at {100 * meta['train_fraction']:g}% for different questions "
+              f"about the same image: {meta['heatmap']}.", "", "![budget heat-map](budget_heatmap.png)", ""]
+    if meta.get("failures"):
+        lines += ["## Not evaluated", ""] + [f"- {x}" for x in meta["failures"]] + [""]
+    path.write_text("\n".join(lines))
+
+
+# -- main --------------------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns ``{"md": path, "png": path, "heatmap": path, "results": {...}}``."""
+    a = _parse(argv)
+    t_start = time.perf_counter()
+    tmp = None
+    base_model: dict[str, Any] = {}
+    train_extra: list[str] = []
+    eval_extra: list[str] = []
+    if a.smoke:
+        tmp = Path(tempfile.mkdtemp(prefix="acc_budget_smoke_"))
+        work, out = Path(a.work or tmp / "runs"), Path(a.out or tmp / "results")
+        data = tmp / "bench"
+        from training.benchmark import BenchmarkCfg, make_benchmark
+
+        make_benchmark(data, seed=0, sizes={"train": 16, "val": 4, "test": 8}, cfg=BenchmarkCfg.from_dict(SMOKE_GEN))
+        a.train_config, a.eval_config = "configs/train/tiny.yaml", "configs/eval/tiny.yaml"
+        a.steps = 2 if a.steps is None else a.steps
+        base_model = SMOKE_MODEL
+        train_extra = [f"data.path={data}", "data.generate=false", "dist.fsdp=off", "train.batch_size=4",
+                       "train.save_every=null", "train.log_every=1"]
+        eval_extra = [f"data.path={data}", "data.generate=false", "data.split=test", "batch_size=8",
+                      "max_new_tokens=3", "device=cpu", *_kv("model", {})]
+    else:
+        work, out = Path(a.work or "runs/acc_budget"), Path(a.out or "results")
+        train_extra = [f"data.path={a.data}"]
+        eval_extra = [f"data.path={a.data}", "data.split=test"]
+    out.mkdir(parents=True, exist_ok=True)
+    geo = _geometry(a, base_model)
+    n, k, cells = geo["N"], geo["K"], geo["cells"]
+    t_train = max(k, int(round(a.train_fraction * n)))
+    fractions = sorted(set(a.fractions), reverse=True)
+
+    def arr(allocator: str, budget: int, **kw: Any) -> dict[str, Any]:
+        over = json.loads(json.dumps(base_model))
+        over.setdefault("arr_coc", {}).update({"allocator": allocator, "budget": budget, "min_tokens": 1,
+                                               "max_tokens": cells, **kw})
+        return over
+
+    levels = sorted({1, *(2 ** i for i in range(1, 12) if 2 ** i < cells), cells})
+    results: dict[str, dict[float, list[dict]]] = {}
+    failures: list[str] = []
+    cache: dict = {}
+    for seed in a.seeds:
+        full = _train("full", arr("uniform", n, min_tokens=cells), a, seed, work, train_extra)
+        proj = _train("arr_coc_projection", arr("projection", t_train), a, seed, work, train_extra)
+        band = _train("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={
+            "levels": levels, "context_dim": geo["ctx"]}), a, seed, work, train_extra)
+        uni = {f: _train(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), a, seed, work,
+                         train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k}
+
+        def record(name: str, f: float, run: Path, method: str, frac: float | None) -> None:
+            tag = f"{name}@{100 * f:g}%/seed{seed}"
+            try:
+                s = _eval(run, method, frac, a, work / f"seed{seed}" / "eval" / f"{name}_{int(round(f * n))}",
+                          eval_extra, cache)
+            except ValueError as e:  # e.g. a budget the method cannot spend; reported, never silently dropped
+                failures.append(f"{tag}: {e}")
+                return
+            results.setdefault(name, {}).setdefault(f, []).append(s)
+
+        record("full", 1.0, full, "arr_coc", None)
+        for f in fractions:
+            if f < 1:
+                for b in TRAINING_FREE:
+                    record(b, f, full, b, f)
+            else:  # at 100% every training-free baseline is the full model
+                for b in TRAINING_FREE:
+                    results.setdefault(b, {}).setdefault(f, []).append(results["full"][1.0][-1])
+        for name, run in (("arr_coc_projection", proj), ("arr_coc_bandit", band)):
+            for f in fractions:
+                record(name, f, run, "arr_coc", f)
+        for f in fractions:
+            if f < 1 and f in uni:
+                record("uniform_trained", f, uni[f], "arr_coc", None)
+            elif f == 1:
+                results.setdefault("uniform_trained", {}).setdefault(f, []).append(results["full"][1.0][-1])
+        cache.clear()
+
+    methods = ["full", "arr_coc_projection", "arr_coc_bandit", "uniform_trained", *TRAINING_FREE]
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available() and not a.smoke
+              else f"CPU ({platform.processor() or platform.machine()})")
+    label = "SMOKE (random-init tiny models, meaningless numbers)" if a.smoke else "generated benchmark, test split"
+    png, heat = out / "accuracy_budget.png", out / "budget_heatmap.png"
+    _plot(results, methods, fractions, png, f"Accuracy vs visual tokens — {label}")
+    heat_desc = _heatmap(work / f"seed{a.seeds[0]}" / "arr_coc_projection", a, a.train_fraction, heat, eval_extra,
+                         f"ARR-COC per-patch budgets at {100 * a.train_fraction:g}% — {label}")
+    rows = results["full"][1.0][0]["n"]
+    meta = {"smoke": a.smoke, "seeds": a.seeds, "N": n, "train_fraction": a.train_fraction, "rows": rows,
+            "command": "python -m scripts.bench_accuracy_budget " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
+            "heatmap": heat_desc, "failures": failures}
+    md = out / "accuracy_budget.md"
+    _write_md(md, results, methods, fractions, meta)
+    (out / "accuracy_budget.json").write_text(json.dumps(
+        {"meta": meta, "results": {m: {str(f): ss for f, ss in r.items()} for m, r in results.items()}},
+        indent=2, default=str) + "\n")
+    print(f"[bench] wrote {md}, {png}, {heat} in {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
+    if tmp is not None and a.work is None:
+        shutil.rmtree(tmp / "runs", ignore_errors=True)  # checkpoints are not needed after a smoke run
+    return {"md": md, "png": png, "heatmap": heat, "results": results, "failures": failures}
+
+
+if __name__ == "__main__":
+    main()

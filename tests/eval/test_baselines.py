@@ -1,0 +1,219 @@
+"""Token-reduction baselines: exact counts, valid positions, mass conservation, end-to-end generate, FastV's read."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eval.baselines import (FastVBaseline, ToMeBaseline, _mask_keys, create_baseline, create_method, full_token_count,
+                            full_tokens, list_baselines, list_methods, vision_features_and_attention)
+from models.builders import build_model
+
+# 2x2 patches of 4x4 fine tokens: N = 64 full tokens, and ARR-COC can spend 4..64 of them.
+OVERRIDES = {"arr_coc": {"num_patches": 4, "patch_grid": [2, 2], "budget": 16, "min_tokens": 1, "max_tokens": 16}}
+PRE_LLM = [n for n in list_baselines() if n != "fastv"]
+QUESTIONS = ["what digit is in the red circle?", "how many triangles are there?"]
+
+
+def _build(**extra):
+    from eval.run_eval import _merge, _model_dict
+
+    torch.manual_seed(0)
+    model, processor = build_model(_model_dict("tiny", _merge(OVERRIDES, extra)))
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _build()
+
+
+def _images(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _features(model, n: int = 2):
+    pixels = torch.randn(n, 3, *model.vision.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return vision_features_and_attention(model.vision, pixels)
+
+
+def test_registry_and_errors(tiny):
+    model, _ = tiny
+    assert list_baselines() == sorted(["fastv", "proportional", "threshold", "tome", "uniform", "visionzip"])
+    assert list_methods()[0] == "arr_coc"
+    with pytest.raises(ValueError, match="'nope'"):
+        create_baseline("nope")
+    with pytest.raises(ValueError, match="nope"):
+        create_method("nope", model, 0.5)
+    with pytest.raises(ValueError, match="1.5"):
+        create_method("uniform", model, 1.5)
+    with pytest.raises(ValueError, match="token_fraction"):
+        create_method("tome", model, None)
+    with pytest.raises(ValueError, match="K·min"):  # 2 tokens cannot cover 4 patches
+        create_method("arr_coc", model, 2 / 64)
+    with pytest.raises(ValueError, match="bogus"):
+        create_baseline("visionzip", bogus=1)
+
+
+@pytest.mark.parametrize("name", PRE_LLM)
+@pytest.mark.parametrize("num_tokens", [4, 11, 16, 37, 64])
+def test_exact_count_positions_and_mass(tiny, name, num_tokens):
+    model, _ = tiny
+    feats, attn = _features(model)
+    grid = tuple(model.vision.patch_grid)
+    full = full_tokens(feats.float(), grid)
+    red = create_baseline(name).reduce(feats.float(), num_tokens, patch_grid=grid, attention=attn)
+    b, n, d = full.tokens.shape
+    assert n == full_token_count(model) == 64
+    assert red.tokens.shape == (b, num_tokens, d)
+    assert red.positions.shape == (b, num_tokens, 2)
+    assert torch.isfinite(red.tokens).all() and torch.isfinite(red.positions).all()
+    assert float(red.positions.min()) >= 0 and float(red.positions.max()) <= 1
+    # Every full token is accounted for exactly once: sizes add up to N, and the size-weighted sums of features and
+    # positions equal the full grid's (pooling and merging are averages of disjoint groups).
+    torch.testing.assert_close(red.sizes.sum(1), torch.full((b,), float(n)))
+    torch.testing.assert_close((red.tokens * red.sizes.unsqueeze(-1)).sum(1), full.tokens.sum(1), rtol=1e-4,
+                               atol=1e-4)
+    torch.testing.assert_close((red.positions * red.sizes.unsqueeze(-1).to(red.positions.dtype)).sum(1),
+                               full.positions.sum(1), rtol=1e-5, atol=1e-5)
+    if num_tokens == n:  # nothing to reduce: the full token set (up to order)
+        key = lambda p: (p[..., 0] * 1000 + p[..., 1]).sort(-1).values  # noqa: E731
+        torch.testing.assert_close(key(red.positions.double()), key(full.positions.double()))
+
+
+def test_allocator_baselines_need_a_token_per_patch(tiny):
+    model, _ = tiny
+    feats, attn = _features(model)
+    with pytest.raises(ValueError, match="K·min_tokens"):
+        create_baseline("uniform").reduce(feats, 3, patch_grid=(2, 2))
+    with pytest.raises(ValueError, match="N=64"):
+        create_baseline("tome").reduce(feats, 65, patch_grid=(2, 2))
+
+
+def test_visionzip_keeps_the_most_attended_tokens(tiny):
+    model, _ = tiny
+    feats, _ = _features(model, 1)
+    grid = tuple(model.vision.patch_grid)
+    full = full_tokens(feats.float(), grid)
+    # A class-token attention map with known maxima: cells (patch 3, row 1, col 2) and (patch 0, row 0, col 0).
+    attn = torch.rand(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.01
+    attn[0, 3, 1, 2], attn[0, 0, 0, 0] = 5.0, 4.0
+    red = create_baseline("visionzip", dominant_fraction=0.25).reduce(feats.float(), 8, patch_grid=grid,
+                                                                        attention=attn)
+    dom_pos = red.positions[0, :2]  # 2 dominant tokens, in original (patch, Hilbert) order
+    want = [(0.5 / 8, 0.5 / 8), ((4 + 1 + 0.5) / 8, (4 + 2 + 0.5) / 8)]  # an 8x8 cell image, patch 3 at (4, 4)
+    torch.testing.assert_close(dom_pos.double(), torch.tensor(want, dtype=torch.float64))
+    assert red.sizes[0, :2].tolist() == [1.0, 1.0]
+    # Their features are the full tokens at those positions.
+    for p, tok in zip(dom_pos, red.tokens[0, :2]):
+        i = int(((full.positions[0] - p).abs().sum(-1)).argmin())
+        torch.testing.assert_close(tok, full.tokens[0, i])
+
+
+def test_tome_merges_the_most_similar_pair_first():
+    # Token 1 (set B) is a near copy of token 0 (set A); everything else is orthogonal-ish.
+    x = torch.eye(6).unsqueeze(0)
+    x[0, 1] = x[0, 0] + 0.01 * x[0, 1]
+    pos = torch.rand(1, 6, 2)
+    out, out_pos, size = ToMeBaseline.merge_round(x, pos, torch.ones(1, 6), 1)
+    assert out.shape == (1, 5, 6)
+    merged = int(size[0].argmax())
+    assert size[0, merged] == 2
+    torch.testing.assert_close(out[0, merged], (x[0, 0] + x[0, 1]) / 2)
+    torch.testing.assert_close(out_pos[0, merged], (pos[0, 0] + pos[0, 1]) / 2)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_generate_end_to_end(tiny, name):
+    model, processor = tiny
+    method = create_method(name, model, 0.25)
+    proc = copy.copy(processor)
+    proc.budget = method.placeholders
+    batch = proc(_images(2), QUESTIONS)
+    out = method.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert out.sequences.shape[0] == 2 and 1 <= out.sequences.shape[1] <= 3
+    assert out.tokens.tolist() == [16, 16]
+    assert out.positions.shape == (2, 16, 2)
+    assert float(out.positions.min()) >= 0 and float(out.positions.max()) <= 1
+    layers = method.visual_per_layer()
+    assert layers == ([64, 16] if name == "fastv" else [16, 16])
+    # A prompt with the wrong number of placeholders is refused, naming both counts.
+    proc.budget = method.placeholders + 1
+    bad = proc(_images(2), QUESTIONS)
+    with pytest.raises(ValueError, match="mismatch"):
+        method.generate(**bad, max_new_tokens=1, do_sample=False)
+
+
+def test_fastv_drops_the_tokens_with_the_lowest_measured_attention():
+    """The SDPA-compatible read must equal the attention HF's eager kernel reports, and drop its lowest entries."""
+    model, processor = _build(llm={"text_config": {"num_hidden_layers": 3}})
+    method = create_method("fastv", model, 0.25, layer=2)
+    proc = copy.copy(processor)
+    proc.budget = method.placeholders
+    batch = proc(_images(2, seed=3), QUESTIONS)  # different lengths: left padding is exercised
+    out = method.generate(**batch, max_new_tokens=2, do_sample=False)
+    fv = method.baseline
+    scores, keep = fv.last_scores, fv.last_keep
+    # Measured: eager attention probabilities of layer 2 (index 1) for the last prompt position, heads averaged.
+    embeds, _, _ = method.embed(batch["pixel_values"], batch["input_ids"])
+    model.llava.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            att = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                       output_attentions=True).attentions[1]
+    finally:
+        model.llava.set_attn_implementation("sdpa")
+    measured = att[:, :, -1].mean(1)  # (B, L)
+    torch.testing.assert_close(scores, measured, rtol=1e-4, atol=1e-6)
+    image = batch["input_ids"] == model.image_token_id
+    for b in range(2):
+        img_pos = image[b].nonzero()[:, 0]
+        lowest = img_pos[measured[b, img_pos].argsort()[:64 - 16]]
+        dropped = (image[b] & ~keep[b]).nonzero()[:, 0]
+        assert sorted(dropped.tolist()) == sorted(lowest.tolist())
+    assert out.tokens.tolist() == [16, 16]
+
+
+def test_fastv_keeps_the_tokens_a_constructed_query_attends_to():
+    """A hand-built case: layer 1's keys make the last position attend to exactly two known image tokens."""
+    model, processor = _build()
+    layer = model.language_model.layers[0]
+    hidden = model.config.text_config.hidden_size
+    fv = FastVBaseline(layer=1)
+    prompt_len, img = 12, list(range(2, 10))
+    image_mask = torch.zeros(1, prompt_len, dtype=torch.bool)
+    image_mask[0, img] = True
+    embeds = torch.randn(1, prompt_len, hidden, generator=torch.Generator().manual_seed(0)) * 0.1
+    # Identity q/k projections (head_dim wide) and two image tokens aligned with the last position's query.
+    with torch.no_grad():
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+            proj.weight.zero_()
+            proj.weight[: proj.out_features, : proj.out_features] = torch.eye(proj.out_features) * 30
+        embeds[0, -1] = 0
+        embeds[0, -1, 7] = 1.0
+        embeds[0, 4] = embeds[0, -1]
+        embeds[0, 7] = embeds[0, -1]
+    mask = torch.ones(1, prompt_len, dtype=torch.long)
+    with fv.llm_hooks(model.language_model.layers, image_mask, mask, 2), torch.no_grad():
+        model.language_model(inputs_embeds=embeds, attention_mask=mask)
+    assert fv.last_keep[0].nonzero()[:, 0].tolist() == [4, 7]
+
+
+def test_mask_keys_rebuilds_the_causal_mask():
+    drop = torch.tensor([[False, True, False, False]])
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    m = _mask_keys(None, drop, valid, 4)[0, 0]
+    want = torch.tril(torch.ones(4, 4, dtype=torch.bool))
+    want[:, 1] = False
+    assert torch.equal(m, want)
+    # A decoding step (q = 1 over 5 keys) with an explicit bool mask: the dropped prompt key stays hidden.
+    step = _mask_keys(torch.ones(1, 1, 1, 5, dtype=torch.bool), drop, valid, 1)
+    assert step[0, 0, 0].tolist() == [True, False, True, True, True]
+    additive = _mask_keys(torch.zeros(1, 1, 1, 5), drop, valid, 1)
+    assert additive[0, 0, 0, 1] == torch.finfo(torch.float32).min and additive[0, 0, 0, 0] == 0

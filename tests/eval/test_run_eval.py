@@ -1,0 +1,149 @@
+"""``eval.run_eval``: config checks, batched evaluation, resume from a torn JSONL, checkpoints, FLOPs accounting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.flops import visual_flops, visual_flops_fraction
+from eval.run_eval import load_eval_cfg, main, summarize, target_fraction
+from models.builders import build_model
+
+GEN = {"image_size": 64, "shape_size": [16, 20], "glyph_size": [6, 8], "min_objects": 2, "max_objects": 3,
+       "distractor_glyphs": 1, "clutter_lines": 4, "clutter_outlines": 1}
+CONFIGS = sorted(Path("configs/eval").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from training.benchmark import BenchmarkCfg, make_benchmark
+
+    path = tmp_path_factory.mktemp("bench") / "mini"
+    make_benchmark(path, seed=0, sizes={"train": 8, "val": 7}, cfg=BenchmarkCfg.from_dict(GEN))
+    return path
+
+
+def _args(out, bench, *extra):
+    return ["--config", "configs/eval/tiny.yaml", f"output_dir={out}", f"data.path={bench}", "data.generate=false",
+            "data.max_samples=null", "batch_size=3", *extra]
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_eval_configs_load_and_are_headed_by_their_command(path):
+    assert path.read_text().splitlines()[0].startswith("#")
+    assert "python -m eval.run_eval --config " + str(path) in path.read_text()
+    cfg = load_eval_cfg(path)
+    assert cfg.output_dir
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="nope"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["nope=1"])
+    with pytest.raises(ValueError, match="budgett"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["model.arr_coc.budgett=3"])
+    with pytest.raises(ValueError, match="'bogus'"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["method=bogus"])
+    with pytest.raises(ValueError, match="needs token_fraction"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["method=tome"])
+    with pytest.raises(ValueError, match="2.0"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["token_fraction=2.0"])
+    with pytest.raises(ValueError, match="'f1'"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["metric=f1"])
+
+
+def test_evaluate_then_resume_from_a_torn_jsonl(bench, tmp_path):
+    out = tmp_path / "ev"
+    summary = main(_args(out, bench))
+    recs = _records(out / "predictions.jsonl")
+    assert summary["n"] == len(recs) == 7 and summary["evaluated_now"] == 7
+    assert len({r["question_id"] for r in recs}) == 7
+    keys = {"question_id", "question", "prediction", "answers", "question_type", "score", "tokens", "target_fraction",
+            "latency_s"}
+    assert keys <= set(recs[0])
+    assert all(r["tokens"] == 32 for r in recs)  # the tiny preset's trained budget
+    assert all(r["score"] in (0.0, 1.0) for r in recs)  # exact match on the benchmark
+    assert summary["accuracy"] == pytest.approx(sum(r["score"] for r in recs) / 7)
+    assert set(summary["by_type"]) == {r["question_type"] for r in recs}
+    assert sum(v["n"] for v in summary["by_type"].values()) == 7
+    assert summary["mean_visual_tokens"] == 32
+    assert 0 < summary["visual_flops_fraction"] < 0.5  # 32 of 64 tokens, attention below linear
+    boxed = [r for r in recs if r["target_fraction"] is not None]
+    assert boxed and all(0 <= r["target_fraction"] <= 1 for r in boxed)
+    assert json.loads((out / "summary.json").read_text())["n"] == 7
+
+    # Simulate a kill: keep two complete records and half of the third.
+    lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (out / "predictions.jsonl").write_text("".join(lines[:2]) + lines[2][:25])
+    again = main(_args(out, bench))
+    assert again["resumed"] == 2 and again["evaluated_now"] == 5
+    redo = _records(out / "predictions.jsonl")
+    assert [r["question_id"] for r in redo] == [r["question_id"] for r in recs]
+    # Same weights (seeded) and greedy decoding: the redone questions get the same answers and token counts.
+    strip = lambda r: {k: v for k, v in r.items() if k != "latency_s"}  # noqa: E731
+    assert [strip(r) for r in redo] == [strip(r) for r in recs]
+    # Nothing left to do: a third run evaluates nothing.
+    assert main(_args(out, bench))["evaluated_now"] == 0
+
+    # Other settings in the same folder are refused; resume=false starts over.
+    with pytest.raises(ValueError, match="different settings"):
+        main(_args(out, bench, "method=uniform", "token_fraction=0.25"))
+    fresh = main(_args(out, bench, "method=uniform", "token_fraction=0.25", "resume=false"))
+    assert fresh["evaluated_now"] == 7 and fresh["mean_visual_tokens"] == 16
+
+
+def test_fastv_run_reports_its_flops(bench, tmp_path):
+    # A 3-layer LLM so that FastV (K = 2) has a layer to prune.
+    s = main(_args(tmp_path / "fv", bench, "method=fastv", "token_fraction=0.25",
+                   "model.llm.text_config.num_hidden_layers=3", "data.max_samples=3"))
+    assert s["n"] == 3 and s["mean_visual_tokens"] == 16
+    u = main(_args(tmp_path / "un", bench, "method=uniform", "token_fraction=0.25",
+                   "model.llm.text_config.num_hidden_layers=3", "data.max_samples=3"))
+    # FastV's first two layers see all 64 tokens, so it costs more than pooling to 16 in every layer.
+    assert s["visual_flops_fraction"] > u["visual_flops_fraction"] > 0
+
+
+def test_checkpoint_from_the_training_recipe(bench, tmp_path):
+    from training.train import main as train_main
+
+    run = tmp_path / "run"
+    train_main(["--config", "configs/train/tiny.yaml", f"output_dir={run}", f"data.path={bench}",
+                "data.generate=false", "dist.fsdp=off", "train.max_steps=1", "train.batch_size=4"])
+    s = main(_args(tmp_path / "ck", bench, f"checkpoint={run}", "data.max_samples=3"))
+    assert s["n"] == 3
+    assert s["model"]["checkpoint"].endswith("step_00000001") and s["model"]["step"] == 1
+    with pytest.raises(ValueError, match="no model.safetensors"):
+        main(_args(tmp_path / "ck2", bench, f"checkpoint={tmp_path / 'nothing'}"))
+
+
+def test_target_fraction_and_summary():
+    pos = torch.tensor([[0.1, 0.1], [0.1, 0.6], [0.9, 0.9], [0.55, 0.55]])  # (row, col)
+    # Box x in [40, 80), y in [0, 50) of a 100 x 100 image holds the 2nd token only; x,y in [50, 100) the last two.
+    assert target_fraction(pos, [40, 0, 80, 50], (100, 100)) == pytest.approx(0.25)
+    assert target_fraction(pos, [50, 50, 100, 100], (100, 100)) == pytest.approx(0.5)
+    assert target_fraction(pos, [], (100, 100)) is None
+    s = summarize([{"score": 1.0, "question_type": "a", "tokens": 4, "latency_s": 0.1},
+                   {"score": 0.0, "question_type": "b", "tokens": 6, "latency_s": 0.3}])
+    assert s["accuracy"] == 0.5 and s["by_type"]["a"]["accuracy"] == 1.0 and s["mean_visual_tokens"] == 5
+
+
+def test_flops_fraction_definition():
+    torch.manual_seed(0)
+    model, _ = build_model("tiny")
+    tc = model.config.text_config
+    assert visual_flops_fraction(tc, 64, 64, n_before=5, n_after=20) == pytest.approx(1.0)
+    quarter = visual_flops_fraction(tc, 16, 64, n_before=5, n_after=20)
+    assert 0.2 < quarter < 0.25  # attention is super-linear in the token count
+    assert visual_flops_fraction(tc, [64, 16], 64, n_before=5) > quarter
+    # Linear part by hand for one visual token, no text: 2·(d·q + 2·d·kv + q·d) + 6·d·ffn, plus its self pair.
+    d, q, kv, ffn = 32, 32, 16, 64
+    per_layer = 2 * (d * q + 2 * d * kv + q * d) + 6 * d * ffn + 4 * q
+    assert visual_flops(tc, 1) == pytest.approx(2 * per_layer)
+    with pytest.raises(ValueError, match="3 entries"):
+        visual_flops(tc, [1, 2, 3])
