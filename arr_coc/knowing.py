@@ -64,7 +64,8 @@ def pixel_entropy(pixels: Tensor, patch_grid: tuple[int, int], bins: int = 32) -
     cols = torch.arange(w, device=pixels.device) * gw // w
     patch = (rows[:, None] * gw + cols[None, :]).expand(b, h, w)  # (B, H, W) patch index
     idx = (patch * bins + q).flatten(1)
-    hist = torch.zeros(b, gh * gw * bins, device=pixels.device).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float))
+    ones = torch.ones_like(idx, dtype=torch.float)
+    hist = torch.zeros(b, gh * gw * bins, device=pixels.device).scatter_add_(1, idx, ones)
     p = hist.view(b, gh * gw, bins)
     p = p / p.sum(-1, keepdim=True).clamp_min(1)
     return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
@@ -115,7 +116,8 @@ class Knowing(nn.Module):
     def reset_parameters(self) -> None:
         if self.identity_init:
             with torch.no_grad():
-                eye = torch.eye(self.attn_dim, self.dim, device=self.q_proj.weight.device, dtype=self.q_proj.weight.dtype)
+                wq = self.q_proj.weight
+                eye = torch.eye(self.attn_dim, self.dim, device=wq.device, dtype=wq.dtype)
                 self.q_proj.weight.copy_(eye)
                 self.k_proj.weight.copy_(eye)
         else:

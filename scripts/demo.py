@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     extractor = HandFeatures(args.seed)
     print(f"ArrCoc preset: K={layer.num_patches} grid={layer.patch_grid} budget={layer.budget} "
           f"tokens/patch {layer.attending.min_tokens}..{layer.attending.max_tokens}, allocator={args.allocator}")
-    header = f"{'image':>5} {'query':>8} {'T':>6} {'min':>4} {'med':>4} {'max':>4} {'gini':>6} {'on target':>10} {'target share':>13}"
+    header = (f"{'image':>5} {'query':>8} {'T':>6} {'min':>4} {'med':>4} {'max':>4} {'gini':>6} {'on target':>10} "
+              f"{'target share':>13}")
     print(header)
     print("-" * len(header))
 

@@ -1,11 +1,11 @@
 """``hierarchical``: regions first, then the patches within each region (coarse-to-fine allocation).
 
 The patch grid is tiled into rectangular regions of ``region_size`` patches. Region utility is the log-sum-exp of its
-patches' utilities (a soft maximum: one very relevant patch makes its region relevant). Stage 1 projects the
-capped softmax of the region utilities onto the regions' capped simplex (bounds ``m·lo .. m·hi`` for ``m`` patches
-per region) and rounds to integers; stage 2 does the same for each region's patches with that region's integer
-total as the budget, and rounds again. Both stages are exact, so the whole is budget-exact and bound-respecting, and both are
-batched: every (sample, region) pair is one row of a single projection call.
+patches' utilities (a soft maximum: one very relevant patch makes its region relevant). Stage 1 projects the capped
+softmax of the region utilities onto the regions' capped simplex (bounds ``m·lo .. m·hi`` for ``m`` patches per region)
+and rounds to integers; stage 2 does the same for each region's patches with that region's integer total as the budget,
+and rounds again. Both stages are exact, so the whole is budget-exact and bound-respecting, and both are batched: every
+(sample, region) pair is one row of a single projection call.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """``pgd``: projected-gradient ascent on a concave per-patch utility, with a KKT certificate and the shadow price.
 
 The allocation maximises ``f(t) = sum_k w_k · log(t_k)`` (diminishing returns per patch; Kelly 1997's proportional
-fairness utility) over the capped simplex ``{sum(t) = B, lo <= t <= hi}``, with positive weights
-``w = K · softmax(utility)``. Each iteration takes ``t ← P(z + η ∇f(z))`` with ``∇f = w / t``, ``P`` the exact
-capped-simplex projection and ``z`` the Nesterov-extrapolated point of FISTA (Beck & Teboulle 2009) with adaptive
-restart (O'Donoghue & Candès 2015): the condition number here is ``max w / min w`` over free patches, and
-acceleration cuts the iterations from O(κ) to O(√κ). The step ``η`` is chosen per row by backtracking (Armijo's sufficient-ascent test for
-projected gradient methods; Beck & Teboulle 2009, §1.4): it starts at ``η₀ = (B/K)² / max(w)`` (the inverse curvature
-at the uniform point), doubles after an accepted step and halves until the test passes. The loop stops when every
-row moves less than ``tol · B/K`` or after ``max_iter`` iterations.
+fairness utility) over the capped simplex ``{sum(t) = B, lo <= t <= hi}``, with positive weights ``w = K ·
+softmax(utility)``. Each iteration takes ``t ← P(z + η ∇f(z))`` with ``∇f = w / t``, ``P`` the exact capped-simplex
+projection and ``z`` the Nesterov-extrapolated point of FISTA (Beck & Teboulle 2009) with adaptive restart (O'Donoghue &
+Candès 2015): the condition number here is ``max w / min w`` over free patches, and acceleration cuts the iterations
+from O(κ) to O(√κ). The step ``η`` is chosen per row by backtracking (Armijo's sufficient-ascent test for projected
+gradient methods; Beck & Teboulle 2009, §1.4): it starts at ``η₀ = (B/K)² / max(w)`` (the inverse curvature at the
+uniform point), doubles after an accepted step and halves until the test passes. The loop stops when every row moves
+less than ``tol · B/K`` or after ``max_iter`` iterations.
 
 At the optimum, KKT says there is a multiplier ``ν`` (the budget's shadow price, ``∂f*/∂B``) with ``w_k/t_k = ν`` on
 free patches, ``≤ ν`` on patches at ``lo`` and ``≥ ν`` at ``hi``. After solving we estimate ``ν`` and report the worst

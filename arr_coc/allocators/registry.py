@@ -49,9 +49,9 @@ def capped_softmax(utility: Tensor, budget: Tensor | float, lo: float, hi: float
     as a Euclidean projection of uncapped softmax targets does, lifts every low patch off ``lo`` and makes a sharper
     utility give a *flatter* allocation once patches saturate.)
 
-    The capped set is found without gradients (it only grows, so at most K rounds, usually 2-3); ``c`` is then recomputed in
-    closed form on the uncapped set, ``log c = log(B - K·lo - n_cap·(hi - lo)) - logsumexp_free(u)``, with autograd,
-    which gives the exact gradient of the piecewise-smooth map.
+    The capped set is found without gradients (it only grows, so at most K rounds, usually 2-3); ``c`` is then
+    recomputed in closed form on the uncapped set, ``log c = log(B - K·lo - n_cap·(hi - lo)) - logsumexp_free(u)``, with
+    autograd, which gives the exact gradient of the piecewise-smooth map.
 
     Shapes:
         utility: (B, K)
@@ -71,7 +71,8 @@ def capped_softmax(utility: Tensor, budget: Tensor | float, lo: float, hi: float
     with torch.no_grad():
         capped = torch.zeros_like(utility, dtype=torch.bool)
         for _ in range(k):
-            grow = (utility + log_c(utility, capped) > math.log(span) if span > 0 else torch.ones_like(capped)) & ~capped
+            over = utility + log_c(utility, capped) > math.log(span) if span > 0 else torch.ones_like(capped)
+            grow = over & ~capped
             if not bool(grow.any()):
                 break
             # Capping an offender can only raise c (its share exceeded the cap), so every current offender stays
@@ -103,7 +104,8 @@ def list_allocators() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_allocator(name: str, budget: int = 13200, min_tokens: int = 64, max_tokens: int = 400, **kwargs) -> "Allocator":
+def create_allocator(name: str, budget: int = 13200, min_tokens: int = 64, max_tokens: int = 400,
+                     **kwargs) -> "Allocator":
     """Build a registered allocator by name.
 
     Raises:
@@ -117,8 +119,8 @@ def create_allocator(name: str, budget: int = 13200, min_tokens: int = 64, max_t
 class Allocator(nn.Module):
     """Base class: integer budgets that sum to ``budget`` exactly within ``[min_tokens, max_tokens]``.
 
-    Subclasses implement :meth:`allocate` (integer budgets) and may override :meth:`relaxed` (the continuous
-    allocation used for straight-through gradients; by default the capped-simplex projection of :meth:`softmax_targets`).
+    Subclasses implement :meth:`allocate` (integer budgets) and may override :meth:`relaxed` (the continuous allocation
+    used for straight-through gradients; by default the capped-simplex projection of :meth:`softmax_targets`).
 
     Args:
         budget: Total tokens per sample.
@@ -166,7 +168,8 @@ class Allocator(nn.Module):
         bad = ~torch.isfinite(utility)
         if bool(bad.any()):
             i = tuple(int(v) for v in bad.nonzero()[0].tolist())
-            raise ValueError(f"utility contains {int(bad.sum())} non-finite value(s); first at {i}: {utility[i].item()}")
+            raise ValueError(f"utility contains {int(bad.sum())} non-finite value(s); first at {i}: "
+                             f"{utility[i].item()}")
         self.check_feasible(utility.shape[1])
 
     # -- the contract --------------------------------------------------------------------------------------------------

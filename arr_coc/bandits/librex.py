@@ -302,8 +302,8 @@ def _maxmin_knapsack(theta: np.ndarray, past: np.ndarray, req: np.ndarray, b: np
     """Lexicographic max-min: maximise ``min_i(past_i + θ_i x_i)``, then ``Σθx`` among the maximisers.
 
     Stage 1 has variables ``[x (binary), z (free)]`` and rows ``z - θ_i x_i <= past_i`` for every servable agent
-    (request fits the budget alone, θ_i > 0); stage 2 forces ``x_i = 1`` for every servable agent that needs service to stay at
-    or above the optimal floor ``z*``.
+    (request fits the budget alone, θ_i > 0); stage 2 forces ``x_i = 1`` for every servable agent that needs service to
+    stay at or above the optimal floor ``z*``.
     """
     n = theta.shape[0]
     # Only agents whose request fits the budget on its own can be served this round; the floor ignores the others

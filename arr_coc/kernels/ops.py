@@ -49,10 +49,12 @@ def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: st
     b = budget.double().expand(y.shape[:-1])
     # A few ulps of slack in the working precision: budget = K·lo computed in floats must not be "infeasible".
     eps = torch.finfo(y.dtype if y.is_floating_point() else torch.float64).eps
-    slack = 4 * eps * torch.maximum(lo.double().abs().expand(y.shape).sum(-1), hi.double().abs().expand(y.shape).sum(-1))
+    mag = torch.maximum(lo.double().abs().expand(y.shape).sum(-1), hi.double().abs().expand(y.shape).sum(-1))
+    slack = 4 * eps * mag
     if not budget.is_floating_point():
         slack = torch.zeros_like(slack)
-    for bad, bound, rel in ((b < lo_sum - slack, lo_sum, "K·lo = sum(lo)"), (b > hi_sum + slack, hi_sum, "K·hi = sum(hi)")):
+    checks = ((b < lo_sum - slack, lo_sum, "K·lo = sum(lo)"), (b > hi_sum + slack, hi_sum, "K·hi = sum(hi)"))
+    for bad, bound, rel in checks:
         if bool(bad.any()):
             i = tuple(int(v) for v in bad.nonzero()[0].tolist())
             k = y.shape[-1]
@@ -255,7 +257,8 @@ def _prepare(y: Tensor, budget, lo, hi, *, name: str, int_bounds: bool) -> tuple
         try:
             torch.broadcast_shapes(t.shape, y.shape)
         except RuntimeError:
-            raise ValueError(f"{nm} of shape {tuple(t.shape)} does not broadcast to {name}'s {tuple(y.shape)}") from None
+            raise ValueError(
+                f"{nm} of shape {tuple(t.shape)} does not broadcast to {name}'s {tuple(y.shape)}") from None
         if torch.broadcast_shapes(t.shape, y.shape) != y.shape:
             raise ValueError(f"{nm} of shape {tuple(t.shape)} would enlarge {name}'s shape {tuple(y.shape)}")
     try:
@@ -268,7 +271,8 @@ def _prepare(y: Tensor, budget, lo, hi, *, name: str, int_bounds: bool) -> tuple
     return y, b.expand(y.shape[:-1]), lo_t, hi_t
 
 
-def capped_simplex_projection(y: Tensor, budget: Tensor | _Number, lo: Tensor | _Number, hi: Tensor | _Number) -> Tensor:
+def capped_simplex_projection(y: Tensor, budget: Tensor | _Number, lo: Tensor | _Number,
+                              hi: Tensor | _Number) -> Tensor:
     """Euclidean projection of each row of ``y`` onto ``{x : sum(x) = budget, lo <= x <= hi}``.
 
     Exact (the root ``tau`` of the piecewise-linear budget equation, refined to the closed form on its active set),

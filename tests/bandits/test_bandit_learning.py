@@ -9,15 +9,6 @@ from arr_coc.bandits import EpsilonGreedy, HybridLinUCB, LinTS, LinUCB, NeuralLi
 from arr_coc.bandits.thompson import _sample_beta
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Two shared CPU cores: intra-op threading only adds contention for these tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _linear_regret(pol, per_arm=False, rounds=60, batch=16, seed=0, nonlinear=False):
     g = torch.Generator().manual_seed(seed)
     a, d = 4, 5

@@ -8,15 +8,6 @@ import torch
 from arr_coc.bandits import Discount, HybridLinUCB, LinTS, LinUCB, SlidingWindow
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Two shared CPU cores: intra-op threading only adds contention for these tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _data(n, a, d, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=dtype)

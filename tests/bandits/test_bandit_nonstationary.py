@@ -10,15 +10,6 @@ from arr_coc.bandits import Discount, EpsilonGreedy, LinUCB, PageHinkley, Slidin
 from arr_coc.bandits import nonstationary as ns
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Two shared CPU cores: intra-op threading only adds contention for these tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 MODES = {
     "window": SlidingWindow(200),
     "discount": Discount(0.99),

@@ -11,15 +11,6 @@ A, D = 3, 3
 W = torch.tensor([[1.0, 0.0, -0.5], [0.0, 1.0, 0.5], [-0.5, 0.5, 1.0]], dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Two shared CPU cores: intra-op threading only adds contention for these tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mu(x):
     return x @ W.T + 0.5  # (N, A) expected reward
 

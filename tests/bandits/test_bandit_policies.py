@@ -23,15 +23,6 @@ from arr_coc.bandits import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Two shared CPU cores: intra-op threading only adds contention for these tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 A, D, N = 4, 5, 32
 
 
