@@ -105,6 +105,7 @@ class RunCfg:
     keep_last: int | None = 3  # completed checkpoints to keep
     bandit_feedback: bool = True  # feed answer correctness to a `bandit` allocator's update()
     hang_after_step: int | None = None  # test hook: after this step's checkpoint, signal and sleep (for SIGKILL tests)
+    max_minutes: float | None = None  # wall-clock budget of this call: checkpoint and stop after it (resume later)
 
 
 @dataclass
@@ -147,6 +148,9 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
                     ("train.grad_accum", cfg.train.grad_accum), ("train.log_every", cfg.train.log_every)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    mm = cfg.train.max_minutes
+    if mm is not None and (isinstance(mm, bool) or not isinstance(mm, (int, float)) or not mm > 0):
+        raise ValueError(f"train.max_minutes must be a positive number or null, got {mm!r}")
     model_cfg(cfg)  # validates the merged model config
     return cfg
 
@@ -497,6 +501,7 @@ class TrainRecipe:
         rows: list[dict[str, float]] = []
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
+        t_start = time.perf_counter()
         while self.step < c.train.max_steps:
             t0 = time.perf_counter()
             micro = [move_to(next(loader), self.device) for _ in range(c.train.grad_accum)]
@@ -537,10 +542,22 @@ class TrainRecipe:
                                 tok_s=f"{row['tokens_per_s']:.0f}")
             bar.update(1)
             every = c.train.save_every
-            if (every and self.step % every == 0) or self.step == c.train.max_steps:
+            # A time-boxed call (e.g. one 10-minute device call) stops after a checkpoint; `--resume` continues it.
+            # Every rank must agree, so the decision is all-reduced rather than read off each rank's own clock.
+            out_of_time = False
+            if c.train.max_minutes is not None:
+                late = float(time.perf_counter() - t_start > 60 * c.train.max_minutes)
+                late = torch.tensor(late, device=self.device)
+                out_of_time = bool(_all_reduce(late).item() > 0)
+            if (every and self.step % every == 0) or self.step == c.train.max_steps or out_of_time:
                 self.save_checkpoint()
             if c.train.hang_after_step is not None and self.step == c.train.hang_after_step:
                 self._hang()
+            if out_of_time:
+                if self.rank == 0:
+                    bar.write(f"train.max_minutes={c.train.max_minutes} reached at step {self.step}: checkpointed; "
+                              "continue with --resume")
+                break
         bar.close()
         return rows
 

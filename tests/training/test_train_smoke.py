@@ -90,3 +90,17 @@ def test_bandit_feedback_guard():
 def test_gini():
     x = torch.tensor([[2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 8.0]])
     torch.testing.assert_close(gini(x), torch.tensor([0.0, 0.75], dtype=torch.float64))
+
+
+def test_max_minutes_checkpoints_stops_and_resumes(bench, tmp_path):
+    out = tmp_path / "run"
+    args = ["--config", "configs/train/tiny.yaml", f"output_dir={out}", f"data.path={bench}", "data.generate=false",
+            "dist.fsdp=off", "train.max_steps=3", "train.batch_size=4"]
+    # A budget far below one step's time: the run stops after its first step, with a checkpoint of that step.
+    rows = main(args + ["train.max_minutes=1e-6"])
+    assert [r["step"] for r in rows] == [1]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000001"
+    rest = main(args + ["--resume"])
+    assert [r["step"] for r in rest] == [2, 3]
+    with pytest.raises(ValueError, match="train.max_minutes must be a positive number"):
+        main(args + ["train.max_minutes=0"])
