@@ -40,6 +40,8 @@ class ArrCocOutput:
         patch_index: (B, T) int64 source patch of each token, -1 at padding.
         cu_seqlens: (B + 1,) int32 cumulative token counts, for variable-length attention.
         relaxed: (B, K) the continuous allocation behind the straight-through gate (None when not used).
+        context: (B, K, C) the detached per-patch context a learning allocator (``bandit``) chose with, so a trainer
+            can credit rewards to it; None for allocators that use no context.
     """
 
     tokens: Tensor
@@ -51,6 +53,7 @@ class ArrCocOutput:
     patch_index: Tensor
     cu_seqlens: Tensor
     relaxed: Tensor | None = None
+    context: Tensor | None = None
 
     def packed(self) -> tuple[Tensor, Tensor, Tensor]:
         """Tokens ``(ΣT, D)``, positions ``(ΣT, 2)`` and ``cu_seqlens`` ``(B+1,)`` for variable-length attention."""
@@ -155,4 +158,5 @@ class ArrCoc(nn.Module):
             gate = (1 + relaxed - relaxed.detach()).to(features.dtype)
         r = self.realizing(features, budgets, gate=gate)
         return ArrCocOutput(tokens=r.tokens, mask=r.mask, positions=r.positions, budgets=budgets, scores=scores,
-                            utility=utility, patch_index=r.patch_index, cu_seqlens=r.cu_seqlens, relaxed=relaxed)
+                            utility=utility, patch_index=r.patch_index, cu_seqlens=r.cu_seqlens, relaxed=relaxed,
+                            context=context)

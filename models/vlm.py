@@ -171,8 +171,7 @@ class ArrCocLlava(nn.Module):
         dt = self.arr_coc.knowing.q_proj.weight.dtype
         feats, query = feats.to(dt), query.to(dt)
         out = self.arr_coc(feats, query=query, pixels=pixel_values.to(dt) if self.use_pixel_entropy else None)
-        self._last_context = (self.arr_coc._context(feats, query, out.scores)
-                              if getattr(self.arr_coc.attending, "uses_context", False) else None)
+        self._last_context = out.context
         tokens = out.tokens  # (B, T, Dv)
         if self.pos_embed is not None:
             tokens = tokens + self.pos_embed(out.positions, out.mask).to(tokens.dtype)

@@ -322,3 +322,13 @@ def test_no_scalar_parameters_so_fsdp_can_shard():
     # FSDP2's fully_shard refuses 0-dim parameters; every ArrCoc parameter must have at least one dimension.
     model = ArrCoc(8, 8, num_patches=4, budget=8, min_tokens=1, max_tokens=4)
     assert all(p.dim() >= 1 for p in model.parameters())
+
+
+def test_output_carries_the_bandit_context():
+    model = _small("bandit")
+    feats, query = _inputs()
+    with torch.no_grad():
+        out = model(feats, query=query)
+    assert out.context is not None and out.context.shape == (2, K, D + D + 3)
+    assert not out.context.requires_grad
+    assert _small("projection")(feats, query=query).context is None
