@@ -14,12 +14,21 @@ from arr_coc import create_allocator, list_allocators
 from arr_coc.allocators.mckp import level_values, solve_mckp
 from _solvers import mckp_brute, waterfill_log_f64
 
-# The bandit allocator learns from rewards and is exercised in its own tests; all the others are checked here.
-STATIC = [n for n in list_allocators() if n != "bandit"]
+# Every registered allocator is checked for the invariants; the bandit (which learns from rewards, tested further in
+# its own file) chooses from a per-patch context, given here at random.
+ALL = list_allocators()
+STATIC = [n for n in ALL if n != "bandit"]
+
+
+def _call(alloc, name: str, u: torch.Tensor) -> torch.Tensor:
+    if name == "bandit":
+        ctx = torch.randn(*u.shape[:2], 5, generator=torch.Generator().manual_seed(9), dtype=u.dtype)
+        return alloc(u, context=ctx)
+    return alloc(u)
 
 
 def _kwargs(name: str, k: int, lo: int, hi: int) -> dict:
-    if name == "mckp":
+    if name in ("mckp", "bandit"):
         # Two levels at the bounds keep any feasible budget reachable in at_most mode.
         return {"levels": (lo, hi) if hi > lo else (lo,), "mode": "at_most"}
     if name == "hierarchical":
@@ -37,18 +46,18 @@ def test_registry_has_the_issue_allocators():
         assert name in list_allocators()
 
 
-@pytest.mark.parametrize("name", STATIC)
+@pytest.mark.parametrize("name", ALL)
 def test_default_preset_exact(name):
     alloc = create_allocator(name)  # budget 13,200, 64..400
     u = torch.randn(3, 200, generator=torch.Generator().manual_seed(0)) * 2
-    t = alloc(u)
+    t = _call(alloc, name, u)
     assert t.dtype == torch.int64 and t.shape == (3, 200)
     assert (t.sum(-1) == 13200).all()
     assert t.min() >= 64 and t.max() <= 400
-    assert torch.equal(alloc(u), t)  # deterministic
+    assert torch.equal(_call(alloc, name, u), t)  # deterministic
 
 
-@pytest.mark.parametrize("name", STATIC)
+@pytest.mark.parametrize("name", ALL)
 @settings(max_examples=15, deadline=None)
 @given(k=st.integers(1, 24), lo=st.integers(1, 20), width=st.integers(0, 30), frac=st.floats(0, 1),
        seed=st.integers(0, 10**6))
@@ -59,10 +68,10 @@ def test_property_budget_and_bounds(name, k, lo, width, frac, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # pgd's KKT warning on degenerate draws is not the point here
         alloc = create_allocator(name, budget=b, min_tokens=lo, max_tokens=hi, **_kwargs(name, k, lo, hi))
-        t = alloc(u)
+        t = _call(alloc, name, u)
     assert t.dtype == torch.int64
     assert (t >= lo).all() and (t <= hi).all()
-    if name == "mckp":
+    if name in ("mckp", "bandit"):
         assert (t.sum(-1) <= b).all()
         assert torch.equal(alloc.last_info.slack, b - t.sum(-1))
     else:
