@@ -4,7 +4,8 @@
     python -m scripts.bench_allocators --batches 1 64 --repeats 5 --threads 1
 
 Default preset (K=200, budget 13,200, 64..400), utilities ~ N(0, 2²). Each figure is the median of ``--repeats``
-timed calls after one warm-up call. ``mckp`` uses its exact DP on CPU and its Lagrangian form on CUDA (the DP's
+timed calls after one warm-up call. The bandit gets a random (B, 200, 67) context and no updates (selection cost
+only). ``mckp`` and ``bandit`` use the exact DP on CPU and the Lagrangian form on CUDA (the DP's
 loop over patches is latency-bound there).
 """
 
@@ -37,13 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--allocators", nargs="+", default=None, help="default: every registered allocator but bandit")
+    ap.add_argument("--allocators", nargs="+", default=None, help="default: every registered allocator")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (on a shared machine, 1 avoids OpenMP contention with other jobs)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.allocators or [n for n in list_allocators() if n != "bandit"]
+    names = args.allocators or list_allocators()
     names = ["uniform", *[n for n in names if n != "uniform"]]  # the baseline is timed first
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, K=200, budget=13200, 64..400")
@@ -54,12 +55,15 @@ def main(argv: list[str] | None = None) -> None:
         print("-" * len(head))
         base: dict[int, float] = {}
         for name in names:
-            kw = {"method": "lagrangian", "mode": "at_most"} if (name == "mckp" and dev.type == "cuda") else {}
-            alloc = create_allocator(name, **kw)
+            lagr = name in ("mckp", "bandit") and dev.type == "cuda"
+            alloc = create_allocator(name, **({"method": "lagrangian", "mode": "at_most"} if lagr else {}))
             cells = []
             for b in args.batches:
-                u = torch.randn(b, 200, generator=torch.Generator().manual_seed(0)).mul(2).to(dev)
-                t = _time(lambda: alloc(u), args.repeats, dev)
+                g = torch.Generator().manual_seed(0)
+                u = torch.randn(b, 200, generator=g).mul(2).to(dev)
+                # The bandit chooses from a per-patch context (the pipeline passes [query; patch mean; scores]).
+                call_kw = {"context": torch.randn(b, 200, 67, generator=g).to(dev)} if name == "bandit" else {}
+                t = _time(lambda: alloc(u, **call_kw), args.repeats, dev)
                 if name == "uniform":
                     base[b] = t
                 cells.append(f"{t * 1e3:>12.3f} {t / base[b]:>9.1f}")
