@@ -174,6 +174,28 @@ def _plot(results: dict, methods: list[str], fractions: list[float], path: Path,
     plt.close(fig)
 
 
+def _single_object_scene(scene, obj):
+    """A copy of ``scene`` whose only object is ``obj``, so make_question asks about that object."""
+    import dataclasses
+
+    return dataclasses.replace(scene, objects=[obj])
+
+
+def _bench_cfg(a: argparse.Namespace):
+    """The generator parameters of the evaluated benchmark (from its manifest; defaults if it has none)."""
+    from training.benchmark import BenchmarkCfg
+    from training.data import read_manifest
+
+    try:
+        params = read_manifest(a.data).get("generator", {}) if a.data else {}
+    except Exception:  # no manifest (e.g. a hand-built dataset): the default vocabulary is what we need
+        params = {}
+    try:
+        return BenchmarkCfg.from_dict(params)
+    except (TypeError, ValueError):
+        return BenchmarkCfg()
+
+
 def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: Sequence[str], title: str) -> str:
     """ARR-COC's per-patch budgets over one test image for questions of different types; returns a description."""
     import matplotlib
@@ -188,23 +210,31 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
     model, processor, _ = build_eval_model(cfg)
     model.eval()
     ds = _load_dataset(cfg.data)
-    # The first test image, and one question of each type: its own, then questions of other types taken from the
-    # following rows (they may name shapes absent from this image; the point is how the allocation moves with them).
+    # One test image and several questions about THIS image, each pointing at a different object: re-asked from the
+    # row's stored scene with the generator's own question maker, so every question is true of the image and its
+    # target box is known. Falls back to the row's own question when the row carries no scene.
+    import numpy as np
+
+    from training.benchmark import Scene, make_question
+
     row0 = ds[0]
-    questions, seen = [row0["question"]], {row0["question_type"]}
-    for i in range(1, min(len(ds), 200)):
-        if ds[i]["question_type"] not in seen:
-            seen.add(ds[i]["question_type"])
-            questions.append(ds[i]["question"])
-        if len(questions) == 3:
-            break
+    questions, boxes = [row0["question"]], [tuple(row0.get("target_box") or ())]
+    scene_json = row0.get("scene")
+    if scene_json:
+        scene = Scene.from_json(scene_json)
+        qrng = np.random.default_rng(0)
+        for obj in scene.objects[:3]:
+            q = make_question(_single_object_scene(scene, obj), qrng, _bench_cfg(a), "digit")
+            questions.append(q.question)
+            boxes.append(tuple(q.target_box))
+        questions, boxes = questions[1:], boxes[1:]  # the per-object digit questions suffice when available
     method = create_method("arr_coc", model, frac)
     processor.budget = method.placeholders
     image = row0["image"].convert("RGB")
     gh, gw = model.vision.patch_grid
     fig, axes = plt.subplots(1, len(questions), figsize=(3.6 * len(questions), 3.9))
     axes = [axes] if len(questions) == 1 else list(axes)
-    for ax, q in zip(axes, questions):
+    for ax, q, box in zip(axes, questions, boxes):
         batch = processor([image], [q])
         with torch.no_grad():
             _, _, budgets = method.embed(batch["pixel_values"], batch["input_ids"],
@@ -216,6 +246,10 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
         for (r, c), v in __import__("numpy").ndenumerate(grid):
             ax.text((c + 0.5) * image.width / gw, (r + 0.5) * image.height / gh, f"{int(v)}", ha="center",
                     va="center", color="white", fontsize=7)
+        if len(box) == 4:  # the queried object's box: the tokens should gather here
+            x0, y0, x1, y1 = box
+            ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
+                (x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=1.5))
         ax.set_title(q, fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
