@@ -354,7 +354,10 @@ class TrainRecipe:
         # ArrCoc stays replicated in float32: it is tiny (about 1e3 parameters), FSDP2 cannot shard its scalar
         # parameters, and mixed precision must not touch it. Its gradients are all-reduced in _sync_replicated.
         self.replicated = [p for p in self.model.arr_coc.parameters()]
-        fully_shard(self.model, ignored_params=set(self.replicated), **kw)
+        # The root is never resharded after forward: backward starts right away and needs its parameters (embeddings,
+        # LM head, projector). Observed: torch 2.14 ran either way, but torch 2.11 (the GPU machine's stack) with a
+        # resharded root freed the LM head before backward ("setStorage ... out of bounds for storage of size 0").
+        fully_shard(self.model, ignored_params=set(self.replicated), **{**kw, "reshard_after_forward": False})
 
     def _write_sharding_report(self) -> None:
         """``sharding/rank{r}.json``: per-rank local vs global parameter sizes (evidence of real sharding)."""
