@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all test-gpu-stack bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q
+
+# The GPU machine's preinstalled stack (torch 2.11, transformers 5.17, accelerate 1.15), on CPU, in its own venv:
+# catches API drift before a GPU session is spent on it.
+GPU_STACK_VENV ?= .venv-gpustack
+test-gpu-stack:
+	test -x $(GPU_STACK_VENV)/bin/python || $(PYTHON) -m venv $(GPU_STACK_VENV)
+	$(GPU_STACK_VENV)/bin/python -m pip install -q torch==2.11.0 torchvision==0.26.0 transformers==5.17.0 \
+		accelerate==1.15.0 open_clip_torch==3.3.0 datasets==5.2.0 scipy numpy pytest hypothesis matplotlib \
+		safetensors tqdm pyyaml scikit-learn pillow
+	$(GPU_STACK_VENV)/bin/python -m pytest -q -m "not gpu and not slow"
 
 bench: setup
 	$(PY) -m scripts.bench_allocators
