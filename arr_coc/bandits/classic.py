@@ -81,6 +81,16 @@ def max_min_fair(capacity: float, demands, weights=None) -> Tensor:
     return torch.from_numpy(np.minimum(d, w * level))
 
 
+def _knapsack_items(values, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(n,)`` value and non-negative weight arrays of a 0/1 knapsack."""
+    v = _as_array("values", values, 1)
+    w = _as_array("weights", weights, 1)
+    if w.shape != v.shape:
+        raise ValueError(f"weights shape {w.shape} does not match values shape {v.shape}")
+    _check_nonneg("weights", w)
+    return v, w
+
+
 def knapsack_dp(values, weights, capacity: int) -> tuple[Tensor, float]:
     """Exact 0/1 knapsack by dynamic programming over integer capacities.
 
@@ -95,11 +105,7 @@ def knapsack_dp(values, weights, capacity: int) -> tuple[Tensor, float]:
     Shapes:
         values, weights, take: ``(n,)``.
     """
-    v = _as_array("values", values, 1)
-    w = _as_array("weights", weights, 1)
-    if w.shape != v.shape:
-        raise ValueError(f"weights shape {w.shape} does not match values shape {v.shape}")
-    _check_nonneg("weights", w)
+    v, w = _knapsack_items(values, weights)
     if (w != np.round(w)).any():
         raise ValueError(f"knapsack_dp needs integer weights; found {w[w != np.round(w)][0]}")
     if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 0:
@@ -140,11 +146,7 @@ def knapsack_greedy(values, weights, capacity: float) -> tuple[Tensor, float]:
     Shapes:
         values, weights, take: ``(n,)``.
     """
-    v = _as_array("values", values, 1)
-    w = _as_array("weights", weights, 1)
-    if w.shape != v.shape:
-        raise ValueError(f"weights shape {w.shape} does not match values shape {v.shape}")
-    _check_nonneg("weights", w)
+    v, w = _knapsack_items(values, weights)
     if not (isinstance(capacity, (int, float, np.floating, np.integer)) and np.isfinite(capacity) and capacity >= 0):
         raise ValueError(f"capacity must be a finite number >= 0, got {capacity!r}")
     useful = v > 0
