@@ -194,3 +194,15 @@ def test_bad_shapes_dtypes_devices():
         capped_simplex_projection(torch.zeros(2, 0), 0.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="number or a tensor"):
         capped_simplex_projection(torch.zeros(2, 5), "1", 0.0, 1.0)
+
+
+def test_subnormal_bounds_budget_equal_to_sum_lo_is_feasible():
+    # Regression (found by hypothesis in CI): lo ~ 1e-44 is subnormal in float32, so lo and budget = K·lo each round
+    # onto the subnormal grid when cast; the feasibility check must allow that absolute rounding, not call it
+    # infeasible. A budget clearly below sum(lo) must still be rejected.
+    lo = 1.095299542976964e-44
+    y = torch.tensor([[1e-3, -2e-3, 5e-4]], dtype=torch.float32)
+    x = capped_simplex_projection(y, 3 * lo, lo, lo)
+    assert torch.equal(x, torch.full_like(x, float(np.float32(lo))))
+    with pytest.raises(ValueError, match="infeasible budget"):
+        capped_simplex_projection(y, 1.0, 2.0, 3.0)

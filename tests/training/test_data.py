@@ -151,7 +151,7 @@ def test_gqa_dotted_override_and_missing_images():
 
 
 def test_textvqa_mapping_from_parquet_file(tmp_path):
-    # facebook/textvqa layout: 10 plain-string answers, no question type.
+    # lmms-lab/textvqa layout (facebook/textvqa's columns + ocr_tokens): 10 plain-string answers, no question type.
     source = datasets.Dataset.from_dict(
         {
             "image_id": ["a1", "a2"],
@@ -164,7 +164,7 @@ def test_textvqa_mapping_from_parquet_file(tmp_path):
         features=datasets.Features(
             {
                 "image_id": datasets.Value("string"),
-                "question_id": datasets.Value("int64"),
+                "question_id": datasets.Value("int32"),
                 "question": datasets.Value("string"),
                 "image": datasets.Image(),
                 "answers": datasets.List(datasets.Value("string")),
@@ -183,16 +183,26 @@ def test_textvqa_mapping_from_parquet_file(tmp_path):
 
 
 def test_docvqa_mapping(tmp_path):
-    # lmms-lab/DocVQA layout: questionId, a list of question types, several accepted answers.
+    # lmms-lab/DocVQA (config DocVQA) layout: string questionId, a list of question types, several accepted answers.
     source = datasets.Dataset.from_dict(
         {
-            "questionId": [49153, 24580],
+            "questionId": ["49153", "24580"],
             "question": ["What is the date?", "Who signed the letter?"],
             "question_types": [["handwritten", "form"], ["layout"]],
             "image": _images(2),
             "docId": [14465, 1],
             "answers": [["March 3, 1998", "3/3/1998"], ["J. Smith"]],
-        }
+        },
+        features=datasets.Features(
+            {
+                "questionId": datasets.Value("string"),
+                "question": datasets.Value("string"),
+                "question_types": datasets.List(datasets.Value("string")),
+                "image": datasets.Image(),
+                "docId": datasets.Value("int64"),
+                "answers": datasets.List(datasets.Value("string")),
+            }
+        ),
     )
     ds = load_vqa_dataset("docvqa", path=_save(source, tmp_path, "validation"))
     assert ds["answers"] == [["March 3, 1998", "3/3/1998"], ["J. Smith"]]
