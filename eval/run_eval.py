@@ -76,6 +76,7 @@ class EvalCfg:
     baseline: dict = field(default_factory=dict)  # baseline constructor arguments (e.g. {layer: 2} for fastv)
     data: EvalDataCfg = field(default_factory=EvalDataCfg)
     batch_size: int = 8  # questions per generate() call
+    num_workers: int = 0  # DataLoader worker processes decoding images (0: in this process)
     max_new_tokens: int = 8  # greedy decoding length
     metric: str = "auto"  # auto (the source's community metric) or a key of eval.metrics.METRICS
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda
@@ -281,7 +282,7 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     """
     from tqdm.auto import tqdm
 
-    from training.collate import VqaCollator, move_to
+    from training.collate import RowDataset, VqaCollator, move_to
 
     if model is None:
         model, processor, model_info = build_eval_model(cfg)
@@ -316,14 +317,17 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     done = {str(r["question_id"]) for r in records}
     todo = [i for i, qid in enumerate(ds["question_id"]) if str(qid) not in done]
 
-    collator = VqaCollator(proc, train=False)
+    # Workers decode, resize and tokenise; on a GPU they hand over uint8 pixels, normalised on the device.
+    collate = _EvalCollate(VqaCollator(proc, train=False, uint8_pixels=device.type == "cuda"))
+    loader = torch.utils.data.DataLoader(RowDataset(ds, todo), batch_size=cfg.batch_size, shuffle=False,
+                                         num_workers=cfg.num_workers, collate_fn=collate,
+                                         pin_memory=device.type == "cuda")
     gen_kw = {"max_new_tokens": cfg.max_new_tokens, "do_sample": False, "num_beams": 1,
               "eos_token_id": proc.tokenizer.eos_token_id}
     bar = tqdm(total=len(ds), initial=len(ds) - len(todo), desc=f"eval {cfg.method}", dynamic_ncols=True)
     with open(pred_path, "a") as f:
-        for start in range(0, len(todo), cfg.batch_size):
-            rows = [ds[i] for i in todo[start:start + cfg.batch_size]]
-            batch = move_to(collator(rows), device)
+        for cpu_batch, rows in loader:
+            batch = move_to(cpu_batch, device, proc)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -337,11 +341,10 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
             text_tokens = (batch["attention_mask"].sum(1) - method.placeholders).tolist()
             for j, (row, pred) in enumerate(zip(rows, preds)):
                 answers = batch["answers"][j]
-                img = row["image"]
                 rec = {"question_id": batch["question_id"][j], "question": row["question"], "prediction": pred,
                        "answers": answers, "question_type": batch["question_type"][j],
                        "score": float(metric(pred, answers)), "tokens": int(res.tokens[j]),
-                       "target_fraction": target_fraction(res.positions[j].cpu(), row.get("target_box"), img.size)
+                       "target_fraction": target_fraction(res.positions[j].cpu(), row["target_box"], row["size"])
                        if "target_box" in row else None,
                        "latency_s": latency, "prompt_text_tokens": int(text_tokens[j])}
                 if res.budgets is not None:
@@ -358,6 +361,22 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
                     "resumed": len(ds) - len(todo), "model": dict(model_info or {})})
     _atomic_json(out / "summary.json", summary)
     return summary
+
+
+class _EvalCollate:
+    """Collated batch plus what the scorer needs of each row (question, target box, image size), not the image."""
+
+    def __init__(self, collator: Any):
+        self.collator = collator
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        meta = []
+        for r in rows:
+            m = {"question": r["question"], "size": r["image"].size}
+            if "target_box" in r:
+                m["target_box"] = r["target_box"]
+            meta.append(m)
+        return self.collator(rows), meta
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -17,7 +17,21 @@ import torch
 
 from models.processing import IGNORE_INDEX, ArrCocProcessor, pad_sequences
 
-__all__ = ["VqaCollator", "consensus_answer", "move_to"]
+__all__ = ["RowDataset", "VqaCollator", "consensus_answer", "move_to"]
+
+
+class RowDataset(torch.utils.data.Dataset):
+    """Row access by index for a DataLoader (HF ``datasets`` decode images lazily, per row, in the worker)."""
+
+    def __init__(self, ds: Any, indices: Sequence[int] | None = None):
+        self.ds = ds
+        self.indices = None if indices is None else [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.ds) if self.indices is None else len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.ds[int(i) if self.indices is None else self.indices[int(i)]]
 
 
 def consensus_answer(answers: Sequence[str] | str) -> str:
@@ -38,17 +52,21 @@ class VqaCollator:
         processor: The model's :class:`~models.processing.ArrCocProcessor`.
         train: Build teacher-forced sequences with labels (right-padded); otherwise prompts only (left-padded).
         max_length: Raise ``ValueError`` for longer sequences (``None``: no limit). Never truncates silently.
+        uint8_pixels: Return ``pixel_values`` as resized uint8 and leave normalisation to :func:`move_to` on the
+            accelerator (what the GPU recipes do: data-loader workers then do about a third of the work per image).
 
     Shapes (of the result, B rows, L tokens):
-        pixel_values: (B, 3, H, W)
+        pixel_values: (B, 3, H, W), float32 normalised (uint8 with ``uint8_pixels=True``)
         input_ids, attention_mask, labels: (B, L)
         query_input_ids, query_attention_mask: (B, Lq)
     """
 
-    def __init__(self, processor: ArrCocProcessor, *, train: bool = True, max_length: int | None = None):
+    def __init__(self, processor: ArrCocProcessor, *, train: bool = True, max_length: int | None = None,
+                 uint8_pixels: bool = False):
         self.processor = processor
         self.train = train
         self.max_length = max_length
+        self.uint8_pixels = uint8_pixels
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if len(rows) == 0:
@@ -73,7 +91,7 @@ class VqaCollator:
         input_ids, attention_mask = pad_sequences(seqs, pad, side)
         q_ids, q_mask = p.encode_queries(questions)
         batch: dict[str, Any] = {
-            "pixel_values": p.preprocess_images([r["image"] for r in rows]),
+            "pixel_values": p.preprocess_images([r["image"] for r in rows], normalize=not self.uint8_pixels),
             "input_ids": input_ids,
             "attention_mask": attention_mask.long(),
             "query_input_ids": q_ids,
@@ -87,6 +105,18 @@ class VqaCollator:
         return batch
 
 
-def move_to(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
-    """Tensors of ``batch`` moved to ``device``; everything else passed through."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def move_to(batch: Mapping[str, Any], device: torch.device | str,
+            processor: ArrCocProcessor | None = None) -> dict[str, Any]:
+    """Tensors of ``batch`` moved to ``device``; everything else passed through.
+
+    uint8 ``pixel_values`` (from ``VqaCollator(uint8_pixels=True)``) are normalised on ``device`` with ``processor``'s
+    mean and std; without a processor they raise ``ValueError`` rather than reach the model unnormalised.
+    """
+    out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    pix = out.get("pixel_values")
+    if isinstance(pix, torch.Tensor) and pix.dtype == torch.uint8:
+        if processor is None:
+            raise ValueError("pixel_values are uint8 (VqaCollator(uint8_pixels=True)); pass processor= to move_to so "
+                             "they are normalised on the device")
+        out["pixel_values"] = processor.normalize(pix)
+    return out

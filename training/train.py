@@ -44,7 +44,7 @@ from models.builders import (apply_overrides, build_model, dataclass_from_dict, 
                              load_yaml)
 from models.processing import IGNORE_INDEX
 from training.checkpoint import find_latest, load_checkpoint, save_checkpoint
-from training.collate import VqaCollator, move_to
+from training.collate import RowDataset, VqaCollator, move_to
 
 __all__ = ["DataCfg", "DistCfg", "OptimCfg", "RunCfg", "TrainCfg", "TrainRecipe", "gini", "load_train_cfg", "main"]
 
@@ -218,19 +218,6 @@ class _RankBatches(torch.utils.data.Sampler):
         return (self.stop - self.start) * self.accum
 
 
-class _Rows(torch.utils.data.Dataset):
-    """Row access by index for the DataLoader (HF datasets decode images lazily per row)."""
-
-    def __init__(self, ds: Any):
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.ds[int(i)]
-
-
 # -- the recipe --------------------------------------------------------------------------------------------------------
 class TrainRecipe:
     """FSDP2 fine-tuning recipe for ``ArrCocLlava``.
@@ -278,7 +265,9 @@ class TrainRecipe:
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.dataset = self._dataset()
-        self.collator = VqaCollator(self.processor, train=True, max_length=cfg.data.max_length)
+        # On a GPU the loader workers only decode and resize (uint8); the float conversion runs on the device.
+        self.collator = VqaCollator(self.processor, train=True, max_length=cfg.data.max_length,
+                                    uint8_pixels=self.device.type == "cuda")
         self.ckpt_dir = self.out / "checkpoints"
         if self.resume:
             path = Path(self.resume) if isinstance(self.resume, str) else find_latest(self.ckpt_dir)
@@ -431,7 +420,7 @@ class TrainRecipe:
                                rank=self.rank, accum=c.train.grad_accum, start_step=self.step,
                                max_steps=c.train.max_steps)
         self.steps_per_epoch = sampler.steps_per_epoch
-        return torch.utils.data.DataLoader(_Rows(self.dataset), batch_sampler=sampler, collate_fn=self.collator,
+        return torch.utils.data.DataLoader(RowDataset(self.dataset), batch_sampler=sampler, collate_fn=self.collator,
                                            num_workers=c.data.num_workers, pin_memory=self.device.type == "cuda",
                                            persistent_workers=False)
 
@@ -507,7 +496,7 @@ class TrainRecipe:
         t_start = time.perf_counter()
         while self.step < c.train.max_steps:
             t0 = time.perf_counter()
-            micro = [move_to(next(loader), self.device) for _ in range(c.train.grad_accum)]
+            micro = [move_to(next(loader), self.device, self.processor) for _ in range(c.train.grad_accum)]
             n_target = torch.tensor(float(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)),
                                     device=self.device)
             n_target = float(_all_reduce(n_target).item())

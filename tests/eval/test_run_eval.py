@@ -147,3 +147,14 @@ def test_flops_fraction_definition():
     assert visual_flops(tc, 1) == pytest.approx(2 * per_layer)
     with pytest.raises(ValueError, match="3 entries"):
         visual_flops(tc, [1, 2, 3])
+
+
+def test_loader_workers_give_the_same_predictions(bench, tmp_path):
+    # Rows decoded in 2 DataLoader worker processes, in order, give exactly the single-process records.
+    a = main(_args(tmp_path / "w0", bench, "num_workers=0"))
+    b = main(_args(tmp_path / "w2", bench, "num_workers=2"))
+    ra, rb = _records(tmp_path / "w0" / "predictions.jsonl"), _records(tmp_path / "w2" / "predictions.jsonl")
+    drop = ("latency_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ra] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in rb]
+    assert a["accuracy"] == b["accuracy"] and a["n"] == b["n"] == 7

@@ -1,0 +1,55 @@
+"""``training.collate``: the uint8 pixel path (normalised on the device) matches the float path bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.builders import build_model
+from training.collate import RowDataset, VqaCollator, move_to
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_model("tiny")[1]
+
+
+def _rows(n: int, size: tuple[int, int]) -> list[dict]:
+    rng = np.random.default_rng(0)
+    return [{"image": Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)), "question": f"what is {i}?",
+             "answers": ["2"] * 10, "question_id": str(i), "question_type": "digit"} for i in range(n)]
+
+
+@pytest.mark.parametrize("size", [None, (37, 53)], ids=["model-size", "resized"])
+def test_uint8_pixels_normalised_by_move_to_equal_float_path(processor, size):
+    h, w = processor.image_size
+    rows = _rows(3, size or (h, w))
+    ref = VqaCollator(processor, train=True)(rows)
+    raw = VqaCollator(processor, train=True, uint8_pixels=True)(rows)
+    assert ref["pixel_values"].dtype == torch.float32 and raw["pixel_values"].dtype == torch.uint8
+    assert raw["pixel_values"].shape == ref["pixel_values"].shape == (3, 3, h, w)
+    moved = move_to(raw, "cpu", processor)
+    assert torch.equal(moved["pixel_values"], ref["pixel_values"])
+    for k in ("input_ids", "attention_mask", "labels", "query_input_ids"):
+        assert torch.equal(moved[k], ref[k])
+
+
+def test_uint8_pixels_without_processor_are_refused(processor):
+    raw = VqaCollator(processor, uint8_pixels=True)(_rows(1, processor.image_size))
+    with pytest.raises(ValueError, match="uint8"):
+        move_to(raw, "cpu")
+
+
+def test_normalize_rejects_non_uint8(processor):
+    with pytest.raises(ValueError, match="torch.float32"):
+        processor.normalize(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"\(3, 4, 4\)"):
+        processor.normalize(torch.zeros(3, 4, 4, dtype=torch.uint8))
+
+
+def test_row_dataset_indices():
+    ds = [{"i": i} for i in range(5)]
+    assert [r["i"] for r in RowDataset(ds, [4, 0, 2])] == [4, 0, 2]
+    assert len(RowDataset(ds)) == 5 and RowDataset(ds)[3] == {"i": 3}
