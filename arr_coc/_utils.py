@@ -1,4 +1,4 @@
-"""Small shared helpers: input validation with clear errors, and the patch-grid layout.
+"""Small shared helpers: input validation with clear errors, the patch-grid layout, and a name → class registry.
 
 Every public entry point validates its inputs here so that bad input fails loudly with a ``ValueError`` that names the
 offending value, instead of being clamped or silently broadcast.
@@ -7,12 +7,14 @@ offending value, instead of being clamped or silently broadcast.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Generic, Sequence, TypeVar
 
 import torch
 from torch import Tensor
 
 __all__: list[str] = []  # private module
+
+_C = TypeVar("_C", bound=type)
 
 
 def _check_tensor(name: str, t: object) -> Tensor:
@@ -72,3 +74,51 @@ def _check_patch_grid(patch_grid: Sequence[int] | None, num_patches: int) -> tup
     if len(patch_grid) != 2 or patch_grid[0] * patch_grid[1] != num_patches:
         raise ValueError(f"patch_grid {tuple(patch_grid)} does not multiply to num_patches={num_patches}")
     return int(patch_grid[0]), int(patch_grid[1])
+
+
+class Registry(Generic[_C]):
+    """A name → class registry filled by a class decorator (open_clip / timm style).
+
+    Args:
+        kind: What one entry is, for error messages (``"allocator"`` gives ``"unknown allocator 'x'; known
+            allocators: a, b"``).
+        attr: The class attribute :meth:`register` sets to the registered name (e.g. ``"registry_name"``).
+    """
+
+    def __init__(self, kind: str, attr: str) -> None:
+        self.kind, self.attr = kind, attr
+        self._classes: dict[str, _C] = {}
+
+    def register(self, name: str) -> Callable[[_C], _C]:
+        """Class decorator registering the class under ``name`` and setting ``cls.<attr> = name``.
+
+        Registering the same class again is a no-op; a name already bound to another class raises ``ValueError``.
+        """
+
+        def deco(cls: _C) -> _C:
+            old = self._classes.get(name)
+            if old is not None and old is not cls:
+                raise ValueError(f"{self.kind} {name!r} is already registered to {old.__name__}; "
+                                 f"cannot register {cls.__name__}")
+            self._classes[name] = cls
+            setattr(cls, self.attr, name)
+            return cls
+
+        return deco
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._classes)
+
+    def get(self, name: str) -> _C:
+        """The class registered under ``name``.
+
+        Raises:
+            ValueError: unknown ``name`` (the message lists the known ones).
+        """
+        if name not in self._classes:
+            raise ValueError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+        return self._classes[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arr_coc import Realizing, create_allocator
+from arr_coc._utils import Registry
 
 __all__ = [
     "AllocatorBaseline", "BaselineMethod", "FastVBaseline", "MethodOutput", "ReducedTokens", "ToMeBaseline",
@@ -58,7 +59,7 @@ __all__ = [
     "vision_features_and_attention",
 ]
 
-_REGISTRY: dict[str, type["TokenBaseline"]] = {}
+_REGISTRY: Registry[type["TokenBaseline"]] = Registry("baseline", attr="name")
 _B = TypeVar("_B", bound=type)
 
 
@@ -98,20 +99,12 @@ class MethodOutput:
 # -- registry --------------------------------------------------------------------------------------------------------
 def register_baseline(name: str) -> Callable[[_B], _B]:
     """Class decorator registering a :class:`TokenBaseline` subclass under ``name``."""
-
-    def deco(cls: _B) -> _B:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"baseline {name!r} is already registered to {_REGISTRY[name].__name__}")
-        _REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def list_baselines() -> list[str]:
     """Registered baseline names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def list_methods() -> list[str]:
@@ -125,10 +118,9 @@ def create_baseline(name: str, **kwargs: Any) -> "TokenBaseline":
     Raises:
         ValueError: unknown ``name`` (the known ones are listed) or bad keyword arguments.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown baseline {name!r}; known baselines: {', '.join(list_baselines())}")
+    cls = _REGISTRY.get(name)
     try:
-        return _REGISTRY[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments {kwargs} for baseline {name!r}: {e}") from None
 

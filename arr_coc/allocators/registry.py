@@ -15,11 +15,12 @@ from typing import Callable, TypeVar
 import torch
 from torch import Tensor, nn
 
+from arr_coc._utils import Registry
 from arr_coc.kernels import capped_simplex_projection, round_to_budget
 
 __all__ = ["Allocator", "AllocInfo", "register_allocator", "create_allocator", "list_allocators", "capped_softmax"]
 
-_REGISTRY: dict[str, type["Allocator"]] = {}
+_REGISTRY: Registry[type["Allocator"]] = Registry("allocator", attr="registry_name")
 _A = TypeVar("_A", bound=type)
 
 
@@ -88,20 +89,12 @@ def capped_softmax(utility: Tensor, budget: Tensor | float, lo: float, hi: float
 
 def register_allocator(name: str) -> Callable[[_A], _A]:
     """Class decorator that registers an :class:`Allocator` subclass under ``name``."""
-
-    def deco(cls: _A) -> _A:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"allocator {name!r} is already registered to {_REGISTRY[name].__name__}")
-        _REGISTRY[name] = cls
-        cls.registry_name = name
-        return cls
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def list_allocators() -> list[str]:
     """Names of the registered allocators, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def create_allocator(name: str, budget: int = 13200, min_tokens: int = 64, max_tokens: int = 400,
@@ -111,9 +104,7 @@ def create_allocator(name: str, budget: int = 13200, min_tokens: int = 64, max_t
     Raises:
         ValueError: unknown ``name`` (the message lists the known ones) or invalid arguments.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown allocator {name!r}; known allocators: {', '.join(list_allocators())}")
-    return _REGISTRY[name](budget=budget, min_tokens=min_tokens, max_tokens=max_tokens, **kwargs)
+    return _REGISTRY.get(name)(budget=budget, min_tokens=min_tokens, max_tokens=max_tokens, **kwargs)
 
 
 class Allocator(nn.Module):

@@ -83,6 +83,11 @@ def _fill_in_order(order: np.ndarray, req: np.ndarray, b: np.ndarray) -> np.ndar
     return take
 
 
+def _fill_by_score(score: np.ndarray, req: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Serve agents by decreasing ``score`` (ties in index order) whenever their request still fits."""
+    return _fill_in_order(np.argsort(-score, kind="stable"), req, b)
+
+
 class _AllocationPolicy:
     """Shared state and bookkeeping: posterior sums, allocation counts, cumulative rewards and persistence.
 
@@ -361,7 +366,7 @@ class UnconstrainedTS(_AllocationPolicy):
 
     def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         theta = self._sample()
-        return _fill_in_order(np.argsort(-theta, kind="stable"), req, b), theta
+        return _fill_by_score(theta, req, b), theta
 
 
 class EpsilonGreedyAlloc(_AllocationPolicy):
@@ -413,7 +418,7 @@ class ProportionalAlloc(_AllocationPolicy):
         mean = self.posterior_mean()
         w = np.maximum(mean - min(mean.min(), 0.0), 1e-12)  # shift so Gaussian means stay positive
         keys = self.rng.random(self.n_agents) ** (1.0 / w)
-        return _fill_in_order(np.argsort(-keys, kind="stable"), req, b), mean
+        return _fill_by_score(keys, req, b), mean
 
 
 class GreedyAlloc(_AllocationPolicy):
@@ -421,7 +426,7 @@ class GreedyAlloc(_AllocationPolicy):
 
     def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mean = self.posterior_mean()
-        return _fill_in_order(np.argsort(-mean, kind="stable"), req, b), mean
+        return _fill_by_score(mean, req, b), mean
 
 
 class OracleAlloc(_AllocationPolicy):

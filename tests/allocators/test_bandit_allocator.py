@@ -9,15 +9,7 @@ from arr_coc import ArrCoc, create_allocator, list_allocators
 from arr_coc.allocators.bandit import BanditAllocator
 from arr_coc.allocators.mckp import solve_mckp
 from arr_coc.bandits import Discount
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Two shared CPU cores: intra-op threading only adds contention for these tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _bandit_helpers import _single_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
 
 
 def test_registered():
