@@ -2,6 +2,8 @@
 
     python -m scripts.bench_accuracy_budget --data data/bench --seeds 0 1 2        # GPU: the real benchmark
     python -m scripts.bench_accuracy_budget --smoke                                # CPU, < 2 min: plumbing only
+    python -m scripts.bench_accuracy_budget --data data/bench --parallel 6 --steps 1500 --minutes 5 \
+        --eval-samples 1000                                                        # one 10-minute GPU call
 
 Protocol (issue 7). For each training seed:
 
@@ -63,10 +65,20 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the train config's)")
     p.add_argument("--eval-samples", type=int, default=None, help="test rows to evaluate (default: all)")
     p.add_argument("--train-override", nargs="*", default=[], help="extra key=value for every training run")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="train up to N models at once, each in its own process (one GPU can hold several small ones)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock cap per training run (train.max_minutes); a run it stops early is flagged")
+    p.add_argument("--loader-workers", type=int, default=None,
+                   help="DataLoader workers per training run (default: the train config's, divided by --parallel)")
     args = p.parse_args(argv)
     for f in args.fractions:
         if not 0 < f <= 1:
             raise ValueError(f"--fractions must lie in (0, 1], got {f}")
+    if args.parallel < 1:
+        raise ValueError(f"--parallel must be >= 1, got {args.parallel}")
+    if args.minutes is not None and not args.minutes > 0:
+        raise ValueError(f"--minutes must be > 0, got {args.minutes}")
     return args
 
 
@@ -82,23 +94,109 @@ def _kv(prefix: str, d: dict[str, Any]) -> list[str]:
     return out
 
 
-def _train(name: str, model_over: dict[str, Any], a: argparse.Namespace, seed: int, work: Path,
-           extra: Sequence[str]) -> Path:
-    """Train one model with ``training.train`` (skipped when its final checkpoint exists); returns its run folder."""
-    from training.train import main as train_main
+class _Trainer:
+    """Trains the benchmark's models, in this process (``--parallel 1``) or up to N child processes at once.
 
-    run = work / f"seed{seed}" / name
-    args = ["--config", a.train_config, f"output_dir={run}", f"train.seed={seed}", *extra,
-            *_kv("model", model_over), *a.train_override]
-    if a.steps is not None:
-        args.append(f"train.max_steps={a.steps}")
-    done = run / "checkpoints" / "latest"
-    if done.is_file():
-        print(f"[bench] {name} seed {seed}: reusing {run}", file=sys.stderr)
+    :meth:`submit` queues one run and returns its folder; :meth:`wait` trains everything queued. A run whose final
+    checkpoint exists is reused. Child processes each get a private single-rank process group (``training.train``
+    picks a free port), their own loader workers, and write ``train.log`` in their run folder; a failed child raises
+    with that log's tail.
+    """
+
+    def __init__(self, a: argparse.Namespace, work: Path):
+        self.a, self.work = a, work
+        self.queue: list[tuple[str, Path, list[str]]] = []
+
+    def submit(self, name: str, model_over: dict[str, Any], seed: int, extra: Sequence[str]) -> Path:
+        a = self.a
+        run = self.work / f"seed{seed}" / name
+        args = ["--config", a.train_config, f"output_dir={run}", f"train.seed={seed}", *extra,
+                *_kv("model", model_over), *a.train_override]
+        if a.steps is not None:
+            args.append(f"train.max_steps={a.steps}")
+        if a.minutes is not None:
+            args.append(f"train.max_minutes={a.minutes}")
+        if a.loader_workers is not None:
+            args.append(f"data.num_workers={a.loader_workers}")
+        if _final_step(run) is not None:
+            print(f"[bench] {name} seed {seed}: reusing {run}", file=sys.stderr)
+        else:
+            self.queue.append((f"{name} (seed {seed})", run, args + (["--resume"] if (run / "checkpoints").is_dir()
+                                                                      else [])))
         return run
-    print(f"[bench] training {name} (seed {seed})", file=sys.stderr)
-    train_main(args + (["--resume"] if (run / "checkpoints").is_dir() else []))
-    return run
+
+    def wait(self) -> None:
+        queue, self.queue = self.queue, []
+        if self.a.parallel == 1:
+            from training.train import main as train_main
+
+            for label, _, args in queue:
+                print(f"[bench] training {label}", file=sys.stderr)
+                train_main(args)
+            return
+        import os
+        import subprocess
+
+        env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
+                                                                 "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+        env["PYTHONPATH"] = str(Path.cwd()) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        running: list[tuple[str, Path, subprocess.Popen, Any]] = []
+
+        def reap(block: bool) -> None:
+            while running and (block or any(p.poll() is not None for _, _, p, _ in running)):
+                for item in list(running):
+                    label, run, proc, log = item
+                    if proc.poll() is None:
+                        continue
+                    log.close()
+                    running.remove(item)
+                    if proc.returncode != 0:
+                        for _, _, other, _ in running:
+                            other.kill()
+                        tail = (run / "train.log").read_text()[-3000:]
+                        raise RuntimeError(f"training {label} failed (exit {proc.returncode}); "
+                                           f"{run / 'train.log'} ends:\n{tail}")
+                    print(f"[bench] finished {label}", file=sys.stderr)
+                if block and running:
+                    time.sleep(1.0)
+                block = block and bool(running)
+
+        for label, run, args in queue:
+            while len(running) >= self.a.parallel:
+                reap(block=False)
+                time.sleep(1.0)
+            run.mkdir(parents=True, exist_ok=True)
+            log = open(run / "train.log", "ab")
+            print(f"[bench] training {label} in a child process (log: {run / 'train.log'})", file=sys.stderr)
+            proc = subprocess.Popen([sys.executable, "-m", "training.train", *args], stdout=log,
+                                    stderr=subprocess.STDOUT, env=env)
+            running.append((label, run, proc, log))
+        reap(block=True)
+
+
+def _final_step(run: Path) -> int | None:
+    """The step of ``run``'s latest checkpoint when that run is complete (its last planned step), else ``None``."""
+    from training.checkpoint import find_latest
+
+    ckpt = find_latest(run / "checkpoints") if (run / "checkpoints").is_dir() else None
+    if ckpt is None:
+        return None
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    planned = state.get("config", {}).get("train", {}).get("max_steps")
+    step = int(state.get("step", -1))
+    # A run the --minutes cap stopped is resumed (for up to --minutes more) by the next invocation.
+    return step if planned is None or step >= int(planned) else None
+
+
+def _train_status(run: Path) -> str:
+    """``"step S of M"`` from the latest checkpoint, flagged when the time cap stopped the run early."""
+    from training.checkpoint import find_latest
+
+    ckpt = find_latest(run / "checkpoints")
+    state = json.loads((ckpt / "trainer_state.json").read_text()) if ckpt else {}
+    step, planned = state.get("step"), state.get("config", {}).get("train", {}).get("max_steps")
+    early = planned is not None and step is not None and int(step) < int(planned)
+    return f"step {step} of {planned}" + (" (stopped early by --minutes)" if early else "")
 
 
 def _geometry(a: argparse.Namespace, base_model: dict[str, Any]) -> dict[str, int]:
@@ -303,6 +401,12 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
               "", "![accuracy vs budget](accuracy_budget.png)", "", "## Budget heat-map", "",
               f"ARR-COC (projection) per-patch budgets at {100 * meta['train_fraction']:g}% for different questions "
               f"about the same image: {meta['heatmap']}.", "", "![budget heat-map](budget_heatmap.png)", ""]
+    if meta.get("training"):
+        lines += ["## Training runs", "",
+                  f"{len(meta['training'])} runs, {meta['parallel']} at a time, {meta['train_seconds']:.0f} s of "
+                  "wall clock in all (0 when every run was reused).", "",
+                  "| run | trained |", "|---|---|"]
+        lines += [f"| {r} | {st} |" for r, st in meta["training"].items()] + [""]
     if meta.get("failures"):
         lines += ["## Not evaluated", ""] + [f"- {x}" for x in meta["failures"]] + [""]
     path.write_text("\n".join(lines))
@@ -320,10 +424,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if a.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="acc_budget_smoke_"))
         work, out = Path(a.work or tmp / "runs"), Path(a.out or tmp / "results")
-        data = tmp / "bench"
+        # With --work the mini-benchmark lives beside the runs, so a second invocation reuses runs and data alike.
+        data = work / "smoke_bench"
         from training.benchmark import BenchmarkCfg, make_benchmark
 
-        make_benchmark(data, seed=0, sizes={"train": 16, "val": 4, "test": 8}, cfg=BenchmarkCfg.from_dict(SMOKE_GEN))
+        if not (data / "dataset_dict.json").is_file():
+            make_benchmark(data, seed=0, sizes={"train": 16, "val": 4, "test": 8},
+                           cfg=BenchmarkCfg.from_dict(SMOKE_GEN))
         a.train_config, a.eval_config = "configs/train/tiny.yaml", "configs/eval/tiny.yaml"
         a.steps = 2 if a.steps is None else a.steps
         base_model = SMOKE_MODEL
@@ -351,13 +458,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, dict[float, list[dict]]] = {}
     failures: list[str] = []
     cache: dict = {}
+    trainer = _Trainer(a, work)
+    runs: dict[int, dict[str, Any]] = {}
+    for seed in a.seeds:  # every training run first (in parallel with --parallel), then every evaluation
+        runs[seed] = {
+            "full": trainer.submit("full", arr("uniform", n, min_tokens=cells), seed, train_extra),
+            "proj": trainer.submit("arr_coc_projection", arr("projection", t_train), seed, train_extra),
+            "band": trainer.submit("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={
+                "levels": levels, "context_dim": geo["ctx"]}), seed, train_extra),
+            "uni": {f: trainer.submit(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), seed,
+                                      train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k},
+        }
+    t_train0 = time.perf_counter()
+    trainer.wait()
+    train_seconds = time.perf_counter() - t_train0
+    training = {str(r.relative_to(work)): _train_status(r) for rs in runs.values()
+                for r in [rs["full"], rs["proj"], rs["band"], *rs["uni"].values()]}
     for seed in a.seeds:
-        full = _train("full", arr("uniform", n, min_tokens=cells), a, seed, work, train_extra)
-        proj = _train("arr_coc_projection", arr("projection", t_train), a, seed, work, train_extra)
-        band = _train("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={
-            "levels": levels, "context_dim": geo["ctx"]}), a, seed, work, train_extra)
-        uni = {f: _train(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), a, seed, work,
-                         train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k}
+        full, proj, band, uni = (runs[seed][key] for key in ("full", "proj", "band", "uni"))
 
         def record(name: str, f: float, run: Path, method: str, frac: float | None) -> None:
             tag = f"{name}@{100 * f:g}%/seed{seed}"
@@ -374,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if f < 1:
                 for b in TRAINING_FREE:
                     record(b, f, full, b, f)
-            else:  # at 100% every training-free baseline is the full model
+            elif "full" in results:  # at 100% every training-free baseline is the full model
                 for b in TRAINING_FREE:
                     results.setdefault(b, {}).setdefault(f, []).append(results["full"][1.0][-1])
         for name, run in (("arr_coc_projection", proj), ("arr_coc_bandit", band)):
@@ -383,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for f in fractions:
             if f < 1 and f in uni:
                 record("uniform_trained", f, uni[f], "arr_coc", None)
-            elif f == 1:
+            elif f == 1 and "full" in results:
                 results.setdefault("uniform_trained", {}).setdefault(f, []).append(results["full"][1.0][-1])
         cache.clear()
 
@@ -395,11 +513,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _plot(results, methods, fractions, png, f"Accuracy vs visual tokens — {label}")
     heat_desc = _heatmap(work / f"seed{a.seeds[0]}" / "arr_coc_projection", a, a.train_fraction, heat, eval_extra,
                          f"ARR-COC per-patch budgets at {100 * a.train_fraction:g}% — {label}")
-    rows = results["full"][1.0][0]["n"]
+    rows = next((ss[0]["n"] for r in results.values() for ss in r.values() if ss), 0)
     meta = {"smoke": a.smoke, "seeds": a.seeds, "N": n, "train_fraction": a.train_fraction, "rows": rows,
             "command": "python -m scripts.bench_accuracy_budget " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
-            "heatmap": heat_desc, "failures": failures}
+            "heatmap": heat_desc, "failures": failures, "training": training, "parallel": a.parallel,
+            "train_seconds": round(train_seconds, 1)}
     md = out / "accuracy_budget.md"
     _write_md(md, results, methods, fractions, meta)
     (out / "accuracy_budget.json").write_text(json.dumps(

@@ -25,3 +25,23 @@ def test_bench_accuracy_budget_smoke(tmp_path):
             assert summaries[0]["mean_visual_tokens"] == round(64 * f)  # exactly the budget, every method
     saved = json.loads((tmp_path / "results" / "accuracy_budget.json").read_text())
     assert saved["meta"]["smoke"] is True
+
+
+def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
+    # --parallel 2: every model trains in its own child process (private process group, own log); the second
+    # invocation reuses every finished run instead of training again, and the report lists each run's steps.
+    from scripts.bench_accuracy_budget import main
+
+    args = ["--smoke", "--parallel", "2", "--fractions", "1", "0.25", "--out", str(tmp_path / "results"),
+            "--work", str(tmp_path / "runs")]
+    res = main(args)
+    assert res["failures"] == []
+    logs = sorted((tmp_path / "runs" / "seed0").glob("*/train.log"))
+    assert len(logs) == 4  # full, projection, bandit, uniform at 25%
+    md = res["md"].read_text()
+    assert "## Training runs" in md and md.count("| step 2 of 2 |") == 4
+    sizes = {p: p.stat().st_size for p in logs}
+    res2 = main(args)
+    assert {p: p.stat().st_size for p in logs} == sizes  # nothing retrained
+    assert res2["results"]["arr_coc_projection"][0.25][0]["accuracy"] == \
+        res["results"]["arr_coc_projection"][0.25][0]["accuracy"]
