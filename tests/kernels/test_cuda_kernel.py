@@ -245,3 +245,92 @@ def test_compile_fullgraph_cuda(ext):
     loss.backward()
     assert torch.equal(t.sum(-1), torch.full((4,), 150, device=DEV))
     assert y.grad is not None and bool(torch.isfinite(y.grad).all())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layouts the cases above do not reach: more rows than a 65,535 grid dimension, strided (non-contiguous) inputs,
+# bounds broadcast per column or per row (strides (0, 1) and (1, 0)) and budgets with a 0 or non-unit stride.
+
+
+def _max_rel_err(x: torch.Tensor, y, b, lo, hi) -> float:
+    ref = projection_forward(y.double(), b.double(), lo.double(), hi.double())
+    scale = ref.abs().amax(-1, keepdim=True).clamp_min(1)
+    return ((x.double() - ref).abs() / scale).max().item()
+
+
+@pytest.mark.parametrize("k", [45, 1030], ids=["warp_k45", "block_k1030"])
+def test_more_rows_than_grid_dim_limit(ext, k):
+    # R = 70,001 > 65,535 rows (and not a multiple of the 4 rows per block); K not a multiple of 32.
+    r = 70_001 if k <= dispatch.WARP_MAX_K else 66_001
+    g = torch.Generator().manual_seed(21)
+    y = (torch.randn(r, k, generator=g) * 5 + 3).to(DEV)
+    b = torch.full((r,), 4 * k, dtype=torch.long, device=DEV)
+    lo, hi = torch.tensor(0, device=DEV), torch.tensor(10, device=DEV)
+    x = dispatch.cuda_projection_forward(ext, y, b.float(), lo.float(), hi.float())
+    assert _max_rel_err(x, y, b, lo, hi) <= 1e-4
+    # Every row was written, the last ones included.
+    assert bool(((x.double().sum(-1) - b.double()).abs() <= 1e-3 * b.double()).all())
+    gy, gb = dispatch.cuda_projection_backward(ext, x, lo.float(), hi.float(), torch.ones_like(x))
+    assert gy.shape == x.shape and gb.shape == (r,)
+    assert torch.equal(gy, torch.zeros_like(gy))  # g constant: g - mean_F(g) = 0 on F, 0 off F
+    if k <= dispatch.WARP_MAX_K:
+        x2, t = dispatch.cuda_project_and_round(ext, y, b, lo, hi)
+        assert torch.equal(x2, x) and torch.equal(t.sum(-1), b)
+        assert torch.equal(t, round_largest_remainder(x2, b, lo, hi))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_inputs_and_broadcast_bounds(ext, dtype):
+    r, k = 300, 45
+    g = torch.Generator().manual_seed(22)
+    # y non-contiguous: the transpose of a (K, R) tensor.
+    y = (torch.randn(k, r, generator=g) * 20 + 30).to(dtype).to(DEV).t()
+    assert not y.is_contiguous()
+    lo = torch.randint(0, 5, (k,), generator=g).to(DEV)  # per column: strides (0, 1) once expanded
+    hi = torch.randint(50, 100, (r, 1), generator=g).to(DEV)  # per row: strides (1, 0)
+    lo_sum, hi_sum = lo.sum().expand(r), (hi * k).squeeze(-1)
+    b_wide = torch.stack([(lo_sum + hi_sum) // 2, torch.zeros_like(lo_sum)], -1)  # (R, 2)
+    b = b_wide[:, 0]  # int64, row stride 2: reaches the rounding as is
+    bf = b_wide.float()[:, 0]  # already the accumulation dtype, so dispatch passes it on without a copy
+    assert b.stride() == (2,) and bf.stride() == (2,)
+    acc = torch.float32
+    x = dispatch.cuda_projection_forward(ext, y, bf, lo.to(acc), hi.to(acc))
+    # Same bits as on contiguous, fully materialised inputs (the kernel's arithmetic does not depend on the strides).
+    yc, lof, hif = y.contiguous(), lo.expand(r, k).contiguous(), hi.expand(r, k).contiguous()
+    xc = dispatch.cuda_projection_forward(ext, yc, b.contiguous().to(acc), lof.to(acc), hif.to(acc))
+    assert torch.equal(x, xc)
+    assert _max_rel_err(x.float(), y.float(), b, lo, hi) <= 1e-4 + (1e-2 if dtype == torch.bfloat16 else 0)
+    # Fused rounding with the same layouts, and rounding of a non-contiguous x.
+    x2, t = dispatch.cuda_project_and_round(ext, y, b, lo, hi)
+    assert torch.equal(x2, x) and torch.equal(t.sum(-1), b)
+    assert torch.equal(t, round_largest_remainder(x2, b, lo, hi))
+    xt = x2.t().contiguous().t()  # same values, column-major
+    assert torch.equal(dispatch.cuda_round(ext, xt, b, lo, hi), t)
+    # Backward with an expanded (0-stride) incoming gradient and strided bounds.
+    g1 = torch.ones((), dtype=dtype, device=DEV).expand(r, k)
+    gy, gb = dispatch.cuda_projection_backward(ext, x, lo.to(acc), hi.to(acc), g1)
+    gy_ref, gb_ref = projection_backward(x, lof.to(acc), hif.to(acc), g1.contiguous())
+    torch.testing.assert_close(gy, gy_ref, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(gb, gb_ref, rtol=1e-2, atol=1e-2)
+    # The public op with a scalar budget (0-stride rows) on a 3-D strided y and (N, K) bounds.
+    y3 = (torch.randn(4, 10, k, generator=g) * 20 + 30).to(dtype).to(DEV)[:, ::2]  # (4, 5, K), non-contiguous
+    lo3 = torch.randint(0, 5, (5, k), generator=g).to(DEV)
+    b3 = int(lo3.sum(-1).max()) + 10 * k
+    x3 = capped_simplex_projection(y3, float(b3), lo3.float(), 60.0)
+    b3_rows = torch.full((4, 5), b3, device=DEV)
+    err3 = _max_rel_err(x3.float(), y3.float(), b3_rows, lo3, torch.tensor(60, device=DEV))
+    assert err3 <= 1e-4 + (1e-2 if dtype == torch.bfloat16 else 0)
+    _, t3 = project_and_round(y3, b3, lo3, 60)
+    assert torch.equal(t3.sum(-1), b3_rows)
+
+
+def test_negative_zero_remainders_rank_as_zero(ext):
+    # x = -0.0 entries must rank like +0.0 (ties to the lower index), not above every positive remainder.
+    x = torch.zeros(8, 40, device=DEV)
+    x[:, ::3] = -0.0
+    x[:, 5] = 0.25
+    x[:, 7] = 0.25
+    b = torch.full((8,), 3, device=DEV)
+    lo, hi = torch.tensor(0, device=DEV), torch.tensor(5, device=DEV)
+    t = dispatch.cuda_round(ext, x, b, lo, hi)
+    assert torch.equal(t, round_largest_remainder(x, b, lo, hi))

@@ -30,15 +30,35 @@ int pick_v(int64_t K) {
   return 0;
 }
 
-void check_2d(const at::Tensor& t, const char* name, int64_t R, int64_t K) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+void check_2d(const at::Tensor& t, const char* name, const at::Device& dev, int64_t R, int64_t K) {
+  TORCH_CHECK(t.device() == dev, "arr_coc: ", name, " must be on ", dev, ", got ", t.device());
   TORCH_CHECK(t.dim() == 2 && t.size(0) == R && t.size(1) == K, name, " must have shape (", R, ", ", K, "), got ",
               t.sizes());
 }
 
-void check_rows(const at::Tensor& t, const char* name, int64_t R) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+void check_rows(const at::Tensor& t, const char* name, const at::Device& dev, int64_t R) {
+  TORCH_CHECK(t.device() == dev, "arr_coc: ", name, " must be on ", dev, ", got ", t.device());
   TORCH_CHECK(t.dim() == 1 && t.size(0) == R, name, " must have shape (", R, ",), got ", t.sizes());
+}
+
+// K is an int in the kernels, whose block-path loops step k by kBlockThreads: keep k + kBlockThreads in range.
+void check_k(int64_t K) {
+  TORCH_CHECK(K >= 1 && K <= INT32_MAX - kBlockThreads, "arr_coc: K must be in [1, 2^31 - ", kBlockThreads,
+              "], got ", K);
+}
+
+// The (row, column)-strided bounds and the row/column counts, shared by the forward and backward arguments.
+template <typename Args>
+void set_bounds(Args& a, const at::Tensor& lo, const at::Tensor& hi, int64_t R, int64_t K) {
+  using acc_t = typename Args::acc_t;
+  a.lo = lo.data_ptr<acc_t>();
+  a.hi = hi.data_ptr<acc_t>();
+  a.lo_rs = lo.stride(0);
+  a.lo_cs = lo.stride(1);
+  a.hi_rs = hi.stride(0);
+  a.hi_cs = hi.stride(1);
+  a.R = R;
+  a.K = int(K);
 }
 
 }  // namespace
@@ -60,11 +80,11 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& y_in, const at::Tensor& b
   const c10::cuda::CUDAGuard guard(y_in.device());
   const at::Tensor y = y_in.contiguous();
   const int64_t R = y.size(0), K = y.size(1);
-  TORCH_CHECK(K >= 1 && K <= INT32_MAX, "arr_coc: K must be in [1, 2^31), got ", K);
+  check_k(K);
   const auto acc = y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  check_rows(budget, "budget", R);
-  check_2d(lo, "lo", R, K);
-  check_2d(hi, "hi", R, K);
+  check_rows(budget, "budget", y.device(), R);
+  check_2d(lo, "lo", y.device(), R, K);
+  check_2d(hi, "hi", y.device(), R, K);
   TORCH_CHECK(budget.scalar_type() == acc && lo.scalar_type() == acc && hi.scalar_type() == acc,
               "arr_coc: budget, lo and hi must be ", acc, " for y of dtype ", y.scalar_type());
   const bool rounding = mode != kProject;
@@ -72,7 +92,7 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& y_in, const at::Tensor& b
   if (rounding) {
     TORCH_CHECK(budget_i.has_value(), "arr_coc: the rounding modes need an int64 budget");
     bi = *budget_i;
-    check_rows(bi, "budget_i", R);
+    check_rows(bi, "budget_i", y.device(), R);
     TORCH_CHECK(bi.scalar_type() == at::kLong, "arr_coc: budget_i must be int64");
   }
   const int V = pick_v(K);
@@ -92,16 +112,9 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& y_in, const at::Tensor& b
     a.t = t.defined() ? t.data_ptr<int64_t>() : nullptr;
     a.budget = budget.data_ptr<acc_t>();
     a.budget_i = rounding ? bi.data_ptr<int64_t>() : nullptr;
-    a.lo = lo.data_ptr<acc_t>();
-    a.hi = hi.data_ptr<acc_t>();
     a.b_s = budget.stride(0);
     a.bi_s = rounding ? bi.stride(0) : 0;
-    a.lo_rs = lo.stride(0);
-    a.lo_cs = lo.stride(1);
-    a.hi_rs = hi.stride(0);
-    a.hi_cs = hi.stride(1);
-    a.R = R;
-    a.K = int(K);
+    set_bounds(a, lo, hi, R, K);
     a.mode = int(mode);
     launch_forward<scalar_t>(a, V, scalar_bounds, use_block, st);
   });
@@ -117,11 +130,12 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& x_in, const at::Tensor& 
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const int64_t R = x.size(0), K = x.size(1);
-  check_2d(g_in, "grad", R, K);
+  check_k(K);
+  check_2d(g_in, "grad", x.device(), R, K);
   TORCH_CHECK(g_in.scalar_type() == x.scalar_type(), "arr_coc: grad must have x's dtype");
   const at::Tensor g = g_in.contiguous();
-  check_2d(lo, "lo", R, K);
-  check_2d(hi, "hi", R, K);
+  check_2d(lo, "lo", x.device(), R, K);
+  check_2d(hi, "hi", x.device(), R, K);
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(lo.scalar_type() == acc && hi.scalar_type() == acc, "arr_coc: lo and hi must be ", acc);
   at::Tensor gy = at::empty_like(g);
@@ -132,20 +146,12 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& x_in, const at::Tensor& 
   const bool use_block = path == 2 || (path == 0 && V == 0);
   cudaStream_t st = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "arr_coc_projection_backward", [&] {
-    using acc_t = typename Acc<scalar_t>::type;
     BwdArgs<scalar_t> a;
     a.x = x.data_ptr<scalar_t>();
     a.g = g.data_ptr<scalar_t>();
     a.gy = gy.data_ptr<scalar_t>();
     a.gb = gb.data_ptr<scalar_t>();
-    a.lo = lo.data_ptr<acc_t>();
-    a.hi = hi.data_ptr<acc_t>();
-    a.lo_rs = lo.stride(0);
-    a.lo_cs = lo.stride(1);
-    a.hi_rs = hi.stride(0);
-    a.hi_cs = hi.stride(1);
-    a.R = R;
-    a.K = int(K);
+    set_bounds(a, lo, hi, R, K);
     launch_backward<scalar_t>(a, V, use_block, st);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -26,6 +26,7 @@ namespace arr_coc {
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kWarpsPerBlock = 4;        // rows per block on the warp path
 constexpr int kBlockThreads = 256;       // threads per row on the general path
+constexpr int kBlockWarps = kBlockThreads / 32;
 constexpr int kMaxIters = 200;           // safety cap; Newton typically converges in 3-8 evaluations
 constexpr int kWarpMaxV = 32;            // values per lane on the warp path: K <= 1024
 
@@ -49,63 +50,51 @@ __device__ __forceinline__ float clampv(float z, float lo, float hi) { return fm
 __device__ __forceinline__ double clampv(double z, double lo, double hi) { return fmin(fmax(z, lo), hi); }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// Warp reductions (xor butterflies: every lane ends with the same bits).
+// Reductions. Warp level: xor butterflies, so every lane ends with the same bits (op is commutative). Block level
+// (general path): per-warp butterflies, then every thread combines the warp partials in the same fixed order, so the
+// result is identical in every thread (block-uniform control flow). The trailing barrier lets the next reduction
+// reuse the same shared scratch.
 
-template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+struct SumOp {
+  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct MinOp {
+  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return fmin(a, b); }
+};
+struct MaxOp {
+  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return fmax(a, b); }
+};
+
+template <typename T, typename Op> __device__ __forceinline__ T warp_reduce(T v, Op op) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFull, v, o));
   return v;
 }
-template <typename T> __device__ __forceinline__ T warp_min(T v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmin(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
-template <typename T> __device__ __forceinline__ T warp_max(T v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
+template <typename T> __device__ __forceinline__ T warp_sum(T v) { return warp_reduce(v, SumOp()); }
+template <typename T> __device__ __forceinline__ T warp_min(T v) { return warp_reduce(v, MinOp()); }
+template <typename T> __device__ __forceinline__ T warp_max(T v) { return warp_reduce(v, MaxOp()); }
 __device__ __forceinline__ int warp_sum_int(int v) { return __reduce_add_sync(kFull, v); }
 
-// Block reductions for the general path: per-warp butterflies, then every thread sums the warp partials in the same
-// fixed order, so the result is identical in every thread (block-uniform control flow).
-template <typename T, int NW>
-__device__ __forceinline__ T block_sum(T v, T* sm) {
+// sm: NW elements of shared scratch; every thread of the block must call this (it has barriers).
+template <typename T, int NW, typename Op>
+__device__ __forceinline__ T block_reduce(T v, T* sm, Op op) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  v = warp_sum(v);
+  v = warp_reduce(v, op);
   if (lane == 0) sm[w] = v;
   __syncthreads();
   T r = sm[0];
 #pragma unroll
-  for (int i = 1; i < NW; ++i) r += sm[i];
+  for (int i = 1; i < NW; ++i) r = op(r, sm[i]);
   __syncthreads();
   return r;
 }
-template <typename T, int NW>
-__device__ __forceinline__ T block_min(T v, T* sm) {
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  v = warp_min(v);
-  if (lane == 0) sm[w] = v;
-  __syncthreads();
-  T r = sm[0];
-#pragma unroll
-  for (int i = 1; i < NW; ++i) r = fmin(r, sm[i]);
-  __syncthreads();
-  return r;
-}
-template <typename T, int NW>
-__device__ __forceinline__ T block_max(T v, T* sm) {
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  v = warp_max(v);
-  if (lane == 0) sm[w] = v;
-  __syncthreads();
-  T r = sm[0];
-#pragma unroll
-  for (int i = 1; i < NW; ++i) r = fmax(r, sm[i]);
-  __syncthreads();
-  return r;
-}
+
+// Shared scratch of the general path's block reductions: one slot per warp for acc_t values and for int counts.
+template <typename acc_t>
+struct BlockScratch {
+  acc_t v[kBlockWarps];
+  int n[kBlockWarps];
+};
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Kernel arguments. lo/hi are acc_t tensors addressed by (row, column) strides, so a scalar bound (strides 0, 0), a
@@ -212,16 +201,18 @@ __device__ __forceinline__ unsigned warp_select_top(const KeyT (&u)[V], int n, u
 
 // Keys for largest-remainder rounding: larger key = picked first. rem is in [0, 1]; non-negative IEEE bit patterns
 // are ordered like the values. Ineligible entries get key 0, below every eligible one, as in the reference, which
-// sorts them last with keys -1 (up) and 2 (down).
-__device__ __forceinline__ uint32_t up_key(float rem, bool ok) { return ok ? __float_as_uint(rem) + 1u : 0u; }
-__device__ __forceinline__ uint32_t down_key(float rem, bool ok) {
-  return ok ? 0x3F800001u - __float_as_uint(rem) : 0u;
+// sorts them last with keys -1 (up) and 2 (down). The sign bit is cleared first: rem can be -0.0 (x = -0.0 with
+// f = +0.0, and fmax/fmin do not order signed zeros), which compares equal to 0 in the reference's sort but whose
+// bit pattern would otherwise rank above every positive remainder.
+__device__ __forceinline__ uint32_t rem_bits(float rem) { return __float_as_uint(rem) & 0x7FFFFFFFu; }
+__device__ __forceinline__ uint64_t rem_bits(double rem) {
+  return uint64_t(__double_as_longlong(rem)) & 0x7FFFFFFFFFFFFFFFull;
 }
-__device__ __forceinline__ uint64_t up_key(double rem, bool ok) {
-  return ok ? uint64_t(__double_as_longlong(rem)) + 1ull : 0ull;
-}
+__device__ __forceinline__ uint32_t up_key(float rem, bool ok) { return ok ? rem_bits(rem) + 1u : 0u; }
+__device__ __forceinline__ uint32_t down_key(float rem, bool ok) { return ok ? 0x3F800001u - rem_bits(rem) : 0u; }
+__device__ __forceinline__ uint64_t up_key(double rem, bool ok) { return ok ? rem_bits(rem) + 1ull : 0ull; }
 __device__ __forceinline__ uint64_t down_key(double rem, bool ok) {
-  return ok ? 0x3FF0000000000001ull - uint64_t(__double_as_longlong(rem)) : 0ull;
+  return ok ? 0x3FF0000000000001ull - rem_bits(rem) : 0ull;
 }
 
 // Largest-remainder selection of D entries up (D > 0) or -D entries down (D < 0); rem_t is float or double.
@@ -241,6 +232,41 @@ __device__ __forceinline__ void select_rounding(const rem_t (&rem)[V], const boo
     for (int j = 0; j < V; ++j) u[j] = down_key(rem[j], can_down[j]);
     down = warp_select_top<V, KeyT>(u, int(-D < K ? -D : K), hist, lane);
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// The safeguarded Newton iteration on tau, shared by both paths. Every argument is uniform over the threads of a row
+// (warp or block), so every branch is too.
+
+// The tolerance on s(tau) - B and the first tau, from the bracket [tl, th], sum(y) and sum|lo| of the row.
+template <typename acc_t>
+__device__ __forceinline__ void newton_start(acc_t B, acc_t tl, acc_t th, acc_t sy, acc_t slo, int K, acc_t& tol,
+                                             acc_t& tau) {
+  // At the root sum|x| <= |B| + 2 sum|lo|; float sums of it are exact to a few eps of that.
+  tol = acc_t(8) * Lim<acc_t>::eps() * (fabs(B) + acc_t(2) * slo);
+  // Start from the all-free root (exact when no bound binds), clamped into the bracket.
+  tau = fmin(fmax((sy - B) / acc_t(K), tl), th);
+}
+
+// After evaluating s = s(tau) and nf = |F(tau)| (iteration it): returns true when converged, else shrinks the bracket
+// and moves tau (a Newton step, or a bisection where Newton would leave the bracket). r gets s - B.
+template <typename acc_t>
+__device__ __forceinline__ bool newton_step(acc_t s, int nf, acc_t B, acc_t tol, int it, acc_t& tau, acc_t& tl,
+                                            acc_t& th, acc_t& r) {
+  r = s - B;
+  if (fabs(r) <= tol || it >= kMaxIters) return true;
+  if (r > 0) tl = tau; else th = tau;
+  // A bracket at float resolution pins the root: tau cannot be represented any closer.
+  if (th - tl <= acc_t(2) * Lim<acc_t>::eps() * fmax(fabs(tl), fabs(th))) return true;
+  const acc_t tn = tau + r / acc_t(nf);
+  tau = (nf > 0 && tn > tl && tn < th) ? tn : acc_t(0.5) * (tl + th);
+  return false;
+}
+
+// Exact final step on the active set of the last evaluation, kept inside the bracket.
+template <typename acc_t>
+__device__ __forceinline__ acc_t newton_finish(acc_t tau, acc_t r, int nf, acc_t tl, acc_t th) {
+  return nf > 0 ? fmin(fmax(tau + r / acc_t(nf), tl), th) : tau;
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -293,10 +319,8 @@ projection_warp_kernel(const ProjArgs<scalar_t> a) {
     th = warp_max(th);
     sy = warp_sum(sy);
     slo = warp_sum(slo);
-    // At the root sum|x| <= |B| + 2 sum|lo|; float sums of it are exact to a few eps of that.
-    const acc_t tol = acc_t(8) * Lim<acc_t>::eps() * (fabs(B) + acc_t(2) * slo);
-    // Start from the all-free root (exact when no bound binds), clamped into the bracket.
-    tau = fmin(fmax((sy - B) / acc_t(K), tl), th);
+    acc_t tol;
+    newton_start(B, tl, th, sy, slo, K, tol, tau);
     acc_t r = 0;
     int nf = 0;
 #pragma unroll 1
@@ -316,16 +340,9 @@ projection_warp_kernel(const ProjArgs<scalar_t> a) {
       }
       s = warp_sum(s);
       nf = warp_sum_int(f);
-      r = s - B;
-      if (fabs(r) <= tol || it >= kMaxIters) break;
-      if (r > 0) tl = tau; else th = tau;
-      // A bracket at float resolution pins the root: tau cannot be represented any closer.
-      if (th - tl <= acc_t(2) * Lim<acc_t>::eps() * fmax(fabs(tl), fabs(th))) break;
-      const acc_t tn = tau + r / acc_t(nf);
-      tau = (nf > 0 && tn > tl && tn < th) ? tn : acc_t(0.5) * (tl + th);
+      if (newton_step(s, nf, B, tol, it, tau, tl, th, r)) break;
     }
-    // Exact final step on the active set of the last evaluation, kept inside the bracket.
-    if (nf > 0) tau = fmin(fmax(tau + r / acc_t(nf), tl), th);
+    tau = newton_finish(tau, r, nf, tl, th);
   }
 
   // Output x (in the input dtype) and, for rounding, the stored value read back exactly.
@@ -388,9 +405,7 @@ projection_warp_kernel(const ProjArgs<scalar_t> a) {
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBlockThreads) projection_block_kernel(const ProjArgs<scalar_t> a) {
   using acc_t = typename Acc<scalar_t>::type;
-  constexpr int NW = kBlockThreads / 32;
-  __shared__ acc_t sm[NW];
-  __shared__ int smi[NW];
+  __shared__ BlockScratch<acc_t> sm;
   const int64_t row = blockIdx.x;
   const int K = a.K;
   const scalar_t* yr = a.y + row * K;
@@ -405,12 +420,12 @@ __global__ void __launch_bounds__(kBlockThreads) projection_block_kernel(const P
     sy += yk;
     slo += fabs(l);
   }
-  tl = block_min<acc_t, NW>(tl, sm);
-  th = block_max<acc_t, NW>(th, sm);
-  sy = block_sum<acc_t, NW>(sy, sm);
-  slo = block_sum<acc_t, NW>(slo, sm);
-  const acc_t tol = acc_t(8) * Lim<acc_t>::eps() * (fabs(B) + acc_t(2) * slo);
-  acc_t tau = fmin(fmax((sy - B) / acc_t(K), tl), th);
+  tl = block_reduce<acc_t, kBlockWarps>(tl, sm.v, MinOp());
+  th = block_reduce<acc_t, kBlockWarps>(th, sm.v, MaxOp());
+  sy = block_reduce<acc_t, kBlockWarps>(sy, sm.v, SumOp());
+  slo = block_reduce<acc_t, kBlockWarps>(slo, sm.v, SumOp());
+  acc_t tol, tau;
+  newton_start(B, tl, th, sy, slo, K, tol, tau);
   acc_t r = 0;
   int nf = 0;
   for (int it = 0;; ++it) {
@@ -421,16 +436,11 @@ __global__ void __launch_bounds__(kBlockThreads) projection_block_kernel(const P
       s += clampv(z, l, h);
       f += int(z > l && z < h);
     }
-    s = block_sum<acc_t, NW>(s, sm);
-    nf = block_sum<int, NW>(f, smi);
-    r = s - B;
-    if (fabs(r) <= tol || it >= kMaxIters) break;
-    if (r > 0) tl = tau; else th = tau;
-    if (th - tl <= acc_t(2) * Lim<acc_t>::eps() * fmax(fabs(tl), fabs(th))) break;
-    const acc_t tn = tau + r / acc_t(nf);
-    tau = (nf > 0 && tn > tl && tn < th) ? tn : acc_t(0.5) * (tl + th);
+    s = block_reduce<acc_t, kBlockWarps>(s, sm.v, SumOp());
+    nf = block_reduce<int, kBlockWarps>(f, sm.n, SumOp());
+    if (newton_step(s, nf, B, tol, it, tau, tl, th, r)) break;
   }
-  if (nf > 0) tau = fmin(fmax(tau + r / acc_t(nf), tl), th);
+  tau = newton_finish(tau, r, nf, tl, th);
   for (int k = threadIdx.x; k < K; k += kBlockThreads) {
     const acc_t xk = clampv(static_cast<acc_t>(yr[k]) - tau, lor[k * a.lo_cs], hir[k * a.hi_cs]);
     a.x[row * K + k] = static_cast<scalar_t>(xk);
@@ -478,9 +488,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) backward_warp_kernel(cons
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBlockThreads) backward_block_kernel(const BwdArgs<scalar_t> a) {
   using acc_t = typename Acc<scalar_t>::type;
-  constexpr int NW = kBlockThreads / 32;
-  __shared__ acc_t sm[NW];
-  __shared__ int smi[NW];
+  __shared__ BlockScratch<acc_t> sm;
   const int64_t row = blockIdx.x;
   const int K = a.K;
   auto free_at = [&](int k) {
@@ -491,8 +499,8 @@ __global__ void __launch_bounds__(kBlockThreads) backward_block_kernel(const Bwd
   int n = 0;
   for (int k = threadIdx.x; k < K; k += kBlockThreads)
     if (free_at(k)) { sg += static_cast<acc_t>(a.g[row * K + k]); ++n; }
-  sg = block_sum<acc_t, NW>(sg, sm);
-  n = block_sum<int, NW>(n, smi);
+  sg = block_reduce<acc_t, kBlockWarps>(sg, sm.v, SumOp());
+  n = block_reduce<int, kBlockWarps>(n, sm.n, SumOp());
   const acc_t mean = n > 0 ? sg / acc_t(n) : acc_t(0);
   for (int k = threadIdx.x; k < K; k += kBlockThreads)
     a.gy[row * K + k] = static_cast<scalar_t>(free_at(k) ? static_cast<acc_t>(a.g[row * K + k]) - mean : acc_t(0));

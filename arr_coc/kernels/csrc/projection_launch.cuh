@@ -7,9 +7,17 @@
 
 namespace arr_coc {
 
+// gridDim.x is at most 2^31 - 1 (gridDim.y/z are not used: they cap at 65,535). A silent unsigned wrap would skip
+// rows, so refuse instead.
+inline dim3 grid_1d(int64_t blocks) {
+  TORCH_CHECK(blocks >= 1 && blocks <= INT32_MAX, "arr_coc: ", blocks, " blocks exceed the grid limit of 2^31 - 1");
+  return dim3(unsigned(blocks));
+}
+inline dim3 warp_grid(int64_t R) { return grid_1d((R + kWarpsPerBlock - 1) / kWarpsPerBlock); }
+
 template <typename scalar_t, bool S>
 void launch_forward_warp(const ProjArgs<scalar_t>& a, int V, cudaStream_t st) {
-  const dim3 grid(unsigned((a.R + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
+  const dim3 grid = warp_grid(a.R), block(kWarpsPerBlock * 32);
   switch (V) {
 #define ARR_COC_CASE(v) \
   case v: projection_warp_kernel<scalar_t, v, S><<<grid, block, 0, st>>>(a); break;
@@ -23,7 +31,7 @@ void launch_forward_warp(const ProjArgs<scalar_t>& a, int V, cudaStream_t st) {
 template <typename scalar_t>
 void launch_forward(const ProjArgs<scalar_t>& a, int V, bool scalar_bounds, bool use_block, cudaStream_t st) {
   if (use_block) {
-    projection_block_kernel<scalar_t><<<dim3(unsigned(a.R)), dim3(kBlockThreads), 0, st>>>(a);
+    projection_block_kernel<scalar_t><<<grid_1d(a.R), dim3(kBlockThreads), 0, st>>>(a);
   } else if (scalar_bounds) {
     launch_forward_warp<scalar_t, true>(a, V, st);
   } else {
@@ -34,10 +42,10 @@ void launch_forward(const ProjArgs<scalar_t>& a, int V, bool scalar_bounds, bool
 template <typename scalar_t>
 void launch_backward(const BwdArgs<scalar_t>& a, int V, bool use_block, cudaStream_t st) {
   if (use_block) {
-    backward_block_kernel<scalar_t><<<dim3(unsigned(a.R)), dim3(kBlockThreads), 0, st>>>(a);
+    backward_block_kernel<scalar_t><<<grid_1d(a.R), dim3(kBlockThreads), 0, st>>>(a);
     return;
   }
-  const dim3 grid(unsigned((a.R + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(kWarpsPerBlock * 32);
+  const dim3 grid = warp_grid(a.R), block(kWarpsPerBlock * 32);
   switch (V) {
 #define ARR_COC_CASE(v) \
   case v: backward_warp_kernel<scalar_t, v><<<grid, block, 0, st>>>(a); break;
