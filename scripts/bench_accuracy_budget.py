@@ -62,7 +62,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     p.add_argument("--train-fraction", type=float, default=0.25, help="budget the ARR-COC models are trained at")
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the train config's)")
+    p.add_argument("--steps", default=None,
+                   help="training steps per model (default: the train config's), or 'auto' with --minutes: probe every "
+                        "model for --probe-steps steps, all at once as in the real run, and give every model the same "
+                        "number of steps, as many as the slowest one fits in --minutes")
+    p.add_argument("--probe-steps", type=int, default=30, help="steps per model of the --steps auto probe")
     p.add_argument("--eval-samples", type=int, default=None, help="test rows to evaluate (default: all)")
     p.add_argument("--train-override", nargs="*", default=[], help="extra key=value for every training run")
     p.add_argument("--parallel", type=int, default=1,
@@ -75,6 +79,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     for f in args.fractions:
         if not 0 < f <= 1:
             raise ValueError(f"--fractions must lie in (0, 1], got {f}")
+    if args.steps is not None and args.steps != "auto":
+        try:
+            args.steps = int(args.steps)
+        except ValueError:
+            raise ValueError(f"--steps must be an integer or 'auto', got {args.steps!r}") from None
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.steps == "auto" and args.minutes is None:
+        raise ValueError("--steps auto needs --minutes (the wall clock the steps must fit in)")
+    if args.probe_steps < 2:
+        raise ValueError(f"--probe-steps must be >= 2, got {args.probe_steps}")
     if args.parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {args.parallel}")
     if args.minutes is not None and not args.minutes > 0:
@@ -172,6 +187,37 @@ class _Trainer:
                                     stderr=subprocess.STDOUT, env=env)
             running.append((label, run, proc, log))
         reap(block=True)
+
+
+def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 0.15) -> dict[str, Any]:
+    """``--steps auto``: train every model of the first seed for ``--probe-steps`` steps at once (as the real run
+    will), read each run's seconds per step from its ``log.csv`` (the last logged interval, past start-up), and return
+    the steps the slowest model fits in ``--minutes`` less ``margin`` (for start-up and the final checkpoint)."""
+    import copy
+    import csv
+
+    pa = copy.copy(a)
+    pa.steps, pa.minutes = a.probe_steps, None
+    pa.train_override = [*a.train_override, f"train.log_every={max(1, a.probe_steps // 3)}", "train.save_every=null"]
+    trainer = _Trainer(pa, work / "probe")
+    runs = submit_all(trainer, a.seeds[0])
+    trainer.wait()
+    speed: dict[str, float] = {}
+    for r in [runs["full"], runs["proj"], runs["band"], *runs["uni"].values()]:
+        rows = list(csv.DictReader(open(r / "log.csv")))
+        if not rows:
+            raise RuntimeError(f"probe run {r} logged no steps; cannot choose --steps auto")
+        from training.checkpoint import find_latest
+
+        state = json.loads((find_latest(r / "checkpoints") / "trainer_state.json").read_text())
+        batch = int(state["config"]["train"]["batch_size"])
+        speed[r.name] = batch / float(rows[-1]["samples_per_s"])  # seconds per optimizer step
+    slowest = max(speed, key=speed.get)
+    steps = max(1, int((1 - margin) * 60 * a.minutes / speed[slowest]))
+    print(f"[bench] --steps auto: {steps} steps ({slowest} is slowest at {speed[slowest]:.3f} s/step)",
+          file=sys.stderr)
+    return {"steps": steps, "slowest": slowest, "seconds_per_step": speed[slowest], "minutes": a.minutes,
+            "margin": margin, "seconds_per_step_by_run": speed}
 
 
 def _final_step(run: Path) -> int | None:
@@ -404,8 +450,13 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
     if meta.get("training"):
         lines += ["## Training runs", "",
                   f"{len(meta['training'])} runs, {meta['parallel']} at a time, {meta['train_seconds']:.0f} s of "
-                  "wall clock in all (0 when every run was reused).", "",
-                  "| run | trained |", "|---|---|"]
+                  "wall clock in all (0 when every run was reused).", ""]
+        if meta.get("probe"):
+            pr = meta["probe"]
+            lines += [f"Steps chosen by `--steps auto`: {pr['steps']} for every model, what the slowest "
+                      f"(`{pr['slowest']}`, {pr['seconds_per_step']:.3f} s/step with all runs training at once) fits "
+                      f"in {pr['minutes']:g} minutes less {100 * pr['margin']:g}%.", ""]
+        lines += ["| run | trained |", "|---|---|"]
         lines += [f"| {r} | {st} |" for r, st in meta["training"].items()] + [""]
     if meta.get("failures"):
         lines += ["## Not evaluated", ""] + [f"- {x}" for x in meta["failures"]] + [""]
@@ -458,10 +509,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, dict[float, list[dict]]] = {}
     failures: list[str] = []
     cache: dict = {}
-    trainer = _Trainer(a, work)
-    runs: dict[int, dict[str, Any]] = {}
-    for seed in a.seeds:  # every training run first (in parallel with --parallel), then every evaluation
-        runs[seed] = {
+    def submit_all(trainer: _Trainer, seed: int) -> dict[str, Any]:
+        return {
             "full": trainer.submit("full", arr("uniform", n, min_tokens=cells), seed, train_extra),
             "proj": trainer.submit("arr_coc_projection", arr("projection", t_train), seed, train_extra),
             "band": trainer.submit("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={
@@ -469,6 +518,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "uni": {f: trainer.submit(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), seed,
                                       train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k},
         }
+
+    probe = None
+    if a.steps == "auto":
+        probe = _probe_steps(a, work, submit_all)
+        a.steps = probe["steps"]
+    trainer = _Trainer(a, work)
+    runs: dict[int, dict[str, Any]] = {}
+    for seed in a.seeds:  # every training run first (in parallel with --parallel), then every evaluation
+        runs[seed] = submit_all(trainer, seed)
     t_train0 = time.perf_counter()
     trainer.wait()
     train_seconds = time.perf_counter() - t_train0
@@ -518,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "command": "python -m scripts.bench_accuracy_budget " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
             "heatmap": heat_desc, "failures": failures, "training": training, "parallel": a.parallel,
-            "train_seconds": round(train_seconds, 1)}
+            "train_seconds": round(train_seconds, 1), "probe": probe}
     md = out / "accuracy_budget.md"
     _write_md(md, results, methods, fractions, meta)
     (out / "accuracy_budget.json").write_text(json.dumps(

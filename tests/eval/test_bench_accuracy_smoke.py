@@ -45,3 +45,28 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
     assert {p: p.stat().st_size for p in logs} == sizes  # nothing retrained
     assert res2["results"]["arr_coc_projection"][0.25][0]["accuracy"] == \
         res["results"]["arr_coc_projection"][0.25][0]["accuracy"]
+
+
+def test_bench_accuracy_budget_arguments_are_checked():
+    from scripts.bench_accuracy_budget import main
+
+    with pytest.raises(ValueError, match="needs --minutes"):
+        main(["--smoke", "--steps", "auto"])
+    with pytest.raises(ValueError, match="'many'"):
+        main(["--smoke", "--steps", "many"])
+    with pytest.raises(ValueError, match="--parallel must be >= 1, got 0"):
+        main(["--smoke", "--parallel", "0"])
+
+
+@pytest.mark.slow
+def test_bench_accuracy_budget_steps_auto(tmp_path):
+    # --steps auto probes every model at once, then gives all of them the same step count, which the report states.
+    from scripts.bench_accuracy_budget import main
+
+    res = main(["--smoke", "--parallel", "4", "--fractions", "1", "0.25", "--steps", "auto", "--minutes", "0.5",
+                "--probe-steps", "3", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")])
+    md = res["md"].read_text()
+    assert "Steps chosen by `--steps auto`" in md
+    saved = json.loads((tmp_path / "results" / "accuracy_budget.json").read_text())
+    steps = saved["meta"]["probe"]["steps"]
+    assert steps >= 1 and md.count(f"| step {steps} of {steps}") + md.count("stopped early") == 4
