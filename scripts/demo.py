@@ -1,10 +1,17 @@
-"""The main job: run the ARR-COC layer (default ARR-COC-0-1 preset) on generated images with several queries.
+"""The main job: show query-aware token budgets. Two modes, chosen by whether trained weights are present.
 
     make demo                       # or: python -m scripts.demo --out outputs/demo
 
-For each image it asks colour questions ("where is the red shape?" ...), prints a per-patch budget summary table and
-writes a heat-map PNG of the budgets over the image, one panel per query. No weights are downloaded: the features
-come from a fixed, hand-built extractor (mean colour, similarity to a colour palette, edge energy, and fixed random
+**Trained model** (``--weights``, default ``weights/arr_coc_bench``, written by ``scripts/export_model.py`` from the
+accuracy benchmark's ARR-COC run): renders test scenes of the generated VQA benchmark, asks two questions about two
+different shapes of the same image, and for each prints the model's answer, the right answer and the share of the
+visual tokens that landed in the queried shape's box, and draws the per-patch budgets over the image, one panel per
+question (``outputs/demo/trained_image*.png``). The same image with two questions gets two heat-maps.
+
+**Untrained layer** (when no weights are present): runs the ``ArrCoc`` layer alone (default ARR-COC-0-1 preset:
+K=200, 13,200 tokens, 64..400) on generated images with colour questions ("where is the red shape?" ...), prints a
+per-patch budget table and writes ``outputs/demo/budgets_image*.png``. No weights are downloaded: the features come
+from a fixed, hand-built extractor (mean colour, similarity to a colour palette, edge energy, and fixed random
 projections of each cell's pixels), and a query is the palette direction of its colour in that same feature space.
 The participatory projections start as identities (``identity_init=True``), so before any training the query's
 relevance is plain feature-query similarity; the balancing weights favour it (2.0 vs 0.5) so the effect is visible.
@@ -100,18 +107,106 @@ def patches_of(shape: dict) -> set[int]:
     return {rr * GRID[1] + cc for rr in rows for cc in cols}
 
 
-def main(argv: list[str] | None = None) -> None:
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "arr_coc_bench"
+
+
+def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
+    """Two questions about two shapes of each benchmark test image, answered by the trained model; see the docstring.
+
+    Returns ``{"rows": [...], "pngs": [...]}``, one row per (image, question).
+    """
+    import dataclasses
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from eval.baselines import create_method
+    from eval.run_eval import target_fraction
+    from models.pretrained import load_pretrained
+    from training.benchmark import BenchmarkCfg, make_question, render_scene, sample_scene
+
+    model, processor = load_pretrained(weights)
+    info = json.loads((weights / "config.json").read_text())
+    gen = dict(info.get("metadata", {}).get("benchmark") or {})
+    gen.setdefault("image_size", processor.image_size[0])
+    bcfg = BenchmarkCfg.from_dict(gen)
+    method = create_method("arr_coc", model, None)
+    gh, gw = model.vision.patch_grid
+    print(f"trained model: {weights} (step {info.get('metadata', {}).get('step')}), {method.num_tokens} of "
+          f"{method.full_tokens} visual tokens, {gh}x{gw} patches, allocator {model.arr_coc.attending.registry_name}")
+    header = f"{'image':>5}  {'question':<40} {'answer':>6} {'model':>6}  {'tokens in box':>13}  {'box area':>8}"
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(seed)
+    rows, pngs = [], []
+    for i in range(images):
+        scene = sample_scene(rng, bcfg, "test")
+        while len(scene.objects) < 2:
+            scene = sample_scene(rng, bcfg, "test")
+        img = render_scene(scene, bcfg)
+        h, w = img.shape[:2]
+        picks = rng.choice(len(scene.objects), size=2, replace=False)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
+        for ax, j in zip(axes, picks):
+            q = make_question(dataclasses.replace(scene, objects=(scene.objects[int(j)],)), rng, bcfg, "digit")
+            batch = processor([img], [q.question])
+            with torch.no_grad():
+                res = method.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
+                                      query_input_ids=batch["query_input_ids"],
+                                      query_attention_mask=batch["query_attention_mask"], max_new_tokens=4,
+                                      do_sample=False, eos_token_id=processor.tokenizer.eos_token_id)
+            pred = processor.batch_decode(res.sequences)[0]
+            share = target_fraction(res.positions[0], q.target_box, (w, h))
+            x0, y0, x1, y1 = q.target_box
+            area = (x1 - x0) * (y1 - y0) / (w * h)
+            rows.append({"image": i, "question": q.question, "answer": q.answer, "prediction": pred,
+                         "tokens_in_box": share, "box_area": area, "budgets": res.budgets[0].tolist()})
+            print(f"{i:>5}  {q.question:<40} {q.answer:>6} {pred:>6}  {share:>13.1%}  {area:>8.1%}")
+            grid = res.budgets[0].reshape(gh, gw).float().numpy()
+            ax.imshow(img)
+            im = ax.imshow(grid, cmap="magma", alpha=0.55, extent=(0, w, h, 0), interpolation="nearest")
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=1.5))
+            ax.set_title(f"{q.question}\nmodel: {pred!r} (answer {q.answer}); {share:.0%} of tokens in the box",
+                         fontsize=8)
+            ax.axis("off")
+            fig.colorbar(im, ax=ax, fraction=0.04, label="tokens per patch")
+        fig.tight_layout()
+        path = out / f"trained_image{i}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        pngs.append(path)
+        print(f"       wrote {path}")
+    return {"rows": rows, "pngs": pngs}
+
+
+def main(argv: list[str] | None = None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="outputs/demo", help="folder for the heat-map PNGs")
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--allocator", default="projection")
+    ap.add_argument("--allocator", default="projection", help="untrained-layer mode: the allocator")
+    ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
+                    help="trained model folder (scripts/export_model.py); 'none' forces the untrained-layer mode")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.weights != "none":
+        weights = Path(args.weights)
+        if (weights / "config.json").is_file():
+            res = trained_demo(weights, out, args.images, args.seed)
+            print(f"done in {time.perf_counter() - t0:.1f} s")
+            return res
+        if args.weights != str(DEFAULT_WEIGHTS):
+            raise ValueError(f"--weights {args.weights!r} is not a trained model folder (no config.json)")
+        print(f"No trained weights at {weights} (they come from scripts/gpu_accuracy_session.sh on a GPU, then "
+              "scripts/export_model.py); showing the untrained ArrCoc layer with hand-built features.\n")
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
 
     layer = ArrCoc(D, D, attn_dim=D, identity_init=True, allocator=args.allocator)  # K=200, 13,200, 64..400
     with torch.no_grad():
@@ -160,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         plt.close(fig)
         print(f"      wrote {path}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
+    return None
 
 
 if __name__ == "__main__":

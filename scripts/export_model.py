@@ -1,0 +1,67 @@
+"""Export a trained run's model as a self-contained folder (``models/pretrained.py``) for inference and the demo.
+
+    python -m scripts.export_model --run runs/acc_budget/seed0/arr_coc_projection --out weights/arr_coc_bench
+    python -m scripts.export_model --run runs/bench/checkpoints/step_00004000 --out /tmp/m --dtype float32
+
+``--run`` is a training output folder (its latest checkpoint) or one checkpoint folder. The folder written holds
+``config.json``, ``model.safetensors`` (cast to ``--dtype``, bf16 by default: half the bytes) and ``processor/``.
+Prints one JSON line: where, size in MiB, parameter count, the checkpoint's step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m scripts.export_model", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="training output folder or checkpoint folder")
+    p.add_argument("--out", required=True, help="destination folder (replaced if it exists)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--max-mb", type=float, default=None, help="fail if the weights file is larger (MiB)")
+    a = p.parse_args(argv)
+
+    from eval.run_eval import _model_dict, _resolve_checkpoint
+    from models.builders import build_model
+    from models.pretrained import save_pretrained
+    from models.vlm import load_state_dict_nonstrict
+    from safetensors.torch import load_file
+
+    ckpt = _resolve_checkpoint(a.run)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    train_cfg = state.get("config", {})
+    model_cfg = _model_dict(train_cfg.get("model_preset", "tiny"), train_cfg.get("model", {}))
+    model, processor = build_model(model_cfg)
+    load_state_dict_nonstrict(model, load_file(str(ckpt / "model.safetensors")))
+    bench = None  # the generator settings of the benchmark it was trained on, so the demo draws the same scenes
+    data_path = train_cfg.get("data", {}).get("path")
+    if train_cfg.get("data", {}).get("source") == "benchmark" and data_path:
+        from training.data import read_manifest
+
+        try:
+            bench = read_manifest(data_path).get("generator")
+        except (OSError, ValueError):
+            bench = None
+    out = save_pretrained(model, processor, model_cfg, a.out, dtype=a.dtype,
+                          metadata={"checkpoint": str(ckpt.resolve()), "step": state.get("step"),
+                                    "train_seed": train_cfg.get("train", {}).get("seed"), "benchmark": bench})
+    mib = (out / "model.safetensors").stat().st_size / 2**20
+    res = {"out": str(out), "weights_mib": round(mib, 2), "params": sum(t.numel() for t in model.state_dict().values()),
+           "step": state.get("step"), "dtype": a.dtype}
+    print(json.dumps(res))
+    if a.max_mb is not None and mib > a.max_mb:
+        import shutil
+
+        shutil.rmtree(out)
+        print(f"weights are {mib:.1f} MiB, over --max-mb {a.max_mb}; removed {out}", file=sys.stderr)
+        raise SystemExit(1)
+    return res
+
+
+if __name__ == "__main__":
+    main()

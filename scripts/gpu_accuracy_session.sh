@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One GPU call for issue 7's accuracy-vs-budget benchmark: generate the benchmark, train every model at once on the
+# one GPU (`--parallel`), evaluate every method at every token fraction, export the trained ARR-COC model for the
+# demo, and bring back the table, the figures and the small checkpoint. A fresh machine is bare and goes back 30 s
+# after a call, so everything happens inside this one call (about 10 minutes).
+#
+#   here, once:   bash scripts/fetch_gpu_wheels.sh        # open_clip_torch + datasets (+ deps) into .whl/
+#   device tool:  run(command="bash scripts/gpu_accuracy_session.sh", carry=[".whl"], timeout_s=600)
+#   CPU dry run:  SMOKE=1 OUT=/tmp/acc_out bash scripts/gpu_accuracy_session.sh   # tiny models, checks the plumbing
+#
+# Knobs (environment): TRAIN_MINUTES (default 5) is the wall clock every model's steps must fit in (`--steps auto`
+# probes all models at once and gives each the steps the slowest fits); TRAIN_SIZE (default 30000) and TEST_SIZE
+# (default 1000) the generated splits; PARALLEL (default 6) the models trained at once; EVAL_SAMPLES (default
+# TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe.
+# Writes to $OUT (at most 8 files come back, 16 MiB each): summary.txt (environment, then one line per step: exit
+# status, seconds), bench.log (tail), accuracy_budget.md, accuracy_budget.png, budget_heatmap.png,
+# accuracy_budget.json, and weights.tar.part-aa/-ab (the exported ARR-COC model in bf16, split under 16 MiB; here:
+# `cat weights.tar.part-* | tar -x -C weights/`).
+set -u
+OUT=${OUT:-$PWD/acc_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+SMOKE=${SMOKE:-0}
+TRAIN_MINUTES=${TRAIN_MINUTES:-5}
+TRAIN_SIZE=${TRAIN_SIZE:-30000}
+TEST_SIZE=${TEST_SIZE:-1000}
+EVAL_SAMPLES=${EVAL_SAMPLES:-$TEST_SIZE}
+PARALLEL=${PARALLEL:-6}
+STEPS=${STEPS:-auto}
+WORKERS=${WORKERS:-$(nproc)}
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+: >"$OUT/summary.txt"
+
+step() {  # step NAME SECONDS CMD...: run with a time limit, record status and duration
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/summary.txt"
+  return $rc
+}
+
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no GPU";
+  "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+'transformers', transformers.__version__)"; nproc; } >>"$OUT/summary.txt" 2>&1
+
+WORK=/tmp/arr_coc_acc_runs; RES=/tmp/arr_coc_acc_results
+rm -rf "$WORK" "$RES"
+if [ "$SMOKE" = 1 ]; then
+  step bench 600 "$PY" -m scripts.bench_accuracy_budget --smoke --parallel 2 --fractions 1 0.25 \
+    --work "$WORK" --out "$RES" >"$OUT/bench.log" 2>&1
+  RUN="$WORK/seed0/arr_coc_projection"
+else
+  DATA=/tmp/arr_coc_bench
+  # Loader workers per training run: the machine's cores shared by the runs trained at once.
+  LW=$(( WORKERS / PARALLEL > 1 ? WORKERS / PARALLEL - 1 : 1 ))
+  step make_benchmark 180 "$PY" -m scripts.make_benchmark --out "$DATA" --train-size "$TRAIN_SIZE" --val-size 0 \
+    --test-size "$TEST_SIZE" --workers "$WORKERS" --overwrite >"$OUT/bench.log" 2>&1
+  step bench $(( TRAIN_MINUTES * 60 + 300 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
+    --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
+    --eval-samples "$EVAL_SAMPLES" >>"$OUT/bench.log" 2>&1
+  RUN="$WORK/seed0/arr_coc_projection"
+fi
+tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
+for f in accuracy_budget.md accuracy_budget.png budget_heatmap.png accuracy_budget.json; do
+  cp "$RES/$f" "$OUT/" 2>/dev/null
+done
+# The trained ARR-COC model for the README's demo, in bf16 (about 23 MiB for `bench`), split under the device tool's
+# 16 MiB per-file limit.
+rm -rf /tmp/arr_coc_export
+step export 120 "$PY" -m scripts.export_model --run "$RUN" --out /tmp/arr_coc_export/arr_coc_bench \
+  --dtype bfloat16 >/tmp/arr_coc_export.json 2>>"$OUT/bench.log" \
+  && tar -C /tmp/arr_coc_export -cf - arr_coc_bench | split -b 15m - "$OUT/weights.tar.part-"
+cat /tmp/arr_coc_export.json >>"$OUT/summary.txt" 2>/dev/null
+cat "$OUT/summary.txt"

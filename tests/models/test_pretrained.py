@@ -1,0 +1,112 @@
+"""``models.pretrained`` + ``scripts/export_model.py`` + the demo's trained-model mode, on the tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.builders import build_model, dataclass_to_dict, load_model_cfg
+from models.pretrained import load_pretrained, save_pretrained
+
+GEN = {"image_size": 64, "shape_size": [16, 20], "glyph_size": [6, 8], "min_objects": 2, "max_objects": 3,
+       "distractor_glyphs": 1, "clutter_lines": 4, "clutter_outlines": 1}
+
+
+def _tiny():
+    torch.manual_seed(0)
+    cfg = dataclass_to_dict(load_model_cfg("tiny"))
+    model, processor = build_model(cfg)
+    return model.eval(), processor, cfg
+
+
+def _logits(model, processor):
+    g = torch.Generator().manual_seed(1)
+    img = (torch.rand(2, *processor.image_size, 3, generator=g) * 255).to(torch.uint8).numpy()
+    batch = processor(list(img), ["what digit is in the red circle?", "how many squares?"])
+    with torch.no_grad():
+        return model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
+                     query_input_ids=batch["query_input_ids"],
+                     query_attention_mask=batch["query_attention_mask"]).logits
+
+
+def test_float32_roundtrip_is_exact(tmp_path):
+    model, processor, cfg = _tiny()
+    save_pretrained(model, processor, cfg, tmp_path / "m", metadata={"note": "test"})
+    loaded, proc2 = load_pretrained(tmp_path / "m")
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(_logits(model, processor), _logits(loaded, proc2))
+    assert proc2.budget == processor.budget and proc2.prompt_template == processor.prompt_template
+    info = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert info["format"] == "arr_coc_pretrained" and info["metadata"] == {"note": "test"}
+    assert not (tmp_path / ".m.tmp").exists()
+
+
+def test_bf16_export_halves_the_file_and_loads_the_rounded_weights(tmp_path):
+    model, processor, cfg = _tiny()
+    save_pretrained(model, processor, cfg, tmp_path / "f32")
+    save_pretrained(model, processor, cfg, tmp_path / "bf16", dtype="bfloat16")
+    s32 = (tmp_path / "f32" / "model.safetensors").stat().st_size
+    s16 = (tmp_path / "bf16" / "model.safetensors").stat().st_size
+    assert 0.45 < s16 / s32 < 0.56
+    loaded, _ = load_pretrained(tmp_path / "bf16")
+    for k, v in model.state_dict().items():
+        w = loaded.state_dict()[k]
+        want = v.to(torch.bfloat16).to(w.dtype) if v.is_floating_point() else v
+        assert torch.equal(w, want), k
+
+
+def test_errors_name_the_problem(tmp_path):
+    model, processor, cfg = _tiny()
+    with pytest.raises(ValueError, match="not a pretrained ARR-COC folder"):
+        load_pretrained(tmp_path / "nowhere")
+    hub = json.loads(json.dumps(cfg))
+    hub["llm"]["name_or_path"] = "llava-hf/llava-1.5-7b-hf"
+    with pytest.raises(ValueError, match="llava-hf/llava-1.5-7b-hf"):
+        save_pretrained(model, processor, hub, tmp_path / "hub")
+    with pytest.raises(ValueError, match="float8"):
+        save_pretrained(model, processor, cfg, tmp_path / "x", dtype="float8")
+    save_pretrained(model, processor, cfg, tmp_path / "ok")
+    info = json.loads((tmp_path / "ok" / "config.json").read_text())
+    info["format"] = "something_else"
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="something_else"):
+        load_pretrained(tmp_path / "ok")
+    bad = json.loads(json.dumps(cfg))
+    bad["pos_embed"] = False  # a model without the position table: the saved weights no longer fit
+    save_pretrained(model, processor, cfg, tmp_path / "ok2")
+    info = json.loads((tmp_path / "ok2" / "config.json").read_text())
+    info["model"]["pos_embed"] = False
+    (tmp_path / "ok2" / "config.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="unexpected"):
+        load_pretrained(tmp_path / "ok2")
+
+
+def test_export_from_a_training_run_then_trained_demo(tmp_path):
+    from scripts.demo import main as demo
+    from scripts.export_model import main as export
+    from training.benchmark import BenchmarkCfg, make_benchmark
+    from training.train import main as train
+
+    data = tmp_path / "bench"
+    make_benchmark(data, seed=0, sizes={"train": 16, "val": 4}, cfg=BenchmarkCfg.from_dict(GEN))
+    run = tmp_path / "run"
+    train(["--config", "configs/train/tiny.yaml", f"output_dir={run}", f"data.path={data}", "data.generate=false",
+           "dist.fsdp=off", "train.max_steps=2", "train.batch_size=4"])
+    res = export(["--run", str(run), "--out", str(tmp_path / "w"), "--dtype", "bfloat16"])
+    assert res["step"] == 2 and res["weights_mib"] > 0
+    meta = json.loads((tmp_path / "w" / "config.json").read_text())["metadata"]
+    assert meta["step"] == 2 and meta["benchmark"]["image_size"] == 64  # the demo draws scenes like the training's
+    out = demo(["--weights", str(tmp_path / "w"), "--out", str(tmp_path / "demo"), "--images", "2"])
+    assert [p.name for p in out["pngs"]] == ["trained_image0.png", "trained_image1.png"]
+    assert all(p.stat().st_size > 0 for p in out["pngs"])
+    rows = out["rows"]
+    assert len(rows) == 4 and [r["image"] for r in rows] == [0, 0, 1, 1]
+    for r in rows:
+        assert r["question"].startswith("what digit is in the") and r["answer"].isdigit()
+        assert sum(r["budgets"]) == 32 and 0 <= r["tokens_in_box"] <= 1  # the tiny preset's exact budget
+    assert rows[0]["question"] != rows[1]["question"]  # two different shapes of the same image
+    with pytest.raises(ValueError, match="not a trained model folder"):
+        demo(["--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "demo2")])
