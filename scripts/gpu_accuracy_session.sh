@@ -56,8 +56,9 @@ if [ "$SMOKE" = 1 ]; then
   RUN="$WORK/seed0/arr_coc_projection"
 else
   DATA=/tmp/arr_coc_bench
-  # Loader workers per training run: the machine's cores shared by the runs trained at once.
-  LW=$(( WORKERS / PARALLEL > 1 ? WORKERS / PARALLEL - 1 : 1 ))
+  # Loader workers per training run: the machine's cores shared by the runs trained at once, rounded up (the runs'
+  # main processes mostly wait on the GPU). One worker decodes roughly 350 uint8 448 px samples/s (scripts/bench_data).
+  LW=${LOADER_WORKERS:-$(( (WORKERS + PARALLEL - 1) / PARALLEL ))}
   step make_benchmark 180 "$PY" -m scripts.make_benchmark --out "$DATA" --train-size "$TRAIN_SIZE" --val-size 0 \
     --test-size "$TEST_SIZE" --workers "$WORKERS" --overwrite >"$OUT/bench.log" 2>&1
   step bench $(( TRAIN_MINUTES * 60 + 300 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
