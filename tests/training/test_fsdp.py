@@ -140,7 +140,7 @@ def runs(tmp_path_factory):
             "training.train"])
     _run(cmd + ["--config", "configs/train/tiny.yaml", *_overrides(killed, data), "--resume"])
     return {"single": _losses(single), "full": _losses(full), "killed_before_resume": killed_losses,
-            "resumed": _losses(killed), "full_dir": full, "killed_dir": killed}
+            "resumed": _losses(killed), "full_dir": full, "killed_dir": killed, "data": data, "base": base}
 
 
 def test_parameters_are_sharded(runs):
@@ -179,3 +179,21 @@ def test_sigkill_then_resume_reproduces_the_run(runs):
     ckpts = runs["killed_dir"] / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == f"step_{STEPS:08d}"
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000004", f"step_{STEPS:08d}"]
+
+
+def test_bf16_mixed_precision_two_processes(runs):
+    # The GPU recipe's precision path (FSDP2 MixedPrecisionPolicy: bf16 parameters for compute, fp32 gradient
+    # reduction and fp32 master weights), run here on CPU with gloo so that it is exercised before a GPU session.
+    out = runs["base"] / "bf16"
+    _run(_torchrun(out, runs["data"], "dist.mixed_precision=bf16", "train.save_every=null"))
+    bf16, fp32 = _losses(out), runs["full"]
+    assert sorted(bf16) == list(range(1, STEPS + 1))
+    # Really computed in bf16: the first loss moves off the fp32 run's, but only by bf16 rounding.
+    assert bf16[1] != fp32[1] and bf16[1] == pytest.approx(fp32[1], rel=2e-2)
+    assert (bf16[STEPS - 1] + bf16[STEPS]) / 2 < (bf16[1] + bf16[2]) / 2 - 0.2
+    assert json.loads((out / "config.json").read_text())["mixed_precision"] == "bf16"
+    from safetensors import safe_open
+
+    with safe_open(str(out / "checkpoints" / f"step_{STEPS:08d}" / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"F32"}  # master weights stay float32

@@ -104,3 +104,10 @@ def test_max_minutes_checkpoints_stops_and_resumes(bench, tmp_path):
     assert [r["step"] for r in rest] == [2, 3]
     with pytest.raises(ValueError, match="train.max_minutes must be a positive number"):
         main(args + ["train.max_minutes=0"])
+
+
+def test_fp16_on_cpu_is_refused(bench, tmp_path):
+    # fp16 needs a gradient scaler and CUDA; bf16 runs on CPU too (tests/training/test_fsdp.py exercises it).
+    with pytest.raises(ValueError, match="'fp16' is for CUDA"):
+        main(["--config", "configs/train/tiny.yaml", f"output_dir={tmp_path / 'r'}", f"data.path={bench}",
+              "data.generate=false", "dist.device=cpu", "dist.mixed_precision=fp16", "train.max_steps=1"])
