@@ -18,21 +18,8 @@ SMOKE=${SMOKE:-0}
 TRAIN_MINUTES=${TRAIN_MINUTES:-6}
 TRAIN_SIZE=${TRAIN_SIZE:-50000}
 WORKERS=${WORKERS:-$(nproc)}
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-: >"$OUT/summary.txt"
-
-step() {  # step NAME SECONDS CMD...: run with a time limit, record status and duration
-  local name=$1 limit=$2; shift 2
-  local t0=$(date +%s)
-  timeout "$limit" "$@"
-  local rc=$?
-  echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/summary.txt"
-  return $rc
-}
+# shellcheck source=scripts/gpu_common.sh
+source scripts/gpu_common.sh
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no GPU";
   "$PY" -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'cuda', torch.cuda.is_available());
