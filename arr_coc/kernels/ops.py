@@ -47,13 +47,12 @@ def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: st
     lo_sum = lo.double().expand(y.shape).sum(-1)
     hi_sum = hi.double().expand(y.shape).sum(-1)
     b = budget.double().expand(y.shape[:-1])
-    # A few ulps of slack in the working precision: budget = K·lo computed in floats must not be "infeasible".
-    eps = torch.finfo(y.dtype if y.is_floating_point() else torch.float64).eps
-    mag = torch.maximum(lo.double().abs().expand(y.shape).sum(-1), hi.double().abs().expand(y.shape).sum(-1))
-    # Plus the absolute resolution of subnormals: each of the K bounds and the budget may each have been rounded to the
-    # working dtype's subnormal grid (budget = K·lo with lo ~ 1e-44 in float32 is feasible, not "infeasible").
+    # A few ulps of slack in the working precision: budget = K·lo computed in floats must not be "infeasible". Plus the
+    # absolute resolution of subnormals: each of the K bounds and the budget may have been rounded to the working
+    # dtype's subnormal grid (budget = K·lo with lo ~ 1e-44 in float32 is feasible, not "infeasible").
     fi = torch.finfo(y.dtype if y.is_floating_point() else torch.float64)
-    slack = 4 * eps * mag + (y.shape[-1] + 1) * fi.smallest_normal * fi.eps
+    mag = torch.maximum(lo.double().abs().expand(y.shape).sum(-1), hi.double().abs().expand(y.shape).sum(-1))
+    slack = 4 * fi.eps * mag + (y.shape[-1] + 1) * fi.smallest_normal * fi.eps
     if not budget.is_floating_point():
         slack = torch.zeros_like(slack)
     checks = ((b < lo_sum - slack, lo_sum, "K·lo = sum(lo)"), (b > hi_sum + slack, hi_sum, "K·hi = sum(hi)"))
