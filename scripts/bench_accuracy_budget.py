@@ -74,7 +74,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-clock cap per training run (train.max_minutes); a run it stops early is flagged")
     p.add_argument("--loader-workers", type=int, default=None,
-                   help="DataLoader workers per training run (default: the train config's, divided by --parallel)")
+                   help="DataLoader workers per training run (default: the train config's data.num_workers)")
     args = p.parse_args(argv)
     for f in args.fractions:
         if not 0 < f <= 1:
@@ -133,7 +133,7 @@ class _Trainer:
             args.append(f"train.max_minutes={a.minutes}")
         if a.loader_workers is not None:
             args.append(f"data.num_workers={a.loader_workers}")
-        if _final_step(run) is not None:
+        if _is_complete(run):
             print(f"[bench] {name} seed {seed}: reusing {run}", file=sys.stderr)
         else:
             self.queue.append((f"{name} (seed {seed})", run, args + (["--resume"] if (run / "checkpoints").is_dir()
@@ -157,36 +157,35 @@ class _Trainer:
         env["PYTHONPATH"] = str(Path.cwd()) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         running: list[tuple[str, Path, subprocess.Popen, Any]] = []
 
-        def reap(block: bool) -> None:
-            while running and (block or any(p.poll() is not None for _, _, p, _ in running)):
-                for item in list(running):
-                    label, run, proc, log = item
-                    if proc.poll() is None:
-                        continue
-                    log.close()
-                    running.remove(item)
-                    if proc.returncode != 0:
-                        for _, _, other, _ in running:
-                            other.kill()
-                        tail = (run / "train.log").read_text()[-3000:]
-                        raise RuntimeError(f"training {label} failed (exit {proc.returncode}); "
-                                           f"{run / 'train.log'} ends:\n{tail}")
-                    print(f"[bench] finished {label}", file=sys.stderr)
-                if block and running:
-                    time.sleep(1.0)
-                block = block and bool(running)
+        def reap() -> None:
+            """Close out every finished child; a failed one kills the rest and raises with its log's tail."""
+            for item in list(running):
+                label, run, proc, log = item
+                if proc.poll() is None:
+                    continue
+                log.close()
+                running.remove(item)
+                if proc.returncode != 0:
+                    for _, _, other, _ in running:
+                        other.kill()
+                    tail = (run / "train.log").read_text()[-3000:]
+                    raise RuntimeError(f"training {label} failed (exit {proc.returncode}); "
+                                       f"{run / 'train.log'} ends:\n{tail}")
+                print(f"[bench] finished {label}", file=sys.stderr)
 
         for label, run, args in queue:
             while len(running) >= self.a.parallel:
-                reap(block=False)
                 time.sleep(1.0)
+                reap()
             run.mkdir(parents=True, exist_ok=True)
             log = open(run / "train.log", "ab")
             print(f"[bench] training {label} in a child process (log: {run / 'train.log'})", file=sys.stderr)
             proc = subprocess.Popen([sys.executable, "-m", "training.train", *args], stdout=log,
                                     stderr=subprocess.STDOUT, env=env)
             running.append((label, run, proc, log))
-        reap(block=True)
+        while running:
+            time.sleep(1.0)
+            reap()
 
 
 def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 0.15) -> dict[str, Any]:
@@ -203,14 +202,11 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
     runs = submit_all(trainer, a.seeds[0])
     trainer.wait()
     speed: dict[str, float] = {}
-    for r in [runs["full"], runs["proj"], runs["band"], *runs["uni"].values()]:
+    for r in _run_dirs(runs):
         rows = list(csv.DictReader(open(r / "log.csv")))
         if not rows:
             raise RuntimeError(f"probe run {r} logged no steps; cannot choose --steps auto")
-        from training.checkpoint import find_latest
-
-        state = json.loads((find_latest(r / "checkpoints") / "trainer_state.json").read_text())
-        batch = int(state["config"]["train"]["batch_size"])
+        batch = int(_trainer_state(r)["config"]["train"]["batch_size"])
         speed[r.name] = batch / float(rows[-1]["samples_per_s"])  # seconds per optimizer step
     slowest = max(speed, key=speed.get)
     steps = max(1, int((1 - margin) * 60 * a.minutes / speed[slowest]))
@@ -220,28 +216,37 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
             "margin": margin, "seconds_per_step_by_run": speed}
 
 
-def _final_step(run: Path) -> int | None:
-    """The step of ``run``'s latest checkpoint when that run is complete (its last planned step), else ``None``."""
+def _run_dirs(runs: dict[str, Any]) -> list[Path]:
+    """The run folders of one seed's :func:`submit_all` result, in a fixed order."""
+    return [runs["full"], runs["proj"], runs["band"], *runs["uni"].values()]
+
+
+def _trainer_state(run: Path) -> dict[str, Any]:
+    """``trainer_state.json`` of ``run``'s latest checkpoint (``{}`` when it has none)."""
     from training.checkpoint import find_latest
 
     ckpt = find_latest(run / "checkpoints") if (run / "checkpoints").is_dir() else None
-    if ckpt is None:
-        return None
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    planned = state.get("config", {}).get("train", {}).get("max_steps")
-    step = int(state.get("step", -1))
-    # A run the --minutes cap stopped is resumed (for up to --minutes more) by the next invocation.
-    return step if planned is None or step >= int(planned) else None
+    return json.loads((ckpt / "trainer_state.json").read_text()) if ckpt is not None else {}
+
+
+def _steps(run: Path) -> tuple[int | None, int | None]:
+    """(step of the latest checkpoint, planned ``train.max_steps``), ``None`` where unknown."""
+    state = _trainer_state(run)
+    step, planned = state.get("step"), state.get("config", {}).get("train", {}).get("max_steps")
+    return (None if step is None else int(step)), (None if planned is None else int(planned))
+
+
+def _is_complete(run: Path) -> bool:
+    """Whether ``run`` has a checkpoint at its last planned step. A run the --minutes cap stopped is not: the next
+    invocation resumes it (for up to --minutes more)."""
+    step, planned = _steps(run)
+    return step is not None and (planned is None or step >= planned)
 
 
 def _train_status(run: Path) -> str:
     """``"step S of M"`` from the latest checkpoint, flagged when the time cap stopped the run early."""
-    from training.checkpoint import find_latest
-
-    ckpt = find_latest(run / "checkpoints")
-    state = json.loads((ckpt / "trainer_state.json").read_text()) if ckpt else {}
-    step, planned = state.get("step"), state.get("config", {}).get("train", {}).get("max_steps")
-    early = planned is not None and step is not None and int(step) < int(planned)
+    step, planned = _steps(run)
+    early = planned is not None and step is not None and step < planned
     return f"step {step} of {planned}" + (" (stopped early by --minutes)" if early else "")
 
 
@@ -509,6 +514,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, dict[float, list[dict]]] = {}
     failures: list[str] = []
     cache: dict = {}
+
     def submit_all(trainer: _Trainer, seed: int) -> dict[str, Any]:
         return {
             "full": trainer.submit("full", arr("uniform", n, min_tokens=cells), seed, train_extra),
@@ -530,8 +536,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     t_train0 = time.perf_counter()
     trainer.wait()
     train_seconds = time.perf_counter() - t_train0
-    training = {str(r.relative_to(work)): _train_status(r) for rs in runs.values()
-                for r in [rs["full"], rs["proj"], rs["band"], *rs["uni"].values()]}
+    training = {str(r.relative_to(work)): _train_status(r) for rs in runs.values() for r in _run_dirs(rs)}
     for seed in a.seeds:
         full, proj, band, uni = (runs[seed][key] for key in ("full", "proj", "band", "uni"))
 
