@@ -43,8 +43,8 @@ from eval.metrics import METRICS
 from models.builders import (apply_overrides, build_model, dataclass_from_dict, dataclass_to_dict, load_model_cfg,
                              load_yaml)
 
-__all__ = ["EvalCfg", "EvalDataCfg", "build_eval_model", "evaluate", "load_eval_cfg", "main", "summarize",
-           "target_fraction"]
+__all__ = ["EvalCfg", "EvalDataCfg", "build_eval_model", "evaluate", "load_eval_cfg", "load_trained_model", "main",
+           "summarize", "target_fraction"]
 
 
 # -- configuration -----------------------------------------------------------------------------------------------------
@@ -133,19 +133,30 @@ def _resolve_checkpoint(path: str) -> Path:
     raise ValueError(f"checkpoint={path!r} holds no model.safetensors, nor a run with checkpoints/")
 
 
+def load_trained_model(checkpoint: str, model_overrides: Mapping[str, Any] | None = None):
+    """A training checkpoint's model: ``(model, processor, model_cfg, trainer_state, checkpoint_dir)``.
+
+    ``checkpoint`` is a checkpoint folder or a run's output folder (its latest checkpoint); the model is rebuilt from
+    the run's resolved config (with ``model_overrides`` merged on top) and loaded from ``model.safetensors``.
+    """
+    from safetensors.torch import load_file
+
+    from models.vlm import load_state_dict_nonstrict
+
+    ckpt = _resolve_checkpoint(checkpoint)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    train_cfg = state.get("config", {})
+    model_cfg = _merge(_model_dict(train_cfg.get("model_preset", "tiny"), train_cfg.get("model", {})),
+                       model_overrides or {})
+    model, processor = build_model(model_cfg)
+    load_state_dict_nonstrict(model, load_file(str(ckpt / "model.safetensors")))
+    return model, processor, model_cfg, state, ckpt
+
+
 def build_eval_model(cfg: EvalCfg):
     """``(model, processor, description)`` for ``cfg``: a trained checkpoint, or a randomly initialised preset."""
     if cfg.checkpoint:
-        from safetensors.torch import load_file
-
-        from models.vlm import load_state_dict_nonstrict
-
-        ckpt = _resolve_checkpoint(cfg.checkpoint)
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        train_cfg = state.get("config", {})
-        base = _model_dict(train_cfg.get("model_preset", "tiny"), train_cfg.get("model", {}))
-        model, processor = build_model(_merge(base, cfg.model))
-        load_state_dict_nonstrict(model, load_file(str(ckpt / "model.safetensors")))
+        model, processor, _, state, ckpt = load_trained_model(cfg.checkpoint, cfg.model)
         return model, processor, {"checkpoint": str(ckpt.resolve()), "step": state.get("step")}
     torch.manual_seed(cfg.seed)
     model, processor = build_model(_model_dict(cfg.model_preset, cfg.model))

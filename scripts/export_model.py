@@ -26,18 +26,11 @@ def main(argv=None) -> dict:
     p.add_argument("--max-mb", type=float, default=None, help="fail if the weights file is larger (MiB)")
     a = p.parse_args(argv)
 
-    from eval.run_eval import _model_dict, _resolve_checkpoint
-    from models.builders import build_model
+    from eval.run_eval import load_trained_model
     from models.pretrained import save_pretrained
-    from models.vlm import load_state_dict_nonstrict
-    from safetensors.torch import load_file
 
-    ckpt = _resolve_checkpoint(a.run)
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+    model, processor, model_cfg, state, ckpt = load_trained_model(a.run)
     train_cfg = state.get("config", {})
-    model_cfg = _model_dict(train_cfg.get("model_preset", "tiny"), train_cfg.get("model", {}))
-    model, processor = build_model(model_cfg)
-    load_state_dict_nonstrict(model, load_file(str(ckpt / "model.safetensors")))
     bench = None  # the generator settings of the benchmark it was trained on, so the demo draws the same scenes
     data_path = train_cfg.get("data", {}).get("path")
     if train_cfg.get("data", {}).get("source") == "benchmark" and data_path:
