@@ -323,13 +323,6 @@ def _plot(results: dict, methods: list[str], fractions: list[float], path: Path,
     plt.close(fig)
 
 
-def _single_object_scene(scene, obj):
-    """A copy of ``scene`` whose only object is ``obj``, so make_question asks about that object."""
-    import dataclasses
-
-    return dataclasses.replace(scene, objects=[obj])
-
-
 def _bench_cfg(a: argparse.Namespace):
     """The generator parameters of the evaluated benchmark (from its manifest; defaults if it has none)."""
     from training.benchmark import BenchmarkCfg
@@ -364,7 +357,7 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
     # target box is known. Falls back to the row's own question when the row carries no scene.
     import numpy as np
 
-    from training.benchmark import Scene, make_question
+    from training.benchmark import Scene, make_question_about
 
     row0 = ds[0]
     questions, boxes = [row0["question"]], [tuple(row0.get("target_box") or ())]
@@ -373,7 +366,7 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
         scene = Scene.from_json(scene_json)
         qrng = np.random.default_rng(0)
         for obj in scene.objects[:3]:
-            q = make_question(_single_object_scene(scene, obj), qrng, _bench_cfg(a), "digit")
+            q = make_question_about(scene, obj, qrng, _bench_cfg(a), "digit")
             questions.append(q.question)
             boxes.append(tuple(q.target_box))
         questions, boxes = questions[1:], boxes[1:]  # the per-object digit questions suffice when available

@@ -115,7 +115,6 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
 
     Returns ``{"rows": [...], "pngs": [...]}``, one row per (image, question).
     """
-    import dataclasses
     import json
 
     import matplotlib
@@ -127,7 +126,7 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
     from eval.baselines import create_method
     from eval.run_eval import target_fraction
     from models.pretrained import load_pretrained
-    from training.benchmark import BenchmarkCfg, make_question, render_scene, sample_scene
+    from training.benchmark import BenchmarkCfg, make_question_about, render_scene, sample_scene
 
     model, processor = load_pretrained(weights)
     info = json.loads((weights / "config.json").read_text())
@@ -152,7 +151,7 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
         picks = rng.choice(len(scene.objects), size=2, replace=False)
         fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
         for ax, j in zip(axes, picks):
-            q = make_question(dataclasses.replace(scene, objects=(scene.objects[int(j)],)), rng, bcfg, "digit")
+            q = make_question_about(scene, scene.objects[int(j)], rng, bcfg, "digit")
             batch = processor([img], [q.question])
             with torch.no_grad():
                 res = method.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],

@@ -73,6 +73,7 @@ __all__ = [
     "generate_rows",
     "make_benchmark",
     "make_question",
+    "make_question_about",
     "render_scene",
     "sample_scene",
 ]
@@ -502,6 +503,14 @@ def make_question(
     if question_type == "digit":
         return Question(f"what digit is in the {obj.colour} {obj.shape}?", str(obj.digit), "digit", obj.box)
     return Question(f"what colour is the shape holding {_a(str(obj.digit))}?", obj.colour, "colour", obj.box)
+
+
+def make_question_about(
+    scene: Scene, obj: SceneObject, rng: np.random.Generator, cfg: BenchmarkCfg, question_type: str
+) -> Question:
+    """Ask a question of type ``question_type`` about one chosen object of ``scene`` (its answer and box are that
+    object's), e.g. two digit questions about two shapes of the same image."""
+    return make_question(dataclasses.replace(scene, objects=(obj,)), rng, cfg, question_type)
 
 
 def _encode(image: Image.Image, cfg: BenchmarkCfg) -> bytes:

@@ -230,3 +230,18 @@ def test_cfg_round_trip_rejects_unknown_keys():
     assert BenchmarkCfg.from_dict(BenchmarkCfg(shapes=DEFAULT_SHAPES[:3]).to_dict()).shapes == DEFAULT_SHAPES[:3]
     with pytest.raises(ValueError, match="unknown BenchmarkCfg field.*'colors'"):
         BenchmarkCfg.from_dict({"colors": ["red"]})
+
+
+def test_make_question_about_each_object():
+    from training.benchmark import BenchmarkCfg, make_question_about, sample_scene
+
+    cfg = BenchmarkCfg()
+    rng = np.random.default_rng(3)
+    scene = sample_scene(rng, cfg, "test")
+    assert len(scene.objects) >= 2
+    for obj in scene.objects:
+        q = make_question_about(scene, obj, rng, cfg, "digit")
+        assert q.question == f"what digit is in the {obj.colour} {obj.shape}?"
+        assert q.answer == str(obj.digit) and tuple(q.target_box) == tuple(obj.box)
+        c = make_question_about(scene, obj, rng, cfg, "colour")
+        assert c.answer == obj.colour and tuple(c.target_box) == tuple(obj.box)
