@@ -202,11 +202,13 @@ class _RankBatches(torch.utils.data.Sampler):
         self.micro = global_batch // (world * accum)
         self.steps_per_epoch = n_rows // global_batch
         self.start, self.stop = start_step, max_steps
+        self._perm_epoch, self._perm = -1, np.empty(0, dtype=np.int64)  # the current epoch's permutation
 
     def step_rows(self, step: int) -> np.ndarray:
         epoch, pos = divmod(step, self.steps_per_epoch)
-        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return perm[pos * self.g:(pos + 1) * self.g]
+        if epoch != self._perm_epoch:  # drawn once per epoch, not once per step (O(rows) each time)
+            self._perm_epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perm[pos * self.g:(pos + 1) * self.g]
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.stop):

@@ -111,3 +111,25 @@ def test_fp16_on_cpu_is_refused(bench, tmp_path):
     with pytest.raises(ValueError, match="'fp16' is for CUDA"):
         main(["--config", "configs/train/tiny.yaml", f"output_dir={tmp_path / 'r'}", f"data.path={bench}",
               "data.generate=false", "dist.device=cpu", "dist.mixed_precision=fp16", "train.max_steps=1"])
+
+
+def test_rank_batches_follow_the_seeded_epoch_permutations():
+    """Step s takes rows perm_e[o : o + G] (e, o from s), micro-batch m of rank r the slice m * world + r, across
+    epoch boundaries and from any start step (resume), and the ranks' micro-batches tile each global batch."""
+    import numpy as np
+
+    from training.train import _RankBatches
+
+    n, g, world, accum, steps = 10, 4, 2, 2, 7  # 2 steps per epoch, 2 rows left over each epoch
+    kw = {"seed": 3, "global_batch": g, "world": world, "accum": accum, "max_steps": steps}
+    per_rank = [list(_RankBatches(n, rank=r, start_step=0, **kw)) for r in range(world)]
+    for s in range(steps):
+        epoch, pos = divmod(s, n // g)
+        want = np.random.default_rng([3, epoch]).permutation(n)[pos * g:(pos + 1) * g].tolist()
+        got = []
+        for m in range(accum):
+            for r in range(world):
+                got += per_rank[r][s * accum + m]
+        assert got == want, s
+    resumed = list(_RankBatches(n, rank=1, start_step=3, **kw))
+    assert resumed == per_rank[1][3 * accum:]
