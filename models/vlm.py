@@ -98,7 +98,6 @@ class ArrCocLlava(nn.Module):
         self.pos_embed = pos_embed
         self.use_pixel_entropy = use_pixel_entropy
         self.image_token_id = int(cfg.image_token_id)
-        self._last_context: Tensor | None = None
 
     # -- parts ---------------------------------------------------------------------------------------------------------
     @property
@@ -171,7 +170,6 @@ class ArrCocLlava(nn.Module):
         dt = self.arr_coc.knowing.q_proj.weight.dtype
         feats, query = feats.to(dt), query.to(dt)
         out = self.arr_coc(feats, query=query, pixels=pixel_values.to(dt) if self.use_pixel_entropy else None)
-        self._last_context = out.context
         tokens = out.tokens  # (B, T, Dv)
         if self.pos_embed is not None:
             tokens = tokens + self.pos_embed(out.positions, out.mask).to(tokens.dtype)
@@ -218,7 +216,7 @@ class ArrCocLlava(nn.Module):
         lm = self.llava(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
         return ArrCocLlavaOutput(loss=lm.loss, logits=lm.logits, arr_coc=out,
                                  past_key_values=getattr(lm, "past_key_values", None),
-                                 alloc_context=self._last_context)
+                                 alloc_context=out.context)
 
     @torch.no_grad()
     def generate(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None, *,

@@ -194,3 +194,19 @@ def test_position_embedding_bilinear():
     assert float(out.detach().abs().sum()) == 0.0  # zero-initialised: the identity on the features
     out.sum().backward()
     assert float(zero.table.grad.abs().sum()) > 0  # ...yet it learns
+
+
+def test_alloc_context_is_the_bandit_allocators_context(tiny):
+    """``alloc_context`` is the (B, K, C) context the ``bandit`` allocator chose with (what a trainer credits rewards
+    to), and None for an allocator that uses none."""
+    model, processor = tiny
+    batch = _train_batch(processor, _images(2), QUESTIONS, ANSWERS)
+    with torch.no_grad():
+        assert model(**batch).alloc_context is None
+        torch.manual_seed(0)
+        bandit, _ = build_model("tiny", ["arr_coc.allocator=bandit",
+                                         'arr_coc.allocator_kwargs={"levels": [1, 2, 4, 6]}'])
+        out = bandit.eval()(**batch)
+    ctx = out.alloc_context
+    assert ctx is not None and ctx is out.arr_coc.context and not ctx.requires_grad
+    assert ctx.shape[:2] == (2, 16)
