@@ -258,10 +258,8 @@ class HFVision(VisionTower):
         return list(layers) if layers is not None else []
 
     def token_grid_features(self, pixels: Tensor) -> Tensor:
-        layers = self._layers(self.model)
-        # After pruning, the wanted hidden state is the last one.
-        idx = min(self.hidden_index, len(layers)) if layers is not None else self.hidden_index
-        hidden = self.model(pixel_values=pixels, output_hidden_states=True).hidden_states[idx]
+        # With the blocks after it pruned, the wanted hidden state is the last one, still at hidden_index.
+        hidden = self.model(pixel_values=pixels, output_hidden_states=True).hidden_states[self.hidden_index]
         tokens = hidden[:, self.num_prefix_tokens:]  # (B, Hg*Wg, D)
         hg, wg = self.token_grid
         if tokens.shape[1] != hg * wg:
