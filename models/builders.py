@@ -23,7 +23,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -32,8 +32,9 @@ from arr_coc._utils import default_patch_grid
 from arr_coc.config import parse_override_value
 
 __all__ = [
-    "CONFIG_DIR", "LlmCfg", "ModelCfg", "QueryCfg", "VisionCfg", "apply_overrides", "build_model",
-    "dataclass_from_dict", "dataclass_to_dict", "list_model_presets", "load_model_cfg", "load_yaml", "set_by_path",
+    "CONFIG_DIR", "LlmCfg", "ModelCfg", "QueryCfg", "VisionCfg", "apply_overrides", "build_model", "check_choice",
+    "dataclass_from_dict", "dataclass_to_dict", "deep_merge", "list_model_presets", "load_model_cfg", "load_yaml",
+    "model_dict", "set_by_path",
 ]
 
 #: The repository's ``configs/`` folder (presets live in ``configs/models``).
@@ -161,6 +162,14 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return out
 
 
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in: a mapping merges into a mapping key by key, any other value replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping (empty file → ``{}``)."""
     import yaml
@@ -206,19 +215,30 @@ def load_model_cfg(source: str | Mapping[str, Any] | ModelCfg, overrides: Iterab
     return cfg
 
 
+def model_dict(preset: str | Mapping[str, Any] | ModelCfg, overrides: Mapping[str, Any] | None = None,
+               ) -> dict[str, Any]:
+    """A preset (name, YAML path, dict or config) as a plain dict, with a nested dict of ``ModelCfg`` fields merged
+    over it (the ``model_preset`` + ``model`` pair of training and evaluation configs). Not validated after the merge:
+    pass the result to :func:`load_model_cfg` or :func:`build_model`."""
+    return deep_merge(dataclass_to_dict(load_model_cfg(preset)), overrides or {})
+
+
 _VISION_BACKENDS = ("open_clip", "hf_clip", "hf_siglip", "llava")
 _QUERY_SOURCES = ("llm", "open_clip")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    """``ValueError`` naming the config key, its value and the choices unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; choose from {list(choices)}")
+
+
 def _validate(cfg: ModelCfg) -> None:
     """Checks that need no model: enum values, ArrCoc keys, HF text-config keys."""
-    if cfg.vision.backend not in _VISION_BACKENDS:
-        raise ValueError(f"vision.backend={cfg.vision.backend!r}; choose from {list(_VISION_BACKENDS)}")
-    if cfg.query.source not in _QUERY_SOURCES:
-        raise ValueError(f"query.source={cfg.query.source!r}; choose from {list(_QUERY_SOURCES)}")
-    if cfg.llm.dtype not in _DTYPES:
-        raise ValueError(f"llm.dtype={cfg.llm.dtype!r}; choose from {sorted(_DTYPES)}")
+    check_choice("vision.backend", cfg.vision.backend, _VISION_BACKENDS)
+    check_choice("query.source", cfg.query.source, _QUERY_SOURCES)
+    check_choice("llm.dtype", cfg.llm.dtype, sorted(_DTYPES))
     if cfg.vision.backend == "llava" and not cfg.llm.name_or_path:
         raise ValueError("vision.backend='llava' uses the LLaVA checkpoint's tower, so llm.name_or_path must be set")
     if cfg.query.source == "open_clip" and cfg.vision.backend != "open_clip" and not cfg.query.model_name:

@@ -29,11 +29,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from models.builders import _DTYPES
+
 __all__ = ["FORMAT", "load_pretrained", "save_pretrained"]
 
 FORMAT = "arr_coc_pretrained"
 VERSION = 1
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _dtype_name(dtype: torch.dtype | str | None) -> str | None:

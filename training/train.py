@@ -40,8 +40,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from models.builders import (apply_overrides, build_model, dataclass_from_dict, dataclass_to_dict, load_model_cfg,
-                             load_yaml)
+from models.builders import (apply_overrides, build_model, check_choice, dataclass_from_dict, dataclass_to_dict,
+                             load_model_cfg, load_yaml, model_dict)
 from models.processing import IGNORE_INDEX
 from training.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from training.collate import RowDataset, VqaCollator, move_to
@@ -122,13 +122,6 @@ class TrainCfg:
     train: RunCfg = field(default_factory=RunCfg)
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> TrainCfg:
     """Read a training YAML and apply ``key=value`` overrides; unknown keys raise ``ValueError``.
 
@@ -141,10 +134,10 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
         cfg.dist.fsdp = "on" if cfg.dist.fsdp else "off"
     if cfg.dist.mixed_precision is False:
         cfg.dist.mixed_precision = "no"
-    _check_choice("dist.fsdp", cfg.dist.fsdp, ("auto", "on", "off"))
-    _check_choice("dist.device", cfg.dist.device, ("auto", "cpu", "cuda"))
-    _check_choice("dist.mixed_precision", cfg.dist.mixed_precision, ("auto", "no", "fp32", "bf16", "fp16"))
-    _check_choice("optim.schedule", cfg.optim.schedule, ("cosine", "constant"))
+    check_choice("dist.fsdp", cfg.dist.fsdp, ("auto", "on", "off"))
+    check_choice("dist.device", cfg.dist.device, ("auto", "cpu", "cuda"))
+    check_choice("dist.mixed_precision", cfg.dist.mixed_precision, ("auto", "no", "fp32", "bf16", "fp16"))
+    check_choice("optim.schedule", cfg.optim.schedule, ("cosine", "constant"))
     for name, v in (("train.max_steps", cfg.train.max_steps), ("train.batch_size", cfg.train.batch_size),
                     ("train.grad_accum", cfg.train.grad_accum), ("train.log_every", cfg.train.log_every)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -158,13 +151,7 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
 
 def model_cfg(cfg: TrainCfg):
     """The resolved :class:`~models.builders.ModelCfg` (preset + ``model`` overrides)."""
-    base = dataclass_to_dict(load_model_cfg(cfg.model_preset))
-    return load_model_cfg(_deep_merge(base, cfg.model))
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}; choose from {list(choices)}")
+    return load_model_cfg(model_dict(cfg.model_preset, cfg.model))
 
 
 # -- small utilities ---------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.builders import CONFIG_DIR, build_model, list_model_presets, load_model_cfg
+from models.builders import CONFIG_DIR, build_model, deep_merge, list_model_presets, load_model_cfg, model_dict
 from training.train import load_train_cfg, model_cfg
 
 YAMLS = sorted(CONFIG_DIR.rglob("*.yaml"))
@@ -126,3 +126,15 @@ def test_unknown_preset_and_model_key():
         load_model_cfg("huge")
     with pytest.raises(ValueError, match=r"vision\.modelname"):
         load_model_cfg("tiny", ["vision.modelname=x"])
+
+
+def test_model_dict_merges_nested_overrides_over_the_preset():
+    d = model_dict("tiny", {"arr_coc": {"budget": 48}, "pos_grid": [4, 4]})
+    base = model_dict("tiny")
+    assert d["arr_coc"] == {**base["arr_coc"], "budget": 48} and d["pos_grid"] == [4, 4]
+    assert d["vision"] == base["vision"]
+    assert load_model_cfg(d).arr_coc["budget"] == 48
+    # A mapping merges into a mapping; any other value replaces; the inputs are left alone.
+    a = {"x": {"y": 1, "z": 2}, "w": {"v": 0}}
+    assert deep_merge(a, {"x": {"y": 5}, "w": None}) == {"x": {"y": 5, "z": 2}, "w": None}
+    assert a == {"x": {"y": 1, "z": 2}, "w": {"v": 0}}
