@@ -40,8 +40,8 @@ from torch import Tensor
 from eval.baselines import VisualMethod, create_method, list_methods
 from eval.flops import visual_flops_fraction
 from eval.metrics import METRICS
-from models.builders import (apply_overrides, build_model, dataclass_from_dict, dataclass_to_dict, load_model_cfg,
-                             load_yaml)
+from models.builders import (apply_overrides, build_model, check_choice, dataclass_from_dict, dataclass_to_dict,
+                             deep_merge, load_model_cfg, load_yaml, model_dict)
 
 __all__ = ["EvalCfg", "EvalDataCfg", "build_eval_model", "evaluate", "load_eval_cfg", "load_trained_model", "main",
            "summarize", "target_fraction"]
@@ -88,12 +88,10 @@ def load_eval_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
     """Read an eval YAML and apply ``key=value`` overrides; unknown keys or bad values raise ``ValueError``."""
     raw = load_yaml(path) if path is not None else {}
     cfg = dataclass_from_dict(EvalCfg, apply_overrides(raw, overrides))
-    if cfg.method not in list_methods():
-        raise ValueError(f"method={cfg.method!r}; choose from {list_methods()}")
+    check_choice("method", cfg.method, list_methods())
     if cfg.metric != "auto" and cfg.metric not in METRICS:
         raise ValueError(f"metric={cfg.metric!r}; choose from ['auto'] + {sorted(METRICS)}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device={cfg.device!r}; choose from ['auto', 'cpu', 'cuda']")
+    check_choice("device", cfg.device, ("auto", "cpu", "cuda"))
     for name, v in (("batch_size", cfg.batch_size), ("max_new_tokens", cfg.max_new_tokens)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -102,20 +100,8 @@ def load_eval_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
         raise ValueError(f"token_fraction must be in (0, 1] or null, got {cfg.token_fraction!r}")
     if cfg.method != "arr_coc" and cfg.token_fraction is None:
         raise ValueError(f"method={cfg.method!r} is a baseline and needs token_fraction")
-    load_model_cfg(_model_dict(cfg.model_preset, cfg.model))  # validates the model overrides early
+    load_model_cfg(model_dict(cfg.model_preset, cfg.model))  # validates the model overrides early
     return cfg
-
-
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
-
-
-def _model_dict(preset: str | Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    base = dataclass_to_dict(load_model_cfg(preset))
-    return _merge(base, overrides)
 
 
 # -- model -------------------------------------------------------------------------------------------------------------
@@ -146,8 +132,8 @@ def load_trained_model(checkpoint: str, model_overrides: Mapping[str, Any] | Non
     ckpt = _resolve_checkpoint(checkpoint)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     train_cfg = state.get("config", {})
-    model_cfg = _merge(_model_dict(train_cfg.get("model_preset", "tiny"), train_cfg.get("model", {})),
-                       model_overrides or {})
+    model_cfg = deep_merge(model_dict(train_cfg.get("model_preset", "tiny"), train_cfg.get("model", {})),
+                           model_overrides or {})
     model, processor = build_model(model_cfg)
     load_state_dict_nonstrict(model, load_file(str(ckpt / "model.safetensors")))
     return model, processor, model_cfg, state, ckpt
@@ -159,7 +145,7 @@ def build_eval_model(cfg: EvalCfg):
         model, processor, _, state, ckpt = load_trained_model(cfg.checkpoint, cfg.model)
         return model, processor, {"checkpoint": str(ckpt.resolve()), "step": state.get("step")}
     torch.manual_seed(cfg.seed)
-    model, processor = build_model(_model_dict(cfg.model_preset, cfg.model))
+    model, processor = build_model(model_dict(cfg.model_preset, cfg.model))
     return model, processor, {"checkpoint": None, "preset": cfg.model_preset, "seed": cfg.seed,
                               "note": "random initialisation (smoke test)"}
 

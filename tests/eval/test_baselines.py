@@ -20,10 +20,10 @@ QUESTIONS = ["what digit is in the red circle?", "how many triangles are there?"
 
 
 def _build(**extra):
-    from eval.run_eval import _merge, _model_dict
+    from models.builders import deep_merge, model_dict
 
     torch.manual_seed(0)
-    model, processor = build_model(_model_dict("tiny", _merge(OVERRIDES, extra)))
+    model, processor = build_model(model_dict("tiny", deep_merge(OVERRIDES, extra)))
     return model.eval(), processor
 
 
