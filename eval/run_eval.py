@@ -239,9 +239,9 @@ def summarize(records: Iterable[Mapping[str, Any]], *, flops_fraction: float | N
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    from training.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 # -- the run -----------------------------------------------------------------------------------------------------------

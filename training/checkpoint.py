@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["find_latest", "load_checkpoint", "save_checkpoint"]
+__all__ = ["atomic_write_text", "find_latest", "load_checkpoint", "save_checkpoint"]
 
 _PREFIX = "step_"
 
@@ -57,7 +57,8 @@ def _quiet_single_process():
         yield
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary sibling, then ``os.replace``."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -121,7 +122,7 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: nn.Module
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _atomic_write_text(root / "latest", final.name + "\n")
+        atomic_write_text(root / "latest", final.name + "\n")
         if keep_last is not None and keep_last > 0:
             done = sorted(p for p in root.glob(f"{_PREFIX}*") if p.is_dir())
             for old in done[:-keep_last]:
