@@ -168,8 +168,14 @@ def _full_order_attention(attention: Tensor, patch_grid: tuple[int, int]) -> Ten
 
 
 # -- vision-tower attention (for VisionZip and attention utilities) --------------------------------------------------
-def _mean_received(attn: Tensor, n_prefix: int) -> Tensor:
-    """Class-token row (or, without one, the mean over queries) restricted to the spatial keys. (B,H,L,L) → (B,S)."""
+def _mean_received(q: Tensor, k: Tensor, heads: int, n_spatial: int) -> Tensor:
+    """Attention probabilities of projected queries and keys (B, L, D), heads averaged: the class-token row (or,
+    without one, the mean over queries) restricted to the last ``n_spatial`` keys. → (B, S)."""
+    b, length, d = q.shape
+    q = q.view(b, length, heads, d // heads).transpose(1, 2)  # (B, H, L, hd)
+    k = k.view(b, length, heads, d // heads).transpose(1, 2)
+    attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), dim=-1)  # (B, H, L, L)
+    n_prefix = length - n_spatial
     row = attn[:, :, 0] if n_prefix > 0 else attn.mean(2)  # (B, H, L)
     return row.mean(1)[:, n_prefix:]
 
@@ -180,28 +186,18 @@ def _open_clip_block_attention(block: nn.Module, x: Tensor, n_spatial: int) -> T
     if not isinstance(attn, nn.MultiheadAttention):
         raise ValueError(f"vision attention read supports nn.MultiheadAttention blocks, got {type(attn).__name__}")
     y = block.ln_1(x)  # (B, L, D)
-    d, heads = attn.embed_dim, attn.num_heads
+    d = attn.embed_dim
     w, bias = attn.in_proj_weight, attn.in_proj_bias
     q = F.linear(y, w[:d], None if bias is None else bias[:d])
     k = F.linear(y, w[d:2 * d], None if bias is None else bias[d:2 * d])
-    b, length, _ = q.shape
-    q = q.view(b, length, heads, d // heads).transpose(1, 2)  # (B, H, L, hd)
-    k = k.view(b, length, heads, d // heads).transpose(1, 2)
-    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), dim=-1)  # (B, H, L, L)
-    return _mean_received(probs, length - n_spatial)
+    return _mean_received(q, k, attn.num_heads, n_spatial)
 
 
 def _hf_layer_attention(layer: nn.Module, x: Tensor, n_spatial: int) -> Tensor:
     """Attention probabilities of an HF CLIP/SigLIP encoder layer recomputed from its input. → (B, S)."""
     sa = layer.self_attn
     y = layer.layer_norm1(x)
-    heads = int(sa.num_heads)
-    q, k = sa.q_proj(y), sa.k_proj(y)
-    b, length, d = q.shape
-    q = q.view(b, length, heads, d // heads).transpose(1, 2)
-    k = k.view(b, length, heads, d // heads).transpose(1, 2)
-    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), dim=-1)
-    return _mean_received(probs, length - n_spatial)
+    return _mean_received(sa.q_proj(y), sa.k_proj(y), int(sa.num_heads), n_spatial)
 
 
 def vision_features_and_attention(vision: nn.Module, pixels: Tensor) -> tuple[Tensor, Tensor]:
