@@ -36,11 +36,11 @@ source scripts/gpu_common.sh
 'transformers', transformers.__version__)"; nproc; } >>"$OUT/summary.txt" 2>&1
 
 WORK=/tmp/arr_coc_acc_runs; RES=/tmp/arr_coc_acc_results
+RUN="$WORK/seed0/arr_coc_projection"  # the trained ARR-COC model exported for the demo
 rm -rf "$WORK" "$RES"
 if [ "$SMOKE" = 1 ]; then
   step bench 600 "$PY" -m scripts.bench_accuracy_budget --smoke --parallel 2 --fractions 1 0.25 \
     --work "$WORK" --out "$RES" >"$OUT/bench.log" 2>&1
-  RUN="$WORK/seed0/arr_coc_projection"
 else
   DATA=/tmp/arr_coc_bench
   # Loader workers per training run: the machine's cores shared by the runs trained at once, rounded up (the runs'
@@ -51,7 +51,6 @@ else
   step bench $(( TRAIN_MINUTES * 60 + 300 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
     --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
     --eval-samples "$EVAL_SAMPLES" >>"$OUT/bench.log" 2>&1
-  RUN="$WORK/seed0/arr_coc_projection"
 fi
 tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
 for f in accuracy_budget.md accuracy_budget.png budget_heatmap.png accuracy_budget.json; do
