@@ -252,12 +252,11 @@ def _train_status(run: Path) -> str:
 
 def _geometry(a: argparse.Namespace, base_model: dict[str, Any]) -> dict[str, int]:
     """N, K, h·w and the bandit context width of the preset (built once, random weights)."""
-    from eval.run_eval import _model_dict
     from models.builders import build_model
-    from training.train import load_train_cfg
+    from training.train import load_train_cfg, model_cfg
 
     tc = load_train_cfg(a.train_config, _kv("model", base_model) + list(a.train_override))
-    model, _ = build_model(_model_dict(tc.model_preset, tc.model))
+    model, _ = build_model(model_cfg(tc))
     (h, w), k = model.vision.fine_grid, model.vision.num_patches
     return {"N": k * h * w, "K": k, "cells": h * w, "ctx": model.arr_coc.query_dim + model.arr_coc.dim + 3}
 
