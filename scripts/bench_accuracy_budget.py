@@ -322,13 +322,13 @@ def _plot(results: dict, methods: list[str], fractions: list[float], path: Path,
     plt.close(fig)
 
 
-def _bench_cfg(a: argparse.Namespace):
-    """The generator parameters of the evaluated benchmark (from its manifest; defaults if it has none)."""
+def _bench_cfg(path: str | None):
+    """The generator parameters of the benchmark at ``path`` (from its manifest; defaults if it has none)."""
     from training.benchmark import BenchmarkCfg
     from training.data import read_manifest
 
     try:
-        params = read_manifest(a.data).get("generator", {}) if a.data else {}
+        params = read_manifest(path).get("generator", {}) if path else {}
     except Exception:  # no manifest (e.g. a hand-built dataset): the default vocabulary is what we need
         params = {}
     try:
@@ -346,6 +346,7 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
 
     from eval.baselines import create_method
     from eval.run_eval import _load_dataset, build_eval_model, load_eval_cfg
+    from scripts.demo import draw_budgets
 
     cfg = load_eval_cfg(a.eval_config, [f"checkpoint={run}", f"token_fraction={frac}", *extra])
     model, processor, _ = build_eval_model(cfg)
@@ -359,16 +360,14 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
     from training.benchmark import Scene, make_question_about
 
     row0 = ds[0]
-    questions, boxes = [row0["question"]], [tuple(row0.get("target_box") or ())]
     scene_json = row0.get("scene")
     if scene_json:
         scene = Scene.from_json(scene_json)
-        qrng = np.random.default_rng(0)
-        for obj in scene.objects[:3]:
-            q = make_question_about(scene, obj, qrng, _bench_cfg(a), "digit")
-            questions.append(q.question)
-            boxes.append(tuple(q.target_box))
-        questions, boxes = questions[1:], boxes[1:]  # the per-object digit questions suffice when available
+        qrng, bcfg = np.random.default_rng(0), _bench_cfg(cfg.data.path)
+        asked = [make_question_about(scene, obj, qrng, bcfg, "digit") for obj in scene.objects[:3]]
+        questions, boxes = [q.question for q in asked], [tuple(q.target_box) for q in asked]
+    else:
+        questions, boxes = [row0["question"]], [tuple(row0.get("target_box") or ())]
     method = create_method("arr_coc", model, frac)
     processor.budget = method.placeholders
     image = row0["image"].convert("RGB")
@@ -381,18 +380,9 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
             _, _, budgets = method.embed(batch["pixel_values"], batch["input_ids"],
                                          query_input_ids=batch["query_input_ids"],
                                          query_attention_mask=batch["query_attention_mask"])
-        grid = budgets[0].reshape(gh, gw).float().numpy()
-        ax.imshow(image)
-        ax.imshow(grid, cmap="magma", alpha=0.55, extent=(0, image.width, image.height, 0), interpolation="nearest")
-        for (r, c), v in __import__("numpy").ndenumerate(grid):
-            ax.text((c + 0.5) * image.width / gw, (r + 0.5) * image.height / gh, f"{int(v)}", ha="center",
-                    va="center", color="white", fontsize=7)
-        if len(box) == 4:  # the queried object's box: the tokens should gather here
-            x0, y0, x1, y1 = box
-            ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
-                (x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=1.5))
+        # The queried object's box is outlined: the tokens should gather there.
+        draw_budgets(ax, image, budgets[0].reshape(gh, gw).float().numpy(), box, numbers=True)
         ax.set_title(q, fontsize=8)
-        ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

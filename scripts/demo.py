@@ -107,6 +107,27 @@ def patches_of(shape: dict) -> set[int]:
     return {rr * GRID[1] + cc for rr in rows for cc in cols}
 
 
+def draw_budgets(ax, image, budgets: np.ndarray, box=(), *, numbers: bool = False):
+    """Per-patch ``budgets`` (Gh, Gw) as a heat-map over ``image`` (PIL or (H, W, 3) array), the queried ``box``
+    ``[x0, y0, x1, y1)`` outlined in cyan when it has four values, and with ``numbers`` each patch's budget written
+    in it; axes off. Returns the heat-map (for a colour bar)."""
+    from matplotlib.patches import Rectangle
+
+    h, w = np.shape(image)[:2]
+    ax.imshow(image)
+    im = ax.imshow(budgets, cmap="magma", alpha=0.55, extent=(0, w, h, 0), interpolation="nearest")
+    if numbers:
+        gh, gw = budgets.shape
+        for (r, c), v in np.ndenumerate(budgets):
+            ax.text((c + 0.5) * w / gw, (r + 0.5) * h / gh, f"{int(v)}", ha="center", va="center", color="white",
+                    fontsize=7)
+    if len(box) == 4:
+        x0, y0, x1, y1 = box
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=1.5))
+    ax.axis("off")
+    return im
+
+
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "arr_coc_bench"
 
 
@@ -121,7 +142,6 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     from eval.baselines import create_method
     from eval.run_eval import target_fraction
@@ -165,13 +185,9 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
             rows.append({"image": i, "question": q.question, "answer": q.answer, "prediction": pred,
                          "tokens_in_box": share, "box_area": area, "budgets": res.budgets[0].tolist()})
             print(f"{i:>5}  {q.question:<40} {q.answer:>6} {pred:>6}  {share:>13.1%}  {area:>8.1%}")
-            grid = res.budgets[0].reshape(gh, gw).float().numpy()
-            ax.imshow(img)
-            im = ax.imshow(grid, cmap="magma", alpha=0.55, extent=(0, w, h, 0), interpolation="nearest")
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=1.5))
+            im = draw_budgets(ax, img, res.budgets[0].reshape(gh, gw).float().numpy(), q.target_box)
             ax.set_title(f"{q.question}\nmodel: {pred!r} (answer {q.answer}); {share:.0%} of tokens in the box",
                          fontsize=8)
-            ax.axis("off")
             fig.colorbar(im, ax=ax, fraction=0.04, label="tokens per patch")
         fig.tight_layout()
         path = out / f"trained_image{i}.png"
