@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from arr_coc.kernels.reference import _acc_dtype, round_largest_remainder
+
 __all__ = ["HAS_CUDA_KERNEL", "load_kernel", "use_cuda_kernel", "kernel_status", "cuda_kernel_or_none"]
 
 # None: not tried yet; True/False after the first attempt.
@@ -133,14 +135,10 @@ def cuda_kernel_or_none():
 # Call-through to the extension. Callers (ops.py) have validated shapes and values; these only reshape and cast.
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _rows(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, budget_dtype: torch.dtype):
     k = y.shape[-1]
     y2 = y.reshape(-1, k)  # (R, K)
-    r, acc = y2.shape[0], _acc(y.dtype)
+    r, acc = y2.shape[0], _acc_dtype(y.dtype)
     b = budget.to(budget_dtype).expand(y.shape[:-1]).reshape(r)  # (R,), 0-stride when the budget is a scalar
     lo2 = lo.to(acc).expand(y.shape).reshape(r, k)  # (R, K) view: strides (0, 0) for a scalar bound
     hi2 = hi.to(acc).expand(y.shape).reshape(r, k)
@@ -149,7 +147,7 @@ def _rows(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, budget_dtype: torch
 
 def cuda_projection_forward(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, path: int = 0) -> Tensor:
     """The projection on the GPU: the warp kernel for K <= 1024, the block kernel beyond (``path`` forces one)."""
-    y2, b, lo2, hi2 = _rows(y, budget, lo, hi, _acc(y.dtype))
+    y2, b, lo2, hi2 = _rows(y, budget, lo, hi, _acc_dtype(y.dtype))
     x, _ = ext.forward(y2, b, None, lo2, hi2, 0, path)
     return x.reshape(y.shape)
 
@@ -161,11 +159,9 @@ def cuda_project_and_round(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tenso
     """
     k = y.shape[-1]
     if k > WARP_MAX_K or path == 2:
-        from arr_coc.kernels.reference import round_largest_remainder
-
         x = cuda_projection_forward(ext, y, budget, lo, hi, path=path)
         return x, round_largest_remainder(x, budget.long(), lo.long(), hi.long())
-    y2, b, lo2, hi2 = _rows(y, budget, lo, hi, _acc(y.dtype))
+    y2, b, lo2, hi2 = _rows(y, budget, lo, hi, _acc_dtype(y.dtype))
     bi = budget.long().expand(y.shape[:-1]).reshape(-1)
     x, t = ext.forward(y2, b, bi, lo2, hi2, 1, path)
     return x.reshape(y.shape), t.reshape(y.shape)
@@ -174,10 +170,8 @@ def cuda_project_and_round(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tenso
 def cuda_round(ext, x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """Largest-remainder rounding of a given ``x`` (K <= 1024; beyond, the reference)."""
     if x.shape[-1] > WARP_MAX_K:
-        from arr_coc.kernels.reference import round_largest_remainder
-
         return round_largest_remainder(x, budget, lo, hi)
-    x2, b, lo2, hi2 = _rows(x, budget, lo, hi, _acc(x.dtype))
+    x2, b, lo2, hi2 = _rows(x, budget, lo, hi, _acc_dtype(x.dtype))
     bi = budget.long().expand(x.shape[:-1]).reshape(-1)
     _, t = ext.forward(x2, b, bi, lo2, hi2, 2, 0)
     return t.reshape(x.shape)
@@ -187,7 +181,7 @@ def cuda_projection_backward(ext, x: Tensor, lo: Tensor, hi: Tensor, grad: Tenso
     """VJP from the saved output: ``(g_y, g_budget)`` in ``grad``'s dtype."""
     k = x.shape[-1]
     x2 = x.reshape(-1, k)
-    r, acc = x2.shape[0], _acc(x.dtype)
+    r, acc = x2.shape[0], _acc_dtype(x.dtype)
     g2 = grad.to(x.dtype).expand(x.shape).reshape(r, k)
     lo2 = lo.to(acc).expand(x.shape).reshape(r, k)
     hi2 = hi.to(acc).expand(x.shape).reshape(r, k)

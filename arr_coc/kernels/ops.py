@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from arr_coc._utils import _check_tensor
+from arr_coc._utils import _check_finite, _check_tensor
 from arr_coc.kernels import dispatch
-from arr_coc.kernels.reference import projection_backward, projection_forward, round_largest_remainder
+from arr_coc.kernels.reference import _acc_dtype, projection_backward, projection_forward, round_largest_remainder
 
 __all__ = ["capped_simplex_projection", "project_and_round", "round_to_budget"]
 
@@ -34,11 +34,7 @@ _Number = int | float
 def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: str = "y") -> None:
     for name, t in ((what, y), ("budget", budget), ("lo", lo), ("hi", hi)):
         if t.is_floating_point():
-            bad = ~torch.isfinite(t)
-            if bool(bad.any()):
-                first = tuple(int(i) for i in bad.nonzero()[0].tolist())
-                val = t[first].item() if t.dim() else t.item()
-                raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s); first at index {first}: {val}")
+            _check_finite(name, t)
     lo_b, hi_b = torch.broadcast_tensors(lo, hi)
     if bool((lo_b > hi_b).any()):
         i = tuple(int(v) for v in (lo_b > hi_b).nonzero()[0].tolist())
@@ -190,7 +186,7 @@ def _(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 
 
 def _project_and_round_ref(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    acc = _acc_dtype(y.dtype)
     x = projection_forward(y, budget.to(acc), lo.to(acc), hi.to(acc))
     return x, round_largest_remainder(x, budget, lo, hi)
 
@@ -245,13 +241,16 @@ def _as_tensor(name: str, v: Tensor | _Number, like: Tensor, dtype: torch.dtype)
 
 
 def _prepare(y: Tensor, budget, lo, hi, *, name: str, int_bounds: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if int_bounds:  # budget and bounds must hold integers: ints, or int64 tensors of the rounded values
+        for nm, v in (("budget", budget), ("lo", lo), ("hi", hi)):
+            _check_integral(nm, v)
+        budget, lo, hi = (v.round().long() if isinstance(v, Tensor) else int(v) for v in (budget, lo, hi))
     _check_tensor(name, y)
     if not y.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {y.dtype}")
     if y.dim() < 1 or y.shape[-1] < 1:
         raise ValueError(f"{name} must have shape (..., K) with K >= 1, got {tuple(y.shape)}")
-    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
-    dt = torch.int64 if int_bounds else acc
+    dt = torch.int64 if int_bounds else _acc_dtype(y.dtype)
     b = _as_tensor("budget", budget, y, dt)
     lo_t = _as_tensor("lo", lo, y, dt)
     hi_t = _as_tensor("hi", hi, y, dt)
@@ -340,9 +339,6 @@ def round_to_budget(x: Tensor, budget: Tensor | _Number, lo: Tensor | _Number, h
         x: (..., K)
         returns: (..., K) int64
     """
-    for name, v in (("budget", budget), ("lo", lo), ("hi", hi)):
-        _check_integral(name, v)
-    budget, lo, hi = (v.round().long() if isinstance(v, Tensor) else int(v) for v in (budget, lo, hi))
     x, b, lo_t, hi_t = _prepare(x, budget, lo, hi, name="x", int_bounds=True)
     return torch.ops.arr_coc.round_to_budget(x, b.contiguous(), lo_t, hi_t)
 
@@ -372,8 +368,5 @@ def project_and_round(
         y: (..., K)
         returns: (..., K), (..., K) int64
     """
-    for name, v in (("budget", budget), ("lo", lo), ("hi", hi)):
-        _check_integral(name, v)
-    budget, lo, hi = (v.round().long() if isinstance(v, Tensor) else int(v) for v in (budget, lo, hi))
     y, b, lo_t, hi_t = _prepare(y, budget, lo, hi, name="y", int_bounds=True)
     return torch.ops.arr_coc.project_and_round(y, b.contiguous(), lo_t, hi_t)
