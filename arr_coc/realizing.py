@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._utils import _check_finite, _check_float, _check_ndim, _check_patch_grid, _check_same_device
+from ._utils import _check_finite, _check_float, _check_ndim, _check_patch_grid, _check_same_device, _check_tensor
 
 __all__ = ["Realizing", "RealizingOutput", "hilbert_order"]
 
@@ -264,8 +264,8 @@ class Realizing(nn.Module):
 
     def _validate(self, features: Tensor, budgets: Tensor, gate: Tensor | None) -> None:
         for name, t in (("features", features), ("budgets", budgets), ("gate", gate)):
-            if t is not None and not isinstance(t, Tensor):
-                raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t is not None:
+                _check_tensor(name, t)
         _check_ndim("features", features, 5, "(B, K, h, w, D)")
         _check_float("features", features)
         _check_ndim("budgets", budgets, 2, "(B, K)")

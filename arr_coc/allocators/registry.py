@@ -15,7 +15,7 @@ from typing import Callable, TypeVar
 import torch
 from torch import Tensor, nn
 
-from arr_coc._utils import Registry
+from arr_coc._utils import Registry, _check_tensor
 from arr_coc.kernels import capped_simplex_projection, round_to_budget
 
 __all__ = ["Allocator", "AllocInfo", "register_allocator", "create_allocator", "list_allocators", "capped_softmax"]
@@ -148,8 +148,7 @@ class Allocator(nn.Module):
             raise ValueError(f"infeasible budget: K·hi = {k}·{hi} = {k * hi} < budget={b}")
 
     def _check_utility(self, utility: Tensor) -> None:
-        if not isinstance(utility, Tensor):
-            raise ValueError(f"utility must be a torch.Tensor, got {type(utility).__name__}")
+        _check_tensor("utility", utility)
         ok_dims = (2, 3) if self.accepts_levels else (2,)
         if utility.dim() not in ok_dims:
             want = "(B, K) or (B, K, L)" if self.accepts_levels else "(B, K)"

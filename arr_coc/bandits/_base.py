@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from arr_coc._utils import _check_tensor
+
 from . import nonstationary as _ns
 from ._io import _load_tensors, _save_tensors
 
@@ -88,8 +90,7 @@ class BanditPolicy(nn.Module):
     # ------------------------------------------------------------------ validation
     def _check_contexts(self, contexts: object) -> tuple[Tensor, bool]:
         """Validate contexts; returns ``(contexts, per_arm)``."""
-        if not isinstance(contexts, Tensor):
-            raise ValueError(f"contexts must be a torch.Tensor, got {type(contexts).__name__}")
+        _check_tensor("contexts", contexts)
         if contexts.device != self.device:
             raise ValueError(f"contexts are on {contexts.device} but the policy is on {self.device}")
         if contexts.dtype != self.dtype:
@@ -110,8 +111,7 @@ class BanditPolicy(nn.Module):
         return contexts, per_arm
 
     def _check_actions(self, actions: object, n_rows: int) -> Tensor:
-        if not isinstance(actions, Tensor):
-            raise ValueError(f"actions must be a torch.Tensor, got {type(actions).__name__}")
+        _check_tensor("actions", actions)
         if actions.device != self.device:
             raise ValueError(f"actions are on {actions.device} but the policy is on {self.device}")
         if actions.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
@@ -126,8 +126,7 @@ class BanditPolicy(nn.Module):
         return actions
 
     def _check_rewards(self, rewards: object, n_rows: int) -> Tensor:
-        if not isinstance(rewards, Tensor):
-            raise ValueError(f"rewards must be a torch.Tensor, got {type(rewards).__name__}")
+        _check_tensor("rewards", rewards)
         if rewards.device != self.device:
             raise ValueError(f"rewards are on {rewards.device} but the policy is on {self.device}")
         if rewards.is_complex():

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from arr_coc._utils import _check_tensor
+
 __all__ = ["OPEResult", "ips", "snips", "dr", "fit_reward_model"]
 
 
@@ -34,8 +36,7 @@ class OPEResult:
 
 
 def _check_float(name: str, t: object, shape: tuple[int, ...] | None = None) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_tensor(name, t)
     if not t.is_floating_point():
         raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
     if shape is not None and tuple(t.shape) != shape:
