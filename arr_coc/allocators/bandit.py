@@ -160,7 +160,10 @@ class BanditAllocator(MCKPAllocator):
         Shapes:
             context: ``(B, K, C)`` -> ``(B, K, L)``.
         """
-        x = self._features(context)
+        return self._values(self._features(context), generator)
+
+    def _values(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """:meth:`bandit_values` from projected features ``x`` ``(B, K, d+1)``."""
         with torch.no_grad():
             theta, _ = self._blocks()
             if self.policy_name == "ucb":
@@ -188,7 +191,7 @@ class BanditAllocator(MCKPAllocator):
             raise ValueError("the bandit allocator needs context=(B, K, C); the pipeline builds it when "
                              "allocator.uses_context is True")
         x = self._features(context, tuple(utility.shape[:2]))
-        values = self.bandit_values(context, generator=generator)  # (B, K, L)
+        values = self._values(x, generator)  # (B, K, L)
         if self.utility_weight != 0.0:
             prior = utility if utility.dim() == 3 else level_values(utility, self.levels)
             if prior.shape != values.shape:
