@@ -67,16 +67,14 @@ class HierarchicalAllocator(Allocator):
     def _patch_stage(self, totals: Tensor, ur: Tensor) -> Tensor:
         b, r, m = ur.shape
         flat = ur.reshape(b * r, m)
-        targets = capped_softmax(flat, totals.reshape(b * r).to(flat.dtype), float(self.min_tokens),
-                                 float(self.max_tokens))
-        return capped_simplex_projection(targets, totals.reshape(b * r).to(flat.dtype), float(self.min_tokens),
-                                         float(self.max_tokens))
+        budget = totals.reshape(b * r).to(flat.dtype)  # one row per (sample, region), its integer total as budget
+        return self._project(capped_softmax(flat, budget, float(self.min_tokens), float(self.max_tokens)), budget)
 
     def allocate(self, utility: Tensor, *, context: Tensor | None = None) -> Tensor:
         u = utility.double()
         totals, ur, geo = self._region_stage(u, integer=True)
         x = self._patch_stage(totals, ur)
-        t = round_to_budget(x, totals.reshape(-1), self.min_tokens, self.max_tokens)
+        t = self._round(x, totals.reshape(-1))
         return self._from_regions(t.reshape(ur.shape), geo)
 
     def relaxed(self, utility: Tensor) -> Tensor:
