@@ -357,12 +357,8 @@ class _StatsPolicy(BanditPolicy):
                     getattr(self, name).mul_(decay)
                 self._accumulate(x, actions, rewards, _ns._discount_weights(n, f.gamma, self.dtype, self.device))
             elif isinstance(f, _ns.SlidingWindow):
-                slots, first = _ns._window_positions(int(self._win_pos), n, f.size, self.device)
-                self._win_x[slots] = x[first:]
-                self._win_a[slots] = actions[first:]
-                self._win_r[slots] = rewards[first:]
-                self._win_pos.copy_((self._win_pos + n) % f.size)
-                self._win_len.copy_(torch.clamp(self._win_len + n, max=f.size))
+                _ns._ring_append((self._win_x, self._win_a, self._win_r), (x, actions, rewards), self._win_pos,
+                                 self._win_len)
                 # Recompute from the window instead of subtracting expired rows: exact, no drift in float32.
                 m = int(self._win_len)
                 self._zero_stats()

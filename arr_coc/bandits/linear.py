@@ -117,6 +117,26 @@ class _LinearPolicy(_StatsPolicy):
             var = (proj * phi[:, None, :]).sum(-1)
         return mean, var.clamp_min(0.0)  # round-off can make a tiny quadratic form negative
 
+    # ------------------------------------------------------------------ Thompson draws (LinTS, NeuralLinear "ts")
+    @staticmethod
+    def _draws(mean: Tensor, scale: Tensor, samples: int | None, generator) -> Tensor:
+        """``mean + scale·ε`` with standard normal ε: ``(N, A)``, or ``(S, N, A)`` for ``samples=S``."""
+        shape = mean.shape if samples is None else (samples, *mean.shape)
+        return mean + scale * torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+    def _ts_probabilities(self, mean: Tensor, scale: Tensor, generator) -> Tensor:
+        """Monte Carlo action probabilities from ``n_mc`` draws, ``(N, A)``."""
+        winners = self._draws(mean, scale, self.n_mc, generator).argmax(-1)  # (S, N)
+        probs = torch.zeros_like(mean)
+        probs.scatter_add_(1, winners.T, torch.ones_like(winners.T, dtype=mean.dtype))
+        return probs / self.n_mc
+
+    def _ts_select(self, mean: Tensor, scale: Tensor, generator) -> tuple[Tensor, Tensor]:
+        """One draw per row picks the action; ``n_mc`` more estimate its propensity."""
+        actions = self._draws(mean, scale, None, generator).argmax(-1)
+        probs = self._mc_probs(self._draws(mean, scale, self.n_mc, generator), actions, self.n_arms)
+        return actions, probs.gather(1, actions[:, None])[:, 0]
+
     def expected_reward(self, contexts: Tensor) -> Tensor:
         """Posterior-mean reward ``φᵀθ_a``.
 
@@ -206,27 +226,17 @@ class LinTS(_LinearPolicy):
             raise ValueError(f"n_mc must be a positive int, got {n_mc!r}")
         self.n_mc = n_mc
 
-    def _draws(self, mean: Tensor, std: Tensor, samples: int | None, generator) -> Tensor:
-        shape = mean.shape if samples is None else (samples, *mean.shape)
-        return mean + self.v * std * torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
-
     def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         contexts, per_arm = self._check_contexts(contexts)
         with torch.no_grad():
             mean, var = self._mean_var(contexts, per_arm)
-            winners = self._draws(mean, var.sqrt(), self.n_mc, generator).argmax(-1)  # (S, N)
-            probs = torch.zeros_like(mean)
-            probs.scatter_add_(1, winners.T, torch.ones_like(winners.T, dtype=mean.dtype))
-            return probs / self.n_mc
+            return self._ts_probabilities(mean, self.v * var.sqrt(), generator)
 
     def select(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         contexts, per_arm = self._check_contexts(contexts)
         with torch.no_grad():
             mean, var = self._mean_var(contexts, per_arm)
-            std = var.sqrt()
-            actions = self._draws(mean, std, None, generator).argmax(-1)
-            probs = self._mc_probs(self._draws(mean, std, self.n_mc, generator), actions, self.n_arms)
-            return actions, probs.gather(1, actions[:, None])[:, 0]
+            return self._ts_select(mean, self.v * var.sqrt(), generator)
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "v": self.v, "n_mc": self.n_mc}

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ._base import _check_positive
 from .linear import _LinearPolicy
+from .nonstationary import _ring_append
 
 __all__ = ["NeuralLinear"]
 
@@ -93,16 +94,6 @@ class NeuralLinear(_LinearPolicy):
         with torch.no_grad():
             return self.encoder(x)
 
-    def _write_buffer(self, x: Tensor, actions: Tensor, rewards: Tensor) -> None:
-        n = x.shape[0]
-        keep = min(n, self.buffer_size)
-        slots = (int(self._buf_pos) + n - keep + torch.arange(keep, device=self.device)) % self.buffer_size
-        self._buf_x[slots] = x[n - keep:]
-        self._buf_a[slots] = actions[n - keep:]
-        self._buf_r[slots] = rewards[n - keep:]
-        self._buf_pos.copy_((self._buf_pos + n) % self.buffer_size)
-        self._buf_len.copy_(torch.clamp(self._buf_len + n, max=self.buffer_size))
-
     def _train_encoder(self) -> None:
         m = int(self._buf_len)
         x, a, r = self._buf_x[:m], self._buf_a[:m], self._buf_r[:m]
@@ -124,12 +115,13 @@ class NeuralLinear(_LinearPolicy):
             self._refresh()
 
     def update(self, contexts: Tensor, actions: Tensor, rewards: Tensor) -> None:  # noqa: D102
-        super().update(contexts, actions, rewards)
-        contexts, per_arm = self._check_contexts(contexts)
+        super().update(contexts, actions, rewards)  # validates all three
+        per_arm = contexts.dim() == 3
         actions = actions.long()
         rewards = rewards.to(self.dtype)
         with torch.no_grad():
-            self._write_buffer(self._chosen(contexts, actions, per_arm), actions, rewards)
+            x = self._chosen(contexts, actions, per_arm)
+            _ring_append((self._buf_x, self._buf_a, self._buf_r), (x, actions, rewards), self._buf_pos, self._buf_len)
             self._since_train += contexts.shape[0]
         if int(self._since_train) >= self.train_every:
             self._since_train.zero_()
@@ -142,8 +134,7 @@ class NeuralLinear(_LinearPolicy):
             mean, var = self._mean_var(contexts, per_arm)
             if self.head == "ucb":
                 return mean + self.alpha * var.sqrt()
-            return mean + self.alpha * var.sqrt() * torch.randn(mean.shape, generator=generator, device=mean.device,
-                                                                 dtype=mean.dtype)
+            return self._draws(mean, self.alpha * var.sqrt(), None, generator)
 
     def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         if self.head == "ucb":
@@ -151,11 +142,7 @@ class NeuralLinear(_LinearPolicy):
         contexts, per_arm = self._check_contexts(contexts)
         with torch.no_grad():
             mean, var = self._mean_var(contexts, per_arm)
-            eps = torch.randn((self.n_mc, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
-            winners = (mean + self.alpha * var.sqrt() * eps).argmax(-1)  # (S, N)
-            probs = torch.zeros_like(mean)
-            probs.scatter_add_(1, winners.T, torch.ones_like(winners.T, dtype=mean.dtype))
-            return probs / self.n_mc
+            return self._ts_probabilities(mean, self.alpha * var.sqrt(), generator)
 
     def select(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         if self.head == "ucb":
@@ -163,12 +150,7 @@ class NeuralLinear(_LinearPolicy):
         contexts, per_arm = self._check_contexts(contexts)
         with torch.no_grad():
             mean, var = self._mean_var(contexts, per_arm)
-            std = self.alpha * var.sqrt()
-            actions = (mean + std * torch.randn(mean.shape, generator=generator, device=mean.device,
-                                                dtype=mean.dtype)).argmax(-1)
-            eps = torch.randn((self.n_mc, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
-            probs = self._mc_probs(mean + std * eps, actions, self.n_arms)
-            return actions, probs.gather(1, actions[:, None])[:, 0]
+            return self._ts_select(mean, self.alpha * var.sqrt(), generator)
 
     def _config(self) -> dict[str, Any]:
         cfg = super()._config()

@@ -102,12 +102,19 @@ def _discount_weights(n: int, gamma: float, dtype: torch.dtype, device: torch.de
     return torch.pow(torch.as_tensor(gamma, dtype=dtype, device=device), ages)
 
 
-def _window_positions(pos: int, n_new: int, size: int, device: torch.device) -> tuple[Tensor, int]:
-    """Ring-buffer slots for the last ``min(n_new, size)`` new rows, and the index of the first row kept."""
+def _ring_append(bufs: tuple[Tensor, ...], rows: tuple[Tensor, ...], pos: Tensor, length: Tensor) -> None:
+    """Append ``rows`` (each ``(n, ...)``) to the ring buffers ``bufs`` (each ``(size, ...)``), keeping the newest.
+
+    ``pos`` (next slot) and ``length`` (filled slots) are 0-d long tensors, advanced in place.
+    """
+    size, n_new = bufs[0].shape[0], rows[0].shape[0]
     keep = min(n_new, size)
     first = n_new - keep
-    slots = (pos + first + torch.arange(keep, device=device)) % size
-    return slots, first
+    slots = (int(pos) + first + torch.arange(keep, device=pos.device)) % size
+    for buf, new in zip(bufs, rows):
+        buf[slots] = new[first:]
+    pos.copy_((pos + n_new) % size)
+    length.copy_(torch.clamp(length + n_new, max=size))
 
 
 _PH_FIELDS = ("n", "mean", "up", "up_min", "dn", "dn_max")

@@ -139,3 +139,22 @@ def test_page_hinkley_resets_counted():
     pol.update(ctx, torch.zeros(50, dtype=torch.long), torch.ones(50))
     assert int(pol.resets[0]) >= 1 and int(pol.resets[1]) == 0
     assert float(pol.means[0]) > 0.9  # the pre-change zeros were forgotten
+
+
+def test_ring_append_keeps_the_newest_rows_in_arrival_order():
+    """The ring buffer shared by SlidingWindow and NeuralLinear's replay buffer, against a plain list."""
+    size = 5
+    bufs = (torch.zeros(size, 2), torch.zeros(size, dtype=torch.long))
+    pos, length = torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long)
+    seen: list[int] = []
+    for n in (2, 1, 4, 7, 5, 3):  # batches shorter than, equal to and longer than the buffer
+        ids = torch.arange(len(seen), len(seen) + n)
+        ns._ring_append(bufs, (torch.stack([ids, -ids], 1).float(), ids), pos, length)
+        seen += ids.tolist()
+        m = int(length)
+        assert m == min(len(seen), size)
+        assert int(pos) == len(seen) % size
+        # Oldest first: the filled slots read from the write position onwards once the ring has wrapped.
+        order = torch.arange(m) if len(seen) < size else (int(pos) + torch.arange(size)) % size
+        assert bufs[1][order].tolist() == seen[-m:]
+        assert torch.equal(bufs[0][order], torch.stack([bufs[1][order], -bufs[1][order]], 1).float())
