@@ -2,6 +2,7 @@
 
 from arr_coc.allocators.registry import AllocInfo, Allocator, create_allocator, list_allocators, register_allocator
 from arr_coc.allocators import hierarchical, mckp, pgd, projection, proportional, threshold, uniform  # noqa: F401
+from arr_coc.allocators import bandit  # noqa: F401
 from arr_coc.allocators.hierarchical import HierarchicalAllocator
 from arr_coc.allocators.mckp import MCKPAllocator, MCKPSolution, solve_mckp
 from arr_coc.allocators.pgd import PGDAllocator
@@ -9,11 +10,6 @@ from arr_coc.allocators.projection import ProjectionAllocator
 from arr_coc.allocators.proportional import ProportionalAllocator
 from arr_coc.allocators.threshold import ThresholdAllocator
 from arr_coc.allocators.uniform import UniformAllocator
-
-import importlib.util as _ilu
-
-if _ilu.find_spec("arr_coc.allocators.bandit") is not None:  # registers "bandit" once its module exists
-    from arr_coc.allocators import bandit  # noqa: F401
 
 __all__ = [
     "AllocInfo", "Allocator", "create_allocator", "list_allocators", "register_allocator", "HierarchicalAllocator",
