@@ -60,12 +60,11 @@ class Balancing(nn.Module):
             raise ValueError(f"init_focus must be > 0, got {init_focus}")
         self.num_scores = num_scores
         self._init = (list(init_weights), math.log(init_focus), init_explore, init_compress)
-        make = (lambda t: nn.Parameter(t)) if learnable else (lambda t: t)
         # Scalars are stored with shape (1,), not (): FSDP2's fully_shard refuses 0-dim parameters.
         for name, shape in (("weights", (num_scores,)), ("log_focus", (1,)), ("explore", (1,)), ("compress", (1,))):
-            t = make(torch.empty(shape, **fk))
+            t = torch.empty(shape, **fk)
             if learnable:
-                self.register_parameter(name, t)
+                self.register_parameter(name, nn.Parameter(t))
             else:
                 self.register_buffer(name, t)
         self.reset_parameters()
