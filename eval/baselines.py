@@ -778,19 +778,8 @@ class BaselineMethod(VisualMethod):
     def embed(self, pixel_values, input_ids, *, query_input_ids=None, query_attention_mask=None):
         m = self.model
         red = self.reduced_tokens(pixel_values)
-        tokens = red.tokens
-        if m.pos_embed is not None:
-            tokens = tokens + m.pos_embed(red.positions.to(tokens.dtype)).to(tokens.dtype)
-        image_embeds = m.projector(tokens.to(m.projector.linear_1.weight.dtype))  # (B, T, E)
-        placeholders = input_ids == m.image_token_id  # (B, L)
-        n_ph = placeholders.sum(1)
-        if bool((n_ph != image_embeds.shape[1]).any()):
-            b = int((n_ph != image_embeds.shape[1]).nonzero()[0, 0])
-            raise ValueError(f"image placeholder / visual token count mismatch in sample {b}: input_ids hold "
-                             f"{int(n_ph[b])} image tokens but {self.name} produced {image_embeds.shape[1]}")
-        embeds = m.get_input_embeddings()(input_ids)  # (B, L, E)
-        flat = image_embeds.to(embeds.dtype).reshape(-1, embeds.shape[-1])
-        return embeds.masked_scatter(placeholders.unsqueeze(-1), flat), red.positions, None
+        image_embeds = m.project_visual(red.tokens, red.positions)  # (B, T, E)
+        return m.scatter_visual(input_ids, image_embeds, source=self.name), red.positions, None
 
     def llm_context(self, input_ids, attention_mask, score_index=None):
         if not self.baseline.in_llm:

@@ -170,11 +170,40 @@ class ArrCocLlava(nn.Module):
         dt = self.arr_coc.knowing.q_proj.weight.dtype
         feats, query = feats.to(dt), query.to(dt)
         out = self.arr_coc(feats, query=query, pixels=pixel_values.to(dt) if self.use_pixel_entropy else None)
-        tokens = out.tokens  # (B, T, Dv)
+        return self.project_visual(out.tokens, out.positions, out.mask), out  # (B, T, E)
+
+    def project_visual(self, tokens: Tensor, positions: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Visual tokens into the LLM's embedding space: add the 2-D position embedding, then the projector.
+
+        Shapes: (B, T, Dv) tokens, (B, T, 2) positions in [0, 1], optional (B, T) mask → (B, T, E).
+        """
         if self.pos_embed is not None:
-            tokens = tokens + self.pos_embed(out.positions, out.mask).to(tokens.dtype)
-        proj_dtype = self.projector.linear_1.weight.dtype
-        return self.projector(tokens.to(proj_dtype)), out  # (B, T, E)
+            tokens = tokens + self.pos_embed(positions.to(tokens.dtype), mask).to(tokens.dtype)
+        return self.projector(tokens.to(self.projector.linear_1.weight.dtype))
+
+    def scatter_visual(self, input_ids: Tensor, image_embeds: Tensor, mask: Tensor | None = None, *,
+                       source: str = "ArrCoc") -> Tensor:
+        """The text embeddings of ``input_ids`` with ``image_embeds[mask]`` written into the image placeholders.
+
+        Shapes: (B, L) ids, (B, T, E) visual embeddings, optional (B, T) mask of real tokens → (B, L, E).
+
+        Raises:
+            ValueError: when a sample's placeholder count differs from its visual-token count (both are named,
+                with ``source``, the producer of the tokens).
+        """
+        placeholders = input_ids == self.image_token_id  # (B, L)
+        n_ph = placeholders.sum(1)
+        n_tok = (mask.sum(1) if mask is not None
+                 else torch.full_like(n_ph, image_embeds.shape[1]))
+        if not torch.equal(n_ph, n_tok):
+            b = int((n_ph != n_tok).nonzero()[0, 0])
+            raise ValueError(
+                f"image placeholder / visual token count mismatch in sample {b}: input_ids hold {int(n_ph[b])} "
+                f"image tokens (id {self.image_token_id}) but {source} produced {int(n_tok[b])} visual tokens; "
+                "expand <image> with the model's processor")
+        embeds = self.get_input_embeddings()(input_ids)  # (B, L, E)
+        flat = image_embeds[mask] if mask is not None else image_embeds.reshape(-1, image_embeds.shape[-1])
+        return embeds.masked_scatter(placeholders.unsqueeze(-1), flat.to(embeds.dtype))
 
     def embed_inputs(self, pixel_values: Tensor, input_ids: Tensor, *, query_input_ids: Tensor,
                      query_attention_mask: Tensor | None = None) -> tuple[Tensor, ArrCocOutput]:
@@ -193,18 +222,7 @@ class ArrCocLlava(nn.Module):
                              f"got {tuple(input_ids.shape)}")
         query = self.encode_query(query_input_ids, query_attention_mask)
         image_embeds, out = self.visual_tokens(pixel_values, query)
-        placeholders = input_ids == self.image_token_id  # (B, L)
-        n_ph = placeholders.sum(1)
-        n_tok = out.mask.sum(1)
-        if not torch.equal(n_ph, n_tok):
-            b = int((n_ph != n_tok).nonzero()[0, 0])
-            raise ValueError(
-                f"image placeholder / visual token count mismatch in sample {b}: input_ids hold {int(n_ph[b])} "
-                f"image tokens (id {self.image_token_id}) but ArrCoc produced {int(n_tok[b])} visual tokens "
-                f"(budget={self.budget}); expand <image> with the model's processor")
-        embeds = self.get_input_embeddings()(input_ids)  # (B, L, E)
-        embeds = embeds.masked_scatter(placeholders.unsqueeze(-1), image_embeds[out.mask].to(embeds.dtype))
-        return embeds, out
+        return self.scatter_visual(input_ids, image_embeds, out.mask, source=f"ArrCoc (budget={self.budget})"), out
 
     # -- LLaVA API -----------------------------------------------------------------------------------------------------
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None, *,
