@@ -150,27 +150,6 @@ def build_eval_model(cfg: EvalCfg):
                               "note": "random initialisation (smoke test)"}
 
 
-def _load_dataset(d: EvalDataCfg):
-    if d.source == "benchmark":
-        from training.data import load_benchmark
-
-        if d.path is None:
-            raise ValueError("data.path is required (the benchmark directory, or where to generate it)")
-        if d.generate and not Path(d.path, "dataset_dict.json").is_file():
-            from training.benchmark import BenchmarkCfg, make_benchmark
-
-            make_benchmark(d.path, seed=d.generate_seed, sizes=dict(d.generate_sizes),
-                           cfg=BenchmarkCfg.from_dict(d.generate_cfg))
-        ds = load_benchmark(d.path, d.split)
-    else:
-        from training.data import load_vqa_dataset
-
-        ds = load_vqa_dataset(d.source, split=d.split, path=d.path, images=d.images)
-    if d.max_samples is not None:
-        ds = ds.select(range(min(int(d.max_samples), len(ds))))
-    return ds
-
-
 def _metric_name(cfg: EvalCfg) -> str:
     if cfg.metric != "auto":
         return cfg.metric
@@ -292,7 +271,9 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     proc.budget = method.placeholders  # <image> expands to what this method feeds the LLM
     metric_name = _metric_name(cfg)
     metric = METRICS[metric_name]
-    ds = _load_dataset(cfg.data)
+    from training.data import load_configured
+
+    ds = load_configured(cfg.data)
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ __all__ = [
     "VqaSource",
     "list_sources",
     "load_benchmark",
+    "load_configured",
     "load_vqa_dataset",
     "read_manifest",
     "schema_features",
@@ -502,6 +503,39 @@ def load_benchmark(
     if split is None:
         return splits
     return _pick_split(splits, split, str(root))
+
+
+def load_configured(d: Any, *, generate_here: bool = True, barrier: Callable[[], None] | None = None
+                    ) -> datasets.Dataset:
+    """The rows a ``data:`` config section names (training's ``DataCfg`` and evaluation's ``EvalDataCfg``).
+
+    ``d.source == "benchmark"`` loads the generated benchmark at ``d.path``; with ``d.generate`` it is first generated
+    there when missing (``d.generate_seed``, ``d.generate_sizes``, ``d.generate_cfg``). In a multi-process job only the
+    process with ``generate_here`` writes it, and every process then waits at ``barrier`` before reading. Any other
+    source goes through :func:`load_vqa_dataset` (with ``d.images`` when the section has it). ``d.max_samples`` keeps
+    the first rows.
+
+    Raises:
+        ValueError: a benchmark source without ``data.path``.
+        DatasetNotFoundError: nothing at the path (the message says how to get it).
+    """
+    if d.source == "benchmark":
+        if d.path is None:
+            raise ValueError("data.path is required (the benchmark directory, or where to generate it)")
+        if d.generate and not Path(d.path, "dataset_dict.json").is_file():
+            if generate_here:
+                from training.benchmark import BenchmarkCfg, make_benchmark
+
+                make_benchmark(d.path, seed=d.generate_seed, sizes=dict(d.generate_sizes),
+                               cfg=BenchmarkCfg.from_dict(d.generate_cfg))
+            if barrier is not None:
+                barrier()
+        ds = load_benchmark(d.path, d.split)
+    else:
+        ds = load_vqa_dataset(d.source, split=d.split, path=d.path, images=getattr(d, "images", None))
+    if d.max_samples is not None:
+        ds = ds.select(range(min(int(d.max_samples), len(ds))))
+    return ds
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -381,27 +381,9 @@ class TrainRecipe:
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def _dataset(self):
-        d = self.cfg.data
-        if d.source == "benchmark":
-            from training.data import load_benchmark
+        from training.data import load_configured
 
-            if d.path is None:
-                raise ValueError("data.path is required (the benchmark directory, or where to generate it)")
-            if d.generate and not Path(d.path, "dataset_dict.json").is_file():
-                if self.rank == 0:
-                    from training.benchmark import BenchmarkCfg, make_benchmark
-
-                    make_benchmark(d.path, seed=d.generate_seed, sizes=dict(d.generate_sizes),
-                                   cfg=BenchmarkCfg.from_dict(d.generate_cfg))
-                self._barrier()
-            ds = load_benchmark(d.path, d.split)
-        else:
-            from training.data import load_vqa_dataset
-
-            ds = load_vqa_dataset(d.source, split=d.split, path=d.path)
-        if d.max_samples is not None:
-            ds = ds.select(range(min(d.max_samples, len(ds))))
-        return ds
+        return load_configured(self.cfg.data, generate_here=self.rank == 0, barrier=self._barrier)
 
     # -- training -----------------------------------------------------------------------------------------------------
     def _loader(self) -> torch.utils.data.DataLoader:
