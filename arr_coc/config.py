@@ -13,7 +13,8 @@ from typing import Any, Iterable
 
 from arr_coc.pipeline import ArrCoc
 
-__all__ = ["ArrCocCfg", "PRESETS", "build_arr_coc", "cfg_from_dict", "apply_overrides", "parse_override_value"]
+__all__ = ["ArrCocCfg", "PRESETS", "build_arr_coc", "cfg_from_dict", "apply_overrides", "parse_override",
+           "parse_override_value"]
 
 
 @dataclass
@@ -74,15 +75,21 @@ def parse_override_value(text: str) -> Any:
         return low
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split one ``key=value`` override into its stripped key and parsed value (:func:`parse_override_value`).
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty key.
+    """
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r} is not of the form key=value")
+    return key.strip(), parse_override_value(value)
+
+
 def apply_overrides(cfg: ArrCocCfg, overrides: Iterable[str]) -> ArrCocCfg:
     """Apply ``key=value`` strings; unknown keys and malformed items raise ``ValueError``."""
-    d: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        k, v = item.split("=", 1)
-        d[k.strip()] = parse_override_value(v)
-    return cfg_from_dict(d, base=cfg)
+    return cfg_from_dict(dict(parse_override(item) for item in overrides), base=cfg)
 
 
 def build_arr_coc(cfg: ArrCocCfg | str, *, device=None, dtype=None) -> ArrCoc:

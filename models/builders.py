@@ -29,7 +29,7 @@ import torch
 
 from arr_coc import build_arr_coc, cfg_from_dict
 from arr_coc._utils import default_patch_grid
-from arr_coc.config import parse_override_value
+from arr_coc.config import parse_override
 
 __all__ = [
     "CONFIG_DIR", "LlmCfg", "ModelCfg", "QueryCfg", "VisionCfg", "apply_overrides", "build_model", "check_choice",
@@ -155,10 +155,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 
     out = copy.deepcopy(data)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        set_by_path(out, key.strip(), parse_override_value(value))
+        set_by_path(out, *parse_override(item))
     return out
 
 

@@ -121,7 +121,8 @@ def test_override_value_may_contain_equals():
 @pytest.mark.parametrize("item,msg", [
     ("budget", r"override 'budget' is not of the form key=value"),
     ("", r"override '' is not of the form key=value"),
-    ("=576", r"unknown ArrCocCfg key\(s\) \[''\]"),
+    ("=576", r"override '=576' is not of the form key=value"),
+    (" =576", r"override ' =576' is not of the form key=value"),
     ("budegt=576", r"unknown ArrCocCfg key\(s\) \['budegt'\]"),
     ("patch_grid=[4, 9", r"malformed list/dict override value '\[4, 9'"),
     ("allocator_kwargs={levels: [4]}", r"malformed list/dict override value"),
@@ -129,3 +130,11 @@ def test_override_value_may_contain_equals():
 def test_malformed_overrides_raise(item, msg):
     with pytest.raises(ValueError, match=msg):
         apply_overrides(ArrCocCfg(), [item])
+
+
+def test_model_and_layer_overrides_share_one_parser():
+    from models.builders import apply_overrides as apply_model_overrides
+
+    assert apply_model_overrides({"arr_coc": {"budget": 1}}, [" arr_coc.budget = 96"]) == {"arr_coc": {"budget": 96}}
+    with pytest.raises(ValueError, match=r"override '=3' is not of the form key=value"):
+        apply_model_overrides({}, ["=3"])
