@@ -47,8 +47,6 @@ TRAINING_FREE = ("uniform", "threshold", "proportional", "visionzip", "fastv", "
 # every patch a token; the LLM gets 3 layers so that FastV (K = 2) has a layer to prune.
 SMOKE_MODEL = {"arr_coc": {"num_patches": 4, "patch_grid": [2, 2], "budget": 16, "min_tokens": 1, "max_tokens": 16},
                "llm": {"text_config": {"num_hidden_layers": 3}}}
-SMOKE_GEN = {"image_size": 64, "shape_size": [16, 20], "glyph_size": [6, 8], "min_objects": 2, "max_objects": 3,
-             "distractor_glyphs": 1, "clutter_lines": 4, "clutter_outlines": 1}
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -345,13 +343,14 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
     import matplotlib.pyplot as plt
 
     from eval.baselines import create_method
-    from eval.run_eval import _load_dataset, build_eval_model, load_eval_cfg
+    from eval.run_eval import build_eval_model, load_eval_cfg
     from scripts.demo import draw_budgets
+    from training.data import load_configured
 
     cfg = load_eval_cfg(a.eval_config, [f"checkpoint={run}", f"token_fraction={frac}", *extra])
     model, processor, _ = build_eval_model(cfg)
     model.eval()
-    ds = _load_dataset(cfg.data)
+    ds = load_configured(cfg.data)
     # One test image and several questions about THIS image, each pointing at a different object: re-asked from the
     # row's stored scene with the generator's own question maker, so every question is true of the image and its
     # target box is known. Falls back to the row's own question when the row carries no scene.
@@ -464,11 +463,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         work, out = Path(a.work or tmp / "runs"), Path(a.out or tmp / "results")
         # With --work the mini-benchmark lives beside the runs, so a second invocation reuses runs and data alike.
         data = work / "smoke_bench"
-        from training.benchmark import BenchmarkCfg, make_benchmark
+        from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
 
         if not (data / "dataset_dict.json").is_file():
             make_benchmark(data, seed=0, sizes={"train": 16, "val": 4, "test": 8},
-                           cfg=BenchmarkCfg.from_dict(SMOKE_GEN))
+                           cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
         a.train_config, a.eval_config = "configs/train/tiny.yaml", "configs/eval/tiny.yaml"
         a.steps = 2 if a.steps is None else a.steps
         base_model = SMOKE_MODEL

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BENCHMARK_VERSION",
+    "TINY_GENERATOR",
     "DEFAULT_COLOURS",
     "DEFAULT_SHAPES",
     "DEFAULT_SIZES",
@@ -99,6 +100,12 @@ N_ANSWERS = 10  # VQAv2-style: the answer is stored 10 times so vqa_accuracy app
 _GLYPH_POOL_SEED = 20240601  # fixed, so the train/val/test handwriting split is the same for every --seed
 _CHUNK = 64  # rows per worker task
 _MARGIN = 6  # minimum gap in pixels between a shape and its grid cell's border
+
+
+# The 64 px generator of the `tiny` preset's mini-benchmark: the tests, `--smoke` runs and configs/*/tiny.yaml
+# (`data.generate_cfg`, kept equal by tests/training/test_configs.py) all use it.
+TINY_GENERATOR: dict[str, Any] = {"image_size": 64, "shape_size": [16, 20], "glyph_size": [6, 8], "min_objects": 2,
+                                  "max_objects": 3, "distractor_glyphs": 1, "clutter_lines": 4, "clutter_outlines": 1}
 
 
 @dataclass(frozen=True)

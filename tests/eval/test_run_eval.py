@@ -12,17 +12,15 @@ from eval.flops import visual_flops, visual_flops_fraction
 from eval.run_eval import load_eval_cfg, main, summarize, target_fraction
 from models.builders import build_model
 
-GEN = {"image_size": 64, "shape_size": [16, 20], "glyph_size": [6, 8], "min_objects": 2, "max_objects": 3,
-       "distractor_glyphs": 1, "clutter_lines": 4, "clutter_outlines": 1}
 CONFIGS = sorted(Path("configs/eval").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from training.benchmark import BenchmarkCfg, make_benchmark
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
 
     path = tmp_path_factory.mktemp("bench") / "mini"
-    make_benchmark(path, seed=0, sizes={"train": 8, "val": 7}, cfg=BenchmarkCfg.from_dict(GEN))
+    make_benchmark(path, seed=0, sizes={"train": 8, "val": 7}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
     return path
 
 

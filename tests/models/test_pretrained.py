@@ -10,8 +10,6 @@ import torch
 from models.builders import build_model, dataclass_to_dict, load_model_cfg
 from models.pretrained import load_pretrained, save_pretrained
 
-GEN = {"image_size": 64, "shape_size": [16, 20], "glyph_size": [6, 8], "min_objects": 2, "max_objects": 3,
-       "distractor_glyphs": 1, "clutter_lines": 4, "clutter_outlines": 1}
 
 
 def _tiny():
@@ -87,11 +85,11 @@ def test_errors_name_the_problem(tmp_path):
 def test_export_from_a_training_run_then_trained_demo(tmp_path):
     from scripts.demo import main as demo
     from scripts.export_model import main as export
-    from training.benchmark import BenchmarkCfg, make_benchmark
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
     from training.train import main as train
 
     data = tmp_path / "bench"
-    make_benchmark(data, seed=0, sizes={"train": 16, "val": 4}, cfg=BenchmarkCfg.from_dict(GEN))
+    make_benchmark(data, seed=0, sizes={"train": 16, "val": 4}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
     run = tmp_path / "run"
     train(["--config", "configs/train/tiny.yaml", f"output_dir={run}", f"data.path={data}", "data.generate=false",
            "dist.fsdp=off", "train.max_steps=2", "train.batch_size=4"])

@@ -138,3 +138,11 @@ def test_model_dict_merges_nested_overrides_over_the_preset():
     a = {"x": {"y": 1, "z": 2}, "w": {"v": 0}}
     assert deep_merge(a, {"x": {"y": 5}, "w": None}) == {"x": {"y": 5, "z": 2}, "w": None}
     assert a == {"x": {"y": 1, "z": 2}, "w": {"v": 0}}
+
+
+@pytest.mark.parametrize("path", ["configs/train/tiny.yaml", "configs/eval/tiny.yaml"])
+def test_tiny_configs_generate_the_shared_tiny_benchmark(path):
+    from models.builders import load_yaml
+    from training.benchmark import TINY_GENERATOR
+
+    assert load_yaml(path)["data"]["generate_cfg"] == TINY_GENERATOR

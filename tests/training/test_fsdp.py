@@ -29,8 +29,6 @@ import pytest
 from training.train import main
 
 ROOT = Path(__file__).resolve().parents[2]
-GEN = {"image_size": 64, "shape_size": [16, 20], "glyph_size": [6, 8], "min_objects": 2, "max_objects": 3,
-       "distractor_glyphs": 1, "clutter_lines": 4, "clutter_outlines": 1}
 STEPS = 8
 TIMEOUT = 300
 
@@ -86,11 +84,11 @@ def _run(cmd: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from training.benchmark import BenchmarkCfg, make_benchmark
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
 
     base = tmp_path_factory.mktemp("fsdp")
     data = base / "bench"
-    make_benchmark(data, seed=0, sizes={"train": 32, "val": 4}, cfg=BenchmarkCfg.from_dict(GEN))
+    make_benchmark(data, seed=0, sizes={"train": 32, "val": 4}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
 
     # Start the run that will be killed first, so it overlaps with the others.
     killed = base / "killed"

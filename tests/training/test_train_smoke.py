@@ -13,16 +13,14 @@ from models.builders import build_model
 from models.vlm import load_state_dict_nonstrict
 from training.train import TrainRecipe, gini, main
 
-GEN = {"image_size": 64, "shape_size": [16, 20], "glyph_size": [6, 8], "min_objects": 2, "max_objects": 3,
-       "distractor_glyphs": 1, "clutter_lines": 4, "clutter_outlines": 1}
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from training.benchmark import BenchmarkCfg, make_benchmark
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
 
     path = tmp_path_factory.mktemp("bench") / "mini"
-    make_benchmark(path, seed=0, sizes={"train": 16, "val": 4}, cfg=BenchmarkCfg.from_dict(GEN))
+    make_benchmark(path, seed=0, sizes={"train": 16, "val": 4}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
     return path
 
 
