@@ -4,6 +4,7 @@ Usage (from the repo root):
 
     python -m scripts.make_benchmark --out data/arr_coc_bench                        # 50k / 2k / 5k, seed 0
     python -m scripts.make_benchmark --out /tmp/mini --train-size 512 --val-size 64 --test-size 64 --workers 1
+    python -m scripts.make_benchmark --out /tmp/small --image-size 128 --set shape_size=[24,30] glyph_size=[9,11]
 
 The result is a ``datasets.DatasetDict`` (``train``, ``val``, ``test``) written with ``save_to_disk``, plus
 ``manifest.json`` at the root and in each split directory. Load it with ``training.data.load_benchmark(out)``.
@@ -19,6 +20,7 @@ import sys
 import time
 from typing import Sequence
 
+from arr_coc.config import parse_override
 from training.benchmark import DEFAULT_SIZES, BenchmarkCfg, make_benchmark
 
 __all__ = ["main", "parse_args"]
@@ -50,13 +52,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-format", choices=("jpeg", "png"), default=defaults.image_format)
     parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
     parser.add_argument("--noise", type=int, default=defaults.noise_amplitude, help="+- per-pixel noise amplitude")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="any other BenchmarkCfg field, e.g. shape_size=[26,32] glyph_size=[9,11] "
+                             "distractor_glyphs=2 (see training/benchmark.py); unknown fields are refused")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate the benchmark; returns the process exit code."""
     args = parse_args(argv)
-    cfg = BenchmarkCfg(
+    params = dict(
         image_size=args.image_size,
         min_objects=args.min_objects,
         max_objects=args.max_objects,
@@ -66,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         jpeg_quality=args.jpeg_quality,
         noise_amplitude=args.noise,
     )
+    for item in args.set:
+        key, value = parse_override(item)
+        if key in params:
+            raise ValueError(f"--set {item!r}: {key} has its own option (--{key.replace('_', '-')})")
+        params[key] = value
+    cfg = BenchmarkCfg.from_dict(params)
     sizes = {split: getattr(args, f"{split}_size") for split in DEFAULT_SIZES}
     negative = {split: n for split, n in sizes.items() if n < 0}
     if negative:

@@ -194,6 +194,21 @@ def test_cli_is_deterministic_across_worker_counts(tmp_path):
     assert read_manifest(tmp_path / "a")["command"].startswith("python -m scripts.make_benchmark --out")
 
 
+def test_cli_set_reaches_the_generator_and_refuses_unknown_fields(tmp_path):
+    out = tmp_path / "p"
+    args = ["--out", str(out), "--train-size", "2", "--val-size", "0", "--test-size", "0", "--workers", "1",
+            "--image-size", "128", "--min-objects", "2", "--max-objects", "3", "--set", "shape_size=[26,32]",
+            "glyph_size=[9,11]", "distractor_glyphs=2"]
+    assert make_benchmark_main(args) == 0
+    gen = BenchmarkCfg.from_dict(read_manifest(out)["generator"])
+    assert (gen.image_size, gen.shape_size, gen.glyph_size, gen.distractor_glyphs) == (128, (26, 32), (9, 11), 2)
+    assert load_benchmark(out, "train")[0]["image"].size == (128, 128)
+    with pytest.raises(ValueError, match=r"unknown BenchmarkCfg field\(s\) \['glyph_sise'\]"):
+        make_benchmark_main(["--out", str(tmp_path / "q"), "--set", "glyph_sise=[9,11]"])
+    with pytest.raises(ValueError, match="has its own option"):
+        make_benchmark_main(["--out", str(tmp_path / "q"), "--set", "image_size=64"])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
