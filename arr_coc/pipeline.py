@@ -145,6 +145,12 @@ class ArrCoc(nn.Module):
         if query.dim() != 2 or query.shape[0] != b:
             raise ValueError(f"query must have shape (B={b}, Dq={self.query_dim}), got {tuple(query.shape)}")
         _check_same_device(features=features, query=query)
+        if uncertainty is not None:
+            _check_tensor("uncertainty", uncertainty)
+            if uncertainty.dtype != features.dtype:
+                # Balancing would cast it silently (float64 rounded, a half or integer tensor widened): refuse instead.
+                raise ValueError(f"uncertainty has dtype {uncertainty.dtype} but features have dtype "
+                                 f"{features.dtype}; pass uncertainty in the features' dtype")
         scores = self.knowing(features, query=query, pixels=pixels)  # (B, K, 3)
         uses_context = getattr(self.attending, "uses_context", False)
         context = self._context(features, query, scores) if uses_context else None

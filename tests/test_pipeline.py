@@ -230,6 +230,19 @@ def test_uncertainty_is_passed_to_balancing():
         model(feats, query=query, uncertainty=unc[:, :15])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int64])
+def test_uncertainty_of_another_dtype_is_refused(dtype):
+    # Balancing would cast it to the features' dtype without a word; the pipeline names both dtypes instead.
+    model = _small("projection")
+    feats, query = _inputs()
+    unc = torch.zeros(2, K, dtype=dtype)
+    with pytest.raises(ValueError, match=rf"uncertainty has dtype {dtype} but features have dtype torch.float32"):
+        model(feats, query=query, uncertainty=unc)
+    # uint8 pixels stay accepted (their conversion is deliberate).
+    out = model(feats, query=query, pixels=torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+    assert (out.budgets.sum(-1) == BUDGET).all()
+
+
 def test_float64_pipeline():
     model = ArrCoc(D, D, num_patches=K, budget=BUDGET, min_tokens=LO, max_tokens=HI, dtype=torch.float64)
     feats, query = _inputs()

@@ -77,7 +77,11 @@ class PGDAllocator(Allocator):
                 cand = self._proj(z + eta * g)
                 f_c = self._objective(w, cand)
                 d = cand - z
-                ok = f_c >= f_z + (g * d).sum(-1) - (d * d).sum(-1) / (2 * eta.squeeze(-1)) - 1e-12 * f_z.abs()
+                # f(cand) - f(z) as sum w·log1p(d/z): exact to rounding of the change itself, where f_c - f_z would
+                # cancel to ~eps·|f| and let steps that lose ascent through (an error floor of ~sqrt(eps·|f|/w)).
+                terms, lin = w * torch.log1p(d / z), g * d
+                slack = 8 * torch.finfo(d.dtype).eps * (terms.abs().sum(-1) + lin.abs().sum(-1))
+                ok = terms.sum(-1) >= lin.sum(-1) - (d * d).sum(-1) / (2 * eta.squeeze(-1)) - slack
                 take = ok & ~accepted
                 x_new = torch.where(take.unsqueeze(-1), cand, x_new)
                 f_new = torch.where(take, f_c, f_new)
@@ -95,6 +99,9 @@ class PGDAllocator(Allocator):
             f_z = self._objective(w, z)
             theta = torch.where(restart, torch.ones_like(theta), theta_new)
             x, f_x = x_new, f_new
+            # Double the step after an accepted step (the backtracking above halves it again where needed): a step
+            # sized by max(w) alone stays far too short on rows whose heavy patches sit at hi.
+            eta = torch.where(accepted.unsqueeze(-1), 2 * eta, eta)
             if bool((move <= self.tol * scale).all()):
                 break
         t = x
@@ -110,15 +117,20 @@ class PGDAllocator(Allocator):
         eps = 1e-7 * max(1.0, self.max_tokens)
         at_lo = t <= self.min_tokens + eps
         at_hi = t >= self.max_tokens - eps
-        free = ~at_lo & ~at_hi
+        # With min_tokens == max_tokens a patch is at both bounds: fixed, it puts no condition on ν.
+        fixed = at_lo & at_hi
+        at_lo, at_hi = at_lo & ~fixed, at_hi & ~fixed
+        free = ~at_lo & ~at_hi & ~fixed
         n_free = free.sum(-1)
         inf = torch.full_like(ratio, float("inf"))
         nu_free = torch.where(free, ratio, torch.zeros_like(ratio)).sum(-1) / n_free.clamp_min(1)
-        # With no free patch, any ν between the two bound groups certifies optimality: take the midpoint.
+        # With no free patch, any ν between the two bound groups certifies optimality: take the midpoint (and with
+        # every patch fixed, where any ν does, the mean marginal utility).
         lo_max = torch.where(at_lo, ratio, -inf).amax(-1)
         hi_min = torch.where(at_hi, ratio, inf).amin(-1)
         mid = torch.where(torch.isfinite(lo_max) & torch.isfinite(hi_min), (lo_max + hi_min) / 2,
-                          torch.where(torch.isfinite(lo_max), lo_max, hi_min))
+                          torch.where(torch.isfinite(lo_max), lo_max,
+                                      torch.where(torch.isfinite(hi_min), hi_min, ratio.mean(-1))))
         nu = torch.where(n_free > 0, nu_free, mid)
         viol = torch.where(free, (ratio - nu[:, None]).abs(), torch.zeros_like(ratio))
         viol = torch.maximum(viol, torch.where(at_lo, (ratio - nu[:, None]).clamp_min(0), torch.zeros_like(ratio)))

@@ -15,12 +15,15 @@ variable or the ``_override_impl`` test hook force either path, and a failed bui
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
 from arr_coc._utils import _check_finite, _check_tensor
 from arr_coc.kernels import dispatch
-from arr_coc.kernels.reference import _acc_dtype, projection_backward, projection_forward, round_largest_remainder
+from arr_coc.kernels.reference import (_acc_dtype, floor_deficit, projection_backward, projection_forward,
+                                      round_largest_remainder)
 
 __all__ = ["capped_simplex_projection", "project_and_round", "round_to_budget"]
 
@@ -153,11 +156,36 @@ def _check_roundable(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
             i = tuple(int(v) for v in bad.nonzero()[0].tolist())
             raise ValueError(f"x is {word} at index {i}: x={x[i].item()}; project x onto the bounds first")
     gap = x.double().sum(-1) - budget.double()
-    if bool((gap.abs() > tol_b + 1e-6 * x.shape[-1]).any()):
-        i = tuple(int(v) for v in (gap.abs() > tol_b).nonzero()[0].tolist())
+    far = gap.abs() > tol_b + 1e-6 * x.shape[-1]
+    if bool(far.any()):
+        i = tuple(int(v) for v in far.nonzero()[0].tolist())
         raise ValueError(
             f"x sums to {x.double().sum(-1)[i].item():.6g} at row {i} but budget is {budget.double()[i].item():g}; "
             "round_to_budget expects x on the capped simplex (call capped_simplex_projection first)"
+        )
+    _check_deficit(x, budget, lo, hi)
+
+
+def _check_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
+    """Raise unless largest-remainder rounding of ``x`` can hit ``budget`` exactly.
+
+    The rounding moves each entry by at most one unit from ``f = clamp(floor(x), lo, hi)``, so it reaches the budget
+    exactly when ``-n_down <= D = budget - sum(f) <= n_up`` (``n_up``: entries with ``f < hi``, ``n_down``: entries
+    with ``f > lo``). A point on the capped simplex always satisfies this up to float drift far below one unit
+    (``D = sum(x - f) + (budget - sum(x))`` and each remainder is below 1); a violation means ``x`` is not one, and
+    rounding it would return a wrong sum. This is the same ``D`` the reference and the CUDA kernel compute.
+    """
+    _, d, n_up, n_down = floor_deficit(x, budget, lo, hi)
+    bad = (d > n_up) | (-d > n_down)
+    if bool(bad.any()):
+        i = tuple(int(v) for v in bad.nonzero()[0].tolist())
+        di, bi = int(d[i]), int(budget[i])
+        way, movable, which = ("up", int(n_up[i]), "below hi") if di > 0 else ("down", int(n_down[i]), "above lo")
+        raise ValueError(
+            f"x sums to {x.double().sum(-1)[i].item():.6g} at row {i} but budget is {bi}: the floors sum to {bi - di}, "
+            f"so {abs(di)} unit(s) must go {way}, but largest-remainder rounding can move only {movable} unit(s) "
+            f"(one per entry {which}, K={x.shape[-1]}); round_to_budget expects x on the capped simplex "
+            "(call capped_simplex_projection first)"
         )
 
 
@@ -188,7 +216,17 @@ def _(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 def _project_and_round_ref(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     acc = _acc_dtype(y.dtype)
     x = projection_forward(y, budget.to(acc), lo.to(acc), hi.to(acc))
+    _check_deficit(x, budget, lo, hi)  # cannot fire for a projected x; guards the exact-sum contract all the same
     return x, round_largest_remainder(x, budget, lo, hi)
+
+
+def _check_rounded(x: Tensor, t: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
+    # The fused kernel rounds the x it has just written, so nothing can be checked before it runs; one reduction of
+    # its integers afterwards keeps "the sum is the budget, exactly" a guarantee rather than an expectation.
+    if bool((t.sum(-1) != budget).any()):
+        _check_deficit(x, budget, lo, hi)  # names the row and the numbers
+        i = tuple(int(v) for v in (t.sum(-1) != budget).nonzero()[0].tolist())
+        raise ValueError(f"rounding at row {i} sums to {int(t.sum(-1)[i])}, not the budget {int(budget[i])}")
 
 
 @torch.library.custom_op("arr_coc::project_and_round", mutates_args=())
@@ -203,7 +241,9 @@ def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor
     ext = dispatch.cuda_kernel_or_none()
     if ext is None:
         return _project_and_round_ref(y, budget, lo, hi)
-    return dispatch.cuda_project_and_round(ext, y, budget, lo, hi)
+    x, t = dispatch.cuda_project_and_round(ext, y, budget, lo, hi)
+    _check_rounded(x, t, budget, lo, hi)
+    return x, t
 
 
 @_project_and_round_op.register_fake
@@ -241,13 +281,13 @@ def _as_tensor(name: str, v: Tensor | _Number, like: Tensor, dtype: torch.dtype)
 
 
 def _prepare(y: Tensor, budget, lo, hi, *, name: str, int_bounds: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if int_bounds:  # budget and bounds must hold integers: ints, or int64 tensors of the rounded values
-        for nm, v in (("budget", budget), ("lo", lo), ("hi", hi)):
-            _check_integral(nm, v)
-        budget, lo, hi = (v.round().long() if isinstance(v, Tensor) else int(v) for v in (budget, lo, hi))
+    if int_bounds:  # budget and bounds must be integers: Python ints or integer tensors (widened to int64)
+        budget, lo, hi = (_check_integral(nm, v) for nm, v in (("budget", budget), ("lo", lo), ("hi", hi)))
     _check_tensor(name, y)
     if not y.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {y.dtype}")
+    if not int_bounds:
+        _check_bound_dtypes(y, budget=budget, lo=lo, hi=hi)
     if y.dim() < 1 or y.shape[-1] < 1:
         raise ValueError(f"{name} must have shape (..., K) with K >= 1, got {tuple(y.shape)}")
     dt = torch.int64 if int_bounds else _acc_dtype(y.dtype)
@@ -282,16 +322,17 @@ def capped_simplex_projection(y: Tensor, budget: Tensor | _Number, lo: Tensor | 
 
     Args:
         y: Points to project. Any float dtype; half types are solved in fp32.
-        budget: Row sums, a number or a tensor broadcastable to the row shape ``(...)``.
-        lo: Lower bounds, a number or a tensor broadcastable to ``y``.
-        hi: Upper bounds, a number or a tensor broadcastable to ``y``.
+        budget: Row sums, a number or a tensor (of ``y``'s dtype) broadcastable to the row shape ``(...)``.
+        lo: Lower bounds, a number or a tensor (of ``y``'s dtype) broadcastable to ``y``.
+        hi: Upper bounds, a number or a tensor (of ``y``'s dtype) broadcastable to ``y``.
 
     Returns:
         The projection, same shape and dtype as ``y``.
 
     Raises:
-        ValueError: non-float ``y``, shapes that do not broadcast, tensors on another device, NaN/inf anywhere,
-            ``lo > hi``, or an infeasible budget (``sum(lo) > budget`` or ``sum(hi) < budget``), naming the values.
+        ValueError: non-float ``y``, shapes that do not broadcast, tensors on another device or of another dtype
+            than ``y`` (half ``y`` also takes float32), NaN/inf anywhere, ``lo > hi``, or an infeasible budget
+            (``sum(lo) > budget`` or ``sum(hi) < budget``), naming the values.
 
     Shapes:
         y: (..., K)
@@ -303,19 +344,31 @@ def capped_simplex_projection(y: Tensor, budget: Tensor | _Number, lo: Tensor | 
     return torch.ops.arr_coc.capped_simplex_projection(y, b, lo_t, hi_t)
 
 
-def _check_integral(name: str, v) -> None:
+def _check_bound_dtypes(y: Tensor, **tensors) -> None:
+    # A tensor budget/bound must already be in y's dtype; half y may also pass them in float32, the precision it is
+    # solved in. Anything else would be converted silently (float64 bounds rounded to float32, an int64 budget cast).
+    ok = {y.dtype, _acc_dtype(y.dtype)}
+    for nm, v in tensors.items():
+        if isinstance(v, Tensor) and v.dtype not in ok:
+            also = f" (or {_acc_dtype(y.dtype)})" if len(ok) > 1 else ""
+            raise ValueError(f"{nm} has dtype {v.dtype} but y has dtype {y.dtype}; pass {nm} as a tensor of y's "
+                             f"dtype{also} or as a Python number")
+
+
+def _check_integral(name: str, v):
+    """An integer budget/bound as an ``int`` or an int64 tensor; floats, even whole ones, are refused."""
     if isinstance(v, Tensor):
-        if v.is_floating_point():
-            bad = v != torch.round(v)
-            if bool(bad.any()):
-                raise ValueError(f"{name} must be integer-valued, got {v[bad].flatten()[0].item()}")
-        elif v.dtype == torch.bool or v.is_complex():
-            raise ValueError(f"{name} must be an integer tensor, got dtype {v.dtype}")
-    elif isinstance(v, float) and not v.is_integer():
-        raise ValueError(f"{name} must be an integer, got {v}")
+        if v.is_floating_point() or v.is_complex() or v.dtype == torch.bool:
+            shown = v.flatten()[0].item() if v.numel() and v.device.type != "meta" else "?"
+            raise ValueError(f"{name} must be an integer tensor, got dtype {v.dtype} (value {shown}); "
+                             "pass integers (e.g. .round().long() if that is intended)")
+        return v.long()
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v)
+    raise ValueError(f"{name} must be an integer (int or integer tensor), got {type(v).__name__}: {v!r}")
 
 
-def round_to_budget(x: Tensor, budget: Tensor | _Number, lo: Tensor | _Number, hi: Tensor | _Number) -> Tensor:
+def round_to_budget(x: Tensor, budget: Tensor | int, lo: Tensor | int, hi: Tensor | int) -> Tensor:
     """Largest-remainder rounding of a capped-simplex point to integers that hit ``budget`` exactly.
 
     ``f = floor(x)``; the ``budget - sum(f)`` entries with the largest remainders (among those below ``hi``) get one
@@ -324,16 +377,17 @@ def round_to_budget(x: Tensor, budget: Tensor | _Number, lo: Tensor | _Number, h
 
     Args:
         x: A point on the capped simplex, e.g. the output of :func:`capped_simplex_projection`.
-        budget: Integer row sums (int, integral float, or integer tensor broadcastable to ``(...)``).
-        lo: Integer lower bounds broadcastable to ``x``.
-        hi: Integer upper bounds broadcastable to ``x``.
+        budget: Integer row sums: an int or an integer tensor broadcastable to ``(...)`` (floats are refused).
+        lo: Integer lower bounds (int or integer tensor) broadcastable to ``x``.
+        hi: Integer upper bounds (int or integer tensor) broadcastable to ``x``.
 
     Returns:
         int64 tensor shaped like ``x``.
 
     Raises:
-        ValueError: non-integer ``budget``/``lo``/``hi``, ``x`` outside the bounds or far from the budget, NaN/inf,
-            ``lo > hi`` or an infeasible budget.
+        ValueError: ``budget``/``lo``/``hi`` that are not ints or integer tensors (whole floats included), ``x``
+            outside the bounds or far from the budget, an ``x`` whose floors leave more units to move than there are
+            entries free to move (rounding could not hit the budget), NaN/inf, ``lo > hi`` or an infeasible budget.
 
     Shapes:
         x: (..., K)
@@ -344,7 +398,7 @@ def round_to_budget(x: Tensor, budget: Tensor | _Number, lo: Tensor | _Number, h
 
 
 def project_and_round(
-    y: Tensor, budget: Tensor | _Number, lo: Tensor | _Number, hi: Tensor | _Number
+    y: Tensor, budget: Tensor | int, lo: Tensor | int, hi: Tensor | int
 ) -> tuple[Tensor, Tensor]:
     """Projection onto the capped simplex and largest-remainder rounding of the result, fused on CUDA.
 
@@ -354,15 +408,16 @@ def project_and_round(
 
     Args:
         y: Points to project. Any float dtype; half types are solved in fp32.
-        budget: Integer row sums (int, integral float, or integer tensor broadcastable to ``(...)``).
-        lo: Integer lower bounds broadcastable to ``y``.
-        hi: Integer upper bounds broadcastable to ``y``.
+        budget: Integer row sums: an int or an integer tensor broadcastable to ``(...)`` (floats are refused).
+        lo: Integer lower bounds (int or integer tensor) broadcastable to ``y``.
+        hi: Integer upper bounds (int or integer tensor) broadcastable to ``y``.
 
     Returns:
         ``(x, t)``: the projection (dtype of ``y``) and its rounding (int64), both shaped like ``y``.
 
     Raises:
-        ValueError: as :func:`capped_simplex_projection`, and for non-integer ``budget``/``lo``/``hi``.
+        ValueError: as :func:`capped_simplex_projection`, and for ``budget``/``lo``/``hi`` that are not ints or
+            integer tensors.
 
     Shapes:
         y: (..., K)

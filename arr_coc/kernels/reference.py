@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["projection_forward", "projection_backward", "round_largest_remainder"]
+__all__ = ["floor_deficit", "projection_forward", "projection_backward", "round_largest_remainder"]
 
 # Every _BISECT_EVERY-th iteration is a plain bisection so the bracket provably shrinks even where Newton cycles.
 _BISECT_EVERY = 8
@@ -113,12 +113,34 @@ def projection_backward(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tupl
     return g_y.to(grad.dtype), mean_free.squeeze(-1).to(grad.dtype)
 
 
+def floor_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The start of largest-remainder rounding: ``f = clamp(floor(x), lo, hi)`` and ``D = budget - sum(f)``.
+
+    Also returns how many entries can go up (``f < hi``) and down (``f > lo``): rounding, which moves each entry by at
+    most one unit, hits the budget exactly iff ``-n_down <= D <= n_up``.
+
+    Shapes:
+        x: (..., K) float
+        budget: (...) int64
+        lo, hi: broadcastable to (..., K), int64
+        returns: f (..., K) int64; D, n_up, n_down (...) int64
+    """
+    lo_b, hi_b = lo.expand_as(x), hi.expand_as(x)
+    # floor can fall one below lo (or the clamp can trim hi + drift): bring it back inside; the deficit is re-added
+    # through D, so no mass is lost.
+    f = torch.floor(x.double()).long()
+    f = torch.minimum(torch.maximum(f, lo_b), hi_b)
+    deficit = budget - f.sum(-1)  # (...) int64
+    return f, deficit, (f < hi_b).sum(-1), (f > lo_b).sum(-1)
+
+
 def round_largest_remainder(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """Largest-remainder rounding of a feasible ``x`` to int64 that sums to ``budget`` exactly and keeps the bounds.
 
     ``f = floor(x)``; the ``D = budget - sum(f)`` largest remainders among entries with ``f < hi`` get +1 (ties go to
     the lower index). If float drift makes ``D`` negative, the ``-D`` smallest remainders among entries with
-    ``f > lo`` get -1. Inputs are validated by the caller (``x`` within the bounds up to drift, ``|D| <= K``).
+    ``f > lo`` get -1. Inputs are validated by the caller: ``x`` within the bounds up to drift and
+    ``-n_down <= D <= n_up`` (see :func:`floor_deficit`), without which the sum would miss the budget.
 
     Shapes:
         x: (..., K) float
@@ -127,13 +149,9 @@ def round_largest_remainder(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -
         returns: (..., K) int64
     """
     lo_b, hi_b = lo.expand_as(x), hi.expand_as(x)
-    # floor can fall one below lo (or the clamp can trim hi + drift): bring it back inside; the deficit is re-added
-    # through D below, so no mass is lost.
     xd = x.double()
-    f = torch.floor(xd).long()
-    f = torch.minimum(torch.maximum(f, lo_b), hi_b)
+    f, deficit, _, _ = floor_deficit(x, budget, lo, hi)
     rem = (xd - f.double()).clamp(0.0, 1.0)
-    deficit = budget - f.sum(-1)  # (...) int64
     k = x.shape[-1]
     idx = torch.arange(k, device=x.device)
     # Stable sort keeps the lower index first among equal keys: the deterministic tie-break.

@@ -196,6 +196,34 @@ def test_bad_shapes_dtypes_devices():
         capped_simplex_projection(torch.zeros(2, 5), "1", 0.0, 1.0)
 
 
+@pytest.mark.parametrize("which", ["budget", "lo", "hi"])
+@pytest.mark.parametrize("other", [torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32])
+def test_tensor_of_another_dtype_is_refused(which, other):
+    # A budget/bound tensor of another dtype than y's used to be converted silently (float64 rounded to float32, an
+    # integer budget cast); it must be refused, naming both dtypes. Python numbers stay accepted.
+    y = torch.zeros(2, 5)
+    args = dict(budget=2.0, lo=0.0, hi=1.0)
+    args[which] = torch.tensor(args[which], dtype=other)
+    with pytest.raises(ValueError, match=rf"{which} has dtype {other} but y has dtype torch.float32"):
+        capped_simplex_projection(y, args["budget"], args["lo"], args["hi"])
+
+
+def test_matching_tensor_dtypes_are_accepted():
+    for dt in (torch.float32, torch.float64):
+        y = torch.zeros(2, 5, dtype=dt)
+        x = capped_simplex_projection(y, torch.tensor([2.0, 3.0], dtype=dt), torch.tensor(0.0, dtype=dt),
+                                      torch.ones(5, dtype=dt))
+        assert x.dtype == dt and torch.allclose(x.sum(-1).double(), torch.tensor([2.0, 3.0], dtype=torch.float64))
+    # Half y is solved in float32, so float32 bounds are as good as its own dtype; float64 ones are not.
+    for dt in (torch.float16, torch.bfloat16):
+        y = torch.zeros(2, 5, dtype=dt)
+        for bdt in (dt, torch.float32):
+            x = capped_simplex_projection(y, torch.tensor(2.0, dtype=bdt), torch.tensor(0.0, dtype=bdt), 1.0)
+            assert x.dtype == dt and torch.equal(x, torch.full_like(x, 0.4))
+        with pytest.raises(ValueError, match=rf"lo has dtype torch.float64 but y has dtype {dt}"):
+            capped_simplex_projection(y, 2.0, torch.tensor(0.0, dtype=torch.float64), 1.0)
+
+
 def test_subnormal_bounds_budget_equal_to_sum_lo_is_feasible():
     # Regression (found by hypothesis in CI): lo ~ 1e-44 is subnormal in float32, so lo and budget = K·lo each round
     # onto the subnormal grid when cast; the feasibility check must allow that absolute rounding, not call it
