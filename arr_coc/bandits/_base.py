@@ -22,6 +22,7 @@ from arr_coc._utils import _check_tensor
 
 from . import nonstationary as _ns
 from ._io import _load_tensors, _save_tensors
+from ._validate import _check_int, _check_positive  # noqa: F401  (_check_positive: re-export)
 
 __all__ = ["BanditPolicy"]
 
@@ -33,15 +34,6 @@ def _resolve_dtype(dtype: torch.dtype | None) -> torch.dtype:
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
     return dtype
-
-
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) == float(value)
-    ok = ok and (float(value) >= 0 if allow_zero else float(value) > 0) and float(value) != float("inf")
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
 
 
 class BanditPolicy(nn.Module):
@@ -66,10 +58,9 @@ class BanditPolicy(nn.Module):
 
     def __init__(self, n_arms: int, dim: int | None, *, device=None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if not isinstance(n_arms, int) or isinstance(n_arms, bool) or n_arms < 1:
-            raise ValueError(f"n_arms must be a positive int, got {n_arms!r}")
-        if self._contextual and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        n_arms = _check_int("n_arms", n_arms)
+        if self._contextual:
+            dim = _check_int("dim", dim)
         self.n_arms = n_arms
         self.dim = dim
         # `steps` counts observations seen; it also anchors the policy's device.

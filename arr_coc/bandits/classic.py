@@ -22,6 +22,8 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import Tensor
 
+from ._validate import _check_int, _check_positive, _check_real
+
 __all__ = ["max_min_fair", "knapsack_dp", "knapsack_greedy", "multidim_knapsack"]
 
 
@@ -58,8 +60,7 @@ def max_min_fair(capacity: float, demands, weights=None) -> Tensor:
     Shapes:
         demands, weights, output: ``(n,)``.
     """
-    if not (isinstance(capacity, (int, float)) and np.isfinite(capacity) and capacity >= 0):
-        raise ValueError(f"capacity must be a finite number >= 0, got {capacity!r}")
+    capacity = _check_real("capacity", capacity, low=0.0)
     d = _as_array("demands", demands, 1)
     _check_nonneg("demands", d)
     w = np.ones_like(d) if weights is None else _as_array("weights", weights, 1)
@@ -108,9 +109,7 @@ def knapsack_dp(values, weights, capacity: int) -> tuple[Tensor, float]:
     v, w = _knapsack_items(values, weights)
     if (w != np.round(w)).any():
         raise ValueError(f"knapsack_dp needs integer weights; found {w[w != np.round(w)][0]}")
-    if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 0:
-        raise ValueError(f"capacity must be a non-negative int, got {capacity!r}")
-    n, cap = v.shape[0], int(capacity)
+    n, cap = v.shape[0], _check_int("capacity", capacity, min_value=0)
     wi = w.astype(np.int64)
     best = np.zeros(cap + 1)
     took = np.zeros((n, cap + 1), dtype=bool)
@@ -147,8 +146,7 @@ def knapsack_greedy(values, weights, capacity: float) -> tuple[Tensor, float]:
         values, weights, take: ``(n,)``.
     """
     v, w = _knapsack_items(values, weights)
-    if not (isinstance(capacity, (int, float, np.floating, np.integer)) and np.isfinite(capacity) and capacity >= 0):
-        raise ValueError(f"capacity must be a finite number >= 0, got {capacity!r}")
+    capacity = _check_real("capacity", capacity, low=0.0)
     useful = v > 0
     density = np.where(w > 0, v / np.where(w > 0, w, 1.0), np.inf)
     order = np.argsort(-density, kind="stable")
@@ -193,21 +191,41 @@ def multidim_knapsack(values, requests, budget, *, time_limit: float | None = No
         raise ValueError(f"requests has {req.shape[1]} resources but budget has {b.shape[0]}")
     _check_nonneg("requests", req)
     _check_nonneg("budget", b)
+    if time_limit is not None:
+        time_limit = _check_positive("time_limit", time_limit)
     return torch.from_numpy(_solve_milp(v, req, b, time_limit=time_limit))
 
 
 def _solve_milp(v: np.ndarray, req: np.ndarray, b: np.ndarray, *, time_limit: float | None = None,
-                forced: np.ndarray | None = None) -> np.ndarray:
-    """Binary knapsack MILP ``max vᵀx s.t. reqᵀx <= b``; ``forced`` items (bool mask) get the bound ``x_i = 1``."""
+                forced: np.ndarray | None = None, divisible: bool = False) -> np.ndarray:
+    """Knapsack ``max vᵀx s.t. reqᵀx <= b`` over ``x ∈ {0,1}ⁿ`` (bool mask out) or, with ``divisible``, ``x ∈ [0,1]ⁿ``.
+
+    ``forced`` gives lower bounds on x: a bool mask (``x_i = 1``) or, when divisible, float lower bounds in [0, 1]. The
+    divisible (LP) solution is clipped to [0, 1] and scaled down by at most the solver's feasibility tolerance where it
+    would overrun the budget, so ``reqᵀx <= b`` holds up to float rounding.
+    """
     n = v.shape[0]
     if n == 0:
-        return np.zeros(0, dtype=bool)
+        return np.zeros(0, dtype=np.float64 if divisible else bool)
     lo = np.zeros(n) if forced is None else forced.astype(np.float64)
-    options = {"mip_rel_gap": 0.0}
+    options = {} if divisible else {"mip_rel_gap": 0.0}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
-    res = milp(-v, constraints=[LinearConstraint(req.T, -np.inf, b)], integrality=np.ones(n), bounds=Bounds(lo, 1.0),
-               options=options)
+    res = milp(-v, constraints=[LinearConstraint(req.T, -np.inf, b)], integrality=np.zeros(n) if divisible else
+               np.ones(n), bounds=Bounds(lo, 1.0), options=options)
     if res.x is None:
         raise RuntimeError(f"HiGHS found no feasible point (status {res.status}: {res.message})")
-    return res.x > 0.5
+    if not divisible:
+        return res.x > 0.5
+    return _fit_fractions(res.x, req, b)
+
+
+def _fit_fractions(x: np.ndarray, req: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Clip LP fractions to [0, 1] (zeroing solver noise) and scale them into the budget if they overrun it."""
+    x = np.clip(x, 0.0, 1.0)
+    x[x < 1e-12] = 0.0
+    used = req.T @ x
+    over = used > b
+    if over.any():
+        x = x * float(np.min(np.where(over, b / np.where(over, used, 1.0), 1.0)))
+    return x

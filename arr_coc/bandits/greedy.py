@@ -9,13 +9,13 @@ Shapes: N rows, A arms. Contexts are accepted in either layout (``(N, d)`` or ``
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._base import _check_positive, _StatsPolicy
+from ._base import _StatsPolicy
+from ._validate import _check_positive, _check_real
 
 __all__ = ["EpsilonGreedy", "Softmax"]
 
@@ -27,9 +27,7 @@ class _MeanPolicy(_StatsPolicy):
 
     def __init__(self, n_arms: int, *, initial_value: float = 0.0, forgetting=None, device=None, dtype=None) -> None:
         super().__init__(n_arms, None, 0, forgetting=forgetting, device=device, dtype=dtype)
-        if not isinstance(initial_value, (int, float)) or not math.isfinite(initial_value):
-            raise ValueError(f"initial_value must be a finite number, got {initial_value!r}")
-        self.initial_value = float(initial_value)
+        self.initial_value = _check_real("initial_value", initial_value)
         self._register_stat("reward_sums", ())
 
     def _contributions(self, x: Tensor, rewards: Tensor) -> dict[str, Tensor]:
@@ -96,10 +94,7 @@ class EpsilonGreedy(_MeanPolicy):
     def __init__(self, n_arms: int, epsilon: float = 0.1, *, initial_value: float = 0.0, forgetting=None,
                  device=None, dtype=None) -> None:
         super().__init__(n_arms, initial_value=initial_value, forgetting=forgetting, device=device, dtype=dtype)
-        eps = _check_positive("epsilon", epsilon, allow_zero=True)
-        if eps > 1:
-            raise ValueError(f"epsilon must lie in [0, 1], got {epsilon!r}")
-        self.epsilon = eps
+        self.epsilon = _check_real("epsilon", epsilon, low=0.0, high=1.0)
 
     def _arm_probs(self) -> Tensor:
         greedy = self._argmax_probs(self.means[None, :])[0]  # (A,)

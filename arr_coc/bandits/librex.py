@@ -17,6 +17,14 @@ Fairness modes (``fairness=``):
   allocations that attain it, maximise ``Σ θ_i x_i``. (The literal "maximise the minimum reward among the allocated"
   would favour serving a single agent, so the cumulative form is used.)
 
+Divisible resources: ``allocate(requests, budget, divisible=True)`` (supported by
+:class:`ConstrainedThompsonSampling`, :class:`ConstrainedUCB1` and :class:`OracleAlloc`) returns the fraction
+``x_i ∈ [0, 1]`` of each request that is granted, from the LP relaxation of the same problem (continuous variables in
+the same HiGHS model), with utility modelled as linear in the fraction (``θ_i x_i``). Every fairness mode carries over:
+``"maxmin"`` solves the lexicographic problem as two LPs, which lets it split a resource evenly where the 0/1 version
+must pick one agent. A basic LP optimum grants at most R agents a strict fraction; the rest get all or nothing. The
+other baselines are sequential 0/1 heuristics and reject ``divisible=True``.
+
 Baselines share the interface: :class:`ConstrainedUCB1` (UCB1 indices in the same knapsack), :class:`UnconstrainedTS`
 (Thompson draws ranked without looking at the requests, filled greedily while they fit), :class:`EpsilonGreedyAlloc`,
 :class:`RoundRobinAlloc`, :class:`ProportionalAlloc` (random order with probability ∝ posterior mean),
@@ -37,6 +45,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import Tensor
 
 from ._io import _load_tensors, _save_tensors
+from ._validate import _check_int, _check_positive, _check_real, _check_seed
 from .classic import _as_array, _check_nonneg, _solve_milp
 
 __all__ = [
@@ -112,20 +121,14 @@ class _AllocationPolicy:
     def __init__(self, n_agents: int, n_resources: int, prior: str = "beta", *, alpha0: float = 1.0,
                  beta0: float = 1.0, prior_mean: float = 0.0, prior_var: float = 1.0, noise_var: float = 1.0,
                  seed: int | None = None) -> None:
-        for name, val in (("n_agents", n_agents), ("n_resources", n_resources)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
+        n_agents, n_resources = _check_int("n_agents", n_agents), _check_int("n_resources", n_resources)
         if prior not in _PRIORS:
             raise ValueError(f"prior must be one of {_PRIORS}, got {prior!r}")
-        for name, val in (("alpha0", alpha0), ("beta0", beta0), ("prior_var", prior_var), ("noise_var", noise_var)):
-            if not (isinstance(val, (int, float)) and np.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {val!r}")
-        if not (isinstance(prior_mean, (int, float)) and np.isfinite(prior_mean)):
-            raise ValueError(f"prior_mean must be a finite number, got {prior_mean!r}")
         self.n_agents, self.n_resources, self.prior = n_agents, n_resources, prior
-        self.alpha0, self.beta0 = float(alpha0), float(beta0)
-        self.prior_mean, self.prior_var, self.noise_var = float(prior_mean), float(prior_var), float(noise_var)
-        self.seed = seed
+        self.alpha0, self.beta0 = _check_positive("alpha0", alpha0), _check_positive("beta0", beta0)
+        self.prior_mean = _check_real("prior_mean", prior_mean)
+        self.prior_var, self.noise_var = _check_positive("prior_var", prior_var), _check_positive("noise_var", noise_var)
+        self.seed = _check_seed("seed", seed)
         self.rng = np.random.default_rng(seed)
         z = np.zeros(n_agents)
         self.pulls, self.reward_sums = z.copy(), z.copy()  # reward observations per agent
@@ -159,29 +162,45 @@ class _AllocationPolicy:
         _check_nonneg("budget", b)
         return req, b
 
+    # Policies that solve the knapsack (and can therefore solve its LP relaxation) set this.
+    _supports_divisible = False
+
     def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(take mask, per-agent utility believed delivered)``."""
         raise NotImplementedError
 
-    def allocate(self, requests, budget) -> Tensor:
-        """Choose the agents served this round.
+    def _choose_divisible(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(fractions in [0, 1], per-agent utility believed delivered at fraction 1)``."""
+        raise NotImplementedError
+
+    def allocate(self, requests, budget, *, divisible: bool = False) -> Tensor:
+        """Choose the agents served this round, or (``divisible=True``) the fraction of each request granted.
 
         Args:
             requests: non-negative resource requests.
             budget: non-negative capacity per resource.
+            divisible: grant fractions of requests (the LP relaxation; see the module docstring) instead of all or
+                nothing. Only the knapsack-based policies support it; the others raise ``ValueError``.
 
         Returns:
-            int64 0/1 allocation; ``allocation @ requests <= budget`` holds elementwise.
+            int64 0/1 allocation, or float64 fractions in [0, 1] when ``divisible``; ``allocation @ requests <= budget``
+            holds elementwise (up to float rounding for fractions). Allocation counts and delivered utility accumulate
+            the fractions.
 
         Shapes:
             requests: ``(n, R)``; budget: ``(R,)``; output: ``(n,)``.
         """
+        if not isinstance(divisible, (bool, np.bool_)):
+            raise ValueError(f"divisible must be a bool, got {divisible!r}")
+        if divisible and not self._supports_divisible:
+            raise ValueError(f"{type(self).__name__} allocates all-or-nothing only; divisible=True is supported by "
+                             f"{sorted(k for k, c in _ALLOC_CLASSES.items() if c._supports_divisible)}")
         req, b = self._check_problem(requests, budget)
-        take, utility = self._choose(req, b)
+        take, utility = self._choose_divisible(req, b) if divisible else self._choose(req, b)
         self.alloc_counts += take
-        self.served += np.where(take, utility, 0.0)
+        self.served += take * utility
         self.rounds += 1
-        return torch.from_numpy(take.astype(np.int64))
+        return torch.from_numpy(take.astype(np.float64 if divisible else np.int64))
 
     def update(self, agent, reward) -> None:
         """Record rewards (or 0/1 successes) of served agents.
@@ -277,56 +296,73 @@ class ConstrainedThompsonSampling(_AllocationPolicy):
         **kwargs: prior parameters and ``seed`` (see ``_AllocationPolicy``).
 
     Shapes:
-        allocate: requests ``(n, R)``, budget ``(R,)`` -> ``(n,)`` int64 0/1.
+        allocate: requests ``(n, R)``, budget ``(R,)`` -> ``(n,)`` int64 0/1, or float64 fractions with
+        ``divisible=True``.
     """
+
+    _supports_divisible = True
 
     def __init__(self, n_agents: int, n_resources: int, fairness: str = "none", prior: str = "beta", *,
                  fairness_strength: float = 1.0, **kwargs: Any) -> None:
         super().__init__(n_agents, n_resources, prior, **kwargs)
         if fairness not in _FAIRNESS:
             raise ValueError(f"fairness must be one of {_FAIRNESS}, got {fairness!r}")
-        if not (isinstance(fairness_strength, (int, float)) and np.isfinite(fairness_strength)
-                and fairness_strength >= 0):
-            raise ValueError(f"fairness_strength must be a finite number >= 0, got {fairness_strength!r}")
-        self.fairness, self.fairness_strength = fairness, float(fairness_strength)
+        self.fairness = fairness
+        self.fairness_strength = _check_real("fairness_strength", fairness_strength, low=0.0)
 
-    def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _solve(self, req: np.ndarray, b: np.ndarray, divisible: bool) -> tuple[np.ndarray, np.ndarray]:
         theta = self._sample()
         if self.fairness == "none":
-            return _solve_milp(theta, req, b), theta
+            return _solve_milp(theta, req, b, divisible=divisible), theta
         if self.fairness == "proportional":
             weight = (self.alloc_counts + 1.0) ** (-self.fairness_strength)
-            return _solve_milp(theta * weight, req, b), theta
-        return _maxmin_knapsack(theta, self.served, req, b), theta
+            return _solve_milp(theta * weight, req, b, divisible=divisible), theta
+        return _maxmin_knapsack(theta, self.served, req, b, divisible=divisible), theta
+
+    def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._solve(req, b, False)
+
+    def _choose_divisible(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._solve(req, b, True)
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "fairness": self.fairness, "fairness_strength": self.fairness_strength}
 
 
-def _maxmin_knapsack(theta: np.ndarray, past: np.ndarray, req: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _maxmin_knapsack(theta: np.ndarray, past: np.ndarray, req: np.ndarray, b: np.ndarray, *,
+                     divisible: bool = False) -> np.ndarray:
     """Lexicographic max-min: maximise ``min_i(past_i + θ_i x_i)``, then ``Σθx`` among the maximisers.
 
-    Stage 1 has variables ``[x (binary), z (free)]`` and rows ``z - θ_i x_i <= past_i`` for every servable agent
-    (request fits the budget alone, θ_i > 0); stage 2 forces ``x_i = 1`` for every servable agent that needs service to
-    stay at or above the optimal floor ``z*``.
+    Stage 1 has variables ``[x (binary, or in [0, 1] when divisible), z (free)]`` and rows ``z - θ_i x_i <= past_i``
+    for every servable agent (θ_i > 0 and, for 0/1 service, a request that fits the budget alone); stage 2 bounds
+    ``x_i`` from below by what each servable agent needs to stay at or above the optimal floor ``z*`` (``x_i = 1`` in
+    the 0/1 case; ``(z* - past_i) / θ_i``, capped by the stage-1 solution so the bounds stay feasible, when divisible).
     """
     n = theta.shape[0]
     # Only agents whose request fits the budget on its own can be served this round; the floor ignores the others
     # (otherwise one agent that never fits pins z* and the fairness mode silently degrades to the plain knapsack).
-    servable = np.all(req <= b[None, :] + 1e-12, axis=1) & (theta > 0)
+    # A divisible request always fits in part.
+    servable = theta > 0
+    if not divisible:
+        servable &= np.all(req <= b[None, :] + 1e-12, axis=1)
     if not servable.any():
-        return _solve_milp(theta, req, b)
+        return _solve_milp(theta, req, b, divisible=divisible)
     c = np.zeros(n + 1)
     c[-1] = -1.0  # maximise z
     res_rows = np.concatenate([req.T, np.zeros((req.shape[1], 1))], axis=1)
     floor_rows = np.concatenate([-np.diag(theta), np.ones((n, 1))], axis=1)[servable]
     cons = [LinearConstraint(res_rows, -np.inf, b), LinearConstraint(floor_rows, -np.inf, past[servable])]
     bounds = Bounds(np.concatenate([np.zeros(n), [-np.inf]]), np.concatenate([np.ones(n), [np.inf]]))
-    integrality = np.concatenate([np.ones(n), [0.0]])
-    res = milp(c, constraints=cons, integrality=integrality, bounds=bounds, options={"mip_rel_gap": 0.0})
+    integrality = np.concatenate([np.full(n, 0.0 if divisible else 1.0), [0.0]])
+    res = milp(c, constraints=cons, integrality=integrality, bounds=bounds,
+               options={} if divisible else {"mip_rel_gap": 0.0})
     if res.x is None:
         raise RuntimeError(f"HiGHS failed on the max-min stage (status {res.status}: {res.message})")
     z_star = res.x[-1]
+    if divisible:  # no slack needed: capping by the stage-1 fractions keeps the bounds feasible
+        need = np.where(servable, (z_star - past) / np.where(servable, theta, 1.0), 0.0)
+        lower = np.minimum(np.clip(need, 0.0, 1.0), np.clip(res.x[:n], 0.0, 1.0))
+        return _solve_milp(theta, req, b, forced=lower, divisible=True)
     tol = 1e-9 * (1.0 + abs(z_star))
     forced = servable & (past < z_star - tol)
     return _solve_milp(theta, req, b, forced=forced)
@@ -342,20 +378,23 @@ class ConstrainedUCB1(_AllocationPolicy):
         **kwargs: prior parameters (used for the mean of unobserved agents) and ``seed``.
     """
 
+    _supports_divisible = True
+
     def __init__(self, n_agents: int, n_resources: int, c: float = 1.0, **kwargs: Any) -> None:
         super().__init__(n_agents, n_resources, **kwargs)
-        if not (isinstance(c, (int, float)) and np.isfinite(c) and c >= 0):
-            raise ValueError(f"c must be a finite number >= 0, got {c!r}")
-        self.c = float(c)
+        self.c = _check_real("c", c, low=0.0)
 
-    def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _choose(self, req: np.ndarray, b: np.ndarray, divisible: bool = False) -> tuple[np.ndarray, np.ndarray]:
         seen = self.pulls > 0
         mean = np.where(seen, self.reward_sums / np.maximum(self.pulls, 1), 0.0)
         t = max(self.pulls.sum(), 1.0)
         idx = mean + self.c * np.sqrt(2 * np.log(t) / np.maximum(self.pulls, 1))
         top = idx[seen].max() if seen.any() else 0.0
         idx = np.where(seen, idx, abs(top) + 1.0 + self.c)  # finite stand-in for +inf (HiGHS needs finite costs)
-        return _solve_milp(idx, req, b), self.posterior_mean()
+        return _solve_milp(idx, req, b, divisible=divisible), self.posterior_mean()
+
+    def _choose_divisible(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._choose(req, b, True)
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "c": self.c}
@@ -381,9 +420,7 @@ class EpsilonGreedyAlloc(_AllocationPolicy):
 
     def __init__(self, n_agents: int, n_resources: int, epsilon: float = 0.1, **kwargs: Any) -> None:
         super().__init__(n_agents, n_resources, **kwargs)
-        if not (isinstance(epsilon, (int, float)) and 0.0 <= epsilon <= 1.0):
-            raise ValueError(f"epsilon must lie in [0, 1], got {epsilon!r}")
-        self.epsilon = float(epsilon)
+        self.epsilon = _check_real("epsilon", epsilon, low=0.0, high=1.0)
 
     def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mean = self.posterior_mean()
@@ -439,6 +476,8 @@ class OracleAlloc(_AllocationPolicy):
         **kwargs: prior parameters and ``seed`` (kept for bookkeeping).
     """
 
+    _supports_divisible = True
+
     def __init__(self, n_agents: int, n_resources: int, true_means, **kwargs: Any) -> None:
         super().__init__(n_agents, n_resources, **kwargs)
         mu = _as_array("true_means", true_means, 1)
@@ -448,6 +487,9 @@ class OracleAlloc(_AllocationPolicy):
 
     def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _solve_milp(self.true_means, req, b), self.true_means
+
+    def _choose_divisible(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _solve_milp(self.true_means, req, b, divisible=True), self.true_means
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "true_means": self.true_means.tolist()}

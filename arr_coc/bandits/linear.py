@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import _check_positive, _StatsPolicy
+from ._base import _StatsPolicy
+from ._validate import _check_int, _check_positive
 
 __all__ = ["LinUCB", "LinTS", "HybridLinUCB"]
 
@@ -222,9 +223,7 @@ class LinTS(_LinearPolicy):
                  solver: str = "cholesky", forgetting=None, device=None, dtype=None) -> None:
         super().__init__(n_arms, dim, dim, lam, solver=solver, forgetting=forgetting, device=device, dtype=dtype)
         self.v = _check_positive("v", v, allow_zero=True)
-        if not isinstance(n_mc, int) or n_mc < 1:
-            raise ValueError(f"n_mc must be a positive int, got {n_mc!r}")
-        self.n_mc = n_mc
+        self.n_mc = _check_int("n_mc", n_mc)
 
     def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         contexts, per_arm = self._check_contexts(contexts)
@@ -269,10 +268,8 @@ class HybridLinUCB(_StatsPolicy):
 
     def __init__(self, n_arms: int, dim: int, shared_dim: int, alpha: float = 1.0, lam: float = 1.0, *,
                  forgetting=None, device=None, dtype=None) -> None:
-        if not isinstance(shared_dim, int) or isinstance(shared_dim, bool) or shared_dim < 1:
-            raise ValueError(f"shared_dim must be a positive int, got {shared_dim!r}")
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        shared_dim = _check_int("shared_dim", shared_dim)
+        dim = _check_int("dim", dim)
         super().__init__(n_arms, dim + shared_dim, dim + shared_dim, forgetting=forgetting, device=device, dtype=dtype)
         self.arm_dim, self.shared_dim = dim, shared_dim
         self.alpha = _check_positive("alpha", alpha, allow_zero=True)

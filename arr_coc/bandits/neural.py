@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._base import _check_positive
+from ._validate import _check_int, _check_positive
 from .linear import _LinearPolicy
 from .nonstationary import _ring_append
 
@@ -55,21 +55,22 @@ class NeuralLinear(_LinearPolicy):
                  forgetting=None, device=None, dtype=None) -> None:
         if forgetting is not None:
             raise ValueError(f"NeuralLinear does not support forgetting (got {forgetting}); retraining already adapts")
-        hidden_sizes = tuple(hidden_sizes)
-        if not hidden_sizes or any(not isinstance(h, int) or h < 1 for h in hidden_sizes):
+        sizes = tuple(hidden_sizes) if isinstance(hidden_sizes, (list, tuple)) else ()
+        if not sizes or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in sizes):
             raise ValueError(f"hidden_sizes must be a non-empty sequence of positive ints, got {hidden_sizes!r}")
+        hidden_sizes = sizes
         super().__init__(n_arms, dim, hidden_sizes[-1], lam, device=device, dtype=dtype)
         if head not in _HEADS:
             raise ValueError(f"head must be one of {_HEADS}, got {head!r}")
-        for name, val in (("buffer_size", buffer_size), ("train_every", train_every), ("train_steps", train_steps),
-                          ("batch_size", batch_size), ("n_mc", n_mc)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
+        buffer_size, train_every, train_steps, batch_size, n_mc = (
+            _check_int(name, val) for name, val in (("buffer_size", buffer_size), ("train_every", train_every),
+                                                    ("train_steps", train_steps), ("batch_size", batch_size),
+                                                    ("n_mc", n_mc)))
         self.hidden_sizes, self.head = hidden_sizes, head
         self.alpha = _check_positive("alpha", alpha, allow_zero=True)
         self.lr = _check_positive("lr", lr)
         self.buffer_size, self.train_every, self.train_steps = buffer_size, train_every, train_steps
-        self.batch_size, self.n_mc, self.seed = batch_size, n_mc, int(seed)
+        self.batch_size, self.n_mc, self.seed = batch_size, n_mc, _check_int("seed", seed, min_value=0)
         # Seeded CPU initialisation, then moved: identical encoders on every device for one seed.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)

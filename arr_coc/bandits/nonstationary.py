@@ -17,13 +17,14 @@ Python loop over the rows (the Page–Hinkley scan loops only once per alarm rai
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ._validate import _check_int, _check_real
 
 __all__ = ["SlidingWindow", "Discount", "PageHinkley", "Forgetting", "forgetting_from_dict"]
 
@@ -35,8 +36,7 @@ class SlidingWindow:
     size: int  # number of most recent observations kept
 
     def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
-            raise ValueError(f"SlidingWindow.size must be a positive int, got {self.size!r}")
+        object.__setattr__(self, "size", _check_int("SlidingWindow.size", self.size))
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,7 @@ class Discount:
     gamma: float  # discount per observation, in (0, 1]
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.gamma, (int, float)) and 0.0 < float(self.gamma) <= 1.0):
-            raise ValueError(f"Discount.gamma must lie in (0, 1], got {self.gamma!r}")
+        object.__setattr__(self, "gamma", _check_real("Discount.gamma", self.gamma, low=0.0, high=1.0, low_open=True))
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,10 @@ class PageHinkley:
     min_samples: int = 5  # residuals an arm needs since its last reset before it may alarm
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.delta) and self.delta >= 0):
-            raise ValueError(f"PageHinkley.delta must be finite and >= 0, got {self.delta!r}")
-        if not (math.isfinite(self.threshold) and self.threshold > 0):
-            raise ValueError(f"PageHinkley.threshold must be finite and > 0, got {self.threshold!r}")
-        if not isinstance(self.min_samples, int) or self.min_samples < 1:
-            raise ValueError(f"PageHinkley.min_samples must be an int >= 1, got {self.min_samples!r}")
+        object.__setattr__(self, "delta", _check_real("PageHinkley.delta", self.delta, low=0.0))
+        object.__setattr__(self, "threshold", _check_real("PageHinkley.threshold", self.threshold, low=0.0,
+                                                          low_open=True))
+        object.__setattr__(self, "min_samples", _check_int("PageHinkley.min_samples", self.min_samples))
 
 
 Forgetting = Union[SlidingWindow, Discount, PageHinkley]

@@ -21,6 +21,8 @@ from torch import Tensor
 
 from arr_coc._utils import _check_tensor
 
+from ._validate import _check_int, _check_positive, _check_real
+
 __all__ = ["OPEResult", "ips", "snips", "dr", "fit_reward_model"]
 
 
@@ -86,10 +88,9 @@ def _check_logged(rewards: Tensor, actions: Tensor, pscore: Tensor, target_probs
 def _bootstrap(num: Tensor, den: Tensor | None, n_boot: int, alpha: float, generator: torch.Generator | None,
                chunk: int) -> tuple[float, float, float]:
     """Percentile bootstrap of ``mean(num)`` (or ``Σnum / Σden``); returns ``(low, high, std)``."""
-    if not isinstance(n_boot, int) or n_boot < 2:
-        raise ValueError(f"n_boot must be an int >= 2, got {n_boot!r}")
-    if not (0.0 < alpha < 1.0):
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    n_boot = _check_int("n_boot", n_boot, min_value=2)
+    alpha = _check_real("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
+    chunk = _check_int("chunk", chunk)
     n = num.shape[0]
     stats = []
     for start in range(0, n_boot, chunk):  # chunks of replicates bound memory at chunk * N indices
@@ -204,10 +205,11 @@ def fit_reward_model(contexts: Tensor, actions: Tensor, rewards: Tensor, n_arms:
     actions = actions.long()
     if bool(((actions < 0) | (actions >= n_arms)).any()):
         raise ValueError(f"actions must lie in [0, {n_arms}); got range [{int(actions.min())}, {int(actions.max())}]")
-    if not (isinstance(lam, (int, float)) and lam > 0):
-        raise ValueError(f"lam must be > 0, got {lam!r}")
-    if not isinstance(n_folds, int) or not (1 <= n_folds <= n):
+    n_arms = _check_int("n_arms", n_arms)
+    lam = _check_positive("lam", lam)
+    if not (_check_int("n_folds", n_folds) <= n):
         raise ValueError(f"n_folds must be an int in [1, {n}], got {n_folds!r}")
+    n_folds = int(n_folds)
     ones = contexts.new_ones(*contexts.shape[:-1], 1)
     feats = torch.cat([contexts, ones], -1)  # (N, d+1) or (N, A, d+1)
     if feats.dim() == 2:

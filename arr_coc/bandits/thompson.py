@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import _check_positive
+from ._validate import _check_int, _check_positive, _check_real
 from .greedy import _MeanPolicy
 
 __all__ = ["ThompsonSampling"]
@@ -94,14 +94,11 @@ class ThompsonSampling(_MeanPolicy):
         super().__init__(n_arms, initial_value=0.0, forgetting=forgetting, device=device, dtype=dtype)
         if prior not in _PRIORS:
             raise ValueError(f"prior must be one of {_PRIORS}, got {prior!r}")
-        if not isinstance(n_mc, int) or n_mc < 1:
-            raise ValueError(f"n_mc must be a positive int, got {n_mc!r}")
+        n_mc = _check_int("n_mc", n_mc)
         self.prior = prior
         self.alpha0 = _check_positive("alpha0", alpha0)
         self.beta0 = _check_positive("beta0", beta0)
-        if not isinstance(prior_mean, (int, float)) or prior_mean != prior_mean or abs(prior_mean) == float("inf"):
-            raise ValueError(f"prior_mean must be a finite number, got {prior_mean!r}")
-        self.prior_mean = float(prior_mean)
+        self.prior_mean = _check_real("prior_mean", prior_mean)
         self.prior_var = _check_positive("prior_var", prior_var)
         self.noise_var = _check_positive("noise_var", noise_var)
         self.n_mc = n_mc

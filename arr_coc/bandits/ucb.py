@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import _check_positive
+from ._validate import _check_positive
 from .greedy import _MeanPolicy
 
 __all__ = ["UCB1"]

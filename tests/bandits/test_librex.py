@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import linprog
 
 from arr_coc.bandits import (
     ConstrainedThompsonSampling,
@@ -17,6 +20,7 @@ from arr_coc.bandits import (
     UnconstrainedTS,
     gini,
 )
+from arr_coc.bandits.classic import _solve_milp
 from arr_coc.bandits.librex import _maxmin_knapsack
 
 N_AGENTS, R = 8, 2
@@ -149,3 +153,110 @@ def test_validation_errors():
     g = ConstrainedThompsonSampling(3, 1, prior="gaussian")
     g.update(np.array([0, 1]), np.array([5.0, -2.0]))  # unbounded rewards are fine for the Gaussian prior
     assert g.posterior_mean()[0] > g.posterior_mean()[1]
+
+
+def _brute_maxmin(theta, past, req, b):
+    """Lexicographic max-min by enumeration: the best floor over feasible 0/1 allocations, then the best ``Σθx`` among
+    allocations attaining it. The floor runs over agents that are servable (θ > 0, request fits the budget alone)."""
+    n = theta.shape[0]
+    servable = np.all(req <= b + 1e-12, axis=1) & (theta > 0)
+    feasible = [np.array(m, dtype=bool) for m in itertools.product([0, 1], repeat=n)
+                if np.all(req[np.array(m, dtype=bool)].sum(0) <= b + 1e-9)]
+    if not servable.any():
+        return None, max(float(theta[x].sum()) for x in feasible)
+    floors = [float((past + theta * x)[servable].min()) for x in feasible]
+    z = max(floors)
+    value = max(float(theta[x].sum()) for x, f in zip(feasible, floors) if f >= z - 1e-9)
+    return z, value
+
+
+def test_maxmin_matches_brute_force_on_random_instances():
+    rng = np.random.default_rng(2024)
+    for trial in range(150):
+        n, r = int(rng.integers(2, 7)), int(rng.integers(1, 4))
+        theta = rng.uniform(0.0, 1.0, n)
+        theta[rng.random(n) < 0.15] = 0.0  # agents with nothing to gain are outside the floor
+        past = rng.integers(0, 3, n).astype(float) if trial % 2 else rng.uniform(0.0, 2.0, n)  # ties, and none
+        req = rng.uniform(0.1, 1.0, (n, r))
+        b = rng.uniform(0.3, 0.6, r) * req.sum(0)  # some requests do not fit alone
+        take = _maxmin_knapsack(theta, past, req, b)
+        assert np.all(req[take].sum(0) <= b + 1e-9), trial
+        z, value = _brute_maxmin(theta, past, req, b)
+        servable = np.all(req <= b + 1e-12, axis=1) & (theta > 0)
+        if z is not None:
+            assert (past + theta * take)[servable].min() == pytest.approx(z, abs=1e-9), trial
+        assert theta[take].sum() == pytest.approx(value, abs=1e-9), trial
+
+
+def test_fairness_metrics_values_on_a_hand_computed_case():
+    # The oracle (true means 0.9 > 0.5 > 0.1, unit requests) serves agent 0 first; a round where agent 0's request
+    # cannot fit serves 1 and 2. Rounds: {0,1}, {0}, {0}, {1,2}, {0} -> counts (4, 2, 1).
+    pol = OracleAlloc(3, 1, [0.9, 0.5, 0.1])
+    assert np.isnan(pol.fairness_metrics()["min_max_ratio"])
+    ones = np.ones((3, 1))
+    served = []
+    for req, b in ((ones, 2.0), (ones, 1.0), (ones, 1.0), (np.array([[5.0], [1.0], [1.0]]), 2.0), (ones, 1.0)):
+        served.append(np.nonzero(pol.allocate(req, [b]).numpy())[0].tolist())
+    assert served == [[0, 1], [0], [0], [1, 2], [0]]
+    pol.update(np.array([0, 0, 0, 0, 1, 1, 2]), np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]))  # rewards (4, 1, 0)
+    m = pol.fairness_metrics()
+    # Gini = Σ_ij |c_i - c_j| / (2 n² mean): counts (4, 2, 1) -> 12 / 42; rewards (4, 1, 0) -> 16 / 30.
+    assert m["gini"] == pytest.approx(2 / 7)
+    assert m["variance"] == pytest.approx(14 / 9)  # population variance around the mean 7/3
+    assert m["min_max_ratio"] == pytest.approx(1 / 4)
+    assert m["reward_gini"] == pytest.approx(8 / 15)
+
+
+def test_divisible_solves_the_lp_relaxation():
+    # fractional knapsack: densities 0.45, 0.5, 0.2 -> agent 1 in full, then 0.5 / 2 of agent 0's request
+    x = _solve_milp(np.array([0.9, 0.5, 0.4]), np.array([[2.0], [1.0], [2.0]]), np.array([2.5]), divisible=True)
+    assert x.tolist() == pytest.approx([0.75, 1.0, 0.0])
+    orc = OracleAlloc(3, 1, [0.9, 0.5, 0.4])
+    x = orc.allocate(np.array([[2.0], [1.0], [2.0]]), [2.5], divisible=True)
+    assert x.dtype == torch.float64 and x.tolist() == pytest.approx([0.75, 1.0, 0.0])
+    assert orc.alloc_counts.tolist() == pytest.approx([0.75, 1.0, 0.0])
+
+
+def test_divisible_maxmin_splits_evenly():
+    # two identical agents and room for one: 0/1 max-min must pick one, the divisible version gives each half
+    req, b = np.ones((2, 1)), np.array([1.0])
+    assert _maxmin_knapsack(np.array([1.0, 1.0]), np.zeros(2), req, b).sum() == 1
+    assert _maxmin_knapsack(np.array([1.0, 1.0]), np.zeros(2), req, b, divisible=True).tolist() == pytest.approx(
+        [0.5, 0.5])
+    # lift agent 2 (past 0) fully first, then the leftover half unit goes to the most valuable agent
+    x = _maxmin_knapsack(np.array([0.9, 0.8, 0.1]), np.array([5.0, 5.0, 0.0]), np.ones((3, 1)), np.array([1.5]),
+                         divisible=True)
+    assert x.tolist() == pytest.approx([0.5, 0.0, 1.0])
+    # an agent whose request exceeds the budget can still be lifted in part
+    x = _maxmin_knapsack(np.array([0.5, 0.5]), np.array([1.0, 0.0]), np.array([[1.0], [4.0]]), np.array([2.0]),
+                         divisible=True)
+    assert x.tolist() == pytest.approx([0.0, 0.5])
+
+
+@pytest.mark.parametrize("fairness", ["none", "proportional", "maxmin"])
+def test_divisible_allocations_respect_budget_and_dominate_0_1(fairness):
+    rng = np.random.default_rng(7)
+    frac = ConstrainedThompsonSampling(N_AGENTS, R, fairness, seed=11)
+    whole = ConstrainedThompsonSampling(N_AGENTS, R, fairness, seed=11)
+    for t in range(12):
+        req = rng.uniform(0.2, 1.0, (N_AGENTS, R))
+        budget = rng.uniform(1.0, 3.0, R)
+        x = frac.allocate(req, budget, divisible=True).numpy()
+        assert np.all((x >= 0) & (x <= 1)) and np.all(req.T @ x <= budget * (1 + 1e-12))
+        if t == 0 and fairness == "none":
+            # both draw the same θ (same seed, prior-only posterior): the LP value bounds the 0/1 value from above
+            theta = np.random.default_rng(11).beta(np.ones(N_AGENTS), np.ones(N_AGENTS))
+            y = whole.allocate(req, budget).numpy()
+            assert theta @ x >= theta @ y - 1e-9
+            assert theta @ x == pytest.approx(-linprog(-theta, A_ub=req.T, b_ub=budget, bounds=(0, 1)).fun)
+        served = np.nonzero(x)[0]
+        frac.update(served, (rng.random(served.size) < 0.5).astype(float))
+    assert np.any((frac.alloc_counts % 1) > 1e-6)  # strict fractions were granted and accumulate in the counts
+
+
+def test_divisible_is_rejected_by_sequential_baselines():
+    for pol in (RoundRobinAlloc(3, 1), GreedyAlloc(3, 1), UnconstrainedTS(3, 1), ProportionalAlloc(3, 1),
+                EpsilonGreedyAlloc(3, 1)):
+        with pytest.raises(ValueError, match="all-or-nothing"):
+            pol.allocate(np.ones((3, 1)), [1.0], divisible=True)
+    assert ConstrainedUCB1(3, 1).allocate(np.ones((3, 1)), [1.5], divisible=True).sum() == pytest.approx(1.5)
