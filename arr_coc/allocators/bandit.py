@@ -114,7 +114,7 @@ class BanditAllocator(MCKPAllocator):
     def _make_proj(self, c: int, device) -> Tensor:
         g = torch.Generator().manual_seed(self.seed)
         # Gaussian entries of variance 1/C keep the projected features on the scale of the raw ones.
-        p = torch.randn(c, self.proj_dim, generator=g, dtype=torch.float64) / c**0.5
+        p = torch.randn(c, self.proj_dim, generator=g, dtype=torch.float64, device="cpu") / c**0.5  # same on any device
         return p.to(device=device, dtype=self.policy.dtype)
 
     def _features(self, context: object, shape: tuple[int, int] | None = None) -> Tensor:
