@@ -444,6 +444,8 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
                       f"in {pr['minutes']:g} minutes less {100 * pr['margin']:g}%.", ""]
         lines += ["| run | trained |", "|---|---|"]
         lines += [f"| {r} | {st} |" for r, st in meta["training"].items()] + [""]
+    if meta.get("notes"):
+        lines += ["## Notes", ""] + [f"- {x}" for x in meta["notes"]] + [""]
     if meta.get("failures"):
         lines += ["## Not evaluated", ""] + [f"- {x}" for x in meta["failures"]] + [""]
     path.write_text("\n".join(lines))
@@ -482,8 +484,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     geo = _geometry(a, base_model)
     n, k, cells = geo["N"], geo["K"], geo["cells"]
-    t_train = max(k, int(round(a.train_fraction * n)))
+    t_train = int(round(a.train_fraction * n))
+    if not k < t_train < n:
+        raise ValueError(
+            f"--train-fraction {a.train_fraction:g} gives T = {t_train} visual tokens for K = {k} patches of up to "
+            f"{cells}: ARR-COC has a choice only for K < T < N = {n} (at T = K every patch gets one token, at T = N "
+            f"every patch all {cells}); choose a fraction strictly between {k / n:.4g} and 1")
     fractions = sorted(set(a.fractions), reverse=True)
+    notes = [f"At {100 * f:g}% (T = {int(round(f * n))} = K) every patch gets exactly one token: every allocator, "
+             "ARR-COC's included, gives the same allocation as uniform pooling there." for f in fractions
+             if int(round(f * n)) == k]
+    for line in notes:
+        print(f"[bench] note: {line}", file=sys.stderr)
 
     def arr(allocator: str, budget: int, **kw: Any) -> dict[str, Any]:
         over = json.loads(json.dumps(base_model))
@@ -562,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "command": "python -m scripts.bench_accuracy_budget " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
             "heatmap": heat_desc, "failures": failures, "training": training, "parallel": a.parallel,
-            "train_seconds": round(train_seconds, 1), "probe": probe}
+            "train_seconds": round(train_seconds, 1), "probe": probe, "notes": notes}
     md = out / "accuracy_budget.md"
     _write_md(md, results, methods, fractions, meta)
     (out / "accuracy_budget.json").write_text(json.dumps(

@@ -56,6 +56,11 @@ def test_bench_accuracy_budget_arguments_are_checked():
         main(["--smoke", "--steps", "many"])
     with pytest.raises(ValueError, match="--parallel must be >= 1, got 0"):
         main(["--smoke", "--parallel", "0"])
+    # The smoke geometry: K = 4 patches, N = 64 tokens. At 4 tokens (T = K) ARR-COC would have no choice at all.
+    with pytest.raises(ValueError, match=r"T = 4 visual tokens for K = 4 patches.*K < T < N = 64"):
+        main(["--smoke", "--train-fraction", "0.0625"])
+    with pytest.raises(ValueError, match=r"T = 64 visual tokens"):
+        main(["--smoke", "--train-fraction", "1"])
 
 
 @pytest.mark.slow
