@@ -389,6 +389,70 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
     return f"image `{row0['question_id']}`; questions: " + "; ".join(f"“{q}”" for q in questions)
 
 
+def query_sensitivity(method, processor, ds, bcfg, n_images: int = 64, seed: int = 0) -> dict[str, float]:
+    """How much an allocation depends on the question: the same image, digit questions about different shapes.
+
+    For each of the first ``n_images`` rows with at least two shapes, re-asks "what digit is in the <shape>?" about up
+    to three of its shapes (the generator's own question maker, so each question is true of the image and its box is
+    known) and reads the method's per-patch budgets. Returns:
+
+    - ``moved``: the share of the visual tokens that move between two questions about the same image, ``|b1 - b2|_1
+      / (2 T)``, averaged over question pairs (0: the allocation ignores the question; 1: disjoint allocations);
+    - ``in_box``: the share of the visual tokens whose centre lies in the queried shape's box;
+    - ``box_area``: the box's share of the image (what a query-blind allocation puts in the box on average);
+    - ``images``: the images used.
+    """
+    import numpy as np
+
+    from eval.run_eval import target_fraction
+    from training.benchmark import Scene, make_question_about
+
+    rng = np.random.default_rng(seed)
+    moved, in_box, area, used = [], [], [], 0
+    for i in range(len(ds)):
+        if used == n_images:
+            break
+        row = ds[i]
+        if not row.get("scene"):
+            continue
+        scene = Scene.from_json(row["scene"])
+        if len(scene.objects) < 2:
+            continue
+        used += 1
+        asked = [make_question_about(scene, obj, rng, bcfg, "digit") for obj in scene.objects[:3]]
+        image = row["image"].convert("RGB")
+        batch = processor([image] * len(asked), [q.question for q in asked])
+        with torch.no_grad():
+            _, pos, budgets = method.embed(batch["pixel_values"], batch["input_ids"],
+                                           query_input_ids=batch["query_input_ids"],
+                                           query_attention_mask=batch["query_attention_mask"])
+        b = budgets.double()
+        total = b[0].sum()
+        for x in range(len(asked)):
+            for y in range(x + 1, len(asked)):
+                moved.append(float((b[x] - b[y]).abs().sum() / (2 * total)))
+        for q, p in zip(asked, pos):
+            in_box.append(target_fraction(p, q.target_box, image.size))
+            x0, y0, x1, y1 = q.target_box
+            area.append((x1 - x0) * (y1 - y0) / (image.size[0] * image.size[1]))
+    mean = lambda v: float(sum(v) / len(v)) if v else float("nan")  # noqa: E731
+    return {"moved": mean(moved), "in_box": mean(in_box), "box_area": mean(area), "images": used}
+
+
+def _sensitivity(run: Path, a: argparse.Namespace, frac: float, extra: Sequence[str]) -> dict[str, float]:
+    """:func:`query_sensitivity` of the ARR-COC model trained in ``run``, at ``frac`` of the tokens."""
+    from eval.baselines import create_method
+    from eval.run_eval import build_eval_model, load_eval_cfg
+    from training.data import load_configured
+
+    cfg = load_eval_cfg(a.eval_config, [f"checkpoint={run}", f"token_fraction={frac}", *extra])
+    model, processor, _ = build_eval_model(cfg)
+    model.eval()
+    method = create_method("arr_coc", model, frac)
+    processor.budget = method.placeholders
+    return query_sensitivity(method, processor, load_configured(cfg.data), _bench_cfg(cfg.data.path))
+
+
 def _write_md(path: Path, results: dict, methods: list[str], fractions: list[float], meta: dict[str, Any]) -> None:
     seeds = meta["seeds"]
     lines = [f"# Accuracy vs. visual-token budget{' — SMOKE RUN' if meta['smoke'] else ''}", ""]
@@ -433,6 +497,17 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
               "", "![accuracy vs budget](accuracy_budget.png)", "", "## Budget heat-map", "",
               f"ARR-COC (projection) per-patch budgets at {100 * meta['train_fraction']:g}% for different questions "
               f"about the same image: {meta['heatmap']}.", "", "![budget heat-map](budget_heatmap.png)", ""]
+    if meta.get("sensitivity"):
+        sens = meta["sensitivity"]
+        n_img = next(iter(sens.values()))["images"]
+        lines += ["## Does the allocation follow the question?", "",
+                  f"Seed {seeds[0]}, {100 * meta['train_fraction']:g}% of the tokens, {n_img} test images, each asked "
+                  "“what digit is in the <shape>?” about up to three of its shapes. Tokens moved: the share of the "
+                  "visual tokens that change patch between two questions about the same image (0 = the question is "
+                  "ignored). A query-blind allocation puts on average about the box's share of the image in the box.",
+                  "", "| model | tokens moved between questions | tokens in queried box | box area |", "|---|---|---|---|"]
+        lines += [f"| {m} | {100 * v['moved']:.1f}% | {100 * v['in_box']:.1f}% | {100 * v['box_area']:.1f}% |"
+                  for m, v in sens.items()] + [""]
     if meta.get("training"):
         lines += ["## Training runs", "",
                   f"{len(meta['training'])} runs, {meta['parallel']} at a time, {meta['train_seconds']:.0f} s of "
@@ -569,12 +644,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _plot(results, methods, fractions, png, f"Accuracy vs visual tokens — {label}")
     heat_desc = _heatmap(work / f"seed{a.seeds[0]}" / "arr_coc_projection", a, a.train_fraction, heat, eval_extra,
                          f"ARR-COC per-patch budgets at {100 * a.train_fraction:g}% — {label}")
+    sensitivity = {name: _sensitivity(work / f"seed{a.seeds[0]}" / name, a, a.train_fraction, eval_extra)
+                   for name in ("arr_coc_projection", "arr_coc_bandit")}
     rows = next((ss[0]["n"] for r in results.values() for ss in r.values() if ss), 0)
     meta = {"smoke": a.smoke, "seeds": a.seeds, "N": n, "train_fraction": a.train_fraction, "rows": rows,
             "command": "python -m scripts.bench_accuracy_budget " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
             "heatmap": heat_desc, "failures": failures, "training": training, "parallel": a.parallel,
-            "train_seconds": round(train_seconds, 1), "probe": probe, "notes": notes}
+            "train_seconds": round(train_seconds, 1), "probe": probe, "notes": notes, "sensitivity": sensitivity}
     md = out / "accuracy_budget.md"
     _write_md(md, results, methods, fractions, meta)
     (out / "accuracy_budget.json").write_text(json.dumps(

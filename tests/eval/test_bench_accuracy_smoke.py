@@ -25,6 +25,9 @@ def test_bench_accuracy_budget_smoke(tmp_path):
             assert summaries[0]["mean_visual_tokens"] == round(64 * f)  # exactly the budget, every method
     saved = json.loads((tmp_path / "results" / "accuracy_budget.json").read_text())
     assert saved["meta"]["smoke"] is True
+    assert "## Does the allocation follow the question?" in md
+    for name, sens in saved["meta"]["sensitivity"].items():
+        assert sens["images"] > 0 and 0 <= sens["moved"] <= 1 and 0 <= sens["in_box"] <= 1, (name, sens)
 
 
 def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
