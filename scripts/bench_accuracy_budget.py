@@ -9,7 +9,8 @@ Protocol (issue 7). For each training seed:
 
 1. train the *full-token* model once (every patch at full detail: ``allocator=uniform, budget=N, min=max=h·w``);
 2. train ARR-COC with the ``projection`` allocator (straight-through gradients) and with the ``bandit`` allocator
-   (answer-correctness feedback), both at the 25% budget;
+   (answer-correctness feedback), both at the 25% budget; with ``--relevance-weight W`` also ``arr_coc_relevance``,
+   the projection model trained with relevance distillation (``models/relevance.py``);
 3. train a model with *uniform pooling* at each reduced budget (the strongest simple baseline);
 4. evaluate on the test split at token fractions {100, 50, 25, 12.5}%: the full model; every training-free baseline
    of :mod:`eval.baselines` applied to the full model at exactly that many tokens; both ARR-COC models with their
@@ -60,6 +61,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     p.add_argument("--train-fraction", type=float, default=0.25, help="budget the ARR-COC models are trained at")
+    p.add_argument("--relevance-weight", type=float, default=0.0,
+                   help="> 0: also train `arr_coc_relevance`, the projection model with relevance distillation at this "
+                        "weight (train.relevance_weight; models/relevance.py)")
     p.add_argument("--steps", default=None,
                    help="training steps per model (default: the train config's), or 'auto' with --minutes: probe every "
                         "model for --probe-steps steps, all at once as in the real run, and give every model the same "
@@ -86,6 +90,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.steps == "auto" and args.minutes is None:
         raise ValueError("--steps auto needs --minutes (the wall clock the steps must fit in)")
+    if not (math.isfinite(args.relevance_weight) and args.relevance_weight >= 0):
+        raise ValueError(f"--relevance-weight must be a finite number >= 0, got {args.relevance_weight}")
     if args.probe_steps < 2:
         raise ValueError(f"--probe-steps must be >= 2, got {args.probe_steps}")
     if args.parallel < 1:
@@ -216,7 +222,7 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
 
 def _run_dirs(runs: dict[str, Any]) -> list[Path]:
     """The run folders of one seed's :func:`submit_all` result, in a fixed order."""
-    return [runs["full"], runs["proj"], runs["band"], *runs["uni"].values()]
+    return [runs["full"], runs["proj"], runs["band"], *runs.get("rel", {}).values(), *runs["uni"].values()]
 
 
 def _trainer_state(run: Path) -> dict[str, Any]:
@@ -589,6 +595,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "proj": trainer.submit("arr_coc_projection", arr("projection", t_train), seed, train_extra),
             "band": trainer.submit("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={
                 "levels": levels, "context_dim": geo["ctx"]}), seed, train_extra),
+            "rel": {} if not a.relevance_weight > 0 else {"arr_coc_relevance": trainer.submit(
+                "arr_coc_relevance", arr("projection", t_train), seed,
+                [*train_extra, f"train.relevance_weight={a.relevance_weight}"])},
             "uni": {f: trainer.submit(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), seed,
                                       train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k},
         }
@@ -626,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             elif "full" in results:  # at 100% every training-free baseline is the full model
                 for b in TRAINING_FREE:
                     results.setdefault(b, {}).setdefault(f, []).append(results["full"][1.0][-1])
-        for name, run in (("arr_coc_projection", proj), ("arr_coc_bandit", band)):
+        for name, run in (("arr_coc_projection", proj), ("arr_coc_bandit", band), *runs[seed]["rel"].items()):
             for f in fractions:
                 record(name, f, run, "arr_coc", f)
         for f in fractions:
@@ -636,7 +645,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 results.setdefault("uniform_trained", {}).setdefault(f, []).append(results["full"][1.0][-1])
         cache.clear()
 
-    methods = ["full", "arr_coc_projection", "arr_coc_bandit", "uniform_trained", *TRAINING_FREE]
+    arr_models = ["arr_coc_projection", "arr_coc_bandit", *(["arr_coc_relevance"] if a.relevance_weight > 0 else [])]
+    methods = ["full", *arr_models, "uniform_trained", *TRAINING_FREE]
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available() and not a.smoke
               else f"CPU ({platform.processor() or platform.machine()})")
     label = "SMOKE (random-init tiny models, meaningless numbers)" if a.smoke else "generated benchmark, test split"
@@ -645,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     heat_desc = _heatmap(work / f"seed{a.seeds[0]}" / "arr_coc_projection", a, a.train_fraction, heat, eval_extra,
                          f"ARR-COC per-patch budgets at {100 * a.train_fraction:g}% — {label}")
     sensitivity = {name: _sensitivity(work / f"seed{a.seeds[0]}" / name, a, a.train_fraction, eval_extra)
-                   for name in ("arr_coc_projection", "arr_coc_bandit")}
+                   for name in arr_models}
     rows = next((ss[0]["n"] for r in results.values() for ss in r.values() if ss), 0)
     meta = {"smoke": a.smoke, "seeds": a.seeds, "N": n, "train_fraction": a.train_fraction, "rows": rows,
             "command": "python -m scripts.bench_accuracy_budget " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -11,7 +11,8 @@
 # Knobs (environment): TRAIN_MINUTES (default 5) is the wall clock every model's steps must fit in (`--steps auto`
 # probes all models at once and gives each the steps the slowest fits); TRAIN_SIZE (default 30000) and TEST_SIZE
 # (default 1000) the generated splits; PARALLEL (default 6) the models trained at once; EVAL_SAMPLES (default
-# TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe.
+# TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe; RELEVANCE_WEIGHT
+# (default 0) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py): one more model.
 # Writes to $OUT (at most 8 files come back, 16 MiB each): summary.txt (environment, then one line per step: exit
 # status, seconds), bench.log (tail), accuracy_budget.md, accuracy_budget.png, budget_heatmap.png,
 # accuracy_budget.json, and weights.tar.part-aa/-ab (the exported ARR-COC model in bf16, split under 16 MiB; here:
@@ -27,6 +28,7 @@ TEST_SIZE=${TEST_SIZE:-1000}
 EVAL_SAMPLES=${EVAL_SAMPLES:-$TEST_SIZE}
 PARALLEL=${PARALLEL:-6}
 STEPS=${STEPS:-auto}
+RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-0}
 WORKERS=${WORKERS:-$(nproc)}
 # shellcheck source=scripts/gpu_common.sh
 source scripts/gpu_common.sh
@@ -40,7 +42,7 @@ RUN="$WORK/seed0/arr_coc_projection"  # the trained ARR-COC model exported for t
 rm -rf "$WORK" "$RES"
 if [ "$SMOKE" = 1 ]; then
   step bench 600 "$PY" -m scripts.bench_accuracy_budget --smoke --parallel 2 --fractions 1 0.25 \
-    --work "$WORK" --out "$RES" >"$OUT/bench.log" 2>&1
+    --relevance-weight "$RELEVANCE_WEIGHT" --work "$WORK" --out "$RES" >"$OUT/bench.log" 2>&1
 else
   DATA=/tmp/arr_coc_bench
   # Loader workers per training run: the machine's cores shared by the runs trained at once, rounded up (the runs'
@@ -50,7 +52,7 @@ else
     --test-size "$TEST_SIZE" --workers "$WORKERS" --overwrite >"$OUT/bench.log" 2>&1
   step bench $(( TRAIN_MINUTES * 60 + 300 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
     --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
-    --eval-samples "$EVAL_SAMPLES" >>"$OUT/bench.log" 2>&1
+    --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" >>"$OUT/bench.log" 2>&1
 fi
 tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
 for f in accuracy_budget.md accuracy_budget.png budget_heatmap.png accuracy_budget.json; do

@@ -107,6 +107,8 @@ class RunCfg:
     bandit_feedback: bool = True  # feed answer correctness to a `bandit` allocator's update()
     hang_after_step: int | None = None  # test hook: after this step's checkpoint, signal and sleep (for SIGKILL tests)
     max_minutes: float | None = None  # wall-clock budget of this call: checkpoint and stop after it (resume later)
+    relevance_weight: float = 0.0  # > 0: add this times the relevance-distillation loss (models/relevance.py)
+    relevance_layer: int | None = None  # LLM layer (1-based) whose attention teaches the allocation; None: the middle
 
 
 @dataclass
@@ -145,6 +147,12 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     mm = cfg.train.max_minutes
     if mm is not None and (isinstance(mm, bool) or not isinstance(mm, (int, float)) or not mm > 0):
         raise ValueError(f"train.max_minutes must be a positive number or null, got {mm!r}")
+    rw = cfg.train.relevance_weight
+    if isinstance(rw, bool) or not isinstance(rw, (int, float)) or not math.isfinite(rw) or rw < 0:
+        raise ValueError(f"train.relevance_weight must be a finite number >= 0, got {rw!r}")
+    rl = cfg.train.relevance_layer
+    if rl is not None and (isinstance(rl, bool) or not isinstance(rl, int) or rl < 1):
+        raise ValueError(f"train.relevance_layer must be a positive integer (1-based LLM layer) or null, got {rl!r}")
     model_cfg(cfg)  # validates the merged model config
     return cfg
 
@@ -404,7 +412,8 @@ class TrainRecipe:
     def _micro_step(self, batch: dict[str, Any], n_target_global: float) -> dict[str, torch.Tensor]:
         """Forward + backward of one micro-batch; returns summed statistics (not yet reduced across ranks)."""
         labels = batch["labels"]
-        with self._autocast():
+        weight = float(self.cfg.train.relevance_weight)
+        with self._autocast(), self._relevance_read(batch) as read:
             out = self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
                              query_input_ids=batch["query_input_ids"],
                              query_attention_mask=batch["query_attention_mask"])
@@ -413,16 +422,43 @@ class TrainRecipe:
         loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                    ignore_index=IGNORE_INDEX, reduction="sum")
         # FSDP averages gradients over ranks, so scale by the world size to get the global token mean.
-        (loss_sum * (self.world / n_target_global)).backward()
+        total = loss_sum * (self.world / n_target_global)
+        rel_sum = torch.zeros((), device=logits.device)
+        if weight > 0:
+            from models.relevance import patch_relevance, relevance_loss
+
+            a = out.arr_coc
+            relevance = patch_relevance(read["attention"], batch["input_ids"] == self.model.image_token_id,
+                                        a.patch_index, a.mask, a.utility.shape[1])
+            rel = relevance_loss(a.utility, relevance)  # mean over this micro-batch's rows
+            rel_sum = rel.detach() * len(labels)
+            # Rows weigh equally across ranks and micro-batches: this rank's share of the global batch.
+            total = total + weight * rel * (len(labels) * self.world / self.cfg.train.batch_size)
+        total.backward()
         with torch.no_grad():
             valid = target != IGNORE_INDEX
             correct = ((logits.argmax(-1) == target) | ~valid).all(-1)  # (B,) answer exact match, teacher-forced
             self._bandit_feedback(correct.float(), out.alloc_context, out.arr_coc.budgets)
             budgets = out.arr_coc.budgets.float()  # (B, K)
-        return {"loss_sum": loss_sum.detach(), "correct": correct.sum().float(),
+        return {"loss_sum": loss_sum.detach(), "relevance_sum": rel_sum, "correct": correct.sum().float(),
                 "rows": torch.tensor(float(len(correct))),
                 "tokens": batch["attention_mask"].sum().float(), "budget_sum": budgets.mean(-1).sum(),
                 "gini_sum": gini(budgets).sum().float()}
+
+    def _relevance_read(self, batch: dict[str, Any]):
+        """With ``train.relevance_weight > 0``: read one LLM layer's attention from the last prompt position during
+        the forward (:func:`models.relevance.read_attention`); otherwise a no-op context yielding ``{}``."""
+        if not self.cfg.train.relevance_weight > 0:
+            return contextlib.nullcontext({})
+        from models.relevance import last_prompt_index, read_attention
+
+        layers = self.model.language_model.layers
+        n = len(layers)
+        k = self.cfg.train.relevance_layer if self.cfg.train.relevance_layer is not None else max(1, n // 2)
+        if not 1 <= k <= n:
+            raise ValueError(f"train.relevance_layer={k} must be in 1..{n} (the LLM's layers)")
+        return read_attention(layers[k - 1], last_prompt_index(batch["labels"], batch["attention_mask"]),
+                              batch["attention_mask"])
 
     def _bandit_feedback(self, rewards: torch.Tensor, context: torch.Tensor | None = None,
                          budgets: torch.Tensor | None = None) -> None:
@@ -458,7 +494,7 @@ class TrainRecipe:
         loader = iter(self._loader())
         csv_path = self.out / "log.csv"
         fields = ["step", "epoch", "loss", "accuracy", "lr", "grad_norm", "tokens_per_s", "samples_per_s",
-                  "budget_mean", "budget_gini", "step_time_s", "peak_mem_gb"]
+                  "budget_mean", "budget_gini", "step_time_s", "peak_mem_gb", "relevance_loss"]
         if self.rank == 0:
             self._truncate_log(csv_path, fields)
         bar = tqdm(total=c.train.max_steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
@@ -497,7 +533,8 @@ class TrainRecipe:
                    "grad_norm": grad_norm, "tokens_per_s": tot["tokens"] / dt, "samples_per_s": tot["rows"] / dt,
                    "budget_mean": tot["budget_sum"] / tot["rows"], "budget_gini": tot["gini_sum"] / tot["rows"],
                    "step_time_s": dt,
-                   "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else 0.0}
+                   "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else 0.0,
+                   "relevance_loss": tot["relevance_sum"] / tot["rows"]}
             rows.append(row)
             if self.rank == 0 and (self.step % c.train.log_every == 0 or self.step == c.train.max_steps):
                 with open(csv_path, "a", newline="") as f:

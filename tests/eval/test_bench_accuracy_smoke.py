@@ -35,14 +35,17 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
     # invocation reuses every finished run instead of training again, and the report lists each run's steps.
     from scripts.bench_accuracy_budget import main
 
-    args = ["--smoke", "--parallel", "2", "--fractions", "1", "0.25", "--out", str(tmp_path / "results"),
-            "--work", str(tmp_path / "runs")]
+    args = ["--smoke", "--parallel", "2", "--fractions", "1", "0.25", "--relevance-weight", "0.5", "--out",
+            str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
     res = main(args)
     assert res["failures"] == []
     logs = sorted((tmp_path / "runs" / "seed0").glob("*/train.log"))
-    assert len(logs) == 4  # full, projection, bandit, uniform at 25%
+    assert len(logs) == 5  # full, projection, bandit, relevance-distilled projection, uniform at 25%
     md = res["md"].read_text()
-    assert "## Training runs" in md and md.count("| step 2 of 2 |") == 4
+    assert "## Training runs" in md and md.count("| step 2 of 2 |") == 5
+    assert "| arr_coc_relevance |" in md and set(res["results"]["arr_coc_relevance"]) == {1.0, 0.25}
+    state = (tmp_path / "runs" / "seed0" / "arr_coc_relevance" / "config.json")
+    assert json.loads(state.read_text())["train"]["relevance_weight"] == 0.5
     sizes = {p: p.stat().st_size for p in logs}
     res2 = main(args)
     assert {p: p.stat().st_size for p in logs} == sizes  # nothing retrained
@@ -59,6 +62,8 @@ def test_bench_accuracy_budget_arguments_are_checked():
         main(["--smoke", "--steps", "many"])
     with pytest.raises(ValueError, match="--parallel must be >= 1, got 0"):
         main(["--smoke", "--parallel", "0"])
+    with pytest.raises(ValueError, match="--relevance-weight must be a finite number >= 0, got -1"):
+        main(["--smoke", "--relevance-weight", "-1"])
     # The smoke geometry: K = 4 patches, N = 64 tokens. At 4 tokens (T = K) ARR-COC would have no choice at all.
     with pytest.raises(ValueError, match=r"T = 4 visual tokens for K = 4 patches.*K < T < N = 64"):
         main(["--smoke", "--train-fraction", "0.0625"])
