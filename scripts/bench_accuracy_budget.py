@@ -2,7 +2,7 @@
 
     python -m scripts.bench_accuracy_budget --data data/bench --seeds 0 1 2        # GPU: the real benchmark
     python -m scripts.bench_accuracy_budget --smoke                                # CPU, < 2 min: plumbing only
-    python -m scripts.bench_accuracy_budget --data data/bench --parallel 6 --steps 1500 --minutes 5 \
+    python -m scripts.bench_accuracy_budget --data data/bench --parallel 7 --steps 1500 --minutes 5 \
         --eval-samples 1000                                                        # one 10-minute GPU call
 
 Protocol (issue 7). For each training seed:

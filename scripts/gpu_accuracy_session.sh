@@ -10,9 +10,10 @@
 #
 # Knobs (environment): TRAIN_MINUTES (default 5) is the wall clock every model's steps must fit in (`--steps auto`
 # probes all models at once and gives each the steps the slowest fits); TRAIN_SIZE (default 30000) and TEST_SIZE
-# (default 1000) the generated splits; PARALLEL (default 6) the models trained at once; EVAL_SAMPLES (default
-# TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe; RELEVANCE_WEIGHT
-# (default 0) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py): one more model.
+# (default 1000) the generated splits; PARALLEL (default 7: every model at once) the models trained at once;
+# EVAL_SAMPLES (default TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe; RELEVANCE_WEIGHT
+# (default 1; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py).
+# Models: full, ARR-COC projection, bandit and relevance at 25%, uniform-trained at 50/25/12.5% = 7.
 # Writes to $OUT (at most 8 files come back, 16 MiB each): summary.txt (environment, then one line per step: exit
 # status, seconds), bench.log (tail), accuracy_budget.md, accuracy_budget.png, budget_heatmap.png,
 # accuracy_budget.json, and weights.tar.part-aa/-ab (the exported ARR-COC model in bf16, split under 16 MiB; here:
@@ -26,9 +27,9 @@ TRAIN_MINUTES=${TRAIN_MINUTES:-5}
 TRAIN_SIZE=${TRAIN_SIZE:-30000}
 TEST_SIZE=${TEST_SIZE:-1000}
 EVAL_SAMPLES=${EVAL_SAMPLES:-$TEST_SIZE}
-PARALLEL=${PARALLEL:-6}
+PARALLEL=${PARALLEL:-7}
 STEPS=${STEPS:-auto}
-RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-0}
+RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-1}
 WORKERS=${WORKERS:-$(nproc)}
 # shellcheck source=scripts/gpu_common.sh
 source scripts/gpu_common.sh
