@@ -45,7 +45,7 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
     assert "## Training runs" in md and md.count("| step 2 of 2 |") == 5
     assert "| arr_coc_relevance |" in md and set(res["results"]["arr_coc_relevance"]) == {1.0, 0.25}
     state = (tmp_path / "runs" / "seed0" / "arr_coc_relevance" / "config.json")
-    assert json.loads(state.read_text())["train"]["relevance_weight"] == 0.5
+    assert json.loads(state.read_text())["train"]["train"]["relevance_weight"] == 0.5
     sizes = {p: p.stat().st_size for p in logs}
     res2 = main(args)
     assert {p: p.stat().st_size for p in logs} == sizes  # nothing retrained
