@@ -395,29 +395,19 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
     return f"image `{row0['question_id']}`; questions: " + "; ".join(f"“{q}”" for q in questions)
 
 
-def query_sensitivity(method, processor, ds, bcfg, n_images: int = 64, seed: int = 0) -> dict[str, float]:
-    """How much an allocation depends on the question: the same image, digit questions about different shapes.
-
-    For each of the first ``n_images`` rows with at least two shapes, re-asks "what digit is in the <shape>?" about up
-    to three of its shapes (the generator's own question maker, so each question is true of the image and its box is
-    known) and reads the method's per-patch budgets. Returns:
-
-    - ``moved``: the share of the visual tokens that move between two questions about the same image, ``|b1 - b2|_1
-      / (2 T)``, averaged over question pairs (0: the allocation ignores the question; 1: disjoint allocations);
-    - ``in_box``: the share of the visual tokens whose centre lies in the queried shape's box;
-    - ``box_area``: the box's share of the image (what a query-blind allocation puts in the box on average);
-    - ``images``: the images used.
-    """
+def _reasked(ds, bcfg, n_images: int, seed: int = 0):
+    """Yield ``(image, questions)`` for the first ``n_images`` rows with at least two shapes: "what digit is in the
+    <shape>?" about up to three of its shapes, made by the generator's own question maker from the row's stored scene
+    (so each question is true of the image and its ``target_box`` is known)."""
     import numpy as np
 
-    from eval.run_eval import target_fraction
     from training.benchmark import Scene, make_question_about
 
     rng = np.random.default_rng(seed)
-    moved, in_box, area, used = [], [], [], 0
+    used = 0
     for i in range(len(ds)):
         if used == n_images:
-            break
+            return
         row = ds[i]
         if not row.get("scene"):
             continue
@@ -425,8 +415,30 @@ def query_sensitivity(method, processor, ds, bcfg, n_images: int = 64, seed: int
         if len(scene.objects) < 2:
             continue
         used += 1
-        asked = [make_question_about(scene, obj, rng, bcfg, "digit") for obj in scene.objects[:3]]
-        image = row["image"].convert("RGB")
+        yield row["image"].convert("RGB"), [make_question_about(scene, obj, rng, bcfg, "digit")
+                                            for obj in scene.objects[:3]]
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def query_sensitivity(method, processor, ds, bcfg, n_images: int = 64, seed: int = 0) -> dict[str, float]:
+    """How much an allocation depends on the question: the same image, digit questions about different shapes.
+
+    Over the images of :func:`_reasked`, reads the method's per-patch budgets for each question. Returns:
+
+    - ``moved``: the share of the visual tokens that move between two questions about the same image, ``|b1 - b2|_1
+      / (2 T)``, averaged over question pairs (0: the allocation ignores the question; 1: disjoint allocations);
+    - ``in_box``: the share of the visual tokens whose centre lies in the queried shape's box;
+    - ``box_area``: the box's share of the image (what a query-blind allocation puts in the box on average);
+    - ``images``: the images used.
+    """
+    from eval.run_eval import target_fraction
+
+    moved, in_box, area, used = [], [], [], 0
+    for image, asked in _reasked(ds, bcfg, n_images, seed):
+        used += 1
         batch = processor([image] * len(asked), [q.question for q in asked])
         with torch.no_grad():
             _, pos, budgets = method.embed(batch["pixel_values"], batch["input_ids"],
@@ -441,8 +453,40 @@ def query_sensitivity(method, processor, ds, bcfg, n_images: int = 64, seed: int
             in_box.append(target_fraction(p, q.target_box, image.size))
             x0, y0, x1, y1 = q.target_box
             area.append((x1 - x0) * (y1 - y0) / (image.size[0] * image.size[1]))
-    mean = lambda v: float(sum(v) / len(v)) if v else float("nan")  # noqa: E731
-    return {"moved": mean(moved), "in_box": mean(in_box), "box_area": mean(area), "images": used}
+    return {"moved": _mean(moved), "in_box": _mean(in_box), "box_area": _mean(area), "images": used}
+
+
+def attention_grounding(model, processor, ds, bcfg, layer: int, n_images: int = 64, seed: int = 0) -> dict[str, float]:
+    """Where the LLM looks: the share of its attention from the last prompt position (layer ``layer``, 1-based) that
+    lands on visual tokens inside the queried shape's box, against those tokens' share of the visual tokens.
+
+    This is the teacher of relevance distillation (``models/relevance.py``): it can only teach the allocation to
+    follow the question if ``attention`` clearly exceeds ``tokens``. The model is fed its own visual tokens.
+    """
+    from models.relevance import read_attention
+
+    att_share, tok_share, used = [], [], 0
+    for image, asked in _reasked(ds, bcfg, n_images, seed):
+        used += 1
+        batch = processor([image] * len(asked), [q.question for q in asked])  # left-padded: the prompt ends last
+        last = torch.full((len(asked),), batch["input_ids"].shape[1] - 1)
+        with torch.no_grad():
+            embeds, out = model.embed_inputs(batch["pixel_values"], batch["input_ids"],
+                                             query_input_ids=batch["query_input_ids"],
+                                             query_attention_mask=batch["query_attention_mask"])
+            with read_attention(model.language_model.layers[layer - 1], last, batch["attention_mask"]) as state:
+                model.llava(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+        image_pos = batch["input_ids"] == model.image_token_id
+        w, h = image.size
+        for j, q in enumerate(asked):
+            att = state["attention"][j][image_pos[j]]  # visual tokens, in order
+            pos = out.positions[j][out.mask[j]]  # (T, 2) (row, col) in [0, 1]
+            x0, y0, x1, y1 = q.target_box
+            x, y = pos[:, 1] * w, pos[:, 0] * h
+            inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+            att_share.append(float(att[inside].sum() / att.sum().clamp_min(1e-30)))
+            tok_share.append(float(inside.double().mean()))
+    return {"attention": _mean(att_share), "tokens": _mean(tok_share), "layer": layer, "images": used}
 
 
 def _sensitivity(run: Path, a: argparse.Namespace, frac: float, extra: Sequence[str]) -> dict[str, float]:
@@ -457,6 +501,19 @@ def _sensitivity(run: Path, a: argparse.Namespace, frac: float, extra: Sequence[
     method = create_method("arr_coc", model, frac)
     processor.budget = method.placeholders
     return query_sensitivity(method, processor, load_configured(cfg.data), _bench_cfg(cfg.data.path))
+
+
+def _grounding(run: Path, a: argparse.Namespace, extra: Sequence[str]) -> dict[str, float]:
+    """:func:`attention_grounding` of the full-token model in ``run`` at the relevance-distillation layer (the
+    recipe's default, the middle one)."""
+    from eval.run_eval import build_eval_model, load_eval_cfg
+    from training.data import load_configured
+
+    cfg = load_eval_cfg(a.eval_config, [f"checkpoint={run}", "token_fraction=null", *extra])
+    model, processor, _ = build_eval_model(cfg)
+    model.eval()
+    layer = max(1, len(model.language_model.layers) // 2)
+    return attention_grounding(model, processor, load_configured(cfg.data), _bench_cfg(cfg.data.path), layer)
 
 
 def _write_md(path: Path, results: dict, methods: list[str], fractions: list[float], meta: dict[str, Any]) -> None:
@@ -483,12 +540,13 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     qtypes = sorted({t for m in results.values() for ss in m.values() for s in ss for t in s["by_type"]})
     for f in fractions:
-        if f == 1.0:
-            continue
+        # At 100% every training-free baseline and the uniform-trained model are the full model: only the models
+        # that differ get a row (the full model's row says which question types it can answer at all).
+        shown = methods if f < 1.0 else [m for m in methods if m == "full" or m.startswith("arr_coc")]
         lines += ["", f"## At {100 * f:g}% of the tokens: by question type, FLOPs and grounding", "",
                   "| method | " + " | ".join(qtypes) + " | visual FLOPs fraction | tokens in queried box |",
                   "|---|" + "---|" * (len(qtypes) + 2)]
-        for m in methods:
+        for m in shown:
             ss = results.get(m, {}).get(f, [])
             if not ss:
                 continue
@@ -514,6 +572,13 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
                   "", "| model | tokens moved between questions | tokens in queried box | box area |", "|---|---|---|---|"]
         lines += [f"| {m} | {100 * v['moved']:.1f}% | {100 * v['in_box']:.1f}% | {100 * v['box_area']:.1f}% |"
                   for m, v in sens.items()] + [""]
+    if meta.get("grounding"):
+        g = meta["grounding"]
+        lines += [f"Where the full-token model's LLM looks (the teacher of relevance distillation): from the last "
+                  f"prompt position, layer {g['layer']} puts {100 * g['attention']:.1f}% of its attention on the "
+                  f"visual tokens inside the queried box, which are {100 * g['tokens']:.1f}% of the visual tokens "
+                  f"({g['images']} images, the same questions). Well above that share, the LLM finds the queried "
+                  "shape and can teach the allocation; near it, it does not.", ""]
     if meta.get("training"):
         lines += ["## Training runs", "",
                   f"{len(meta['training'])} runs, {meta['parallel']} at a time, {meta['train_seconds']:.0f} s of "
@@ -656,12 +721,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                          f"ARR-COC per-patch budgets at {100 * a.train_fraction:g}% — {label}")
     sensitivity = {name: _sensitivity(work / f"seed{a.seeds[0]}" / name, a, a.train_fraction, eval_extra)
                    for name in arr_models}
+    grounding = _grounding(work / f"seed{a.seeds[0]}" / "full", a, eval_extra)
     rows = next((ss[0]["n"] for r in results.values() for ss in r.values() if ss), 0)
     meta = {"smoke": a.smoke, "seeds": a.seeds, "N": n, "train_fraction": a.train_fraction, "rows": rows,
             "command": "python -m scripts.bench_accuracy_budget " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
             "heatmap": heat_desc, "failures": failures, "training": training, "parallel": a.parallel,
-            "train_seconds": round(train_seconds, 1), "probe": probe, "notes": notes, "sensitivity": sensitivity}
+            "train_seconds": round(train_seconds, 1), "probe": probe, "notes": notes, "sensitivity": sensitivity,
+            "grounding": grounding}
     md = out / "accuracy_budget.md"
     _write_md(md, results, methods, fractions, meta)
     (out / "accuracy_budget.json").write_text(json.dumps(

@@ -28,6 +28,10 @@ def test_bench_accuracy_budget_smoke(tmp_path):
     assert "## Does the allocation follow the question?" in md
     for name, sens in saved["meta"]["sensitivity"].items():
         assert sens["images"] > 0 and 0 <= sens["moved"] <= 1 and 0 <= sens["in_box"] <= 1, (name, sens)
+    g = saved["meta"]["grounding"]
+    assert g["images"] > 0 and 0 <= g["attention"] <= 1 and 0 < g["tokens"] < 1 and g["layer"] == 1
+    assert "Where the full-token model's LLM looks" in md
+    assert "## At 100% of the tokens" in md  # the full model's per-type accuracy
 
 
 def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
