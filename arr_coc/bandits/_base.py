@@ -22,7 +22,7 @@ from arr_coc._utils import _check_tensor
 
 from . import nonstationary as _ns
 from ._io import _load_tensors, _save_tensors
-from ._validate import _check_int, _check_positive  # noqa: F401  (_check_positive: re-export)
+from ._validate import _check_int
 
 __all__ = ["BanditPolicy"]
 

@@ -162,15 +162,13 @@ class _AllocationPolicy:
         _check_nonneg("budget", b)
         return req, b
 
-    # Policies that solve the knapsack (and can therefore solve its LP relaxation) set this.
+    # Policies that solve the knapsack (and can therefore solve its LP relaxation) set this and take
+    # ``_choose(req, b, divisible=True)``.
     _supports_divisible = False
 
     def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(take mask, per-agent utility believed delivered)``."""
-        raise NotImplementedError
-
-    def _choose_divisible(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(fractions in [0, 1], per-agent utility believed delivered at fraction 1)``."""
+        """Return ``(take mask, per-agent utility believed delivered)``; with ``divisible=True`` (where supported)
+        ``(fractions in [0, 1], utility at fraction 1)``."""
         raise NotImplementedError
 
     def allocate(self, requests, budget, *, divisible: bool = False) -> Tensor:
@@ -196,7 +194,7 @@ class _AllocationPolicy:
             raise ValueError(f"{type(self).__name__} allocates all-or-nothing only; divisible=True is supported by "
                              f"{sorted(k for k, c in _ALLOC_CLASSES.items() if c._supports_divisible)}")
         req, b = self._check_problem(requests, budget)
-        take, utility = self._choose_divisible(req, b) if divisible else self._choose(req, b)
+        take, utility = self._choose(req, b, divisible=True) if divisible else self._choose(req, b)
         self.alloc_counts += take
         self.served += take * utility
         self.rounds += 1
@@ -310,7 +308,7 @@ class ConstrainedThompsonSampling(_AllocationPolicy):
         self.fairness = fairness
         self.fairness_strength = _check_real("fairness_strength", fairness_strength, low=0.0)
 
-    def _solve(self, req: np.ndarray, b: np.ndarray, divisible: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _choose(self, req: np.ndarray, b: np.ndarray, divisible: bool = False) -> tuple[np.ndarray, np.ndarray]:
         theta = self._sample()
         if self.fairness == "none":
             return _solve_milp(theta, req, b, divisible=divisible), theta
@@ -318,12 +316,6 @@ class ConstrainedThompsonSampling(_AllocationPolicy):
             weight = (self.alloc_counts + 1.0) ** (-self.fairness_strength)
             return _solve_milp(theta * weight, req, b, divisible=divisible), theta
         return _maxmin_knapsack(theta, self.served, req, b, divisible=divisible), theta
-
-    def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._solve(req, b, False)
-
-    def _choose_divisible(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._solve(req, b, True)
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "fairness": self.fairness, "fairness_strength": self.fairness_strength}
@@ -392,9 +384,6 @@ class ConstrainedUCB1(_AllocationPolicy):
         top = idx[seen].max() if seen.any() else 0.0
         idx = np.where(seen, idx, abs(top) + 1.0 + self.c)  # finite stand-in for +inf (HiGHS needs finite costs)
         return _solve_milp(idx, req, b, divisible=divisible), self.posterior_mean()
-
-    def _choose_divisible(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._choose(req, b, True)
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "c": self.c}
@@ -485,11 +474,8 @@ class OracleAlloc(_AllocationPolicy):
             raise ValueError(f"true_means must have shape ({n_agents},), got {mu.shape}")
         self.true_means = mu
 
-    def _choose(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return _solve_milp(self.true_means, req, b), self.true_means
-
-    def _choose_divisible(self, req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return _solve_milp(self.true_means, req, b, divisible=True), self.true_means
+    def _choose(self, req: np.ndarray, b: np.ndarray, divisible: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        return _solve_milp(self.true_means, req, b, divisible=divisible), self.true_means
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "true_means": self.true_means.tolist()}
