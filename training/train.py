@@ -258,6 +258,7 @@ class TrainRecipe:
         self.model_cfg = model_cfg(cfg)
         self.model, self.processor = build_model(self.model_cfg)
         self.model.to(self.device)
+        self.relevance_layer = self._relevance_layer()
         self._shard()
         self._seed(cfg.train.seed + 1 + self.rank)  # per-rank streams from here on (sampling, dropout)
         self.optimizer = self._optimizer()
@@ -412,7 +413,6 @@ class TrainRecipe:
     def _micro_step(self, batch: dict[str, Any], n_target_global: float) -> dict[str, torch.Tensor]:
         """Forward + backward of one micro-batch; returns summed statistics (not yet reduced across ranks)."""
         labels = batch["labels"]
-        weight = float(self.cfg.train.relevance_weight)
         with self._autocast(), self._relevance_read(batch) as read:
             out = self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
                              query_input_ids=batch["query_input_ids"],
@@ -424,7 +424,7 @@ class TrainRecipe:
         # FSDP averages gradients over ranks, so scale by the world size to get the global token mean.
         total = loss_sum * (self.world / n_target_global)
         rel_sum = torch.zeros((), device=logits.device)
-        if weight > 0:
+        if self.relevance_layer is not None:
             from models.relevance import patch_relevance, relevance_loss
 
             a = out.arr_coc
@@ -433,7 +433,8 @@ class TrainRecipe:
             rel = relevance_loss(a.utility, relevance)  # mean over this micro-batch's rows
             rel_sum = rel.detach() * len(labels)
             # Rows weigh equally across ranks and micro-batches: this rank's share of the global batch.
-            total = total + weight * rel * (len(labels) * self.world / self.cfg.train.batch_size)
+            share = len(labels) * self.world / self.cfg.train.batch_size
+            total = total + float(self.cfg.train.relevance_weight) * rel * share
         total.backward()
         with torch.no_grad():
             valid = target != IGNORE_INDEX
@@ -445,19 +446,25 @@ class TrainRecipe:
                 "tokens": batch["attention_mask"].sum().float(), "budget_sum": budgets.mean(-1).sum(),
                 "gini_sum": gini(budgets).sum().float()}
 
-    def _relevance_read(self, batch: dict[str, Any]):
-        """With ``train.relevance_weight > 0``: read one LLM layer's attention from the last prompt position during
-        the forward (:func:`models.relevance.read_attention`); otherwise a no-op context yielding ``{}``."""
+    def _relevance_layer(self) -> torch.nn.Module | None:
+        """The LLM decoder layer whose attention relevance distillation reads (``None`` when it is off)."""
         if not self.cfg.train.relevance_weight > 0:
-            return contextlib.nullcontext({})
-        from models.relevance import last_prompt_index, read_attention
-
+            return None
         layers = self.model.language_model.layers
         n = len(layers)
         k = self.cfg.train.relevance_layer if self.cfg.train.relevance_layer is not None else max(1, n // 2)
         if not 1 <= k <= n:
             raise ValueError(f"train.relevance_layer={k} must be in 1..{n} (the LLM's layers)")
-        return read_attention(layers[k - 1], last_prompt_index(batch["labels"], batch["attention_mask"]),
+        return layers[k - 1]
+
+    def _relevance_read(self, batch: dict[str, Any]):
+        """With relevance distillation on: read :attr:`relevance_layer`'s attention from the last prompt position
+        during the forward (:func:`models.relevance.read_attention`); otherwise a no-op context yielding ``{}``."""
+        if self.relevance_layer is None:
+            return contextlib.nullcontext({})
+        from models.relevance import last_prompt_index, read_attention
+
+        return read_attention(self.relevance_layer, last_prompt_index(batch["labels"], batch["attention_mask"]),
                               batch["attention_mask"])
 
     def _bandit_feedback(self, rewards: torch.Tensor, context: torch.Tensor | None = None,
