@@ -163,19 +163,28 @@ def _metric_name(cfg: EvalCfg) -> str:
 
 
 # -- per-question bookkeeping ------------------------------------------------------------------------------------------
+def in_box(positions: Tensor, box: Sequence[int], image_size: tuple[int, int]) -> Tensor:
+    """Which visual tokens have their centre in ``box = [x0, y0, x1, y1)`` (pixels of a ``(W, H)`` image).
+
+    Shapes:
+        positions: (T, 2) (row, col) in [0, 1]
+        returns: (T,) bool
+    """
+    w, h = image_size
+    y, x = positions[:, 0].double() * h, positions[:, 1].double() * w
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+
+
 def target_fraction(positions: Tensor, box: Sequence[int] | None, image_size: tuple[int, int]) -> float | None:
-    """Share of visual tokens whose centre lies in ``box = [x0, y0, x1, y1)`` (pixels of a ``(W, H)`` image).
+    """Share of visual tokens whose centre lies in ``box`` (see :func:`in_box`); ``None`` without a box or tokens.
 
     Shapes:
         positions: (T, 2) (row, col) in [0, 1]
     """
     if box is None or len(box) != 4 or positions.shape[0] == 0:
         return None
-    w, h = image_size
-    y, x = positions[:, 0].double() * h, positions[:, 1].double() * w
-    x0, y0, x1, y1 = (float(v) for v in box)
-    inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
-    return float(inside.double().mean())
+    return float(in_box(positions, box, image_size).double().mean())
 
 
 def _read_done(path: Path) -> list[dict[str, Any]]:

@@ -463,6 +463,7 @@ def attention_grounding(model, processor, ds, bcfg, layer: int, n_images: int = 
     This is the teacher of relevance distillation (``models/relevance.py``): it can only teach the allocation to
     follow the question if ``attention`` clearly exceeds ``tokens``. The model is fed its own visual tokens.
     """
+    from eval.run_eval import in_box
     from models.relevance import read_attention
 
     att_share, tok_share, used = [], [], 0
@@ -477,13 +478,9 @@ def attention_grounding(model, processor, ds, bcfg, layer: int, n_images: int = 
             with read_attention(model.language_model.layers[layer - 1], last, batch["attention_mask"]) as state:
                 model.llava(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
         image_pos = batch["input_ids"] == model.image_token_id
-        w, h = image.size
         for j, q in enumerate(asked):
             att = state["attention"][j][image_pos[j]]  # visual tokens, in order
-            pos = out.positions[j][out.mask[j]]  # (T, 2) (row, col) in [0, 1]
-            x0, y0, x1, y1 = q.target_box
-            x, y = pos[:, 1] * w, pos[:, 0] * h
-            inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+            inside = in_box(out.positions[j][out.mask[j]], q.target_box, image.size)
             att_share.append(float(att[inside].sum() / att.sum().clamp_min(1e-30)))
             tok_share.append(float(inside.double().mean()))
     return {"attention": _mean(att_share), "tokens": _mean(tok_share), "layer": layer, "images": used}
