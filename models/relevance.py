@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["last_prompt_index", "patch_relevance", "read_attention", "relevance_loss"]
+__all__ = ["default_layer", "last_prompt_index", "patch_relevance", "read_attention", "relevance_loss"]
+
+
+def default_layer(num_layers: int) -> int:
+    """The LLM layer (1-based) read when none is configured: the middle one."""
+    return max(1, num_layers // 2)
 
 
 def last_prompt_index(labels: Tensor, attention_mask: Tensor, ignore_index: int = -100) -> Tensor:

@@ -341,6 +341,18 @@ def _bench_cfg(path: str | None):
         return BenchmarkCfg()
 
 
+def _load_run(run: Path, a: argparse.Namespace, frac: float | None, extra: Sequence[str]):
+    """A trained run's model (eval mode) at ``frac`` of the tokens, its processor, and the evaluation's data:
+    ``(model, processor, dataset, data_cfg)``."""
+    from eval.run_eval import build_eval_model, load_eval_cfg
+    from training.data import load_configured
+
+    cfg = load_eval_cfg(a.eval_config, [f"checkpoint={run}", f"token_fraction={json.dumps(frac)}", *extra])
+    model, processor, _ = build_eval_model(cfg)
+    model.eval()
+    return model, processor, load_configured(cfg.data), cfg.data
+
+
 def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: Sequence[str], title: str) -> str:
     """ARR-COC's per-patch budgets over one test image for questions of different types; returns a description."""
     import matplotlib
@@ -349,14 +361,9 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
     import matplotlib.pyplot as plt
 
     from eval.baselines import create_method
-    from eval.run_eval import build_eval_model, load_eval_cfg
     from scripts.demo import draw_budgets
-    from training.data import load_configured
 
-    cfg = load_eval_cfg(a.eval_config, [f"checkpoint={run}", f"token_fraction={frac}", *extra])
-    model, processor, _ = build_eval_model(cfg)
-    model.eval()
-    ds = load_configured(cfg.data)
+    model, processor, ds, data_cfg = _load_run(run, a, frac, extra)
     # One test image and several questions about THIS image, each pointing at a different object: re-asked from the
     # row's stored scene with the generator's own question maker, so every question is true of the image and its
     # target box is known. Falls back to the row's own question when the row carries no scene.
@@ -368,7 +375,7 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
     scene_json = row0.get("scene")
     if scene_json:
         scene = Scene.from_json(scene_json)
-        qrng, bcfg = np.random.default_rng(0), _bench_cfg(cfg.data.path)
+        qrng, bcfg = np.random.default_rng(0), _bench_cfg(data_cfg.path)
         asked = [make_question_about(scene, obj, qrng, bcfg, "digit") for obj in scene.objects[:3]]
         questions, boxes = [q.question for q in asked], [tuple(q.target_box) for q in asked]
     else:
@@ -489,28 +496,21 @@ def attention_grounding(model, processor, ds, bcfg, layer: int, n_images: int = 
 def _sensitivity(run: Path, a: argparse.Namespace, frac: float, extra: Sequence[str]) -> dict[str, float]:
     """:func:`query_sensitivity` of the ARR-COC model trained in ``run``, at ``frac`` of the tokens."""
     from eval.baselines import create_method
-    from eval.run_eval import build_eval_model, load_eval_cfg
-    from training.data import load_configured
 
-    cfg = load_eval_cfg(a.eval_config, [f"checkpoint={run}", f"token_fraction={frac}", *extra])
-    model, processor, _ = build_eval_model(cfg)
-    model.eval()
+    model, processor, ds, data_cfg = _load_run(run, a, frac, extra)
     method = create_method("arr_coc", model, frac)
     processor.budget = method.placeholders
-    return query_sensitivity(method, processor, load_configured(cfg.data), _bench_cfg(cfg.data.path))
+    return query_sensitivity(method, processor, ds, _bench_cfg(data_cfg.path))
 
 
 def _grounding(run: Path, a: argparse.Namespace, extra: Sequence[str]) -> dict[str, float]:
     """:func:`attention_grounding` of the full-token model in ``run`` at the relevance-distillation layer (the
     recipe's default, the middle one)."""
-    from eval.run_eval import build_eval_model, load_eval_cfg
-    from training.data import load_configured
+    from models.relevance import default_layer
 
-    cfg = load_eval_cfg(a.eval_config, [f"checkpoint={run}", "token_fraction=null", *extra])
-    model, processor, _ = build_eval_model(cfg)
-    model.eval()
-    layer = max(1, len(model.language_model.layers) // 2)
-    return attention_grounding(model, processor, load_configured(cfg.data), _bench_cfg(cfg.data.path), layer)
+    model, processor, ds, data_cfg = _load_run(run, a, None, extra)
+    layer = default_layer(len(model.language_model.layers))
+    return attention_grounding(model, processor, ds, _bench_cfg(data_cfg.path), layer)
 
 
 def _write_md(path: Path, results: dict, methods: list[str], fractions: list[float], meta: dict[str, Any]) -> None:

@@ -450,9 +450,11 @@ class TrainRecipe:
         """The LLM decoder layer whose attention relevance distillation reads (``None`` when it is off)."""
         if not self.cfg.train.relevance_weight > 0:
             return None
+        from models.relevance import default_layer
+
         layers = self.model.language_model.layers
         n = len(layers)
-        k = self.cfg.train.relevance_layer if self.cfg.train.relevance_layer is not None else max(1, n // 2)
+        k = self.cfg.train.relevance_layer if self.cfg.train.relevance_layer is not None else default_layer(n)
         if not 1 <= k <= n:
             raise ValueError(f"train.relevance_layer={k} must be in 1..{n} (the LLM's layers)")
         return layers[k - 1]
