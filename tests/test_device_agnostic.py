@@ -16,6 +16,7 @@ import copy
 import pytest
 import torch
 
+from _bandit_helpers import POLICIES, POLICY_ARMS, POLICY_DIM, make_policy
 from arr_coc import ArrCoc, capped_simplex_projection, list_allocators, project_and_round, round_to_budget
 
 META = torch.device("meta")
@@ -60,29 +61,15 @@ def test_kernel_ops_create_no_tensor_on_the_default_device():
     assert bool((t.sum(-1) == 13200).all())
 
 
-def _policies():
-    from arr_coc.bandits import (UCB1, EpsilonGreedy, HybridLinUCB, LinTS, LinUCB, NeuralLinear, Softmax,
-                                 ThompsonSampling)
-
-    a, d = 4, 5
-    return {
-        "eps": lambda: EpsilonGreedy(a, 0.2), "softmax": lambda: Softmax(a, 0.5), "ucb1": lambda: UCB1(a),
-        "ts_beta": lambda: ThompsonSampling(a, "beta"), "ts_gauss": lambda: ThompsonSampling(a, "gaussian"),
-        "linucb": lambda: LinUCB(a, d, 0.5), "linucb_sm": lambda: LinUCB(a, d, 0.5, solver="sherman_morrison"),
-        "lints": lambda: LinTS(a, d, 0.5), "hybrid": lambda: HybridLinUCB(a, d - 2, 2, 0.5),
-        # train_every beyond the test's rows: the encoder's refits build a fresh torch Adam, whose step counter
-        # torch <= 2.11 keeps on the default device by design (CPU beside CUDA parameters), which would trip the
-        # check in torch's code, not ours. The refit path runs on the real device in test_bandit_policies.
-        "neural": lambda: NeuralLinear(a, d, (8,), train_every=10_000, train_steps=2, batch_size=8),
-    }
-
-
-@pytest.mark.parametrize("name", list(_policies()))
+@pytest.mark.parametrize("name", POLICIES)
 @pytest.mark.parametrize("per_arm", [False, True])
 def test_bandit_policies_create_no_tensor_on_the_default_device(name, per_arm):
-    pol = _policies()[name]()
+    # neural_train_every beyond the test's rows: the encoder's refits build a fresh torch Adam, whose step counter
+    # torch <= 2.11 keeps on the default device by design (CPU beside CUDA parameters), which would trip the check in
+    # torch's code, not ours. The refit path runs in tests/bandits/test_bandit_policies.py.
+    pol = make_policy(name, neural_train_every=10_000)
     g = torch.Generator().manual_seed(0)
-    ctx = torch.randn((32, 4, 5) if per_arm else (32, 5), generator=g)
+    ctx = torch.randn((32, POLICY_ARMS, POLICY_DIM) if per_arm else (32, POLICY_DIM), generator=g)
     rewards = torch.rand(3, 32, generator=g)
     with META:
         for r in rewards:

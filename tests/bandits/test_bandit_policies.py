@@ -11,41 +11,17 @@ from arr_coc.bandits import (
     BanditPolicy,
     Discount,
     EpsilonGreedy,
-    HybridLinUCB,
     LinTS,
     LinUCB,
-    NeuralLinear,
     PageHinkley,
     SlidingWindow,
-    Softmax,
     ThompsonSampling,
-    UCB1,
 )
+from _bandit_helpers import POLICIES as ALL
+from _bandit_helpers import POLICY_ARMS, POLICY_DIM
+from _bandit_helpers import make_policy as _make
 
-
-A, D, N = 4, 5, 32
-
-
-def _make(name: str, dtype=torch.float32, **kw) -> BanditPolicy:
-    f = {
-        "eps": lambda: EpsilonGreedy(A, 0.2, dtype=dtype, **kw),
-        "softmax": lambda: Softmax(A, 0.5, dtype=dtype, **kw),
-        "ucb1": lambda: UCB1(A, dtype=dtype, **kw),
-        "ts_beta": lambda: ThompsonSampling(A, "beta", dtype=dtype, **kw),
-        "ts_gauss": lambda: ThompsonSampling(A, "gaussian", dtype=dtype, **kw),
-        "linucb": lambda: LinUCB(A, D, 0.5, dtype=dtype, **kw),
-        "linucb_sm": lambda: LinUCB(A, D, 0.5, solver="sherman_morrison", dtype=dtype, **kw),
-        "lints": lambda: LinTS(A, D, 0.5, dtype=dtype, **kw),
-        "hybrid": lambda: HybridLinUCB(A, D - 2, 2, 0.5, dtype=dtype, **kw),
-        "neural_ucb": lambda: NeuralLinear(A, D, (8, 6), train_every=16, train_steps=3, batch_size=8, dtype=dtype,
-                                           **kw),
-        "neural_ts": lambda: NeuralLinear(A, D, (8,), head="ts", train_every=16, train_steps=3, dtype=dtype, **kw),
-    }
-    return f[name]()
-
-
-ALL = ["eps", "softmax", "ucb1", "ts_beta", "ts_gauss", "linucb", "linucb_sm", "lints", "hybrid", "neural_ucb",
-       "neural_ts"]
+A, D, N = POLICY_ARMS, POLICY_DIM, 32
 
 
 def _warm(policy: BanditPolicy, per_arm: bool, steps: int = 3, seed: int = 0) -> torch.Tensor:
