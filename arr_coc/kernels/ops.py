@@ -223,10 +223,12 @@ def _project_and_round_ref(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) ->
 def _check_rounded(x: Tensor, t: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
     # The fused kernel rounds the x it has just written, so nothing can be checked before it runs; one reduction of
     # its integers afterwards keeps "the sum is the budget, exactly" a guarantee rather than an expectation.
-    if bool((t.sum(-1) != budget).any()):
+    sums = t.sum(-1)
+    miss = sums != budget
+    if bool(miss.any()):
         _check_deficit(x, budget, lo, hi)  # names the row and the numbers
-        i = tuple(int(v) for v in (t.sum(-1) != budget).nonzero()[0].tolist())
-        raise ValueError(f"rounding at row {i} sums to {int(t.sum(-1)[i])}, not the budget {int(budget[i])}")
+        i = tuple(int(v) for v in miss.nonzero()[0].tolist())
+        raise ValueError(f"rounding at row {i} sums to {int(sums[i])}, not the budget {int(budget[i])}")
 
 
 @torch.library.custom_op("arr_coc::project_and_round", mutates_args=())
