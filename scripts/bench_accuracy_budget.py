@@ -10,7 +10,9 @@ Protocol (issue 7). For each training seed:
 1. train the *full-token* model once (every patch at full detail: ``allocator=uniform, budget=N, min=max=h·w``);
 2. train ARR-COC with the ``projection`` allocator (straight-through gradients) and with the ``bandit`` allocator
    (answer-correctness feedback), both at the 25% budget; with ``--relevance-weight W`` also ``arr_coc_relevance``,
-   the projection model trained with relevance distillation (``models/relevance.py``);
+   the projection model trained with relevance distillation (``models/relevance.py``); with ``--grounding-weight W``
+   also ``arr_coc_grounded``, the projection model trained with box-grounding supervision (``models/grounding.py``:
+   the benchmark's ``target_box`` of each question, used in training only);
 3. train a model with *uniform pooling* at each reduced budget (the strongest simple baseline);
 4. evaluate on the test split at token fractions {100, 50, 25, 12.5}%: the full model; every training-free baseline
    of :mod:`eval.baselines` applied to the full model at exactly that many tokens; both ARR-COC models with their
@@ -50,6 +52,12 @@ SMOKE_MODEL = {"arr_coc": {"num_patches": 4, "patch_grid": [2, 2], "budget": 16,
                "llm": {"text_config": {"num_hidden_layers": 3}}}
 
 
+def EXTRA_MODELS(a: argparse.Namespace) -> list[tuple[str, str, float]]:
+    """The optional ARR-COC variants: (run name, ``train.*`` weight key, weight); a weight of 0 leaves one out."""
+    return [("arr_coc_relevance", "relevance_weight", a.relevance_weight),
+            ("arr_coc_grounded", "grounding_weight", a.grounding_weight)]
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m scripts.bench_accuracy_budget", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny CPU run in a temporary folder (labelled as smoke)")
@@ -64,6 +72,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--relevance-weight", type=float, default=0.0,
                    help="> 0: also train `arr_coc_relevance`, the projection model with relevance distillation at this "
                         "weight (train.relevance_weight; models/relevance.py)")
+    p.add_argument("--grounding-weight", type=float, default=0.0,
+                   help="> 0: also train `arr_coc_grounded`, the projection model with box-grounding supervision at this "
+                        "weight (train.grounding_weight; models/grounding.py)")
     p.add_argument("--steps", default=None,
                    help="training steps per model (default: the train config's), or 'auto' with --minutes: probe every "
                         "model for --probe-steps steps, all at once as in the real run, and give every model the same "
@@ -90,8 +101,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.steps == "auto" and args.minutes is None:
         raise ValueError("--steps auto needs --minutes (the wall clock the steps must fit in)")
-    if not (math.isfinite(args.relevance_weight) and args.relevance_weight >= 0):
-        raise ValueError(f"--relevance-weight must be a finite number >= 0, got {args.relevance_weight}")
+    for flag, w in (("--relevance-weight", args.relevance_weight), ("--grounding-weight", args.grounding_weight)):
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"{flag} must be a finite number >= 0, got {w}")
     if args.probe_steps < 2:
         raise ValueError(f"--probe-steps must be >= 2, got {args.probe_steps}")
     if args.parallel < 1:
@@ -222,7 +234,7 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
 
 def _run_dirs(runs: dict[str, Any]) -> list[Path]:
     """The run folders of one seed's :func:`submit_all` result, in a fixed order."""
-    return [runs["full"], runs["proj"], runs["band"], *runs.get("rel", {}).values(), *runs["uni"].values()]
+    return [runs["full"], runs["proj"], runs["band"], *runs.get("extra", {}).values(), *runs["uni"].values()]
 
 
 def _trainer_state(run: Path) -> dict[str, Any]:
@@ -353,8 +365,10 @@ def _load_run(run: Path, a: argparse.Namespace, frac: float | None, extra: Seque
     return model, processor, load_configured(cfg.data), cfg.data
 
 
-def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: Sequence[str], title: str) -> str:
-    """ARR-COC's per-patch budgets over one test image for questions of different types; returns a description."""
+def _heatmap(runs: Sequence[tuple[str, Path]], a: argparse.Namespace, frac: float, path: Path, extra: Sequence[str],
+             title: str) -> str:
+    """Per-patch budgets of each ARR-COC model in ``runs`` (one row of panels each) over one test image, for
+    questions about different shapes of it; returns a description."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,7 +377,7 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
     from eval.baselines import create_method
     from scripts.demo import draw_budgets
 
-    model, processor, ds, data_cfg = _load_run(run, a, frac, extra)
+    model, processor, ds, data_cfg = _load_run(runs[0][1], a, frac, extra)
     # One test image and several questions about THIS image, each pointing at a different object: re-asked from the
     # row's stored scene with the generator's own question maker, so every question is true of the image and its
     # target box is known. Falls back to the row's own question when the row carries no scene.
@@ -380,26 +394,30 @@ def _heatmap(run: Path, a: argparse.Namespace, frac: float, path: Path, extra: S
         questions, boxes = [q.question for q in asked], [tuple(q.target_box) for q in asked]
     else:
         questions, boxes = [row0["question"]], [tuple(row0.get("target_box") or ())]
-    method = create_method("arr_coc", model, frac)
-    processor.budget = method.placeholders
     image = row0["image"].convert("RGB")
-    gh, gw = model.vision.patch_grid
-    fig, axes = plt.subplots(1, len(questions), figsize=(3.6 * len(questions), 3.9))
-    axes = [axes] if len(questions) == 1 else list(axes)
-    for ax, q, box in zip(axes, questions, boxes):
-        batch = processor([image], [q])
-        with torch.no_grad():
-            _, _, budgets = method.embed(batch["pixel_values"], batch["input_ids"],
-                                         query_input_ids=batch["query_input_ids"],
-                                         query_attention_mask=batch["query_attention_mask"])
-        # The queried object's box is outlined: the tokens should gather there.
-        draw_budgets(ax, image, budgets[0].reshape(gh, gw).float().numpy(), box, numbers=True)
-        ax.set_title(q, fontsize=8)
+    fig, axes = plt.subplots(len(runs), len(questions), figsize=(3.6 * len(questions), 3.9 * len(runs)),
+                             squeeze=False)
+    for r, (name, run) in enumerate(runs):
+        if r:
+            model, processor, _, _ = _load_run(run, a, frac, extra)
+        method = create_method("arr_coc", model, frac)
+        processor.budget = method.placeholders
+        gh, gw = model.vision.patch_grid
+        for ax, q, box in zip(axes[r], questions, boxes):
+            batch = processor([image], [q])
+            with torch.no_grad():
+                _, _, budgets = method.embed(batch["pixel_values"], batch["input_ids"],
+                                             query_input_ids=batch["query_input_ids"],
+                                             query_attention_mask=batch["query_attention_mask"])
+            # The queried object's box is outlined: the tokens should gather there.
+            draw_budgets(ax, image, budgets[0].reshape(gh, gw).float().numpy(), box, numbers=True)
+            ax.set_title(f"{name}\n{q}" if len(runs) > 1 else q, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return f"image `{row0['question_id']}`; questions: " + "; ".join(f"“{q}”" for q in questions)
+    return (f"rows: {', '.join(name for name, _ in runs)}; image `{row0['question_id']}`; questions: "
+            + "; ".join(f"“{q}”" for q in questions))
 
 
 def _reasked(ds, bcfg, n_images: int, seed: int = 0):
@@ -430,7 +448,8 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-def query_sensitivity(method, processor, ds, bcfg, n_images: int = 64, seed: int = 0) -> dict[str, float]:
+def query_sensitivity(method, processor, ds, bcfg, patch_grid: tuple[int, int], n_images: int = 64, seed: int = 0,
+                      max_tokens: int | None = None) -> dict[str, float]:
     """How much an allocation depends on the question: the same image, digit questions about different shapes.
 
     Over the images of :func:`_reasked`, reads the method's per-patch budgets for each question. Returns:
@@ -439,11 +458,18 @@ def query_sensitivity(method, processor, ds, bcfg, n_images: int = 64, seed: int
       / (2 T)``, averaged over question pairs (0: the allocation ignores the question; 1: disjoint allocations);
     - ``in_box``: the share of the visual tokens whose centre lies in the queried shape's box;
     - ``box_area``: the box's share of the image (what a query-blind allocation puts in the box on average);
+    - ``patch_share``: the share of the visual tokens given to the patches the box overlaps (a patch is the unit the
+      allocator decides on; a tight box leaves most of an overlapped patch's token centres outside it);
+    - ``patch_area``: those patches' share of all patches (what uniform pooling gives them);
+    - ``patch_ceiling``: the most those patches can hold, ``min(1, n · max_tokens / T)`` (NaN without
+      ``max_tokens``);
     - ``images``: the images used.
     """
     from eval.run_eval import target_fraction
+    from models.grounding import box_patch_mass, normalised_boxes
 
     moved, in_box, area, used = [], [], [], 0
+    p_share, p_area, p_ceil = [], [], []
     for image, asked in _reasked(ds, bcfg, n_images, seed):
         used += 1
         batch = processor([image] * len(asked), [q.question for q in asked])
@@ -456,11 +482,18 @@ def query_sensitivity(method, processor, ds, bcfg, n_images: int = 64, seed: int
         for x in range(len(asked)):
             for y in range(x + 1, len(asked)):
                 moved.append(float((b[x] - b[y]).abs().sum() / (2 * total)))
-        for q, p in zip(asked, pos):
+        boxes, _ = normalised_boxes([q.target_box for q in asked], [image.size] * len(asked))
+        touched = box_patch_mass(boxes, patch_grid) > 0  # (Q, K) the patches each box overlaps
+        for j, (q, p) in enumerate(zip(asked, pos)):
             in_box.append(target_fraction(p, q.target_box, image.size))
             x0, y0, x1, y1 = q.target_box
             area.append((x1 - x0) * (y1 - y0) / (image.size[0] * image.size[1]))
-    return {"moved": _mean(moved), "in_box": _mean(in_box), "box_area": _mean(area), "images": used}
+            n = int(touched[j].sum())
+            p_share.append(float(b[j][touched[j]].sum() / total))
+            p_area.append(n / b.shape[1])
+            p_ceil.append(min(1.0, n * max_tokens / float(total)) if max_tokens else float("nan"))
+    return {"moved": _mean(moved), "in_box": _mean(in_box), "box_area": _mean(area), "patch_share": _mean(p_share),
+            "patch_area": _mean(p_area), "patch_ceiling": _mean(p_ceil), "images": used}
 
 
 def attention_grounding(model, processor, ds, bcfg, layer: int, n_images: int = 64, seed: int = 0) -> dict[str, float]:
@@ -500,7 +533,8 @@ def _sensitivity(run: Path, a: argparse.Namespace, frac: float, extra: Sequence[
     model, processor, ds, data_cfg = _load_run(run, a, frac, extra)
     method = create_method("arr_coc", model, frac)
     processor.budget = method.placeholders
-    return query_sensitivity(method, processor, ds, _bench_cfg(data_cfg.path))
+    return query_sensitivity(method, processor, ds, _bench_cfg(data_cfg.path), tuple(model.arr_coc.patch_grid),
+                             max_tokens=int(model.arr_coc.attending.max_tokens))
 
 
 def _grounding(run: Path, a: argparse.Namespace, extra: Sequence[str]) -> dict[str, float]:
@@ -556,8 +590,9 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
               "visual tokens, relative to the full-token model (see `eval/flops.py`). Tokens in queried box: share of "
               "the visual tokens whose centre lies in the question's `target_box` (digit/colour/yes-no questions).",
               "", "![accuracy vs budget](accuracy_budget.png)", "", "## Budget heat-map", "",
-              f"ARR-COC (projection) per-patch budgets at {100 * meta['train_fraction']:g}% for different questions "
-              f"about the same image: {meta['heatmap']}.", "", "![budget heat-map](budget_heatmap.png)", ""]
+              f"ARR-COC per-patch budgets at {100 * meta['train_fraction']:g}% for different questions about the "
+              f"same image, one row per gradient-trained ARR-COC model: {meta['heatmap']}.", "",
+              "![budget heat-map](budget_heatmap.png)", ""]
     if meta.get("sensitivity"):
         sens = meta["sensitivity"]
         n_img = next(iter(sens.values()))["images"]
@@ -565,10 +600,14 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
                   f"Seed {seeds[0]}, {100 * meta['train_fraction']:g}% of the tokens, {n_img} test images, each asked "
                   "“what digit is in the <shape>?” about up to three of its shapes. Tokens moved: the share of the "
                   "visual tokens that change patch between two questions about the same image (0 = the question is "
-                  "ignored). A query-blind allocation puts on average about the box's share of the image in the box.",
-                  "", "| model | tokens moved between questions | tokens in queried box | box area |", "|---|---|---|---|"]
-        lines += [f"| {m} | {100 * v['moved']:.1f}% | {100 * v['in_box']:.1f}% | {100 * v['box_area']:.1f}% |"
-                  for m, v in sens.items()] + [""]
+                  "ignored). A query-blind allocation puts on average about the box's share of the image in the box. "
+                  "Box patches: the patches the box overlaps, the unit the allocator decides on; uniform pooling gives "
+                  "them their share of the patches, and the per-patch cap limits what they can hold (ceiling).",
+                  "", "| model | tokens moved between questions | tokens in queried box | box area | tokens in box "
+                  "patches | their share of patches | ceiling |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {100 * v['moved']:.1f}% | {100 * v['in_box']:.1f}% | {100 * v['box_area']:.1f}% | "
+                  f"{100 * v.get('patch_share', math.nan):.1f}% | {100 * v.get('patch_area', math.nan):.1f}% | "
+                  f"{100 * v.get('patch_ceiling', math.nan):.1f}% |" for m, v in sens.items()] + [""]
     if meta.get("grounding"):
         g = meta["grounding"]
         lines += [f"Where the full-token model's LLM looks (the teacher of relevance distillation): from the last "
@@ -657,9 +696,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "proj": trainer.submit("arr_coc_projection", arr("projection", t_train), seed, train_extra),
             "band": trainer.submit("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={
                 "levels": levels, "context_dim": geo["ctx"]}), seed, train_extra),
-            "rel": {} if not a.relevance_weight > 0 else {"arr_coc_relevance": trainer.submit(
-                "arr_coc_relevance", arr("projection", t_train), seed,
-                [*train_extra, f"train.relevance_weight={a.relevance_weight}"])},
+            "extra": {name: trainer.submit(name, arr("projection", t_train), seed, [*train_extra, f"train.{key}={w}"])
+                      for name, key, w in EXTRA_MODELS(a) if w > 0},
             "uni": {f: trainer.submit(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), seed,
                                       train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k},
         }
@@ -697,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             elif "full" in results:  # at 100% every training-free baseline is the full model
                 for b in TRAINING_FREE:
                     results.setdefault(b, {}).setdefault(f, []).append(results["full"][1.0][-1])
-        for name, run in (("arr_coc_projection", proj), ("arr_coc_bandit", band), *runs[seed]["rel"].items()):
+        for name, run in (("arr_coc_projection", proj), ("arr_coc_bandit", band), *runs[seed]["extra"].items()):
             for f in fractions:
                 record(name, f, run, "arr_coc", f)
         for f in fractions:
@@ -707,14 +745,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 results.setdefault("uniform_trained", {}).setdefault(f, []).append(results["full"][1.0][-1])
         cache.clear()
 
-    arr_models = ["arr_coc_projection", "arr_coc_bandit", *(["arr_coc_relevance"] if a.relevance_weight > 0 else [])]
+    arr_models = ["arr_coc_projection", "arr_coc_bandit", *(name for name, _, w in EXTRA_MODELS(a) if w > 0)]
     methods = ["full", *arr_models, "uniform_trained", *TRAINING_FREE]
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available() and not a.smoke
               else f"CPU ({platform.processor() or platform.machine()})")
     label = "SMOKE (random-init tiny models, meaningless numbers)" if a.smoke else "generated benchmark, test split"
     png, heat = out / "accuracy_budget.png", out / "budget_heatmap.png"
     _plot(results, methods, fractions, png, f"Accuracy vs visual tokens — {label}")
-    heat_desc = _heatmap(work / f"seed{a.seeds[0]}" / "arr_coc_projection", a, a.train_fraction, heat, eval_extra,
+    heat_runs = [(m, work / f"seed{a.seeds[0]}" / m) for m in arr_models if m != "arr_coc_bandit"]
+    heat_desc = _heatmap(heat_runs, a, a.train_fraction, heat, eval_extra,
                          f"ARR-COC per-patch budgets at {100 * a.train_fraction:g}% — {label}")
     sensitivity = {name: _sensitivity(work / f"seed{a.seeds[0]}" / name, a, a.train_fraction, eval_extra)
                    for name in arr_models}

@@ -2,8 +2,9 @@
 
     make demo                       # or: python -m scripts.demo --out outputs/demo
 
-**Trained model** (``--weights``, default ``weights/arr_coc_bench``, written by ``scripts/export_model.py`` from the
-accuracy benchmark's ARR-COC run): renders test scenes of the generated VQA benchmark, asks two questions about two
+**Trained model** (``--weights``; by default the first of ``weights/arr_coc_bench``, the ``bench`` model a GPU session
+exports, and ``weights/arr_coc_tiny``, the small grounded model trained on CPU that ships in the repository; both
+written by ``scripts/export_model.py`` from the accuracy benchmark's ARR-COC run): renders test scenes of the generated VQA benchmark, asks two questions about two
 different shapes of the same image, and for each prints the model's answer, the right answer and the share of the
 visual tokens that landed in the queried shape's box, and draws the per-patch budgets over the image, one panel per
 question (``outputs/demo/trained_image*.png``). The same image with two questions gets two heat-maps.
@@ -128,7 +129,10 @@ def draw_budgets(ax, image, budgets: np.ndarray, box=(), *, numbers: bool = Fals
     return im
 
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "arr_coc_bench"
+_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+# Searched in order: the `bench` model from a GPU session (scripts/gpu_accuracy_session.sh), then the small model
+# trained on CPU with the tiny preset (README, "CPU pilot"), which ships in the repository.
+DEFAULT_WEIGHTS = (_WEIGHTS / "arr_coc_bench", _WEIGHTS / "arr_coc_tiny")
 
 
 def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
@@ -145,6 +149,7 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
 
     from eval.baselines import create_method
     from eval.run_eval import target_fraction
+    from models.grounding import box_patch_mass, normalised_boxes
     from models.pretrained import load_pretrained
     from training.benchmark import BenchmarkCfg, make_question_about, render_scene, sample_scene
 
@@ -157,7 +162,8 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
     gh, gw = model.vision.patch_grid
     print(f"trained model: {weights} (step {info.get('metadata', {}).get('step')}), {method.num_tokens} of "
           f"{method.full_tokens} visual tokens, {gh}x{gw} patches, allocator {model.arr_coc.attending.registry_name}")
-    header = f"{'image':>5}  {'question':<40} {'answer':>6} {'model':>6}  {'tokens in box':>13}  {'box area':>8}"
+    header = (f"{'image':>5}  {'question':<40} {'answer':>6} {'model':>6}  {'tokens in box':>13}  {'box area':>8}  "
+              f"{'tokens in box patches':>21}  {'their area':>10}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(seed)
@@ -182,12 +188,19 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
             share = target_fraction(res.positions[0], q.target_box, (w, h))
             x0, y0, x1, y1 = q.target_box
             area = (x1 - x0) * (y1 - y0) / (w * h)
+            # The patches the box overlaps: the unit the allocator decides on (a tight box leaves most token centres
+            # of an overlapped patch outside it, so "tokens in box" moves in coarse steps on small grids).
+            touched = box_patch_mass(normalised_boxes([q.target_box], [(w, h)])[0], (gh, gw))[0] > 0
+            bud = res.budgets[0].double()
+            p_share, p_area = float(bud[touched].sum() / bud.sum()), float(touched.double().mean())
             rows.append({"image": i, "question": q.question, "answer": q.answer, "prediction": pred,
-                         "tokens_in_box": share, "box_area": area, "budgets": res.budgets[0].tolist()})
-            print(f"{i:>5}  {q.question:<40} {q.answer:>6} {pred:>6}  {share:>13.1%}  {area:>8.1%}")
+                         "tokens_in_box": share, "box_area": area, "tokens_in_box_patches": p_share,
+                         "box_patches_area": p_area, "budgets": res.budgets[0].tolist()})
+            print(f"{i:>5}  {q.question:<40} {q.answer:>6} {pred:>6}  {share:>13.1%}  {area:>8.1%}  {p_share:>21.1%}  "
+                  f"{p_area:>10.1%}")
             im = draw_budgets(ax, img, res.budgets[0].reshape(gh, gw).float().numpy(), q.target_box)
-            ax.set_title(f"{q.question}\nmodel: {pred!r} (answer {q.answer}); {share:.0%} of tokens in the box",
-                         fontsize=8)
+            ax.set_title(f"{q.question}\nmodel: {pred!r} (answer {q.answer}); {p_share:.0%} of tokens in the box's "
+                         f"patches ({p_area:.0%} of the image)", fontsize=8)
             fig.colorbar(im, ax=ax, fraction=0.04, label="tokens per patch")
         fig.tight_layout()
         path = out / f"trained_image{i}.png"
@@ -204,22 +217,24 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--allocator", default="projection", help="untrained-layer mode: the allocator")
-    ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
-                    help="trained model folder (scripts/export_model.py); 'none' forces the untrained-layer mode")
+    ap.add_argument("--weights", default="auto",
+                    help="trained model folder (scripts/export_model.py); 'auto' (default): the first of "
+                         "weights/arr_coc_bench, weights/arr_coc_tiny that exists; 'none' forces the untrained-layer mode")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.weights != "none":
-        weights = Path(args.weights)
-        if (weights / "config.json").is_file():
+        candidates = DEFAULT_WEIGHTS if args.weights == "auto" else (Path(args.weights),)
+        weights = next((w for w in candidates if (w / "config.json").is_file()), None)
+        if weights is not None:
             res = trained_demo(weights, out, args.images, args.seed)
             print(f"done in {time.perf_counter() - t0:.1f} s")
             return res
-        if args.weights != str(DEFAULT_WEIGHTS):
+        if args.weights != "auto":
             raise ValueError(f"--weights {args.weights!r} is not a trained model folder (no config.json)")
-        print(f"No trained weights at {weights} (they come from scripts/gpu_accuracy_session.sh on a GPU, then "
-              "scripts/export_model.py); showing the untrained ArrCoc layer with hand-built features.\n")
+        print(f"No trained weights in {', '.join(str(w) for w in DEFAULT_WEIGHTS)} (scripts/gpu_accuracy_session.sh "
+              "on a GPU, then scripts/export_model.py); showing the untrained ArrCoc layer with hand-built features.\n")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 

@@ -10,10 +10,12 @@
 #
 # Knobs (environment): TRAIN_MINUTES (default 5) is the wall clock every model's steps must fit in (`--steps auto`
 # probes all models at once and gives each the steps the slowest fits); TRAIN_SIZE (default 30000) and TEST_SIZE
-# (default 1000) the generated splits; PARALLEL (default 7: every model at once) the models trained at once;
+# (default 1000) the generated splits; PARALLEL (default 8: every model at once) the models trained at once;
 # EVAL_SAMPLES (default TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe; RELEVANCE_WEIGHT
-# (default 1; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py).
-# Models: full, ARR-COC projection, bandit and relevance at 25%, uniform-trained at 50/25/12.5% = 7.
+# (default 1; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py);
+# GROUNDING_WEIGHT (default 1; 0 leaves it out) > 0 also trains `arr_coc_grounded` (box supervision,
+# models/grounding.py), which is then the model exported for the demo (otherwise `arr_coc_projection`).
+# Models: full, ARR-COC projection, bandit, relevance and grounded at 25%, uniform-trained at 50/25/12.5% = 8.
 # Writes to $OUT (at most 8 files come back, 16 MiB each): summary.txt (environment, then one line per step: exit
 # status, seconds), bench.log (tail), accuracy_budget.md, accuracy_budget.png, budget_heatmap.png,
 # accuracy_budget.json, and weights.tar.part-aa/-ab (the exported ARR-COC model in bf16, split under 16 MiB; here:
@@ -27,9 +29,10 @@ TRAIN_MINUTES=${TRAIN_MINUTES:-5}
 TRAIN_SIZE=${TRAIN_SIZE:-30000}
 TEST_SIZE=${TEST_SIZE:-1000}
 EVAL_SAMPLES=${EVAL_SAMPLES:-$TEST_SIZE}
-PARALLEL=${PARALLEL:-7}
+PARALLEL=${PARALLEL:-8}
 STEPS=${STEPS:-auto}
 RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-1}
+GROUNDING_WEIGHT=${GROUNDING_WEIGHT:-1}
 WORKERS=${WORKERS:-$(nproc)}
 # shellcheck source=scripts/gpu_common.sh
 source scripts/gpu_common.sh
@@ -40,10 +43,12 @@ source scripts/gpu_common.sh
 
 WORK=/tmp/arr_coc_acc_runs; RES=/tmp/arr_coc_acc_results
 RUN="$WORK/seed0/arr_coc_projection"  # the trained ARR-COC model exported for the demo
+if [ "$GROUNDING_WEIGHT" != 0 ]; then RUN="$WORK/seed0/arr_coc_grounded"; fi
 rm -rf "$WORK" "$RES"
 if [ "$SMOKE" = 1 ]; then
   step bench 600 "$PY" -m scripts.bench_accuracy_budget --smoke --parallel 2 --fractions 1 0.25 \
-    --relevance-weight "$RELEVANCE_WEIGHT" --work "$WORK" --out "$RES" >"$OUT/bench.log" 2>&1
+    --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" --work "$WORK" --out "$RES" \
+    >"$OUT/bench.log" 2>&1
 else
   DATA=/tmp/arr_coc_bench
   # Loader workers per training run: the machine's cores shared by the runs trained at once, rounded up (the runs'
@@ -53,7 +58,8 @@ else
     --test-size "$TEST_SIZE" --workers "$WORKERS" --overwrite >"$OUT/bench.log" 2>&1
   step bench $(( TRAIN_MINUTES * 60 + 300 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
     --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
-    --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" >>"$OUT/bench.log" 2>&1
+    --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" \
+    >>"$OUT/bench.log" 2>&1
 fi
 tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
 for f in accuracy_budget.md accuracy_budget.png budget_heatmap.png accuracy_budget.json; do

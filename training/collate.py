@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from models.grounding import batch_boxes
 from models.processing import IGNORE_INDEX, ArrCocProcessor, pad_sequences
 
 __all__ = ["RowDataset", "VqaCollator", "consensus_answer", "move_to"]
@@ -59,6 +60,8 @@ class VqaCollator:
         pixel_values: (B, 3, H, W), float32 normalised (uint8 with ``uint8_pixels=True``)
         input_ids, attention_mask, labels: (B, L)
         query_input_ids, query_attention_mask: (B, Lq)
+        target_box: (B, 4) float32 in [0, 1], and target_box_valid: (B,) bool, only when rows carry ``target_box``
+            (the benchmark's queried region; :mod:`models.grounding`)
     """
 
     def __init__(self, processor: ArrCocProcessor, *, train: bool = True, max_length: int | None = None,
@@ -102,6 +105,7 @@ class VqaCollator:
         }
         if self.train:
             batch["labels"], _ = pad_sequences(labels, IGNORE_INDEX, side)
+        batch.update(batch_boxes(rows))  # target_box / target_box_valid where rows carry region labels
         return batch
 
 

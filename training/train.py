@@ -109,6 +109,7 @@ class RunCfg:
     max_minutes: float | None = None  # wall-clock budget of this call: checkpoint and stop after it (resume later)
     relevance_weight: float = 0.0  # > 0: add this times the relevance-distillation loss (models/relevance.py)
     relevance_layer: int | None = None  # LLM layer (1-based) whose attention teaches the allocation; None: the middle
+    grounding_weight: float = 0.0  # > 0: add this times the box-grounding loss (models/grounding.py; needs target_box)
 
 
 @dataclass
@@ -150,6 +151,9 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     rw = cfg.train.relevance_weight
     if isinstance(rw, bool) or not isinstance(rw, (int, float)) or not math.isfinite(rw) or rw < 0:
         raise ValueError(f"train.relevance_weight must be a finite number >= 0, got {rw!r}")
+    gw = cfg.train.grounding_weight
+    if isinstance(gw, bool) or not isinstance(gw, (int, float)) or not math.isfinite(gw) or gw < 0:
+        raise ValueError(f"train.grounding_weight must be a finite number >= 0, got {gw!r}")
     rl = cfg.train.relevance_layer
     if rl is not None and (isinstance(rl, bool) or not isinstance(rl, int) or rl < 1):
         raise ValueError(f"train.relevance_layer must be a positive integer (1-based LLM layer) or null, got {rl!r}")
@@ -435,13 +439,27 @@ class TrainRecipe:
             # Rows weigh equally across ranks and micro-batches: this rank's share of the global batch.
             share = len(labels) * self.world / self.cfg.train.batch_size
             total = total + float(self.cfg.train.relevance_weight) * rel * share
+        grd_sum = grd_rows = torch.zeros((), device=logits.device)
+        if self.cfg.train.grounding_weight > 0:
+            from models.grounding import box_patch_mass, grounding_loss
+
+            if "target_box" not in batch:
+                raise ValueError("train.grounding_weight > 0 needs a dataset with a target_box column (the "
+                                 "benchmark's; see models/grounding.py)")
+            a = out.arr_coc
+            mass = box_patch_mass(batch["target_box"].to(a.utility.device), self.model.arr_coc.patch_grid)
+            grd, grd_rows = grounding_loss(a.utility, mass, batch["target_box_valid"])
+            grd_sum = grd.detach()
+            # Summed over rows, divided by the global batch: every row weighs equally across ranks and micro-batches.
+            total = total + float(self.cfg.train.grounding_weight) * grd * (self.world / self.cfg.train.batch_size)
         total.backward()
         with torch.no_grad():
             valid = target != IGNORE_INDEX
             correct = ((logits.argmax(-1) == target) | ~valid).all(-1)  # (B,) answer exact match, teacher-forced
             self._bandit_feedback(correct.float(), out.alloc_context, out.arr_coc.budgets)
             budgets = out.arr_coc.budgets.float()  # (B, K)
-        return {"loss_sum": loss_sum.detach(), "relevance_sum": rel_sum, "correct": correct.sum().float(),
+        return {"loss_sum": loss_sum.detach(), "relevance_sum": rel_sum, "grounding_sum": grd_sum,
+                "grounding_rows": grd_rows.detach(), "correct": correct.sum().float(),
                 "rows": torch.tensor(float(len(correct))),
                 "tokens": batch["attention_mask"].sum().float(), "budget_sum": budgets.mean(-1).sum(),
                 "gini_sum": gini(budgets).sum().float()}
@@ -503,7 +521,7 @@ class TrainRecipe:
         loader = iter(self._loader())
         csv_path = self.out / "log.csv"
         fields = ["step", "epoch", "loss", "accuracy", "lr", "grad_norm", "tokens_per_s", "samples_per_s",
-                  "budget_mean", "budget_gini", "step_time_s", "peak_mem_gb", "relevance_loss"]
+                  "budget_mean", "budget_gini", "step_time_s", "peak_mem_gb", "relevance_loss", "grounding_loss"]
         if self.rank == 0:
             self._truncate_log(csv_path, fields)
         bar = tqdm(total=c.train.max_steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
@@ -543,7 +561,8 @@ class TrainRecipe:
                    "budget_mean": tot["budget_sum"] / tot["rows"], "budget_gini": tot["gini_sum"] / tot["rows"],
                    "step_time_s": dt,
                    "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else 0.0,
-                   "relevance_loss": tot["relevance_sum"] / tot["rows"]}
+                   "relevance_loss": tot["relevance_sum"] / tot["rows"],
+                   "grounding_loss": tot["grounding_sum"] / max(tot["grounding_rows"], 1.0)}
             rows.append(row)
             if self.rank == 0 and (self.step % c.train.log_every == 0 or self.step == c.train.max_steps):
                 with open(csv_path, "a", newline="") as f:

@@ -39,17 +39,20 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
     # invocation reuses every finished run instead of training again, and the report lists each run's steps.
     from scripts.bench_accuracy_budget import main
 
-    args = ["--smoke", "--parallel", "2", "--fractions", "1", "0.25", "--relevance-weight", "0.5", "--out",
-            str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
+    args = ["--smoke", "--parallel", "2", "--fractions", "1", "0.25", "--relevance-weight", "0.5",
+            "--grounding-weight", "2", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
     res = main(args)
     assert res["failures"] == []
     logs = sorted((tmp_path / "runs" / "seed0").glob("*/train.log"))
-    assert len(logs) == 5  # full, projection, bandit, relevance-distilled projection, uniform at 25%
+    assert len(logs) == 6  # full, projection, bandit, relevance-distilled and grounded projection, uniform at 25%
     md = res["md"].read_text()
-    assert "## Training runs" in md and md.count("| step 2 of 2 |") == 5
-    assert "| arr_coc_relevance |" in md and set(res["results"]["arr_coc_relevance"]) == {1.0, 0.25}
-    state = (tmp_path / "runs" / "seed0" / "arr_coc_relevance" / "config.json")
-    assert json.loads(state.read_text())["train"]["train"]["relevance_weight"] == 0.5
+    assert "## Training runs" in md and md.count("| step 2 of 2 |") == 6
+    for name, key, w in (("arr_coc_relevance", "relevance_weight", 0.5), ("arr_coc_grounded", "grounding_weight", 2)):
+        assert f"| {name} |" in md and set(res["results"][name]) == {1.0, 0.25}
+        state = (tmp_path / "runs" / "seed0" / name / "config.json")
+        assert json.loads(state.read_text())["train"]["train"][key] == w
+    # The heat-map has one row per gradient-trained ARR-COC model (the bandit's budgets come from its own policy).
+    assert "rows: arr_coc_projection, arr_coc_relevance, arr_coc_grounded;" in md
     sizes = {p: p.stat().st_size for p in logs}
     res2 = main(args)
     assert {p: p.stat().st_size for p in logs} == sizes  # nothing retrained
@@ -68,6 +71,8 @@ def test_bench_accuracy_budget_arguments_are_checked():
         main(["--smoke", "--parallel", "0"])
     with pytest.raises(ValueError, match="--relevance-weight must be a finite number >= 0, got -1"):
         main(["--smoke", "--relevance-weight", "-1"])
+    with pytest.raises(ValueError, match="--grounding-weight must be a finite number >= 0, got nan"):
+        main(["--smoke", "--grounding-weight", "nan"])
     # The smoke geometry: K = 4 patches, N = 64 tokens. At 4 tokens (T = K) ARR-COC would have no choice at all.
     with pytest.raises(ValueError, match=r"T = 4 visual tokens for K = 4 patches.*K < T < N = 64"):
         main(["--smoke", "--train-fraction", "0.0625"])

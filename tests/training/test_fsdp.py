@@ -197,21 +197,24 @@ def test_bf16_mixed_precision_two_processes(runs):
     assert dtypes == {"F32"}  # master weights stay float32
 
 
-def test_relevance_distillation_two_processes_match_one(tmp_path):
-    # Relevance distillation's loss is a per-row mean scaled by this rank's share of the global batch, and ArrCoc's
-    # replicated gradients are averaged over ranks: one process and two must then take the same steps.
+def test_auxiliary_losses_two_processes_match_one(tmp_path):
+    # Relevance distillation's loss is a per-row mean scaled by this rank's share of the global batch, grounding's a
+    # per-row sum over the global batch, and ArrCoc's replicated gradients are averaged over ranks: one process and
+    # two must then take the same steps.
     from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
 
     data = tmp_path / "bench"
     make_benchmark(data, seed=0, sizes={"train": 16}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
-    extra = ["train.relevance_weight=1.0", "train.max_steps=3", "train.save_every=null"]
+    extra = ["train.relevance_weight=1.0", "train.grounding_weight=1.0", "train.max_steps=3", "train.save_every=null"]
     main(["--config", "configs/train/tiny.yaml", *_overrides(tmp_path / "one", data), "dist.fsdp=off", *extra])
     _run(_torchrun(tmp_path / "two", data, *extra))
     logs = {}
     for name in ("one", "two"):
         with open(tmp_path / name / "log.csv", newline="") as f:
-            logs[name] = {int(r["step"]): (float(r["loss"]), float(r["relevance_loss"])) for r in csv.DictReader(f)}
+            logs[name] = {int(r["step"]): (float(r["loss"]), float(r["relevance_loss"]), float(r["grounding_loss"]))
+                          for r in csv.DictReader(f)}
     assert sorted(logs["one"]) == sorted(logs["two"]) == [1, 2, 3]
     for step in (1, 2, 3):
-        (l1, r1), (l2, r2) = logs["one"][step], logs["two"][step]
+        (l1, r1, g1), (l2, r2, g2) = logs["one"][step], logs["two"][step]
         assert r1 > 0 and r2 == pytest.approx(r1, rel=1e-4) and l2 == pytest.approx(l1, rel=1e-4), step
+        assert g1 > 0 and g2 == pytest.approx(g1, rel=1e-4), step

@@ -1,0 +1,119 @@
+"""Grounding supervision (models/grounding.py): boxes → per-patch targets, the loss, the collator, the recipe."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from models.grounding import batch_boxes, box_patch_mass, grounding_loss, normalised_boxes
+
+
+def test_normalised_boxes_and_their_errors():
+    boxes, valid = normalised_boxes([[8, 16, 24, 32], [], None], [(64, 64), (64, 64), (32, 16)])
+    torch.testing.assert_close(boxes[0], torch.tensor([0.125, 0.25, 0.375, 0.5]))
+    assert valid.tolist() == [True, False, False] and boxes[1:].abs().sum() == 0
+    # Width and height are not confused: x divides by W, y by H.
+    b, _ = normalised_boxes([[0, 0, 32, 8]], [(32, 16)])
+    torch.testing.assert_close(b[0], torch.tensor([0.0, 0.0, 1.0, 0.5]))
+    with pytest.raises(ValueError, match=r"row 0: a box is \[x0, y0, x1, y1\], got \[1, 2, 3\]"):
+        normalised_boxes([[1, 2, 3]], [(8, 8)])
+    with pytest.raises(ValueError, match="row 1: box .* is not finite"):
+        normalised_boxes([[0, 0, 1, 1], [0, 0, math.nan, 1]], [(8, 8), (8, 8)])
+    with pytest.raises(ValueError, match=r"row 0: box \[0, 0, 9, 4\] is empty or outside the 8x8 image"):
+        normalised_boxes([[0, 0, 9, 4]], [(8, 8)])
+    with pytest.raises(ValueError, match="is empty"):
+        normalised_boxes([[3, 0, 3, 4]], [(8, 8)])
+    with pytest.raises(ValueError, match="2 boxes for 1 images"):
+        normalised_boxes([[], []], [(8, 8)])
+
+
+def test_box_patch_mass_is_the_share_of_the_box_area_per_cell():
+    # 2x4 grid (rows of height 1/2, columns of width 1/4), row-major: cell k = row * 4 + col.
+    boxes = torch.tensor([
+        [0.25, 0.0, 0.5, 0.5],    # exactly cell (0, 1)
+        [0.125, 0.5, 0.375, 1.0],  # half in (1, 0), half in (1, 1)
+        [0.0, 0.0, 1.0, 1.0],     # the whole image: every cell 1/8
+        [0.0, 0.0, 0.0, 0.0],     # no box
+    ])
+    m = box_patch_mass(boxes, (2, 4))
+    assert m.shape == (4, 8)
+    torch.testing.assert_close(m[0], torch.eye(8)[1])
+    torch.testing.assert_close(m[1], torch.tensor([0, 0, 0, 0, 0.5, 0.5, 0, 0]))
+    torch.testing.assert_close(m[2], torch.full((8,), 1 / 8))
+    assert m[3].sum() == 0
+    with pytest.raises(ValueError, match=r"boxes must have shape \(B, 4\), got \(2, 3\)"):
+        box_patch_mass(torch.zeros(2, 3), (2, 2))
+
+
+def test_box_patch_mass_agrees_with_where_arr_coc_puts_each_patchs_tokens():
+    # The target assumes the realizing stage's layout: patch k's tokens lie in cell k of the row-major grid.
+    import arr_coc
+
+    layer = arr_coc.ArrCoc(dim=8, query_dim=8, num_patches=6, patch_grid=(2, 3), budget=12, min_tokens=1,
+                           max_tokens=4)
+    out = layer(torch.randn(1, 6, 2, 2, 8), query=torch.randn(1, 8))
+    pos, idx = out.positions[0][out.mask[0]], out.patch_index[0][out.mask[0]]
+    for k in range(6):
+        r, c = divmod(k, 3)
+        box = torch.tensor([[c / 3, r / 2, (c + 1) / 3, (r + 1) / 2]])
+        assert box_patch_mass(box, (2, 3))[0].argmax() == k
+        p = pos[idx == k]  # (row, col) centres
+        assert bool(((p[:, 0] >= r / 2) & (p[:, 0] < (r + 1) / 2) & (p[:, 1] >= c / 3) & (p[:, 1] < (c + 1) / 3)).all())
+
+
+def test_grounding_loss_is_the_cross_entropy_over_rows_with_a_box():
+    u = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    target = torch.tensor([[0.0, 0.0, 1.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    valid = torch.tensor([True, True, False])
+    total, rows = grounding_loss(u, target, valid)
+    logp = torch.log_softmax(u.detach(), -1)
+    expect = -(logp[0, 2]) - 0.5 * (logp[1, 0] + logp[1, 1])
+    torch.testing.assert_close(total, expect)
+    assert rows.item() == 2
+    total.backward()
+    assert u.grad[2].abs().sum() == 0  # a row without a box contributes nothing
+    assert u.grad[0, 2] < 0 and u.grad[1, 1] < 0  # descent raises the utility of the boxed patches
+    with pytest.raises(ValueError, match="disagree in shape"):
+        grounding_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(3, dtype=torch.bool))
+
+
+def test_collator_carries_boxes_only_for_rows_that_have_them():
+    from PIL import Image
+
+    from models.builders import build_model
+    from training.collate import VqaCollator
+
+    _, processor = build_model("tiny")
+    img = Image.new("RGB", (128, 64), "red")
+    rows = [{"image": img, "question": "what digit is in the red circle?", "answers": ["3"], "target_box": [32, 16, 64, 48]},
+            {"image": img, "question": "how many squares?", "answers": ["2"], "target_box": []}]
+    batch = VqaCollator(processor, train=True)(rows)
+    torch.testing.assert_close(batch["target_box"][0], torch.tensor([0.25, 0.25, 0.5, 0.75]))
+    assert batch["target_box_valid"].tolist() == [True, False]
+    plain = VqaCollator(processor, train=True)([{k: v for k, v in r.items() if k != "target_box"} for r in rows])
+    assert "target_box" not in plain and batch_boxes([{"image": img}]) == {}
+
+
+def test_recipe_trains_with_grounding_and_the_allocation_moves_to_the_box(tmp_path):
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
+    from training.train import load_train_cfg, main
+
+    data = tmp_path / "bench"
+    make_benchmark(data, seed=0, sizes={"train": 16}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
+    base = ["--config", "configs/train/tiny.yaml", f"data.path={data}", "data.generate=false", "dist.fsdp=off",
+            "train.batch_size=16", "train.save_every=null", "optim.warmup_steps=1", "optim.schedule=constant"]
+    plain = main(base + [f"output_dir={tmp_path / 'plain'}", "train.max_steps=2"])
+    grounded = main(base + [f"output_dir={tmp_path / 'grd'}", "train.max_steps=25", "train.grounding_weight=10",
+                            "optim.arr_coc_lr=0.03"])
+    with open(tmp_path / "grd" / "log.csv", newline="") as f:
+        logged = [float(r["grounding_loss"]) for r in csv.DictReader(f)]
+    assert all(r["grounding_loss"] == 0.0 for r in plain)
+    assert grounded[0]["loss"] == pytest.approx(plain[0]["loss"], rel=1e-6)  # same start: the LM loss is unchanged
+    assert grounded[1]["loss"] != pytest.approx(plain[1]["loss"], rel=1e-9)  # the extra gradient changed step 1
+    # Same 16 rows every step: the loss must fall well below where it started (a cross-entropy over 16 patches).
+    assert logged[0] > 1.5 and min(logged[-5:]) < logged[0] - 0.5, logged
+    with pytest.raises(ValueError, match="grounding_weight must be a finite number >= 0, got -1"):
+        load_train_cfg("configs/train/tiny.yaml", ["train.grounding_weight=-1"])
