@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make demo   creates .venv, installs the project, runs the layer on generated images (writes outputs/demo/*.png)
+#   make demo   creates .venv, installs the project, runs the shipped trained model on generated benchmark images
+#               (writes outputs/demo/*.png: one budget heat-map per question)
 #   make test   creates .venv, installs the project, runs the CPU test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
