@@ -23,8 +23,9 @@ import math
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from models.relevance import soft_cross_entropy
 
 __all__ = ["batch_boxes", "box_patch_mass", "grounding_loss", "normalised_boxes"]
 
@@ -86,7 +87,7 @@ def grounding_loss(utility: Tensor, target: Tensor, valid: Tensor) -> tuple[Tens
     if utility.shape != target.shape or valid.shape != utility.shape[:1]:
         raise ValueError(f"utility {tuple(utility.shape)}, target {tuple(target.shape)} and valid "
                          f"{tuple(valid.shape)} disagree in shape")
-    ce = -(target.detach().to(utility.device) * F.log_softmax(utility.float(), dim=-1)).sum(-1)  # (B,)
+    ce = soft_cross_entropy(utility, target)  # (B,)
     v = valid.to(utility.device)
     return torch.where(v, ce, torch.zeros_like(ce)).sum(), v.sum().float()
 

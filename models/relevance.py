@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["default_layer", "last_prompt_index", "patch_relevance", "read_attention", "relevance_loss"]
+__all__ = ["default_layer", "last_prompt_index", "patch_relevance", "read_attention", "relevance_loss",
+           "soft_cross_entropy"]
 
 
 def default_layer(num_layers: int) -> int:
@@ -108,6 +109,14 @@ def patch_relevance(attention: Tensor, image_mask: Tensor, patch_index: Tensor, 
     return mean / mean.sum(1, keepdim=True).clamp_min(torch.finfo(mean.dtype).tiny)
 
 
+def soft_cross_entropy(utility: Tensor, target: Tensor) -> Tensor:
+    """Per row, ``-Σ_k p_k log softmax(u)_k`` in float32, with ``target`` ``p`` a fixed distribution (no gradient).
+
+    Shapes: utility (B, K), target (B, K) → (B,).
+    """
+    return -(target.detach().to(utility.device) * F.log_softmax(utility.float(), dim=-1)).sum(-1)
+
+
 def relevance_loss(utility: Tensor, relevance: Tensor) -> Tensor:
     """Mean over rows of the cross-entropy ``-Σ_k p_k log softmax(u)_k`` (``relevance`` ``p`` is a target, no grad).
 
@@ -115,4 +124,4 @@ def relevance_loss(utility: Tensor, relevance: Tensor) -> Tensor:
     """
     if utility.shape != relevance.shape:
         raise ValueError(f"utility {tuple(utility.shape)} and relevance {tuple(relevance.shape)} differ in shape")
-    return -(relevance.detach() * F.log_softmax(utility.float(), dim=-1)).sum(-1).mean()
+    return soft_cross_entropy(utility, relevance).mean()
