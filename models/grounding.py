@@ -1,6 +1,6 @@
 """Grounding supervision: teach ARR-COC's allocation where the question points, from region annotations.
 
-The CPU pilot (README, "CPU pilot") found the trained allocation query-blind: neither the straight-through gradient
+The CPU pilot (README, "CPU pilots") found the trained allocation query-blind: neither the straight-through gradient
 nor relevance distillation (:mod:`models.relevance`) grounds the query while the LLM itself cannot find the queried
 region. Where a dataset says which region a question is about, that is a direct target. The project's benchmark
 stores it as ``target_box`` (``[x0, y0, x1, y1)`` pixels of the queried shape); GQA's annotations, TextVQA's OCR

@@ -1,7 +1,7 @@
 """Relevance distillation: teach ARR-COC's allocation where the LLM looks.
 
 The straight-through gate (``arr_coc.pipeline``) gives the allocation a gradient only through a rescaling of each
-patch's tokens, a weak signal: in the tiny CPU pilot (README, "CPU pilot") the trained allocation came out
+patch's tokens, a weak signal: in the tiny CPU pilot (README, "CPU pilots") the trained allocation came out
 query-blind. This module adds a direct, label-free signal. During training, one LLM layer's attention row from the
 last prompt position (the position the answer is predicted from) is read without gradient; each patch's relevance is
 the mean attention its visual tokens receive, normalised over the patches into a distribution ``p``. The loss is the

@@ -3,7 +3,7 @@
     make demo                       # or: python -m scripts.demo --out outputs/demo
 
 **Trained model** (``--weights``; by default the first of ``weights/arr_coc_bench``, the ``bench`` model a GPU session
-exports, and ``weights/arr_coc_tiny``, the small grounded model trained on CPU that ships in the repository; both
+exports, and ``weights/arr_coc_small``, the grounded `small` model trained on CPU that ships in the repository; both
 written by ``scripts/export_model.py`` from the accuracy benchmark's ARR-COC run): renders test scenes of the generated VQA benchmark, asks two questions about two
 different shapes of the same image, and for each prints the model's answer, the right answer and the share of the
 visual tokens that landed in the queried shape's box, and draws the per-patch budgets over the image, one panel per
@@ -130,9 +130,9 @@ def draw_budgets(ax, image, budgets: np.ndarray, box=(), *, numbers: bool = Fals
 
 
 _WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-# Searched in order: the `bench` model from a GPU session (scripts/gpu_accuracy_session.sh), then the small model
-# trained on CPU with the tiny preset (README, "CPU pilot"), which ships in the repository.
-DEFAULT_WEIGHTS = (_WEIGHTS / "arr_coc_bench", _WEIGHTS / "arr_coc_tiny")
+# Searched in order: the `bench` model from a GPU session (scripts/gpu_accuracy_session.sh), then the grounded model
+# trained on CPU with the `small` preset (README, "CPU pilots"), which ships in the repository.
+DEFAULT_WEIGHTS = (_WEIGHTS / "arr_coc_bench", _WEIGHTS / "arr_coc_small")
 
 
 def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
@@ -175,7 +175,7 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
         img = render_scene(scene, bcfg)
         h, w = img.shape[:2]
         picks = rng.choice(len(scene.objects), size=2, replace=False)
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
+        fig, axes = plt.subplots(1, 2, figsize=(10.5, 5))
         for ax, j in zip(axes, picks):
             q = make_question_about(scene, scene.objects[int(j)], rng, bcfg, "digit")
             batch = processor([img], [q.question])
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--allocator", default="projection", help="untrained-layer mode: the allocator")
     ap.add_argument("--weights", default="auto",
                     help="trained model folder (scripts/export_model.py); 'auto' (default): the first of "
-                         "weights/arr_coc_bench, weights/arr_coc_tiny that exists; 'none' forces the untrained-layer mode")
+                         "weights/arr_coc_bench, weights/arr_coc_small that exists; 'none' forces the untrained-layer mode")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out)

@@ -13,6 +13,6 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, record status and d
   local t0=$(date +%s)
   timeout "$limit" "$@"
   local rc=$?
-  echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/summary.txt"
+  echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/summary.txt" >&2  # stderr: a step's stdout may be a file
   return $rc
 }

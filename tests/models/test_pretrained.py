@@ -110,21 +110,21 @@ def test_export_from_a_training_run_then_trained_demo(tmp_path):
         demo(["--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "demo2")])
 
 
-def test_shipped_tiny_model_is_the_demos_default_and_its_allocation_follows_the_question(tmp_path):
-    # weights/arr_coc_tiny is the grounded tiny model trained on CPU (README, "CPU pilot"); with no `bench` model
+def test_shipped_model_is_the_demos_default_and_its_allocation_follows_the_question(tmp_path):
+    # weights/arr_coc_small is the grounded `small` model trained on CPU (README, "CPU pilots"); with no `bench` model
     # present, `make demo` uses it. Its budgets must differ between two questions about the same image and favour
     # the patches the queried shape overlaps.
     from scripts.demo import DEFAULT_WEIGHTS
     from scripts.demo import main as demo
 
     shipped = DEFAULT_WEIGHTS[1]
-    assert shipped.name == "arr_coc_tiny" and (shipped / "config.json").is_file()
+    assert shipped.name == "arr_coc_small" and (shipped / "config.json").is_file()
     assert (shipped / "model.safetensors").stat().st_size <= 25 * 2**20
     out = demo(["--weights", str(shipped), "--out", str(tmp_path), "--images", "4"])
     rows = out["rows"]
-    assert len(rows) == 8 and all(sum(r["budgets"]) == 32 for r in rows)
+    assert len(rows) == 8 and all(sum(r["budgets"]) == 36 for r in rows)  # the small preset's exact budget
     differ = sum(rows[i]["budgets"] != rows[i + 1]["budgets"] for i in range(0, 8, 2))
     assert differ >= 3, [r["budgets"] for r in rows]
     share = sum(r["tokens_in_box_patches"] for r in rows) / len(rows)
     area = sum(r["box_patches_area"] for r in rows) / len(rows)
-    assert share > area + 0.1, (share, area)
+    assert share > area + 0.2, (share, area)
