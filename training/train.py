@@ -268,6 +268,10 @@ class TrainRecipe:
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.dataset = self._dataset()
+        if cfg.train.grounding_weight > 0 and "target_box" not in getattr(self.dataset, "column_names", ()):
+            raise ValueError(f"train.grounding_weight={cfg.train.grounding_weight} needs a target_box column (the "
+                             f"queried region's box, as the generated benchmark has); data.source="
+                             f"{cfg.data.source!r} at {cfg.data.path!r} has only {list(self.dataset.column_names)}")
         # On a GPU the loader workers only decode and resize (uint8); the float conversion runs on the device.
         self.collator = VqaCollator(self.processor, train=True, max_length=cfg.data.max_length,
                                     uint8_pixels=self.device.type == "cuda")
@@ -443,9 +447,6 @@ class TrainRecipe:
         if self.cfg.train.grounding_weight > 0:
             from models.grounding import box_patch_mass, grounding_loss
 
-            if "target_box" not in batch:
-                raise ValueError("train.grounding_weight > 0 needs a dataset with a target_box column (the "
-                                 "benchmark's; see models/grounding.py)")
             a = out.arr_coc
             mass = box_patch_mass(batch["target_box"].to(a.utility.device), self.model.arr_coc.patch_grid)
             grd, grd_rows = grounding_loss(a.utility, mass, batch["target_box_valid"])

@@ -117,3 +117,22 @@ def test_recipe_trains_with_grounding_and_the_allocation_moves_to_the_box(tmp_pa
     assert logged[0] > 1.5 and min(logged[-5:]) < logged[0] - 0.5, logged
     with pytest.raises(ValueError, match="grounding_weight must be a finite number >= 0, got -1"):
         load_train_cfg("configs/train/tiny.yaml", ["train.grounding_weight=-1"])
+
+
+def test_recipe_refuses_grounding_on_data_without_boxes(tmp_path):
+    # A VQA source maps onto the common schema, which has no target_box: the run stops at setup, naming the columns.
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from training.train import main
+
+    rows = {"question": ["how many dogs?"] * 8, "answers": [["2"]] * 8, "question_id": list(range(8)),
+            "answer_type": ["number"] * 8, "image": [Image.fromarray(np.zeros((64, 64, 3), np.uint8))] * 8}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "vqa"))
+    base = ["--config", "configs/train/tiny.yaml", "data.source=vqav2", f"data.path={tmp_path / 'vqa'}",
+            "data.split=train", "data.generate=false", "dist.fsdp=off", "train.max_steps=1", "train.batch_size=4",
+            f"output_dir={tmp_path / 'run'}"]
+    with pytest.raises(ValueError, match=r"train.grounding_weight=1.0 needs a target_box column .*data.source="
+                                         r"'vqav2'.*has only \['image', 'question', 'answers'"):
+        main(base + ["train.grounding_weight=1.0"])
