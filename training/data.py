@@ -512,14 +512,18 @@ def load_configured(d: Any, *, generate_here: bool = True, barrier: Callable[[],
     ``d.source == "benchmark"`` loads the generated benchmark at ``d.path``; with ``d.generate`` it is first generated
     there when missing (``d.generate_seed``, ``d.generate_sizes``, ``d.generate_cfg``). In a multi-process job only the
     process with ``generate_here`` writes it, and every process then waits at ``barrier`` before reading. Any other
-    source goes through :func:`load_vqa_dataset` (with ``d.images`` when the section has it). ``d.max_samples`` keeps
-    the first rows.
+    source goes through :func:`load_vqa_dataset` with the section's ``images``, ``config``, ``columns`` and
+    ``keep_columns`` where it has them. ``d.max_samples`` keeps the first rows.
 
     Raises:
-        ValueError: a benchmark source without ``data.path``.
+        ValueError: a benchmark source without ``data.path``, or with VQA-only keys (config, columns, keep_columns).
         DatasetNotFoundError: nothing at the path (the message says how to get it).
     """
     if d.source == "benchmark":
+        for key in ("config", "columns", "keep_columns"):
+            if getattr(d, key, None):
+                raise ValueError(f"data.{key}={getattr(d, key)!r} applies to the VQA sources, not to the benchmark "
+                                 "(whose columns are fixed: the schema plus target_box and scene)")
         if d.path is None:
             raise ValueError("data.path is required (the benchmark directory, or where to generate it)")
         if d.generate and not Path(d.path, "dataset_dict.json").is_file():
@@ -532,7 +536,9 @@ def load_configured(d: Any, *, generate_here: bool = True, barrier: Callable[[],
                 barrier()
         ds = load_benchmark(d.path, d.split)
     else:
-        ds = load_vqa_dataset(d.source, split=d.split, path=d.path, images=getattr(d, "images", None))
+        ds = load_vqa_dataset(d.source, split=d.split, path=d.path, images=getattr(d, "images", None),
+                              config=getattr(d, "config", None), columns=getattr(d, "columns", None) or None,
+                              keep_columns=tuple(getattr(d, "keep_columns", None) or ()))
     if d.max_samples is not None:
         ds = ds.select(range(min(int(d.max_samples), len(ds))))
     return ds

@@ -62,6 +62,9 @@ class DataCfg:
     generate_seed: int = 0  # benchmark seed when generating
     generate_cfg: dict = field(default_factory=dict)  # BenchmarkCfg fields when generating (e.g. image_size)
     max_samples: int | None = None  # use only the first N rows
+    config: str | None = None  # HF dataset config (e.g. GQA's), for sources that have several
+    columns: dict = field(default_factory=dict)  # ColumnMap overrides: schema field -> source column (training/data.py)
+    keep_columns: list = field(default_factory=list)  # source columns carried through, e.g. [target_box] for grounding
     num_workers: int = 0  # DataLoader worker processes (image decoding)
     max_length: int | None = None  # error on longer sequences (never truncates)
 

@@ -136,3 +136,25 @@ def test_recipe_refuses_grounding_on_data_without_boxes(tmp_path):
     with pytest.raises(ValueError, match=r"train.grounding_weight=1.0 needs a target_box column .*data.source="
                                          r"'vqav2'.*has only \['image', 'question', 'answers'"):
         main(base + ["train.grounding_weight=1.0"])
+
+
+def test_recipe_grounds_on_a_vqa_source_that_keeps_a_target_box_column(tmp_path):
+    # Any VQA source can carry region labels: a `target_box` column kept through the schema mapping.
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from training.train import main
+
+    rows = {"question": ["what digit is in the red circle?"] * 8, "answers": [["3"]] * 8, "question_id": list(range(8)),
+            "answer_type": ["number"] * 8, "target_box": [[0, 0, 32, 32], []] * 4,
+            "image": [Image.fromarray(np.zeros((64, 64, 3), np.uint8))] * 8}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "vqa"))
+    logged = main(["--config", "configs/train/tiny.yaml", "data.source=vqav2", f"data.path={tmp_path / 'vqa'}",
+                   "data.split=train", "data.generate=false", 'data.keep_columns=["target_box"]', "dist.fsdp=off",
+                   "train.max_steps=1", "train.batch_size=4", "train.grounding_weight=1.0",
+                   f"output_dir={tmp_path / 'run'}"])
+    # The box covers the top-left 2x2 of the 4x4 patch grid: the loss is a cross-entropy against a 4-patch target.
+    assert 0 < logged[0]["grounding_loss"] < 10
+    with pytest.raises(ValueError, match=r"data.keep_columns=\['target_box'\] applies to the VQA sources"):
+        main(["--config", "configs/train/tiny.yaml", 'data.keep_columns=["target_box"]', f"output_dir={tmp_path / 'b'}"])
