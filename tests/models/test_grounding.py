@@ -158,3 +158,21 @@ def test_recipe_grounds_on_a_vqa_source_that_keeps_a_target_box_column(tmp_path)
     assert 0 < logged[0]["grounding_loss"] < 10
     with pytest.raises(ValueError, match=r"data.keep_columns=\['target_box'\] applies to the VQA sources"):
         main(["--config", "configs/train/tiny.yaml", 'data.keep_columns=["target_box"]', f"output_dir={tmp_path / 'b'}"])
+
+
+def test_probe_allocation_script_reports_where_each_score_points(tmp_path):
+    from scripts.probe_allocation import main as probe
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
+    from training.train import main
+
+    data = tmp_path / "bench"
+    make_benchmark(data, seed=0, sizes={"train": 8, "test": 16}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
+    main(["--config", "configs/train/tiny.yaml", f"data.path={data}", "data.generate=false", "dist.fsdp=off",
+          "train.max_steps=1", "train.batch_size=4", f"output_dir={tmp_path / 'run'}"])
+    res = probe(["--run", str(tmp_path / "run"), "--data", str(data), "--images", "4"])
+    assert 1 <= res["questions"] <= 12 and len(res["balancing_weights"]) == 3
+    for key in ("top_propositional_in_box_patches", "top_participatory_in_box_patches", "top_utility_in_box_patches",
+                "tokens_in_box_patches"):
+        assert 0 <= res[key] <= 1
+    with pytest.raises(ValueError, match="does not exist"):
+        probe(["--run", str(tmp_path / "nowhere"), "--data", str(data)])
