@@ -27,7 +27,7 @@ from torch import Tensor
 
 from models.relevance import soft_cross_entropy
 
-__all__ = ["batch_boxes", "box_patch_mass", "grounding_loss", "normalised_boxes"]
+__all__ = ["batch_boxes", "box_patch_mass", "box_patches", "grounding_loss", "normalised_boxes"]
 
 
 def normalised_boxes(boxes: Sequence[Sequence[float] | None], sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
@@ -77,6 +77,15 @@ def box_patch_mass(boxes: Tensor, patch_grid: tuple[int, int]) -> Tensor:
     ox = (torch.minimum(b[:, 2:3], xs[1:]) - torch.maximum(b[:, 0:1], xs[:-1])).clamp_min(0)  # (B, Gw)
     area = (oy[:, :, None] * ox[:, None, :]).flatten(1)  # (B, K)
     return area / area.sum(1, keepdim=True).clamp_min(torch.finfo(area.dtype).tiny)
+
+
+def box_patches(boxes: Sequence[Sequence[float]], sizes: Sequence[tuple[int, int]],
+                patch_grid: tuple[int, int]) -> Tensor:
+    """Which patches of a ``(Gh, Gw)`` grid each pixel box ``[x0, y0, x1, y1)`` of a ``(W, H)`` image overlaps.
+
+    Shapes: returns (B, K) bool (an empty box, ``[]``, overlaps none).
+    """
+    return box_patch_mass(normalised_boxes(boxes, sizes)[0], patch_grid) > 0
 
 
 def grounding_loss(utility: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:

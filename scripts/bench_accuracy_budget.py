@@ -234,7 +234,7 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
 
 def _run_dirs(runs: dict[str, Any]) -> list[Path]:
     """The run folders of one seed's :func:`submit_all` result, in a fixed order."""
-    return [runs["full"], runs["proj"], runs["band"], *runs.get("extra", {}).values(), *runs["uni"].values()]
+    return [runs["full"], runs["proj"], runs["band"], *runs["extra"].values(), *runs["uni"].values()]
 
 
 def _trainer_state(run: Path) -> dict[str, Any]:
@@ -466,7 +466,7 @@ def query_sensitivity(method, processor, ds, bcfg, patch_grid: tuple[int, int], 
     - ``images``: the images used.
     """
     from eval.run_eval import target_fraction
-    from models.grounding import box_patch_mass, normalised_boxes
+    from models.grounding import box_patches
 
     moved, in_box, area, used = [], [], [], 0
     p_share, p_area, p_ceil = [], [], []
@@ -482,8 +482,7 @@ def query_sensitivity(method, processor, ds, bcfg, patch_grid: tuple[int, int], 
         for x in range(len(asked)):
             for y in range(x + 1, len(asked)):
                 moved.append(float((b[x] - b[y]).abs().sum() / (2 * total)))
-        boxes, _ = normalised_boxes([q.target_box for q in asked], [image.size] * len(asked))
-        touched = box_patch_mass(boxes, patch_grid) > 0  # (Q, K) the patches each box overlaps
+        touched = box_patches([q.target_box for q in asked], [image.size] * len(asked), patch_grid)  # (Q, K)
         for j, (q, p) in enumerate(zip(asked, pos)):
             in_box.append(target_fraction(p, q.target_box, image.size))
             x0, y0, x1, y1 = q.target_box

@@ -149,7 +149,7 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
 
     from eval.baselines import create_method
     from eval.run_eval import target_fraction
-    from models.grounding import box_patch_mass, normalised_boxes
+    from models.grounding import box_patches
     from models.pretrained import load_pretrained
     from training.benchmark import BenchmarkCfg, make_question_about, render_scene, sample_scene
 
@@ -190,7 +190,7 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
             area = (x1 - x0) * (y1 - y0) / (w * h)
             # The patches the box overlaps: the unit the allocator decides on (a tight box leaves most token centres
             # of an overlapped patch outside it, so "tokens in box" moves in coarse steps on small grids).
-            touched = box_patch_mass(normalised_boxes([q.target_box], [(w, h)])[0], (gh, gw))[0] > 0
+            touched = box_patches([q.target_box], [(w, h)], (gh, gw))[0]
             bud = res.budgets[0].double()
             p_share, p_area = float(bud[touched].sum() / bud.sum()), float(touched.double().mean())
             rows.append({"image": i, "question": q.question, "answer": q.answer, "prediction": pred,

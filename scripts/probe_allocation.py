@@ -23,33 +23,27 @@ __all__ = ["main", "probe"]
 
 def probe(model, processor, ds, bcfg, n_images: int = 32) -> dict[str, float]:
     """The statistics above for ``model`` (an ``ArrCocLlava`` in eval mode) on the rows of ``ds``."""
-    from models.grounding import box_patch_mass, normalised_boxes
+    from models.grounding import box_patches
     from scripts.bench_accuracy_budget import _reasked
 
     layer = model.arr_coc
-    captured: dict[str, torch.Tensor] = {}
-    handle = layer.knowing.register_forward_hook(lambda m, i, o: captured.__setitem__("scores", o))
     names = ("propositional", "perspectival", "participatory", "utility")
     hits = {n: 0 for n in names}
     share, count = 0.0, 0
-    try:
-        for image, asked in _reasked(ds, bcfg, n_images):
-            for q in asked:
-                batch = processor([image], [q.question])
-                with torch.no_grad():
-                    _, out = model.embed_inputs(batch["pixel_values"], batch["input_ids"],
-                                                query_input_ids=batch["query_input_ids"],
-                                                query_attention_mask=batch["query_attention_mask"])
-                inside = box_patch_mass(normalised_boxes([q.target_box], [image.size])[0], layer.patch_grid)[0] > 0
-                scores = captured["scores"][0]
-                for j, name in enumerate(names):
-                    v = scores[:, j] if j < 3 else out.utility[0]
-                    hits[name] += int(inside[v.argmax()])
-                b = out.budgets[0].double()
-                share += float(b[inside].sum() / b.sum())
-                count += 1
-    finally:
-        handle.remove()
+    for image, asked in _reasked(ds, bcfg, n_images):
+        for q in asked:
+            batch = processor([image], [q.question])
+            with torch.no_grad():
+                _, out = model.embed_inputs(batch["pixel_values"], batch["input_ids"],
+                                            query_input_ids=batch["query_input_ids"],
+                                            query_attention_mask=batch["query_attention_mask"])
+            inside = box_patches([q.target_box], [image.size], layer.patch_grid)[0]
+            for j, name in enumerate(names):
+                v = out.scores[0, :, j] if j < 3 else out.utility[0]
+                hits[name] += int(inside[v.argmax()])
+            b = out.budgets[0].double()
+            share += float(b[inside].sum() / b.sum())
+            count += 1
     if count == 0:
         raise ValueError("no test image with at least two shapes to ask about")
     res = {f"top_{n}_in_box_patches": hits[n] / count for n in names}

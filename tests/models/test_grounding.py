@@ -176,3 +176,12 @@ def test_probe_allocation_script_reports_where_each_score_points(tmp_path):
         assert 0 <= res[key] <= 1
     with pytest.raises(ValueError, match="does not exist"):
         probe(["--run", str(tmp_path / "nowhere"), "--data", str(data)])
+
+
+def test_box_patches_marks_the_cells_a_pixel_box_overlaps():
+    from models.grounding import box_patches
+
+    # A 64x32 (W x H) image on a 2x4 grid: cells are 16 px wide and 16 px tall.
+    touched = box_patches([[8, 0, 24, 8], []], [(64, 32), (64, 32)], (2, 4))
+    assert touched.dtype == torch.bool
+    assert touched[0].nonzero().flatten().tolist() == [0, 1] and not touched[1].any()
