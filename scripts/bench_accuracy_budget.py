@@ -52,6 +52,14 @@ SMOKE_MODEL = {"arr_coc": {"num_patches": 4, "patch_grid": [2, 2], "budget": 16,
                "llm": {"text_config": {"num_hidden_layers": 3}}}
 
 
+BASE_ARR_MODELS = ("arr_coc_projection", "arr_coc_bandit")  # trained unless --models leaves them out
+
+
+def ARR_MODELS(a: argparse.Namespace) -> list[str]:
+    """Every ARR-COC model this invocation trains, in table order."""
+    return [m for m in BASE_ARR_MODELS if m in a.models] + [name for name, _, w in EXTRA_MODELS(a) if w > 0]
+
+
 def EXTRA_MODELS(a: argparse.Namespace) -> list[tuple[str, str, float]]:
     """The optional ARR-COC variants: (run name, ``train.*`` weight key, weight); a weight of 0 leaves one out."""
     return [("arr_coc_relevance", "relevance_weight", a.relevance_weight),
@@ -75,6 +83,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--grounding-weight", type=float, default=0.0,
                    help="> 0: also train `arr_coc_grounded`, the projection model with box-grounding supervision at this "
                         "weight (train.grounding_weight; models/grounding.py)")
+    p.add_argument("--models", nargs="*", default=list(BASE_ARR_MODELS), choices=list(BASE_ARR_MODELS),
+                   help="the unsupervised ARR-COC models to train (default both; none with a bare --models); the "
+                        "full-token model is always trained, the weighted variants follow their --*-weight")
+    p.add_argument("--uniform-fractions", type=float, nargs="*", default=None,
+                   help="the reduced budgets to train a uniform-pooling model at (default: every fraction below 1)")
     p.add_argument("--steps", default=None,
                    help="training steps per model (default: the train config's), or 'auto' with --minutes: probe every "
                         "model for --probe-steps steps, all at once as in the real run, and give every model the same "
@@ -86,12 +99,22 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="train up to N models at once, each in its own process (one GPU can hold several small ones)")
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-clock cap per training run (train.max_minutes); a run it stops early is flagged")
+    p.add_argument("--total-minutes", type=float, default=None,
+                   help="wall clock for the whole benchmark: after training, time two probe evaluations of the full "
+                        "model and evaluate every method on the most test rows (at most --eval-samples) that fit in "
+                        "what is left, less --reserve-seconds for the figures")
+    p.add_argument("--reserve-seconds", type=float, default=60.0,
+                   help="with --total-minutes: seconds kept back for the heat-map, the sensitivity probes and the files")
     p.add_argument("--loader-workers", type=int, default=None,
                    help="DataLoader workers per training run (default: the train config's data.num_workers)")
     args = p.parse_args(argv)
     for f in args.fractions:
         if not 0 < f <= 1:
             raise ValueError(f"--fractions must lie in (0, 1], got {f}")
+    for f in args.uniform_fractions or []:
+        if not (0 < f < 1 and f in args.fractions):
+            raise ValueError(f"--uniform-fractions must be fractions below 1 that --fractions evaluates "
+                             f"({sorted(args.fractions)}), got {f}")
     if args.steps is not None and args.steps != "auto":
         try:
             args.steps = int(args.steps)
@@ -110,6 +133,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         raise ValueError(f"--parallel must be >= 1, got {args.parallel}")
     if args.minutes is not None and not args.minutes > 0:
         raise ValueError(f"--minutes must be > 0, got {args.minutes}")
+    if args.total_minutes is not None:
+        if not (math.isfinite(args.total_minutes) and args.total_minutes > 0):
+            raise ValueError(f"--total-minutes must be a finite number > 0, got {args.total_minutes}")
+        if args.minutes is not None and args.minutes >= args.total_minutes:
+            raise ValueError(f"--minutes ({args.minutes:g}) must be below --total-minutes ({args.total_minutes:g}): "
+                             "the evaluations need time after training")
+    if not (math.isfinite(args.reserve_seconds) and args.reserve_seconds >= 0):
+        raise ValueError(f"--reserve-seconds must be a finite number >= 0, got {args.reserve_seconds}")
+    if args.eval_samples is not None and args.eval_samples < 1:
+        raise ValueError(f"--eval-samples must be >= 1, got {args.eval_samples}")
     return args
 
 
@@ -234,7 +267,7 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
 
 def _run_dirs(runs: dict[str, Any]) -> list[Path]:
     """The run folders of one seed's :func:`submit_all` result, in a fixed order."""
-    return [runs["full"], runs["proj"], runs["band"], *runs["extra"].values(), *runs["uni"].values()]
+    return [runs["full"], *runs["arr"].values(), *runs["uni"].values()]
 
 
 def _trainer_state(run: Path) -> dict[str, Any]:
@@ -292,6 +325,40 @@ def _eval(run: Path | None, method: str, frac: float | None, a: argparse.Namespa
         cache[key] = build_eval_model(cfg)
     model, processor, info = cache[key]
     return evaluate(cfg, model=model, processor=processor, model_info=info)
+
+
+def _eval_rows_that_fit(full: Path, a: argparse.Namespace, work: Path, extra: Sequence[str], cache: dict,
+                        n_evals: int, seconds: float) -> dict[str, Any]:
+    """How many test rows each of ``n_evals`` evaluations can use so that all fit in ``seconds``.
+
+    Times two evaluations of the full model (``arr_coc`` at 100%, the model already loaded) on n1 and n2 = 3·n1 rows
+    and fits ``t(n) = t0 + c·n`` (t0: loader start-up and the first batch; c: seconds per row). The answer is capped
+    by ``--eval-samples`` (the evaluation itself stops at the test split's size); where the time allows fewer than 8
+    rows it raises rather than report noise."""
+    def timed(n: int) -> tuple[int, float]:
+        sub = argparse.Namespace(**{**vars(a), "eval_samples": n})
+        t0 = time.perf_counter()
+        summary = _eval(full, "arr_coc", None, sub, work / "eval_probe" / f"n{n}", extra, cache)
+        return int(summary["n"]), time.perf_counter() - t0
+
+    shutil.rmtree(work / "eval_probe", ignore_errors=True)  # a resumed probe would time nothing
+    _eval(full, "arr_coc", None, argparse.Namespace(**{**vars(a), "eval_samples": 8}), work / "eval_probe" / "warm",
+          extra, cache)  # model load, CUDA context and kernels warm before anything is timed
+    (n1, t1), (n2, t2) = timed(64), timed(192)
+    if n2 > n1:
+        per_row = max((t2 - t1) / (n2 - n1), 1e-6)
+        fixed = max(t1 - per_row * n1, 0.0)
+    else:  # the test split has at most 64 rows: no slope to fit, charge everything per row
+        per_row, fixed = t2 / max(n2, 1), 0.0
+    rows = int((seconds / n_evals - fixed) / per_row)
+    cap = a.eval_samples
+    chosen = rows if cap is None else min(rows, cap)
+    if rows < 8 and chosen == rows:  # the time, not --eval-samples, is what limits the rows
+        raise ValueError(
+            f"--total-minutes leaves {seconds:.0f} s for {n_evals} evaluations: at {fixed:.1f} s + {per_row * 1e3:.1f} ms "
+            f"per row that is {rows} rows each; give more --total-minutes or fewer --minutes")
+    return {"seconds_per_row": per_row, "fixed_seconds": fixed, "evals": n_evals, "seconds": seconds,
+            "rows_fit": rows, "rows": chosen}
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -625,6 +692,11 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
                       f"in {pr['minutes']:g} minutes less {100 * pr['margin']:g}%.", ""]
         lines += ["| run | trained |", "|---|---|"]
         lines += [f"| {r} | {st} |" for r, st in meta["training"].items()] + [""]
+    if meta.get("eval_probe"):
+        ep = meta["eval_probe"]
+        lines += [f"Test rows per evaluation chosen by `--total-minutes`: {ep['rows']} ({ep['rows_fit']} fit; "
+                  f"{ep['evals']} evaluations in {ep['seconds']:.0f} s at {ep['fixed_seconds']:.1f} s + "
+                  f"{1e3 * ep['seconds_per_row']:.1f} ms per row, timed on the full model).", ""]
     if meta.get("notes"):
         lines += ["## Notes", ""] + [f"- {x}" for x in meta["notes"]] + [""]
     if meta.get("failures"):
@@ -692,13 +764,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def submit_all(trainer: _Trainer, seed: int) -> dict[str, Any]:
         return {
             "full": trainer.submit("full", arr("uniform", n, min_tokens=cells), seed, train_extra),
-            "proj": trainer.submit("arr_coc_projection", arr("projection", t_train), seed, train_extra),
-            "band": trainer.submit("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={
-                "levels": levels, "context_dim": geo["ctx"]}), seed, train_extra),
-            "extra": {name: trainer.submit(name, arr("projection", t_train), seed, [*train_extra, f"train.{key}={w}"])
-                      for name, key, w in EXTRA_MODELS(a) if w > 0},
+            "arr": {**{name: trainer.submit(name, over, seed, train_extra) for name, over in (
+                ("arr_coc_projection", arr("projection", t_train)),
+                ("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={"levels": levels,
+                                                                            "context_dim": geo["ctx"]})),
+            ) if name in a.models}, **{
+                name: trainer.submit(name, arr("projection", t_train), seed, [*train_extra, f"train.{key}={w}"])
+                for name, key, w in EXTRA_MODELS(a) if w > 0}},
             "uni": {f: trainer.submit(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), seed,
-                                      train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k},
+                                      train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k
+                    and (a.uniform_fractions is None or f in a.uniform_fractions)},
         }
 
     probe = None
@@ -713,13 +788,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer.wait()
     train_seconds = time.perf_counter() - t_train0
     training = {str(r.relative_to(work)): _train_status(r) for rs in runs.values() for r in _run_dirs(rs)}
+    arr_models = ARR_MODELS(a)
+    eval_probe = None
+    if a.total_minutes is not None:
+        lower = [f for f in fractions if f < 1]
+        n_evals = len(a.seeds) * (1 + len(TRAINING_FREE) * len(lower) + len(arr_models) * len(fractions)
+                                  + sum(len(rs["uni"]) for rs in runs.values()) // max(len(runs), 1))
+        left = a.total_minutes * 60 - (time.perf_counter() - t_start) - a.reserve_seconds
+        eval_probe = _eval_rows_that_fit(runs[a.seeds[0]]["full"], a, work, eval_extra, cache, n_evals, left)
+        a.eval_samples = eval_probe["rows"]
+        print(f"[bench] evaluations: {n_evals} x {a.eval_samples} rows in {left:.0f} s "
+              f"({eval_probe['fixed_seconds']:.1f} s + {1e3 * eval_probe['seconds_per_row']:.1f} ms/row)",
+              file=sys.stderr)
     for seed in a.seeds:
-        full, proj, band, uni = (runs[seed][key] for key in ("full", "proj", "band", "uni"))
+        full, uni = runs[seed]["full"], runs[seed]["uni"]
 
         def record(name: str, f: float, run: Path, method: str, frac: float | None) -> None:
             tag = f"{name}@{100 * f:g}%/seed{seed}"
             try:
-                s = _eval(run, method, frac, a, work / f"seed{seed}" / "eval" / f"{name}_{int(round(f * n))}",
+                rows = "" if a.eval_samples is None else f"_rows{a.eval_samples}"  # another row count: another run
+                s = _eval(run, method, frac, a, work / f"seed{seed}" / "eval" / f"{name}_{int(round(f * n))}{rows}",
                           eval_extra, cache)
             except ValueError as e:  # e.g. a budget the method cannot spend; reported, never silently dropped
                 failures.append(f"{tag}: {e}")
@@ -734,7 +822,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             elif "full" in results:  # at 100% every training-free baseline is the full model
                 for b in TRAINING_FREE:
                     results.setdefault(b, {}).setdefault(f, []).append(results["full"][1.0][-1])
-        for name, run in (("arr_coc_projection", proj), ("arr_coc_bandit", band), *runs[seed]["extra"].items()):
+        for name, run in runs[seed]["arr"].items():
             for f in fractions:
                 record(name, f, run, "arr_coc", f)
         for f in fractions:
@@ -744,7 +832,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 results.setdefault("uniform_trained", {}).setdefault(f, []).append(results["full"][1.0][-1])
         cache.clear()
 
-    arr_models = ["arr_coc_projection", "arr_coc_bandit", *(name for name, _, w in EXTRA_MODELS(a) if w > 0)]
     methods = ["full", *arr_models, "uniform_trained", *TRAINING_FREE]
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available() and not a.smoke
               else f"CPU ({platform.processor() or platform.machine()})")
@@ -762,7 +849,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "command": "python -m scripts.bench_accuracy_budget " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
             "heatmap": heat_desc, "failures": failures, "training": training, "parallel": a.parallel,
-            "train_seconds": round(train_seconds, 1), "probe": probe, "notes": notes, "sensitivity": sensitivity,
+            "train_seconds": round(train_seconds, 1), "probe": probe, "eval_probe": eval_probe,
+            "notes": notes, "sensitivity": sensitivity,
             "grounding": grounding}
     md = out / "accuracy_budget.md"
     _write_md(md, results, methods, fractions, meta)

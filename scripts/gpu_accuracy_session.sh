@@ -8,14 +8,19 @@
 #   device tool:  run(command="bash scripts/gpu_accuracy_session.sh", carry=[".whl"], timeout_s=600)
 #   CPU dry run:  SMOKE=1 OUT=/tmp/acc_out bash scripts/gpu_accuracy_session.sh   # tiny models, checks the plumbing
 #
-# Knobs (environment): TRAIN_MINUTES (default 5) is the wall clock every model's steps must fit in (`--steps auto`
-# probes all models at once and gives each the steps the slowest fits); TRAIN_SIZE (default 30000) and TEST_SIZE
-# (default 1000) the generated splits; PARALLEL (default 8: every model at once) the models trained at once;
+# Knobs (environment): TOTAL_SECONDS (default 550) is the wall clock of the whole call: the benchmark gets what is
+# left of it after the data (`--total-minutes`: it times the evaluation and picks the test rows per evaluation that
+# fit) and leaves 45 s for the export; TRAIN_MINUTES (default 2.5) is the wall clock every model's steps must fit in
+# (`--steps auto` probes all models at once and gives each the steps the slowest fits); TRAIN_SIZE (default 20000)
+# and TEST_SIZE (default 1000) the generated splits; PARALLEL (default 5) the models trained at once
+# (one `bench` model at batch 128 holds 10-13 GiB: 7 at once ran out of the H100's 80 GB, measured 2026-11-23);
+# MODELS (default "arr_coc_projection arr_coc_bandit") the unsupervised ARR-COC models; UNIFORM_FRACTIONS (default:
+# all) the budgets a uniform-pooling model is trained at; PROBE_STEPS (default 12) the --steps auto probe's steps;
 # EVAL_SAMPLES (default TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe; RELEVANCE_WEIGHT
-# (default 1; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py);
+# (default 0; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py);
 # GROUNDING_WEIGHT (default 1; 0 leaves it out) > 0 also trains `arr_coc_grounded` (box supervision,
 # models/grounding.py), which is then the model exported for the demo (otherwise `arr_coc_projection`).
-# Models: full, ARR-COC projection, bandit, relevance and grounded at 25%, uniform-trained at 50/25/12.5% = 8.
+# Models: full, ARR-COC projection, bandit and grounded at 25%, uniform-trained at 50/25/12.5% = 7 (8 with relevance).
 # Writes to $OUT (at most 8 files come back, 16 MiB each): summary.txt (environment, then one line per step: exit
 # status, seconds), bench.log (tail), accuracy_budget.md, accuracy_budget.png, budget_heatmap.png,
 # accuracy_budget.json, and weights.tar.part-aa/-ab (the exported ARR-COC model in bf16, split under 16 MiB; here:
@@ -25,13 +30,19 @@ OUT=${OUT:-$PWD/acc_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 SMOKE=${SMOKE:-0}
-TRAIN_MINUTES=${TRAIN_MINUTES:-5}
-TRAIN_SIZE=${TRAIN_SIZE:-30000}
+T_START=$(date +%s)
+TOTAL_SECONDS=${TOTAL_SECONDS:-550}
+TRAIN_MINUTES=${TRAIN_MINUTES:-2.5}
+TRAIN_SIZE=${TRAIN_SIZE:-20000}
 TEST_SIZE=${TEST_SIZE:-1000}
 EVAL_SAMPLES=${EVAL_SAMPLES:-$TEST_SIZE}
-PARALLEL=${PARALLEL:-8}
+PARALLEL=${PARALLEL:-5}
+MODELS=${MODELS:-arr_coc_projection arr_coc_bandit}
+UNIFORM_FRACTIONS=${UNIFORM_FRACTIONS:-}
+PROBE_STEPS=${PROBE_STEPS:-12}
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 STEPS=${STEPS:-auto}
-RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-1}
+RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-0}
 GROUNDING_WEIGHT=${GROUNDING_WEIGHT:-1}
 WORKERS=${WORKERS:-$(nproc)}
 # shellcheck source=scripts/gpu_common.sh
@@ -56,10 +67,13 @@ else
   LW=${LOADER_WORKERS:-$(( (WORKERS + PARALLEL - 1) / PARALLEL ))}
   step make_benchmark 180 "$PY" -m scripts.make_benchmark --out "$DATA" --train-size "$TRAIN_SIZE" --val-size 0 \
     --test-size "$TEST_SIZE" --workers "$WORKERS" --overwrite >"$OUT/bench.log" 2>&1
-  step bench $(( TRAIN_MINUTES * 60 + 300 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
+  LEFT=$(( T_START + TOTAL_SECONDS - 45 - $(date +%s) ))  # 45 s kept for the export and the copies
+  TOTAL_MIN=$("$PY" -c "print(round($LEFT / 60, 2))")
+  step bench $(( LEFT + 20 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
     --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
     --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" \
-    >>"$OUT/bench.log" 2>&1
+    --total-minutes "$TOTAL_MIN" --probe-steps "$PROBE_STEPS" --models $MODELS \
+    ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} >>"$OUT/bench.log" 2>&1
 fi
 tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
 for f in accuracy_budget.md accuracy_budget.png budget_heatmap.png accuracy_budget.json; do
@@ -68,7 +82,7 @@ done
 # The trained ARR-COC model for the README's demo, in bf16 (about 23 MiB for `bench`), split under the device tool's
 # 16 MiB per-file limit.
 rm -rf /tmp/arr_coc_export
-step export 120 "$PY" -m scripts.export_model --run "$RUN" --out /tmp/arr_coc_export/arr_coc_bench \
+step export 60 "$PY" -m scripts.export_model --run "$RUN" --out /tmp/arr_coc_export/arr_coc_bench \
   --dtype bfloat16 >/tmp/arr_coc_export.json 2>>"$OUT/bench.log" \
   && tar -C /tmp/arr_coc_export -cf - arr_coc_bench | split -b 15m - "$OUT/weights.tar.part-"
 cat /tmp/arr_coc_export.json >>"$OUT/summary.txt" 2>/dev/null

@@ -145,8 +145,11 @@ _projection_op.register_autograd(_backward, setup_context=_setup_context)
 def _check_roundable(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
     _check_values(x, budget, lo, hi, what="x")
     lo_f, hi_f = lo.to(x.dtype), hi.to(x.dtype)
-    # Drift allowance: float32 sums of K ~ 200 values land ~1e-3 off; anything further is not a projected x.
+    # Drift allowance: float32 sums of K ~ 200 values land ~1e-3 off; a point stored in a half type (a bf16 projection)
+    # is further off, up to half an ulp per entry: 0.5 * eps(dtype) * sum|x|. Anything further is not a projected x.
     tol_b = 1e-3 * max(1.0, float(budget.abs().max()) if budget.numel() else 1.0)
+    if x.numel():
+        tol_b = max(tol_b, 0.5 * torch.finfo(x.dtype).eps * float(x.double().abs().sum(-1).max()))
     lo_tol = 1e-4 * lo_f.abs().clamp_min(1.0)
     hi_tol = 1e-4 * hi_f.abs().clamp_min(1.0)
     below = x < lo_f - lo_tol

@@ -58,6 +58,19 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
     assert {p: p.stat().st_size for p in logs} == sizes  # nothing retrained
     assert res2["results"]["arr_coc_projection"][0.25][0]["accuracy"] == \
         res["results"]["arr_coc_projection"][0.25][0]["accuracy"]
+    # --total-minutes: two timed probe evaluations of the full model choose the test rows per evaluation (here capped
+    # by --eval-samples); a budget that training already spent is refused by name.
+    # --models leaves the bandit out (its finished run is simply not used).
+    res3 = main([*args, "--total-minutes", "30", "--eval-samples", "5", "--models", "arr_coc_projection",
+                 "--uniform-fractions", "0.25"])
+    probe = json.loads((tmp_path / "results" / "accuracy_budget.json").read_text())["meta"]["eval_probe"]
+    assert probe["rows"] == 5 and probe["rows_fit"] >= 5 and probe["seconds_per_row"] > 0
+    assert probe["evals"] == 1 + 6 + 3 * 2 + 1  # full; 6 baselines at 25%; 3 ARR-COC models at 2 budgets; uniform 25%
+    assert "arr_coc_bandit" not in res3["results"] and "| arr_coc_bandit |" not in res3["md"].read_text()
+    assert {s["n"] for r in res3["results"].values() for ss in r.values() for s in ss} == {5}
+    assert "Test rows per evaluation chosen by `--total-minutes`: 5" in res3["md"].read_text()
+    with pytest.raises(ValueError, match="--total-minutes leaves"):
+        main([*args, "--total-minutes", "0.01", "--reserve-seconds", "0"])
 
 
 def test_bench_accuracy_budget_arguments_are_checked():
@@ -73,6 +86,12 @@ def test_bench_accuracy_budget_arguments_are_checked():
         main(["--smoke", "--relevance-weight", "-1"])
     with pytest.raises(ValueError, match="--grounding-weight must be a finite number >= 0, got nan"):
         main(["--smoke", "--grounding-weight", "nan"])
+    with pytest.raises(ValueError, match="must be below --total-minutes"):
+        main(["--smoke", "--steps", "auto", "--minutes", "5", "--total-minutes", "4"])
+    with pytest.raises(ValueError, match="--uniform-fractions must be fractions below 1"):
+        main(["--smoke", "--uniform-fractions", "0.3"])
+    with pytest.raises(ValueError, match="--eval-samples must be >= 1"):
+        main(["--smoke", "--eval-samples", "0"])
     # The smoke geometry: K = 4 patches, N = 64 tokens. At 4 tokens (T = K) ARR-COC would have no choice at all.
     with pytest.raises(ValueError, match=r"T = 4 visual tokens for K = 4 patches.*K < T < N = 64"):
         main(["--smoke", "--train-fraction", "0.0625"])

@@ -229,7 +229,7 @@ def test_opcheck_cuda(ext, dtype):
     x = torch.ops.arr_coc.capped_simplex_projection(y, bf, lof, hif)
     bwd = torch.ops.arr_coc.capped_simplex_projection_backward.default
     torch.library.opcheck(bwd, (x, lof, hif, torch.randn_like(x)))
-    torch.library.opcheck(torch.ops.arr_coc.round_to_budget.default, (x.float(), b, lo, hi))
+    torch.library.opcheck(torch.ops.arr_coc.round_to_budget.default, (x, b, lo, hi))  # x in its own dtype
     torch.library.opcheck(torch.ops.arr_coc.project_and_round.default, (y.clone().requires_grad_(), b, lo, hi))
 
 

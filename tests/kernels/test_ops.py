@@ -257,3 +257,22 @@ def test_successful_load_is_used_without_warning(fresh_dispatch):
         assert dispatch.cuda_kernel_or_none() is sentinel
     assert dispatch.HAS_CUDA_KERNEL is True
     assert dispatch.kernel_status() == "CUDA kernel loaded"
+
+
+def test_round_accepts_half_type_points_within_their_precision():
+    # A bf16 projection is off the budget by up to half an ulp per entry (here ~0.2 of 150, beyond float32's 1e-3·B
+    # allowance): rounding it in its own dtype must work and hit the budget exactly, while the same drift presented
+    # as float32 is still refused by name.
+    from arr_coc.kernels import capped_simplex_projection, round_to_budget
+
+    g = torch.Generator().manual_seed(5)
+    y = (torch.randn(64, 40, generator=g) * 3 + 4).to(torch.bfloat16)
+    x = capped_simplex_projection(y, 150.0, 1.0, 7.0)
+    assert x.dtype == torch.bfloat16
+    drift = (x.double().sum(-1) - 150).abs().max().item()
+    assert drift > 0.15  # the case the float32 allowance alone would refuse
+    t = round_to_budget(x, 150, 1, 7)
+    assert torch.equal(t.sum(-1), torch.full((64,), 150)) and int(t.min()) >= 1 and int(t.max()) <= 7
+    row = int((x.double().sum(-1) - 150).abs().argmax())
+    with pytest.raises(ValueError, match="round_to_budget expects x on the capped simplex"):
+        round_to_budget(x[row:row + 1].float(), 150, 1, 7)
