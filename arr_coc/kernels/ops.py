@@ -34,7 +34,54 @@ _Number = int | float
 # Value checks shared by every implementation (they read the data, so they live inside the ops).
 
 
+def _row_sum(t: Tensor, shape: torch.Size, *, absolute: bool = False) -> Tensor:
+    """float64 sum over the last dim of ``t`` broadcast to ``shape``, shaped ``shape[:-1]``.
+
+    A bound that is constant along the last dim (a scalar, or size 1 there) sums to ``K * t`` exactly as a caller
+    computing ``budget = K * lo`` would, without materialising ``R * K`` doubles; only per-element bounds are summed.
+    """
+    t = t.double()
+    if absolute:
+        t = t.abs()
+    if t.dim() == 0 or t.shape[-1] == 1:
+        return (t.squeeze(-1) * shape[-1]).expand(shape[:-1]) if t.dim() else (t * shape[-1]).expand(shape[:-1])
+    return t.expand(shape).sum(-1)
+
+
+def _feasibility(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(too_low, too_high, sum(lo), sum(hi))`` per row: the budget outside ``[sum(lo), sum(hi)]`` beyond the slack."""
+    # Feasibility in float64 so that the check itself adds no rounding: sum(lo) <= B <= sum(hi).
+    lo_sum, hi_sum = _row_sum(lo, y.shape), _row_sum(hi, y.shape)
+    b = budget.double().expand(y.shape[:-1])
+    if budget.is_floating_point():
+        # A few ulps of slack in the working precision: budget = K·lo computed in floats must not be "infeasible". Plus
+        # the absolute resolution of subnormals: each of the K bounds and the budget may have been rounded to the
+        # working dtype's subnormal grid (budget = K·lo with lo ~ 1e-44 in float32 is feasible, not "infeasible").
+        fi = torch.finfo(y.dtype if y.is_floating_point() else torch.float64)
+        mag = torch.maximum(_row_sum(lo, y.shape, absolute=True), _row_sum(hi, y.shape, absolute=True))
+        slack = 4 * fi.eps * mag + (y.shape[-1] + 1) * fi.smallest_normal * fi.eps
+        return b < lo_sum - slack, b > hi_sum + slack, lo_sum, hi_sum
+    return b < lo_sum, b > hi_sum, lo_sum, hi_sum
+
+
+def _values_look_ok(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> bool:
+    """Every value check of :func:`_check_values` as device-side flags and ONE host sync (a sync per check cost
+    ~0.7 ms per call on an H100). False sends the caller to the detailed checks, which find and name the problem (or,
+    for a float sum that overflowed with every element finite, pass)."""
+    flags = []
+    for t in (y, budget, lo, hi):
+        if t.is_floating_point() and t.numel():
+            acc = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
+            flags.append(~torch.isfinite(t.sum(dtype=acc)))
+    flags.append((lo > hi).any())
+    too_low, too_high, _, _ = _feasibility(y, budget, lo, hi)
+    flags += [too_low.any(), too_high.any()]
+    return not bool(torch.stack([f.reshape(()) for f in flags]).any())
+
+
 def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: str = "y") -> None:
+    if _values_look_ok(y, budget, lo, hi):
+        return
     for name, t in ((what, y), ("budget", budget), ("lo", lo), ("hi", hi)):
         if t.is_floating_point():
             _check_finite(name, t)
@@ -42,20 +89,9 @@ def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: st
     if bool((lo_b > hi_b).any()):
         i = tuple(int(v) for v in (lo_b > hi_b).nonzero()[0].tolist())
         raise ValueError(f"lo > hi at index {i}: lo={lo_b[i].item()}, hi={hi_b[i].item()}")
-    # Feasibility in float64 so that the check itself adds no rounding: sum(lo) <= B <= sum(hi).
-    lo_sum = lo.double().expand(y.shape).sum(-1)
-    hi_sum = hi.double().expand(y.shape).sum(-1)
+    too_low, too_high, lo_sum, hi_sum = _feasibility(y, budget, lo, hi)
     b = budget.double().expand(y.shape[:-1])
-    # A few ulps of slack in the working precision: budget = K·lo computed in floats must not be "infeasible". Plus the
-    # absolute resolution of subnormals: each of the K bounds and the budget may have been rounded to the working
-    # dtype's subnormal grid (budget = K·lo with lo ~ 1e-44 in float32 is feasible, not "infeasible").
-    fi = torch.finfo(y.dtype if y.is_floating_point() else torch.float64)
-    mag = torch.maximum(lo.double().abs().expand(y.shape).sum(-1), hi.double().abs().expand(y.shape).sum(-1))
-    slack = 4 * fi.eps * mag + (y.shape[-1] + 1) * fi.smallest_normal * fi.eps
-    if not budget.is_floating_point():
-        slack = torch.zeros_like(slack)
-    checks = ((b < lo_sum - slack, lo_sum, "K·lo = sum(lo)"), (b > hi_sum + slack, hi_sum, "K·hi = sum(hi)"))
-    for bad, bound, rel in checks:
+    for bad, bound, rel in ((too_low, lo_sum, "K·lo = sum(lo)"), (too_high, hi_sum, "K·hi = sum(hi)")):
         if bool(bad.any()):
             i = tuple(int(v) for v in bad.nonzero()[0].tolist())
             k = y.shape[-1]
