@@ -19,14 +19,17 @@ Tiny towers for tests are open_clip configs shipped in ``models/open_clip_config
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "weights_follow",
     "HFVision", "OPEN_CLIP_CONFIG_DIR", "OpenClipVision", "VisionTower", "create_open_clip", "default_pos_grid",
     "hf_vision_from_config", "register_open_clip_configs",
 ]
@@ -73,6 +76,23 @@ def create_open_clip(model_name: str, *, pretrained: str | None = None, image_si
         raise ValueError(f"unknown open_clip model {model_name!r}; ours: {ours}, or see open_clip.list_models()")
     return open_clip.create_model(model_name, pretrained=pretrained, force_image_size=image_size, cache_dir=cache_dir,
                                   device=device)
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def weights_follow() -> Iterator[None]:
+    """Silence open_clip's "No pretrained weights loaded ... initialized randomly" warning while building a model whose
+    weights are loaded from a checkpoint right after (it is true of the build, and misleading to whoever reads it)."""
+    notice, root = _DropRandomInitNotice(), logging.getLogger()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
 
 
 class VisionTower(nn.Module):

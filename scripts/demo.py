@@ -208,7 +208,7 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
         plt.close(fig)
         pngs.append(path)
         print(f"       wrote {path}")
-    return {"rows": rows, "pngs": pngs}
+    return {"rows": rows, "pngs": pngs, "weights": weights}
 
 
 def main(argv: list[str] | None = None) -> dict | None:

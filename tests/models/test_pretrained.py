@@ -111,9 +111,9 @@ def test_export_from_a_training_run_then_trained_demo(tmp_path):
 
 
 def test_shipped_model_is_the_demos_default_and_its_allocation_follows_the_question(tmp_path):
-    # weights/arr_coc_small is the grounded `small` model trained on CPU (README, "CPU pilots"); with no `bench` model
-    # present, `make demo` uses it. Its budgets must differ between two questions about the same image and favour
-    # the patches the queried shape overlaps.
+    # weights/arr_coc_small is the grounded `small` model trained on CPU (README, "CPU pilots"), the demo's fallback.
+    # Its budgets must differ between two questions about the same image and favour the patches the queried shape
+    # overlaps.
     from scripts.demo import DEFAULT_WEIGHTS
     from scripts.demo import main as demo
 
@@ -128,3 +128,37 @@ def test_shipped_model_is_the_demos_default_and_its_allocation_follows_the_quest
     share = sum(r["tokens_in_box_patches"] for r in rows) / len(rows)
     area = sum(r["box_patches_area"] for r in rows) / len(rows)
     assert share > area + 0.2, (share, area)
+
+
+def test_shipped_bench_model_is_the_demos_default_and_follows_the_question(tmp_path):
+    # weights/arr_coc_bench is the grounded `bench` model trained on an H100 (README, "On the GPU"): `make demo`'s
+    # default. At most 25 MB; exactly 196 tokens per image; different budgets for different questions about the same
+    # image, with the queried shape's patches getting well over their share.
+    from scripts.demo import DEFAULT_WEIGHTS
+    from scripts.demo import main as demo
+
+    shipped = DEFAULT_WEIGHTS[0]
+    assert shipped.name == "arr_coc_bench" and (shipped / "config.json").is_file()
+    assert (shipped / "model.safetensors").stat().st_size <= 25 * 10**6
+    out = demo(["--out", str(tmp_path), "--images", "3"])  # --weights auto
+    assert out["weights"] == shipped
+    rows = out["rows"]
+    assert len(rows) == 6 and all(sum(r["budgets"]) == 196 for r in rows)  # the bench preset's exact budget
+    assert all(rows[i]["budgets"] != rows[i + 1]["budgets"] for i in range(0, 6, 2))
+    share = sum(r["tokens_in_box_patches"] for r in rows) / len(rows)
+    area = sum(r["box_patches_area"] for r in rows) / len(rows)
+    assert share > 2.5 * area, (share, area)
+
+
+def test_weights_follow_silences_only_the_random_init_notice(caplog):
+    import logging
+
+    from models.vision import weights_follow
+
+    with caplog.at_level(logging.WARNING), weights_follow():
+        logging.warning("No pretrained weights loaded for model 'x'. Model initialized randomly.")
+        logging.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
+    with caplog.at_level(logging.WARNING):
+        logging.warning("No pretrained weights loaded for model 'y'.")
+    assert "No pretrained weights loaded for model 'y'." in caplog.text  # only inside the context

@@ -1,0 +1,78 @@
+"""How many evaluations of s(tau) the CUDA kernel's safeguarded Newton iteration needs per row (CPU, numpy).
+
+    python scripts/newton_iterations.py                 # bench_projection's data: K=200, B=13,200, 64..400
+    python scripts/newton_iterations.py --rows 5000 --k 1000 --budget 66000
+
+The kernel (``arr_coc/kernels/csrc/projection.cuh``) is issue-bound, so its time per row is about proportional to the
+evaluations it runs. This script replays the same iteration in float32 on the same random rows as
+``scripts/bench_projection.py`` (``y = 100·N(0,1) + 66``): start from the all-free root clamped into the bracket
+``[min(y - hi), max(y - lo)]``, Newton steps ``tau += (s - B) / |F|`` that fall back to bisection outside the bracket,
+and stop when ``|s - B| <= 8·eps·(|B| + 2·sum|lo|)`` or the bracket is at float resolution. It prints the
+distribution of evaluations per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+__all__ = ["evaluations"]
+
+
+def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: int = 200) -> np.ndarray:
+    """Evaluations of s(tau) per row of ``y`` (R, K) float32, as the kernel's warp path counts them."""
+    if y.ndim != 2 or y.dtype != np.float32:
+        raise ValueError(f"y must be a 2-D float32 array, got shape {y.shape} dtype {y.dtype}")
+    if not lo <= hi or not y.shape[1] * lo <= budget <= y.shape[1] * hi:
+        raise ValueError(f"infeasible: K={y.shape[1]}, budget={budget}, lo={lo}, hi={hi}")
+    r, k = y.shape
+    b, lo32, hi32 = np.float32(budget), np.float32(lo), np.float32(hi)
+    eps = np.float32(np.finfo(np.float32).eps)
+    tl, th = (y - hi32).min(1), (y - lo32).max(1)
+    tol = 8 * eps * (abs(b) + 2 * np.float32(k) * abs(lo32))
+    tau = np.clip((y.sum(1) - b) / np.float32(k), tl, th).astype(np.float32)
+    done = np.zeros(r, bool)
+    count = np.zeros(r, int)
+    for _ in range(max_iters):
+        z = y - tau[:, None]
+        s = np.clip(z, lo32, hi32).sum(1, dtype=np.float32)
+        nf = ((z > lo32) & (z < hi32)).sum(1)
+        count[~done] += 1
+        res = s - b
+        done |= np.abs(res) <= tol
+        act = ~done
+        tl = np.where(act & (res > 0), tau, tl)
+        th = np.where(act & (res <= 0), tau, th)
+        done |= act & (th - tl <= 2 * eps * np.maximum(abs(tl), abs(th)))
+        act = ~done
+        if not act.any():
+            break
+        tn = tau + res / np.maximum(nf, 1)
+        ok = (nf > 0) & (tn > tl) & (tn < th)
+        tau = np.where(act, np.where(ok, tn, 0.5 * (tl + th)), tau).astype(np.float32)
+    return count
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = argparse.ArgumentParser(prog="python scripts/newton_iterations.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=20000)
+    p.add_argument("--k", type=int, default=200)
+    p.add_argument("--budget", type=float, default=13200.0)
+    p.add_argument("--lo", type=float, default=64.0)
+    p.add_argument("--hi", type=float, default=400.0)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.rows < 1 or a.k < 1:
+        raise ValueError(f"--rows and --k must be >= 1, got {a.rows}, {a.k}")
+    rng = np.random.default_rng(a.seed)
+    y = (rng.standard_normal((a.rows, a.k)) * 100 + 66).astype(np.float32)
+    n = evaluations(y, a.budget, a.lo, a.hi)
+    out = {"mean": float(n.mean()), **{f"p{q}": float(np.percentile(n, q)) for q in (50, 90, 99, 100)}}
+    print(f"evaluations of s(tau) per row over {a.rows} rows (K={a.k}, B={a.budget:g}, {a.lo:g}..{a.hi:g}): "
+          + ", ".join(f"{k} {v:g}" for k, v in out.items()))
+    return out
+
+
+if __name__ == "__main__":
+    main()
