@@ -11,8 +11,9 @@ backward), so the loss on the tokens reaches the knowing and balancing parameter
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -122,6 +123,27 @@ class ArrCoc(nn.Module):
     @property
     def budget(self) -> int:
         return self.attending.budget
+
+    @contextlib.contextmanager
+    def budget_override(self, budget: int) -> Iterator[None]:
+        """Allocate ``budget`` tokens per image inside the ``with`` block (the allocator's budget is restored after).
+
+        Every registered allocator takes any feasible budget: this is how one trained layer serves several budgets
+        (evaluation at a token fraction, or training on a random budget per batch with ``train.budget_fractions``).
+
+        Raises:
+            ValueError: a non-integer or infeasible budget (outside ``[K·min_tokens, K·max_tokens]``), by value.
+        """
+        if isinstance(budget, bool) or not isinstance(budget, (int, torch.Tensor)) or (
+                isinstance(budget, torch.Tensor) and (budget.numel() != 1 or budget.is_floating_point())):
+            raise ValueError(f"budget must be an integer, got {budget!r}")
+        old = self.attending.budget
+        self.attending.budget = int(budget)
+        try:
+            self.attending.check_feasible(self.num_patches)
+            yield
+        finally:
+            self.attending.budget = old
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, query_dim={self.query_dim}, num_patches={self.num_patches}, grid={self.patch_grid}"

@@ -709,17 +709,6 @@ class VisualMethod:
             return self.model.llava(inputs_embeds=embeds, attention_mask=attention_mask).logits
 
 
-@contextlib.contextmanager
-def _budget(allocator: nn.Module, budget: int, num_patches: int) -> Iterator[None]:
-    old = allocator.budget
-    allocator.budget = int(budget)
-    try:
-        allocator.check_feasible(num_patches)
-        yield
-    finally:
-        allocator.budget = old
-
-
 class ArrCocMethod(VisualMethod):
     """The model's own ArrCoc layer, at its trained budget or at ``num_tokens`` (the allocator's budget is swapped
     for the call; every registered allocator takes any feasible budget)."""
@@ -738,7 +727,7 @@ class ArrCocMethod(VisualMethod):
         if query_input_ids is None:
             raise ValueError("arr_coc needs query_input_ids (the question) to allocate its tokens")
         m = self.model
-        with _budget(m.arr_coc.attending, self.num_tokens, m.arr_coc.num_patches):
+        with m.arr_coc.budget_override(self.num_tokens):
             embeds, out = m.embed_inputs(pixel_values, input_ids, query_input_ids=query_input_ids,
                                          query_attention_mask=query_attention_mask)
         return embeds, out.positions, out.budgets

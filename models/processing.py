@@ -137,23 +137,27 @@ class ArrCocProcessor:
     def answer(self, answer: str) -> str:
         return self.answer_template.replace("{answer}", answer)
 
-    def expand_image_tokens(self, ids: Sequence[int]) -> list[int]:
-        """Replace the single image placeholder id by ``budget`` copies.
+    def expand_image_tokens(self, ids: Sequence[int], budget: int | None = None) -> list[int]:
+        """Replace the single image placeholder id by ``budget`` copies (default: the processor's ``budget``).
 
         Raises:
-            ValueError: if ``ids`` hold no placeholder or more than one (one image per sample).
+            ValueError: if ``ids`` hold no placeholder or more than one (one image per sample), or ``budget < 1``.
         """
         n = sum(1 for t in ids if t == self.image_token_id)
         if n != 1:
             raise ValueError(f"a prompt must hold exactly one {self.image_token!r} placeholder, found {n}")
+        count = self.budget if budget is None else int(budget)
+        if count < 1:
+            raise ValueError(f"budget must be >= 1 image token, got {budget}")
         out: list[int] = []
         for t in ids:
-            out.extend([t] * self.budget if t == self.image_token_id else [t])
+            out.extend([t] * count if t == self.image_token_id else [t])
         return out
 
-    def encode_prompt(self, question: str) -> list[int]:
-        """Prompt ids (with BOS if the tokenizer adds one) and the image placeholder expanded."""
-        return self.expand_image_tokens(self.tokenizer(self.prompt(question), add_special_tokens=True)["input_ids"])
+    def encode_prompt(self, question: str, budget: int | None = None) -> list[int]:
+        """Prompt ids (with BOS if the tokenizer adds one) and the image placeholder expanded to ``budget``."""
+        ids = self.tokenizer(self.prompt(question), add_special_tokens=True)["input_ids"]
+        return self.expand_image_tokens(ids, budget)
 
     def encode_answer(self, answer: str) -> list[int]:
         """Target ids: the answer text without special tokens, then EOS."""

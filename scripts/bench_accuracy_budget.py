@@ -12,7 +12,9 @@ Protocol (issue 7). For each training seed:
    (answer-correctness feedback), both at the 25% budget; with ``--relevance-weight W`` also ``arr_coc_relevance``,
    the projection model trained with relevance distillation (``models/relevance.py``); with ``--grounding-weight W``
    also ``arr_coc_grounded``, the projection model trained with box-grounding supervision (``models/grounding.py``:
-   the benchmark's ``target_box`` of each question, used in training only);
+   the benchmark's ``target_box`` of each question, used in training only); with ``--budget-fractions F...`` also
+   ``arr_coc_multibudget``, trained on a budget drawn per batch from those fractions (with the grounding loss when
+   ``--grounding-weight`` > 0), so that one model serves every budget it is evaluated at;
 3. train a model with *uniform pooling* at each reduced budget (the strongest simple baseline);
 4. evaluate on the test split at token fractions {100, 50, 25, 12.5}%: the full model; every training-free baseline
    of :mod:`eval.baselines` applied to the full model at exactly that many tokens; both ARR-COC models with their
@@ -57,7 +59,8 @@ BASE_ARR_MODELS = ("arr_coc_projection", "arr_coc_bandit")  # trained unless --m
 
 def ARR_MODELS(a: argparse.Namespace) -> list[str]:
     """Every ARR-COC model this invocation trains, in table order."""
-    return [m for m in BASE_ARR_MODELS if m in a.models] + [name for name, _, w in EXTRA_MODELS(a) if w > 0]
+    return ([m for m in BASE_ARR_MODELS if m in a.models] + [name for name, _, w in EXTRA_MODELS(a) if w > 0]
+            + (["arr_coc_multibudget"] if a.budget_fractions else []))
 
 
 def EXTRA_MODELS(a: argparse.Namespace) -> list[tuple[str, str, float]]:
@@ -88,6 +91,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         "full-token model is always trained, the weighted variants follow their --*-weight")
     p.add_argument("--uniform-fractions", type=float, nargs="*", default=None,
                    help="the reduced budgets to train a uniform-pooling model at (default: every fraction below 1)")
+    p.add_argument("--budget-fractions", type=float, nargs="+", default=None,
+                   help="also train `arr_coc_multibudget`: the projection model (with --grounding-weight's supervision "
+                        "when > 0) trained on a budget drawn per batch from these fractions of N "
+                        "(train.budget_fractions), so one model serves every budget")
     p.add_argument("--steps", default=None,
                    help="training steps per model (default: the train config's), or 'auto' with --minutes: probe every "
                         "model for --probe-steps steps, all at once as in the real run, and give every model the same "
@@ -111,6 +118,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     for f in args.fractions:
         if not 0 < f <= 1:
             raise ValueError(f"--fractions must lie in (0, 1], got {f}")
+    for f in args.budget_fractions or []:
+        if not 0 < f <= 1:
+            raise ValueError(f"--budget-fractions must lie in (0, 1], got {f}")
     for f in args.uniform_fractions or []:
         if not (0 < f < 1 and f in args.fractions):
             raise ValueError(f"--uniform-fractions must be fractions below 1 that --fractions evaluates "
@@ -770,7 +780,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                                             "context_dim": geo["ctx"]})),
             ) if name in a.models}, **{
                 name: trainer.submit(name, arr("projection", t_train), seed, [*train_extra, f"train.{key}={w}"])
-                for name, key, w in EXTRA_MODELS(a) if w > 0}},
+                for name, key, w in EXTRA_MODELS(a) if w > 0}, **({
+                "arr_coc_multibudget": trainer.submit("arr_coc_multibudget", arr("projection", t_train), seed, [
+                    *train_extra, f"train.budget_fractions={json.dumps(a.budget_fractions)}",
+                    f"train.grounding_weight={a.grounding_weight}"])} if a.budget_fractions else {})},
             "uni": {f: trainer.submit(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), seed,
                                       train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k
                     and (a.uniform_fractions is None or f in a.uniform_fractions)},

@@ -345,3 +345,22 @@ def test_output_carries_the_bandit_context():
     assert out.context is not None and out.context.shape == (2, K, D + D + 3)
     assert not out.context.requires_grad
     assert _small("projection")(feats, query=query).context is None
+
+
+def test_budget_override_spends_another_budget_and_restores():
+    from arr_coc import ArrCoc
+
+    torch.manual_seed(0)
+    layer = ArrCoc(8, 8, num_patches=16, patch_grid=(4, 4), budget=32, min_tokens=1, max_tokens=4)
+    feats, query = torch.randn(2, 16, 2, 2, 8), torch.randn(2, 8)
+    with layer.budget_override(48):
+        assert layer.budget == 48
+        assert layer(feats, query=query).budgets.sum(-1).tolist() == [48, 48]
+    assert layer.budget == 32 and layer(feats, query=query).budgets.sum(-1).tolist() == [32, 32]
+    with pytest.raises(ValueError, match="infeasible budget"):
+        with layer.budget_override(65):  # K·max = 64
+            pass
+    assert layer.budget == 32
+    with pytest.raises(ValueError, match="budget must be an integer"):
+        with layer.budget_override(40.0):
+            pass

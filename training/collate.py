@@ -10,6 +10,7 @@ which for VQAv2's 10 human answers is the consensus answer. For generation, prom
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
@@ -55,6 +56,11 @@ class VqaCollator:
         max_length: Raise ``ValueError`` for longer sequences (``None``: no limit). Never truncates silently.
         uint8_pixels: Return ``pixel_values`` as resized uint8 and leave normalisation to :func:`move_to` on the
             accelerator (what the GPU recipes do: data-loader workers then do about a third of the work per image).
+        budgets: Training only: draw each batch's image-token budget from these (``train.budget_fractions``), so one
+            model learns to allocate and answer at several budgets. The draw is a hash of the batch's question ids
+            and ``seed``: the same batch gets the same budget in any worker and after ``--resume``. The batch then
+            carries ``budget`` (a 0-d int64 tensor) for the model's ``arr_coc.budget_override``.
+        seed: Mixed into the budget draw.
 
     Shapes (of the result, B rows, L tokens):
         pixel_values: (B, 3, H, W), float32 normalised (uint8 with ``uint8_pixels=True``)
@@ -62,23 +68,42 @@ class VqaCollator:
         query_input_ids, query_attention_mask: (B, Lq)
         target_box: (B, 4) float32 in [0, 1], and target_box_valid: (B,) bool, only when rows carry ``target_box``
             (the benchmark's queried region; :mod:`models.grounding`)
+        budget: () int64, only with ``budgets``
     """
 
     def __init__(self, processor: ArrCocProcessor, *, train: bool = True, max_length: int | None = None,
-                 uint8_pixels: bool = False):
+                 uint8_pixels: bool = False, budgets: Sequence[int] | None = None, seed: int = 0):
         self.processor = processor
         self.train = train
         self.max_length = max_length
         self.uint8_pixels = uint8_pixels
+        if budgets is not None:
+            if not train:
+                raise ValueError("budgets (a random budget per batch) is for training; evaluation sets the processor's "
+                                 "budget to the method's token count")
+            budgets = [int(b) for b in budgets]
+            if not budgets or min(budgets) < 1:
+                raise ValueError(f"budgets must be a non-empty list of token counts >= 1, got {budgets}")
+        self.budgets = budgets
+        self.seed = int(seed)
+
+    def batch_budget(self, question_ids: Sequence[str]) -> int:
+        """The budget drawn for a batch of these question ids (deterministic; ``budgets`` must be set)."""
+        if self.budgets is None:
+            raise ValueError("this collator has no budgets to draw from")
+        key = f"{self.seed}|" + "|".join(question_ids)
+        return self.budgets[zlib.crc32(key.encode()) % len(self.budgets)]
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if len(rows) == 0:
             raise ValueError("cannot collate an empty batch")
         p = self.processor
         questions = [str(r["question"]) for r in rows]
+        qids = [str(r.get("question_id", i)) for i, r in enumerate(rows)]
+        budget = None if self.budgets is None else self.batch_budget(qids)
         seqs, labels = [], []
         for q, r in zip(questions, rows):
-            prompt = p.encode_prompt(q)
+            prompt = p.encode_prompt(q, budget)
             if self.train:
                 target = p.encode_answer(consensus_answer(r["answers"]))
                 seqs.append(prompt + target)
@@ -87,7 +112,7 @@ class VqaCollator:
                 seqs.append(prompt)
         longest = max(len(s) for s in seqs)
         if self.max_length is not None and longest > self.max_length:
-            raise ValueError(f"a sequence has {longest} tokens (budget {p.budget} image tokens included), more than "
+            raise ValueError(f"a sequence has {longest} tokens (budget {budget or p.budget} image tokens included), more than "
                              f"max_length={self.max_length}")
         pad = int(p.tokenizer.pad_token_id)
         side = "right" if self.train else "left"
@@ -99,13 +124,15 @@ class VqaCollator:
             "attention_mask": attention_mask.long(),
             "query_input_ids": q_ids,
             "query_attention_mask": q_mask,
-            "question_id": [str(r.get("question_id", i)) for i, r in enumerate(rows)],
+            "question_id": qids,
             "question_type": [str(r.get("question_type", "")) for r in rows],
             "answers": [list(r["answers"]) if not isinstance(r["answers"], str) else [r["answers"]] for r in rows],
         }
         if self.train:
             batch["labels"], _ = pad_sequences(labels, IGNORE_INDEX, side)
         batch.update(batch_boxes(rows))  # target_box / target_box_valid where rows carry region labels
+        if budget is not None:
+            batch["budget"] = torch.tensor(budget, dtype=torch.int64)
         return batch
 
 

@@ -113,6 +113,9 @@ class RunCfg:
     relevance_weight: float = 0.0  # > 0: add this times the relevance-distillation loss (models/relevance.py)
     relevance_layer: int | None = None  # LLM layer (1-based) whose attention teaches the allocation; None: the middle
     grounding_weight: float = 0.0  # > 0: add this times the box-grounding loss (models/grounding.py; needs target_box)
+    # Fractions of N (the full-token count) to draw each batch's ArrCoc budget from (deterministic per batch), so one
+    # model serves several budgets; null: every batch at the model's arr_coc.budget. E.g. [0.125, 0.25, 0.5].
+    budget_fractions: list | None = None
 
 
 @dataclass
@@ -157,6 +160,10 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     gw = cfg.train.grounding_weight
     if isinstance(gw, bool) or not isinstance(gw, (int, float)) or not math.isfinite(gw) or gw < 0:
         raise ValueError(f"train.grounding_weight must be a finite number >= 0, got {gw!r}")
+    bf = cfg.train.budget_fractions
+    if bf is not None and (not isinstance(bf, (list, tuple)) or not bf or any(
+            isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in bf)):
+        raise ValueError(f"train.budget_fractions must be null or a non-empty list of fractions in (0, 1], got {bf!r}")
     rl = cfg.train.relevance_layer
     if rl is not None and (isinstance(rl, bool) or not isinstance(rl, int) or rl < 1):
         raise ValueError(f"train.relevance_layer must be a positive integer (1-based LLM layer) or null, got {rl!r}")
@@ -277,7 +284,8 @@ class TrainRecipe:
                              f"{cfg.data.source!r} at {cfg.data.path!r} has only {list(self.dataset.column_names)}")
         # On a GPU the loader workers only decode and resize (uint8); the float conversion runs on the device.
         self.collator = VqaCollator(self.processor, train=True, max_length=cfg.data.max_length,
-                                    uint8_pixels=self.device.type == "cuda")
+                                    uint8_pixels=self.device.type == "cuda", budgets=self._budget_choices(),
+                                    seed=cfg.train.seed)
         self.ckpt_dir = self.out / "checkpoints"
         if self.resume:
             path = Path(self.resume) if isinstance(self.resume, str) else find_latest(self.ckpt_dir)
@@ -295,6 +303,25 @@ class TrainRecipe:
                  "mixed_precision": self.mp}, indent=2, default=str) + "\n")
         self._write_sharding_report()
         self._barrier()
+
+    def _budget_choices(self) -> list[int] | None:
+        """``train.budget_fractions`` as token counts, each checked feasible for the model's allocator."""
+        fracs = self.cfg.train.budget_fractions
+        if fracs is None:
+            return None
+        (h, w) = self.model.vision.fine_grid
+        n = int(self.model.arr_coc.num_patches * h * w)  # N: every fine cell of every patch
+        out = []
+        for f in fracs:
+            t = int(round(float(f) * n))
+            try:
+                with self.model.arr_coc.budget_override(t):
+                    pass
+            except ValueError as e:
+                raise ValueError(f"train.budget_fractions: {f} of N={n} is {t} tokens, which the allocator cannot "
+                                 f"spend: {e}") from None
+            out.append(t)
+        return out
 
     def _setup_distributed(self) -> None:
         cfg = self.cfg.dist
@@ -424,7 +451,9 @@ class TrainRecipe:
     def _micro_step(self, batch: dict[str, Any], n_target_global: float) -> dict[str, torch.Tensor]:
         """Forward + backward of one micro-batch; returns summed statistics (not yet reduced across ranks)."""
         labels = batch["labels"]
-        with self._autocast(), self._relevance_read(batch) as read:
+        budget = (self.model.arr_coc.budget_override(int(batch["budget"])) if "budget" in batch
+                  else contextlib.nullcontext())
+        with budget, self._autocast(), self._relevance_read(batch) as read:
             out = self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
                              query_input_ids=batch["query_input_ids"],
                              query_attention_mask=batch["query_attention_mask"])

@@ -53,3 +53,37 @@ def test_row_dataset_indices():
     ds = [{"i": i} for i in range(5)]
     assert [r["i"] for r in RowDataset(ds, [4, 0, 2])] == [4, 0, 2]
     assert len(RowDataset(ds)) == 5 and RowDataset(ds)[3] == {"i": 3}
+
+
+def test_random_budget_per_batch_is_deterministic_and_expands_the_placeholders(processor):
+    # train.budget_fractions: each batch draws its budget from the list by a hash of its question ids (the same batch
+    # gets the same budget in any worker and after --resume); every row's <image> expands to exactly that many ids.
+    from models.processing import IGNORE_INDEX
+
+    rows = _rows(24, (20, 20))
+    for i, r in enumerate(rows):
+        r["question_id"] = f"q{i}"
+    col = VqaCollator(processor, train=True, budgets=[16, 32, 64], seed=3)
+    again = VqaCollator(processor, train=True, budgets=[16, 32, 64], seed=3)
+    other = VqaCollator(processor, train=True, budgets=[16, 32, 64], seed=4)
+    drawn, drawn_other = [], []
+    for j in range(0, 24, 2):
+        b = col(rows[j:j + 2])
+        t = int(b["budget"])
+        assert t in (16, 32, 64) and b["budget"].dtype == torch.int64
+        image = b["input_ids"] == processor.image_token_id
+        assert image.sum(1).tolist() == [t, t]
+        assert bool((b["labels"][image] == IGNORE_INDEX).all())
+        assert int(again(rows[j:j + 2])["budget"]) == t
+        drawn.append(t)
+        drawn_other.append(other.batch_budget([r["question_id"] for r in rows[j:j + 2]]))
+    assert len(set(drawn)) == 3 and drawn != drawn_other
+    assert "budget" not in VqaCollator(processor, train=True)(rows[:2])  # no draw without budgets
+    with pytest.raises(ValueError, match="for training"):
+        VqaCollator(processor, train=False, budgets=[16])
+    with pytest.raises(ValueError, match="non-empty list of token counts"):
+        VqaCollator(processor, train=True, budgets=[])
+    with pytest.raises(ValueError, match="non-empty list of token counts"):
+        VqaCollator(processor, train=True, budgets=[0, 16])
+    with pytest.raises(ValueError, match="budget must be >= 1"):
+        processor.encode_prompt("what?", 0)

@@ -131,3 +131,22 @@ def test_rank_batches_follow_the_seeded_epoch_permutations():
         assert got == want, s
     resumed = list(_RankBatches(n, rank=1, start_step=3, **kw))
     assert resumed == per_rank[1][3 * accum:]
+
+
+def test_budget_fractions_train_one_model_at_several_budgets(bench, tmp_path):
+    # Each batch runs at a budget drawn from train.budget_fractions (of N = 64 for tiny): the logged per-patch budget
+    # mean takes several of those values (one batch per logged step), and resuming replays the same draws.
+    out = tmp_path / "run"
+    args = ["--config", "configs/train/tiny.yaml", f"output_dir={out}", f"data.path={bench}", "data.generate=false",
+            "dist.fsdp=off", "train.max_steps=6", "train.batch_size=2", "train.save_every=3",
+            "train.budget_fractions=[0.25, 0.5, 1.0]"]
+    rows = main(args)
+    means = [float(r["budget_mean"]) for r in _rows(out / "log.csv")]
+    assert set(means) <= {16 / 16, 32 / 16, 64 / 16} and len(set(means)) >= 2, means
+    rows2 = main(args + ["--resume", str(out / "checkpoints" / "step_00000003")])
+    assert [r["loss"] for r in rows2] == pytest.approx([r["loss"] for r in rows[3:]], rel=1e-6)
+    assert [float(r["budget_mean"]) for r in _rows(out / "log.csv")] == means
+    with pytest.raises(ValueError, match=r"train.budget_fractions: 0.1 of N=64 is 6 tokens"):
+        main(args[:-1] + ["train.budget_fractions=[0.1]", f"output_dir={tmp_path / 'bad'}"])
+    with pytest.raises(ValueError, match="train.budget_fractions must be null or a non-empty list"):
+        main(args[:-1] + ["train.budget_fractions=[1.5]", f"output_dir={tmp_path / 'bad2'}"])
