@@ -16,6 +16,8 @@
 # (one `bench` model at batch 128 holds 10-13 GiB: 7 at once ran out of the H100's 80 GB, measured 2026-11-23);
 # MODELS (default "arr_coc_projection arr_coc_bandit") the unsupervised ARR-COC models; UNIFORM_FRACTIONS (default:
 # all) the budgets a uniform-pooling model is trained at; PROBE_STEPS (default 12) the --steps auto probe's steps;
+# BUDGET_FRACTIONS (default: none) also trains `arr_coc_multibudget` on a budget per batch from these fractions;
+# EXPORT (default: arr_coc_grounded, or arr_coc_projection without grounding) the run exported for the demo;
 # EVAL_SAMPLES (default TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe; RELEVANCE_WEIGHT
 # (default 0; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py);
 # GROUNDING_WEIGHT (default 1; 0 leaves it out) > 0 also trains `arr_coc_grounded` (box supervision,
@@ -40,6 +42,7 @@ PARALLEL=${PARALLEL:-5}
 MODELS=${MODELS-arr_coc_projection arr_coc_bandit}  # MODELS= (empty): neither
 UNIFORM_FRACTIONS=${UNIFORM_FRACTIONS:-}
 PROBE_STEPS=${PROBE_STEPS:-12}
+BUDGET_FRACTIONS=${BUDGET_FRACTIONS:-}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 STEPS=${STEPS:-auto}
 RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-0}
@@ -55,6 +58,7 @@ source scripts/gpu_common.sh
 WORK=/tmp/arr_coc_acc_runs; RES=/tmp/arr_coc_acc_results
 RUN="$WORK/seed0/arr_coc_projection"  # the trained ARR-COC model exported for the demo
 if [ "$GROUNDING_WEIGHT" != 0 ]; then RUN="$WORK/seed0/arr_coc_grounded"; fi
+if [ -n "${EXPORT:-}" ]; then RUN="$WORK/seed0/$EXPORT"; fi
 rm -rf "$WORK" "$RES"
 if [ "$SMOKE" = 1 ]; then
   step bench 600 "$PY" -m scripts.bench_accuracy_budget --smoke --parallel 2 --fractions 1 0.25 \
@@ -73,7 +77,8 @@ else
     --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
     --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" \
     --total-minutes "$TOTAL_MIN" --probe-steps "$PROBE_STEPS" --models $MODELS \
-    ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} >>"$OUT/bench.log" 2>&1
+    ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} ${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} \
+    >>"$OUT/bench.log" 2>&1
 fi
 tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
 for f in accuracy_budget.md accuracy_budget.png budget_heatmap.png accuracy_budget.json; do
