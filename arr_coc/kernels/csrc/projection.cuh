@@ -47,6 +47,9 @@ template <> struct Lim<double> {
 };
 
 __device__ __forceinline__ float clampv(float z, float lo, float hi) { return fminf(fmaxf(z, lo), hi); }
+// Division for Newton iterates only (nf in [1, 1024], far from __fdividef's 2^126 limit); double stays exact.
+__device__ __forceinline__ float fast_div(float a, float b) { return __fdividef(a, b); }
+__device__ __forceinline__ double fast_div(double a, double b) { return a / b; }
 __device__ __forceinline__ double clampv(double z, double lo, double hi) { return fmin(fmax(z, lo), hi); }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -258,7 +261,9 @@ __device__ __forceinline__ bool newton_step(acc_t s, int nf, acc_t B, acc_t tol,
   if (r > 0) tl = tau; else th = tau;
   // A bracket at float resolution pins the root: tau cannot be represented any closer.
   if (th - tl <= acc_t(2) * Lim<acc_t>::eps() * fmax(fabs(tl), fabs(th))) return true;
-  const acc_t tn = tau + r / acc_t(nf);
+  // An iterate needs no correctly rounded division (the bracket safeguards it and newton_finish is exact): the fast
+  // float division (two instructions, ~2 ulp) saves the ~12 of IEEE division with its slow-path check.
+  const acc_t tn = tau + fast_div(r, acc_t(nf));
   tau = (nf > 0 && tn > tl && tn < th) ? tn : acc_t(0.5) * (tl + th);
   return false;
 }
@@ -272,6 +277,10 @@ __device__ __forceinline__ acc_t newton_finish(acc_t tau, acc_t r, int nf, acc_t
 // ---------------------------------------------------------------------------------------------------------------------
 // Warp path: one row per warp, V values per lane in registers.
 
+// Whether slot j of a V-slot row is full (every lane holds an element) whatever K is: true for every slot but the last
+// when V <= 8, because the launcher picks V = ceil(K / 32) there (checked on the host); never for V = 16, 32.
+template <int V> __device__ __forceinline__ constexpr bool full_slot(int j) { return V <= 8 && j < V - 1; }
+
 template <typename scalar_t, int V, bool kScalarBounds>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 projection_warp_kernel(const ProjArgs<scalar_t> a) {
@@ -283,7 +292,9 @@ projection_warp_kernel(const ProjArgs<scalar_t> a) {
   const int K = a.K;
   const scalar_t* yr = a.y + row * K;
 
-  // Registers: the row, and the bounds (one pair for scalar bounds, V pairs otherwise).
+  // Registers: the row, and the bounds (one pair for scalar bounds, V pairs otherwise). For V <= 8 the launcher
+  // guarantees V == ceil(K / 32) (pick_v), so every slot but the last is full: `full_slot` is a compile-time fact, the
+  // masks below fold away for those slots, and only the last slot pays for its padding lanes.
   acc_t y[V], lo[V], hi[V];
   bool valid[V];
   const acc_t lo0 = a.lo[kScalarBounds ? 0 : row * a.lo_rs];
@@ -291,7 +302,7 @@ projection_warp_kernel(const ProjArgs<scalar_t> a) {
 #pragma unroll
   for (int j = 0; j < V; ++j) {
     const int k = j * 32 + lane;
-    valid[j] = k < K;
+    valid[j] = full_slot<V>(j) || k < K;
     y[j] = valid[j] ? static_cast<acc_t>(yr[k]) : acc_t(0);
     if (kScalarBounds) {
       lo[j] = lo0;
@@ -313,12 +324,13 @@ projection_warp_kernel(const ProjArgs<scalar_t> a) {
         tl = fmin(tl, y[j] - hi[j]);
         th = fmax(th, y[j] - lo[j]);
         sy += y[j];
-        slo += fabs(lo[j]);
+        if (!kScalarBounds) slo += fabs(lo[j]);
       }
     tl = warp_min(tl);
     th = warp_max(th);
     sy = warp_sum(sy);
-    slo = warp_sum(slo);
+    // sum|lo| sets only the tolerance's scale: K·|lo| for a scalar bound, without a fifth reduction.
+    slo = kScalarBounds ? acc_t(K) * fabs(lo0) : warp_sum(slo);
     acc_t tol;
     newton_start(B, tl, th, sy, slo, K, tol, tau);
     acc_t r = 0;
@@ -329,11 +341,11 @@ projection_warp_kernel(const ProjArgs<scalar_t> a) {
       int f = 0;
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        if (j * 32 < K) {  // warp-uniform: slots wholly past the row are skipped, not computed
+        if (V <= 8 || j * 32 < K) {  // warp-uniform: slots wholly past the row (V = 16, 32 only) are skipped
           const acc_t z = y[j] - tau;
           acc_t c = clampv(z, lo[j], hi[j]);
           bool fr = z > lo[j] && z < hi[j];
-          if ((j + 1) * 32 > K && !valid[j]) { c = acc_t(0); fr = false; }  // padding lanes of the partial slot
+          if (!valid[j]) { c = acc_t(0); fr = false; }  // padding lanes; folds away for full slots
           s += c;
           f += int(fr);
         }
@@ -466,7 +478,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) backward_warp_kernel(cons
     const int k = j * 32 + lane;
     m[j] = false;
     g[j] = 0;
-    if (k < K) {
+    if (full_slot<V>(j) || k < K) {
       const acc_t xk = static_cast<acc_t>(a.x[row * K + k]);
       g[j] = static_cast<acc_t>(a.g[row * K + k]);
       m[j] = xk > a.lo[row * a.lo_rs + k * a.lo_cs] && xk < a.hi[row * a.hi_rs + k * a.hi_cs];
@@ -480,7 +492,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) backward_warp_kernel(cons
 #pragma unroll
   for (int j = 0; j < V; ++j) {
     const int k = j * 32 + lane;
-    if (k < K) a.gy[row * K + k] = static_cast<scalar_t>(m[j] ? g[j] - mean : acc_t(0));
+    if (full_slot<V>(j) || k < K) a.gy[row * K + k] = static_cast<scalar_t>(m[j] ? g[j] - mean : acc_t(0));
   }
   if (lane == 0) a.gb[row] = static_cast<scalar_t>(mean);
 }

@@ -15,8 +15,15 @@ inline dim3 grid_1d(int64_t blocks) {
 }
 inline dim3 warp_grid(int64_t R) { return grid_1d((R + kWarpsPerBlock - 1) / kWarpsPerBlock); }
 
+// The warp kernels treat every slot but the last as full when V <= 8 (full_slot in projection.cuh).
+inline void check_v(int V, int K) {
+  TORCH_CHECK(V > 8 ? 32 * V >= K : V == (K + 31) / 32, "arr_coc: ", V, " values per lane do not fit K = ", K,
+              " (V <= 8 must be ceil(K / 32))");
+}
+
 template <typename scalar_t, bool S>
 void launch_forward_warp(const ProjArgs<scalar_t>& a, int V, cudaStream_t st) {
+  check_v(V, a.K);
   const dim3 grid = warp_grid(a.R), block(kWarpsPerBlock * 32);
   switch (V) {
 #define ARR_COC_CASE(v) \
@@ -45,6 +52,7 @@ void launch_backward(const BwdArgs<scalar_t>& a, int V, bool use_block, cudaStre
     backward_block_kernel<scalar_t><<<grid_1d(a.R), dim3(kBlockThreads), 0, st>>>(a);
     return;
   }
+  check_v(V, a.K);
   const dim3 grid = warp_grid(a.R), block(kWarpsPerBlock * 32);
   switch (V) {
 #define ARR_COC_CASE(v) \
