@@ -15,6 +15,7 @@ variable or the ``_override_impl`` test hook force either path, and a failed bui
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -64,10 +65,38 @@ def _feasibility(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Ten
     return b < lo_sum, b > hi_sum, lo_sum, hi_sum
 
 
+def _constant_value(t: Tensor) -> Tensor | None:
+    """A 0-d view of ``t``'s single value when every element is that value by layout (0-d, or all strides 0)."""
+    if t.dim() == 0:
+        return t
+    if t.numel() > 0 and all(st == 0 for st in t.stride()):
+        return t.as_strided((), ())
+    return None
+
+
+def _scalar_values_look_ok(y: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> bool:
+    """:func:`_values_look_ok` for a budget, lo and hi that are one value each (the common call): the same tests on
+    four numbers fetched in one transfer (y's sum, budget, lo, hi), instead of ~60 small tensor ops."""
+    acc = torch.float32 if y.dtype in (torch.float16, torch.bfloat16) else None
+    y_sum, bv, lov, hiv = torch.stack([y.sum(dtype=acc).double(), b.double(), lo.double(), hi.double()]).tolist()
+    if not all(math.isfinite(v) for v in (y_sum, bv, lov, hiv)) or lov > hiv:
+        return False
+    k = y.shape[-1]
+    lo_sum, hi_sum = lov * k, hiv * k  # what _row_sum gives for a constant bound
+    slack = 0.0
+    if b.is_floating_point():
+        fi = torch.finfo(y.dtype if y.is_floating_point() else torch.float64)
+        slack = 4 * fi.eps * max(abs(lov) * k, abs(hiv) * k) + (k + 1) * fi.smallest_normal * fi.eps
+    return not (bv < lo_sum - slack or bv > hi_sum + slack)
+
+
 def _values_look_ok(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> bool:
     """Every value check of :func:`_check_values` as device-side flags and ONE host sync (a sync per check cost
     ~0.7 ms per call on an H100). False sends the caller to the detailed checks, which find and name the problem (or,
     for a float sum that overflowed with every element finite, pass)."""
+    consts = [_constant_value(t) for t in (budget, lo, hi)]
+    if y.numel() and all(c is not None for c in consts):
+        return _scalar_values_look_ok(y, *consts)
     flags = []
     for t in (y, budget, lo, hi):
         if t.is_floating_point() and t.numel():

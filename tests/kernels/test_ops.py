@@ -276,3 +276,32 @@ def test_round_accepts_half_type_points_within_their_precision():
     row = int((x.double().sum(-1) - 150).abs().argmax())
     with pytest.raises(ValueError, match="round_to_budget expects x on the capped simplex"):
         round_to_budget(x[row:row + 1].float(), 150, 1, 7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_scalar_bound_checks_agree_with_the_general_path(dtype):
+    # The one-transfer check for scalar budget/lo/hi must accept and refuse exactly what the elementwise flags do,
+    # at the feasibility boundary included (budget = K·lo computed in the working dtype).
+    k = 200
+    cases = [(13200.0, 64.0, 400.0), (k * 64.0, 64.0, 400.0), (k * 400.0, 64.0, 400.0), (k * 64.0 - 1, 64.0, 400.0),
+             (k * 400.0 + 1, 64.0, 400.0), (100.0, 1.0, 0.5), (float("nan"), 1.0, 2.0), (300.0, float("-inf"), 2.0),
+             (float(torch.tensor(k, dtype=dtype) * torch.tensor(0.1, dtype=dtype)), 0.1, 1.0)]
+    g = torch.Generator().manual_seed(0)
+    for bv, lov, hiv in cases:
+        for bad_y in (False, True):
+            y = torch.randn(3, k, generator=g).to(dtype)
+            if bad_y:
+                y[1, 7] = float("nan")
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            b = torch.tensor(bv, dtype=acc).expand(3)
+            lo, hi = torch.tensor(lov, dtype=acc), torch.tensor(hiv, dtype=acc)
+            fast = ops._values_look_ok(y, b, lo, hi)
+            general = ops._values_look_ok(y, b.clone(), lo.expand(k).clone(), hi.expand(k).clone())
+            assert fast == general, (bv, lov, hiv, bad_y, dtype)
+    # integer budgets (the rounding ops): no slack on either path
+    y = torch.rand(2, 5) * 3
+    for bv in (5, 15, 4, 16):
+        b = torch.tensor(bv).expand(2)
+        lo, hi = torch.tensor(1), torch.tensor(3)
+        assert ops._values_look_ok(y, b, lo, hi) == ops._values_look_ok(y, b.clone(), lo.expand(5).clone(),
+                                                                         hi.expand(5).clone()) == (5 <= bv <= 15)
