@@ -12,6 +12,7 @@
 #   bench.md     scripts/bench_projection.py: the table for README.md (R up to 524,288, K=200, fp32)
 #   bench.json   the same numbers, machine-readable
 #   ncu.txt      Nsight Compute on the forward kernel at R=131,072 (what limits it: memory, issue or latency)
+#   sass.txt     scripts/kernel_sass.py: registers and the Newton loop's instruction count (static)
 #   summary.txt  one line per step with its exit status and seconds
 # Steps run in order and each runs even if an earlier one failed; each has its own time limit so the whole stays
 # under the device tool's 10 minutes.
@@ -79,5 +80,8 @@ EOF
 else
   echo "ncu not found" >"$OUT/ncu.txt"
 fi
+
+# Static machine code of the default-preset warp kernel (registers, Newton-loop length), beside the timings.
+step sass 120 "$OUT/sass.txt" "$PY" scripts/kernel_sass.py
 
 echo "done; outputs in $OUT" | tee -a "$OUT/summary.txt"
