@@ -90,8 +90,12 @@ class Balancing(nn.Module):
             if uncertainty.shape != u.shape:
                 raise ValueError(f"uncertainty shape {tuple(uncertainty.shape)} != scores' (B, K) {tuple(u.shape)}")
             _check_same_device(scores=scores, uncertainty=uncertainty)
+            if uncertainty.dtype != scores.dtype:
+                # A cast would round float64 or widen a half/integer tensor silently: refuse, naming both dtypes.
+                raise ValueError(f"uncertainty has dtype {uncertainty.dtype} but scores have dtype {scores.dtype}; "
+                                 "pass uncertainty in the scores' dtype")
             _check_finite("uncertainty", uncertainty)
-            u = u + self.explore.to(u.dtype) * standardize(uncertainty.to(u.dtype), dim=1)
+            u = u + self.explore.to(u.dtype) * standardize(uncertainty, dim=1)
         below = F.softplus(u.mean(-1, keepdim=True) - u)
         u = u - self.compress.to(u.dtype) * below
         return u * self.log_focus.to(u.dtype).exp()

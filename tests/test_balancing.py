@@ -221,3 +221,11 @@ def test_errors(scores, uncertainty):
         Balancing(3, init_weights=[1.0, 1.0])
     with pytest.raises(ValueError, match=r"init_focus must be > 0, got 0"):
         Balancing(3, init_focus=0.0)
+
+
+def test_uncertainty_in_another_dtype_is_refused(scores, uncertainty):
+    bal = Balancing(3)
+    with pytest.raises(ValueError, match="uncertainty has dtype torch.float64 but scores have dtype torch.float32"):
+        bal(scores, uncertainty=uncertainty.double())
+    with pytest.raises(ValueError, match="uncertainty has dtype torch.int64"):
+        bal(scores, uncertainty=uncertainty.long())
