@@ -32,7 +32,8 @@ from arr_coc._utils import default_patch_grid
 from arr_coc.config import parse_override
 
 __all__ = [
-    "CONFIG_DIR", "LlmCfg", "ModelCfg", "QueryCfg", "VisionCfg", "apply_overrides", "build_model", "check_choice",
+    "CONFIG_DIR", "LlmCfg", "ModelCfg", "QueryCfg", "VisionCfg", "apply_overrides", "architecture_only", "build_model",
+    "check_choice",
     "dataclass_from_dict", "dataclass_to_dict", "deep_merge", "list_model_presets", "load_model_cfg", "load_yaml",
     "model_dict", "set_by_path",
 ]
@@ -210,6 +211,25 @@ def load_model_cfg(source: str | Mapping[str, Any] | ModelCfg, overrides: Iterab
     cfg = dataclass_from_dict(ModelCfg, apply_overrides(data, overrides))
     _validate(cfg)
     return cfg
+
+
+def architecture_only(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config dict without the open_clip vision tower's ``pretrained`` weights (tag or file).
+
+    For rebuilding a model whose checkpoint loads every weight next (evaluation, export, ``load_pretrained``): the
+    build then neither reads those weights nor needs their file, which a checkpoint trained on another machine (say,
+    from ``scripts/pretrain_vision.py`` output under ``/tmp``) would not find. An open_clip query tower that shares the
+    vision tower's weights is treated the same way, so it still shares the model. HF towers keep their setting (their
+    ``pretrained`` also fixes the architecture).
+    """
+    out = deep_merge(dict(cfg), {})
+    vision, query = dict(out.get("vision") or {}), dict(out.get("query") or {})
+    if vision.get("backend", "open_clip") == "open_clip" and vision.get("pretrained") is not None:
+        if query.get("pretrained") == vision["pretrained"]:
+            query["pretrained"] = None
+        vision["pretrained"] = None
+    out["vision"], out["query"] = vision, query
+    return out
 
 
 def model_dict(preset: str | Mapping[str, Any] | ModelCfg, overrides: Mapping[str, Any] | None = None,

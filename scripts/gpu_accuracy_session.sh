@@ -17,6 +17,8 @@
 # MODELS (default "arr_coc_projection arr_coc_bandit") the unsupervised ARR-COC models; UNIFORM_FRACTIONS (default:
 # all) the budgets a uniform-pooling model is trained at; PROBE_STEPS (default 12) the --steps auto probe's steps;
 # BUDGET_FRACTIONS (default: none) also trains `arr_coc_multibudget` on a budget per batch from these fractions;
+# PRETRAIN_STEPS (default 0: none) > 0 first trains the bench ViT on the train split's scene records
+# (scripts/pretrain_vision.py) and starts every model from it;
 # EXPORT (default: arr_coc_grounded, or arr_coc_projection without grounding) the run exported for the demo;
 # EVAL_SAMPLES (default TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe; RELEVANCE_WEIGHT
 # (default 0; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py);
@@ -43,6 +45,7 @@ MODELS=${MODELS-arr_coc_projection arr_coc_bandit}  # MODELS= (empty): neither
 UNIFORM_FRACTIONS=${UNIFORM_FRACTIONS:-}
 PROBE_STEPS=${PROBE_STEPS:-12}
 BUDGET_FRACTIONS=${BUDGET_FRACTIONS:-}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-0}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 STEPS=${STEPS:-auto}
 RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-0}
@@ -71,6 +74,12 @@ else
   LW=${LOADER_WORKERS:-$(( (WORKERS + PARALLEL - 1) / PARALLEL ))}
   step make_benchmark 180 "$PY" -m scripts.make_benchmark --out "$DATA" --train-size "$TRAIN_SIZE" --val-size 0 \
     --test-size "$TEST_SIZE" --workers "$WORKERS" --overwrite >"$OUT/bench.log" 2>&1
+  VIT_OVERRIDE=()
+  if [ "$PRETRAIN_STEPS" != 0 ]; then  # a pretrained-style tower first (scripts/pretrain_vision.py), then every model
+    step pretrain_vision 240 "$PY" -m scripts.pretrain_vision --data "$DATA" --preset bench --steps "$PRETRAIN_STEPS" \
+      --batch-size 64 --eval-images 500 --out /tmp/arr_coc_vit.safetensors >>"$OUT/summary.txt" 2>>"$OUT/bench.log" \
+      && VIT_OVERRIDE=(--train-override model.vision.pretrained=/tmp/arr_coc_vit.safetensors)
+  fi
   LEFT=$(( T_START + TOTAL_SECONDS - 45 - $(date +%s) ))  # 45 s kept for the export and the copies
   TOTAL_MIN=$("$PY" -c "print(round($LEFT / 60, 2))")
   step bench $(( LEFT + 20 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
@@ -78,7 +87,7 @@ else
     --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" \
     --total-minutes "$TOTAL_MIN" --probe-steps "$PROBE_STEPS" --models $MODELS \
     ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} ${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} \
-    >>"$OUT/bench.log" 2>&1
+    "${VIT_OVERRIDE[@]}" >>"$OUT/bench.log" 2>&1
 fi
 tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
 for f in accuracy_budget.md accuracy_budget.png budget_heatmap.png accuracy_budget.json; do

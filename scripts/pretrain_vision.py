@@ -97,8 +97,9 @@ def _evaluate(tower, heads, processor, ds, colours, shapes, n: int, batch: int) 
     total = 0
     for start in range(0, min(n, len(ds)), batch):
         rows = [ds[i] for i in range(start, min(start + batch, n, len(ds)))]
-        t = object_targets(rows, colours, shapes)
-        out = heads(tower.token_grid_features(processor.preprocess_images([r["image"] for r in rows])), t)
+        dev = next(heads.parameters()).device
+        t = {k: v.to(dev) for k, v in object_targets(rows, colours, shapes).items()}
+        out = heads(tower.token_grid_features(processor.preprocess_images([r["image"] for r in rows]).to(dev)), t)
         for k in correct:
             correct[k] += int((out[k].argmax(-1) == t[k]).sum())
         total += len(t["digit"])
@@ -115,7 +116,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-images", type=int, default=300, help="test-split images for the held-out accuracies")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
     a = p.parse_args(argv)
+    if a.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {a.device!r}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch.cuda.is_available() is False")
+    device = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu")
     if not str(a.out).endswith(".safetensors"):
         raise ValueError(f"--out must end in .safetensors (open_clip picks the loader by suffix), got {a.out!r}")
     for flag, v in (("--steps", a.steps), ("--batch-size", a.batch_size), ("--eval-images", a.eval_images)):
@@ -144,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                            feature_layer=vc.feature_layer, prune=False)
     colours, shapes = list(DEFAULT_COLOURS), list(DEFAULT_SHAPES)
     heads = _Heads(tower.feature_dim, len(colours), len(shapes))
+    tower.to(device)
+    heads.to(device)
     root = datasets.load_from_disk(str(a.data))
     if "train" not in root or "scene" not in root["train"].column_names:
         raise ValueError(f"{a.data} is not a generated benchmark with a train split and scene records")
@@ -158,8 +167,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bar = tqdm(range(a.steps), desc="pretrain vision", dynamic_ncols=True)
     for step in bar:
         rows = next(batches)
-        t = object_targets(rows, colours, shapes)
-        out = heads(tower.token_grid_features(processor.preprocess_images([r["image"] for r in rows])), t)
+        t = {k: v.to(device) for k, v in object_targets(rows, colours, shapes).items()}
+        pixels = processor.preprocess_images([r["image"] for r in rows]).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = heads(tower.token_grid_features(pixels), t)
+        out = {k: v.float() for k, v in out.items()}
         losses = {k: F.cross_entropy(out[k], t[k]) for k in out}
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
@@ -179,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in clip.state_dict().items()}, str(tmp),
+    save_file({k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}, str(tmp),
               metadata={"source": "scripts/pretrain_vision.py", "preset": a.preset, "data": str(a.data),
                         "steps": str(a.steps)})
     tmp.replace(out)  # atomic: a killed run never leaves a half-written checkpoint under the final name

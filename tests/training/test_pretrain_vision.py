@@ -47,3 +47,23 @@ def test_pretrain_writes_a_checkpoint_open_clip_loads(bench, tmp_path):
         main(["--data", str(bench), "--preset", "tiny", "--out", str(tmp_path / "vit.pt")])
     with pytest.raises(ValueError, match="--steps must be >= 1"):
         main(["--data", str(bench), "--preset", "tiny", "--steps", "0", "--out", str(out)])
+
+
+def test_a_model_built_on_pretrained_weights_reloads_without_their_file(bench, tmp_path):
+    # A checkpoint's config names vision.pretrained=<file>; rebuilding it to load the checkpoint must not need that
+    # file (it may live on another machine): architecture_only drops it, and every weight comes from the checkpoint.
+    from models.builders import architecture_only, build_model, model_dict
+    from models.pretrained import load_pretrained, save_pretrained
+    from scripts.pretrain_vision import main
+
+    vit = tmp_path / "vit.safetensors"
+    main(["--data", str(bench), "--preset", "tiny", "--steps", "2", "--batch-size", "4", "--eval-images", "4",
+          "--out", str(vit)])
+    cfg = model_dict("tiny", {"vision": {"pretrained": str(vit)}})
+    assert architecture_only(cfg)["vision"]["pretrained"] is None and cfg["vision"]["pretrained"] == str(vit)
+    model, processor = build_model(cfg)
+    save_pretrained(model, processor, cfg, tmp_path / "export", dtype="float32")
+    vit.unlink()
+    loaded, _ = load_pretrained(tmp_path / "export")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
