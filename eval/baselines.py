@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from arr_coc import Realizing, create_allocator
 from arr_coc._utils import Registry
+from models.vlm import full_token_count, tokens_for_fraction
 
 __all__ = [
     "AllocatorBaseline", "BaselineMethod", "FastVBaseline", "MethodOutput", "ReducedTokens", "ToMeBaseline",
@@ -125,27 +126,7 @@ def create_baseline(name: str, **kwargs: Any) -> "TokenBaseline":
         raise ValueError(f"bad arguments {kwargs} for baseline {name!r}: {e}") from None
 
 
-# -- the full token grid ---------------------------------------------------------------------------------------------
-def full_token_count(model: nn.Module) -> int:
-    """``N = K·h·w``: visual tokens of the full-token model (every fine cell of every patch)."""
-    (h, w) = model.vision.fine_grid
-    return int(model.vision.num_patches * h * w)
-
-
-def tokens_for_fraction(model: nn.Module, token_fraction: float) -> int:
-    """``round(token_fraction · N)`` visual tokens per image.
-
-    Raises:
-        ValueError: a fraction outside (0, 1] or one that rounds to no token.
-    """
-    f = float(token_fraction)
-    if not 0.0 < f <= 1.0:
-        raise ValueError(f"token_fraction must be in (0, 1], got {token_fraction!r}")
-    n = full_token_count(model)
-    t = int(round(f * n))
-    if t < 1:
-        raise ValueError(f"token_fraction={token_fraction} of N={n} full tokens rounds to {t} tokens")
-    return t
+# -- the full token grid: full_token_count / tokens_for_fraction live in models.vlm (training uses them too)
 
 
 def full_tokens(features: Tensor, patch_grid: tuple[int, int]) -> ReducedTokens:

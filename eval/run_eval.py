@@ -40,9 +40,8 @@ from torch import Tensor
 from eval.baselines import VisualMethod, create_method, list_methods
 from eval.flops import visual_flops_fraction
 from eval.metrics import METRICS
-from models.builders import (apply_overrides, architecture_only, build_model, check_choice, dataclass_from_dict,
+from models.builders import (apply_overrides, build_for_checkpoint, build_model, check_choice, dataclass_from_dict,
                              dataclass_to_dict, deep_merge, load_model_cfg, load_yaml, model_dict)
-from models.vision import weights_follow
 
 __all__ = ["EvalCfg", "EvalDataCfg", "build_eval_model", "evaluate", "load_eval_cfg", "load_trained_model", "main",
            "summarize", "target_fraction"]
@@ -138,8 +137,7 @@ def load_trained_model(checkpoint: str, model_overrides: Mapping[str, Any] | Non
     train_cfg = state.get("config", {})
     model_cfg = deep_merge(model_dict(train_cfg.get("model_preset", "tiny"), train_cfg.get("model", {})),
                            model_overrides or {})
-    with weights_follow():  # the checkpoint's weights are loaded next
-        model, processor = build_model(architecture_only(model_cfg))
+    model, processor = build_for_checkpoint(model_cfg)  # its weights are loaded next
     load_state_dict_nonstrict(model, load_file(str(ckpt / "model.safetensors")))
     return model, processor, model_cfg, state, ckpt
 

@@ -32,8 +32,8 @@ from arr_coc._utils import default_patch_grid
 from arr_coc.config import parse_override
 
 __all__ = [
-    "CONFIG_DIR", "LlmCfg", "ModelCfg", "QueryCfg", "VisionCfg", "apply_overrides", "architecture_only", "build_model",
-    "check_choice",
+    "CONFIG_DIR", "LlmCfg", "ModelCfg", "QueryCfg", "VisionCfg", "apply_overrides", "architecture_only", "build_for_checkpoint",
+    "build_model", "check_choice",
     "dataclass_from_dict", "dataclass_to_dict", "deep_merge", "list_model_presets", "load_model_cfg", "load_yaml",
     "model_dict", "set_by_path",
 ]
@@ -222,7 +222,7 @@ def architecture_only(cfg: Mapping[str, Any]) -> dict[str, Any]:
     vision tower's weights is treated the same way, so it still shares the model. HF towers keep their setting (their
     ``pretrained`` also fixes the architecture).
     """
-    out = deep_merge(dict(cfg), {})
+    out = dict(cfg)
     vision, query = dict(out.get("vision") or {}), dict(out.get("query") or {})
     if vision.get("backend", "open_clip") == "open_clip" and vision.get("pretrained") is not None:
         if query.get("pretrained") == vision["pretrained"]:
@@ -230,6 +230,15 @@ def architecture_only(cfg: Mapping[str, Any]) -> dict[str, Any]:
         vision["pretrained"] = None
     out["vision"], out["query"] = vision, query
     return out
+
+
+def build_for_checkpoint(cfg: Mapping[str, Any]):
+    """:func:`build_model` for a checkpoint's config whose weights the caller loads next: built without the towers'
+    open_clip weights (:func:`architecture_only`) and without open_clip's "initialized randomly" notice."""
+    from models.vision import weights_follow
+
+    with weights_follow():
+        return build_model(architecture_only(cfg))
 
 
 def model_dict(preset: str | Mapping[str, Any] | ModelCfg, overrides: Mapping[str, Any] | None = None,

@@ -114,8 +114,7 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
     """
     from safetensors.torch import load_file
 
-    from models.builders import architecture_only, build_model
-    from models.vision import weights_follow
+    from models.builders import build_for_checkpoint
     from models.processing import ArrCocProcessor
 
     d = Path(directory)
@@ -130,8 +129,7 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
     cfg = info["model"]
     if compute_dtype is not None:
         cfg = {**cfg, "llm": {**cfg["llm"], "dtype": _dtype_name(compute_dtype)}}
-    with weights_follow():  # the checkpoint's weights are loaded next
-        model, built = build_model(architecture_only(cfg))
+    model, built = build_for_checkpoint(cfg)  # its weights are loaded next
     result = model.load_state_dict(load_file(str(d / "model.safetensors")), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{str(d)!r}: weights do not fit the model in its config.json: missing "

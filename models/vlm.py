@@ -31,7 +31,29 @@ from models.position import PositionEmbedding2d
 from models.text import LlmEmbeddingQuery
 from models.vision import VisionTower
 
-__all__ = ["ArrCocLlava", "ArrCocLlavaOutput", "load_state_dict_nonstrict"]
+__all__ = ["ArrCocLlava", "ArrCocLlavaOutput", "full_token_count", "load_state_dict_nonstrict", "tokens_for_fraction"]
+
+
+def full_token_count(model: nn.Module) -> int:
+    """``N = K·h·w``: visual tokens of the full-token model (every fine cell of every patch)."""
+    (h, w) = model.vision.fine_grid
+    return int(model.vision.num_patches * h * w)
+
+
+def tokens_for_fraction(model: nn.Module, token_fraction: float) -> int:
+    """``round(token_fraction · N)`` visual tokens per image.
+
+    Raises:
+        ValueError: a fraction outside (0, 1] or one that rounds to no token.
+    """
+    f = float(token_fraction)
+    if not 0.0 < f <= 1.0:
+        raise ValueError(f"token_fraction must be in (0, 1], got {token_fraction!r}")
+    n = full_token_count(model)
+    t = int(round(f * n))
+    if t < 1:
+        raise ValueError(f"token_fraction={token_fraction} of N={n} full tokens rounds to {t} tokens")
+    return t
 
 
 @dataclass(frozen=True)

@@ -309,11 +309,12 @@ class TrainRecipe:
         fracs = self.cfg.train.budget_fractions
         if fracs is None:
             return None
-        (h, w) = self.model.vision.fine_grid
-        n = int(self.model.arr_coc.num_patches * h * w)  # N: every fine cell of every patch
+        from models.vlm import full_token_count, tokens_for_fraction
+
+        n = full_token_count(self.model)
         out = []
         for f in fracs:
-            t = int(round(float(f) * n))
+            t = tokens_for_fraction(self.model, f)
             try:
                 with self.model.arr_coc.budget_override(t):
                     pass

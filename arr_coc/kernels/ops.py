@@ -45,8 +45,17 @@ def _row_sum(t: Tensor, shape: torch.Size, *, absolute: bool = False) -> Tensor:
     if absolute:
         t = t.abs()
     if t.dim() == 0 or t.shape[-1] == 1:
-        return (t.squeeze(-1) * shape[-1]).expand(shape[:-1]) if t.dim() else (t * shape[-1]).expand(shape[:-1])
+        return (t.squeeze(-1) * shape[-1]).expand(shape[:-1])  # squeeze(-1) leaves a 0-d tensor as it is
     return t.expand(shape).sum(-1)
+
+
+def _slack(y: Tensor, mag, k: int):
+    """Feasibility slack for float budgets: a few ulps of the working precision times ``mag`` = max(sum|lo|,
+    sum|hi|) (budget = K·lo computed in floats must not be "infeasible"), plus the absolute resolution of subnormals:
+    each of the K bounds and the budget may have been rounded to the working dtype's subnormal grid (budget = K·lo
+    with lo ~ 1e-44 in float32 is feasible). ``mag`` is a tensor (per row) or a float."""
+    fi = torch.finfo(y.dtype if y.is_floating_point() else torch.float64)
+    return 4 * fi.eps * mag + (k + 1) * fi.smallest_normal * fi.eps
 
 
 def _feasibility(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -55,12 +64,8 @@ def _feasibility(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Ten
     lo_sum, hi_sum = _row_sum(lo, y.shape), _row_sum(hi, y.shape)
     b = budget.double().expand(y.shape[:-1])
     if budget.is_floating_point():
-        # A few ulps of slack in the working precision: budget = K·lo computed in floats must not be "infeasible". Plus
-        # the absolute resolution of subnormals: each of the K bounds and the budget may have been rounded to the
-        # working dtype's subnormal grid (budget = K·lo with lo ~ 1e-44 in float32 is feasible, not "infeasible").
-        fi = torch.finfo(y.dtype if y.is_floating_point() else torch.float64)
         mag = torch.maximum(_row_sum(lo, y.shape, absolute=True), _row_sum(hi, y.shape, absolute=True))
-        slack = 4 * fi.eps * mag + (y.shape[-1] + 1) * fi.smallest_normal * fi.eps
+        slack = _slack(y, mag, y.shape[-1])
         return b < lo_sum - slack, b > hi_sum + slack, lo_sum, hi_sum
     return b < lo_sum, b > hi_sum, lo_sum, hi_sum
 
@@ -83,10 +88,7 @@ def _scalar_values_look_ok(y: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> bool
         return False
     k = y.shape[-1]
     lo_sum, hi_sum = lov * k, hiv * k  # what _row_sum gives for a constant bound
-    slack = 0.0
-    if b.is_floating_point():
-        fi = torch.finfo(y.dtype if y.is_floating_point() else torch.float64)
-        slack = 4 * fi.eps * max(abs(lov) * k, abs(hiv) * k) + (k + 1) * fi.smallest_normal * fi.eps
+    slack = _slack(y, max(abs(lov) * k, abs(hiv) * k), k) if b.is_floating_point() else 0.0
     return not (bv < lo_sum - slack or bv > hi_sum + slack)
 
 

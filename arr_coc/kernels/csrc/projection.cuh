@@ -47,10 +47,10 @@ template <> struct Lim<double> {
 };
 
 __device__ __forceinline__ float clampv(float z, float lo, float hi) { return fminf(fmaxf(z, lo), hi); }
+__device__ __forceinline__ double clampv(double z, double lo, double hi) { return fmin(fmax(z, lo), hi); }
 // Division for Newton iterates only (nf in [1, 1024], far from __fdividef's 2^126 limit); double stays exact.
 __device__ __forceinline__ float fast_div(float a, float b) { return __fdividef(a, b); }
 __device__ __forceinline__ double fast_div(double a, double b) { return a / b; }
-__device__ __forceinline__ double clampv(double z, double lo, double hi) { return fmin(fmax(z, lo), hi); }
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Reductions. Warp level: xor butterflies, so every lane ends with the same bits (op is commutative). Block level
