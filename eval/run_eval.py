@@ -257,6 +257,30 @@ def _flops_fraction(method: VisualMethod, processor: Any, records: list[Mapping[
                                  n_before=n_before, n_after=n_after)
 
 
+def _check_answer_length(answers: Sequence[Any], processor: Any, max_new_tokens: int) -> None:
+    """Refuse a ``max_new_tokens`` too short for the data's consensus answers.
+
+    Greedy decoding stops after ``max_new_tokens``; a question whose consensus answer (the training target) needs more
+    tokens could then never be answered right, and the accuracy would be capped without a word (with the byte
+    tokenizer and 4 new tokens, "yellow" decoded as "yel"). Raises ``ValueError`` naming how many questions are
+    affected, the longest answer and the ``max_new_tokens`` that fits it.
+    """
+    from training.collate import consensus_answer
+
+    need = {}
+    for a in answers:
+        text = consensus_answer(a)
+        if text not in need:  # answer vocabularies are small: tokenise each distinct answer once
+            need[text] = len(processor.encode_answer(text)) - 1  # the answer's tokens, EOS not needed
+    too_long = sum(need[consensus_answer(a)] > max_new_tokens for a in answers)
+    if too_long:
+        worst = max(need, key=need.get)
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} is too short for {too_long} of {len(answers)} questions: their "
+            f"consensus answer needs more tokens (longest: {worst!r}, {need[worst]} tokens), so they could never "
+            f"score; set max_new_tokens={need[worst]} or more")
+
+
 def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
              model_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) one evaluation and return its summary (also written to ``summary.json``).
@@ -286,6 +310,7 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     from training.data import load_configured
 
     ds = load_configured(cfg.data)
+    _check_answer_length(ds["answers"], proc, cfg.max_new_tokens)
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

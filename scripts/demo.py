@@ -182,7 +182,7 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
             with torch.no_grad():
                 res = method.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
                                       query_input_ids=batch["query_input_ids"],
-                                      query_attention_mask=batch["query_attention_mask"], max_new_tokens=4,
+                                      query_attention_mask=batch["query_attention_mask"], max_new_tokens=8,
                                       do_sample=False, eos_token_id=processor.tokenizer.eos_token_id)
             pred = processor.batch_decode(res.sequences)[0]
             share = target_fraction(res.positions[0], q.target_box, (w, h))

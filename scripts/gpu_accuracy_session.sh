@@ -18,7 +18,9 @@
 # all) the budgets a uniform-pooling model is trained at; PROBE_STEPS (default 12) the --steps auto probe's steps;
 # BUDGET_FRACTIONS (default: none) also trains `arr_coc_multibudget` on a budget per batch from these fractions;
 # PRETRAIN_STEPS (default 0: none) > 0 first trains the bench ViT on the train split's scene records
-# (scripts/pretrain_vision.py) and starts every model from it;
+# (scripts/pretrain_vision.py) and starts every model from it; FREEZE_VISION (default 1) keeps that tower frozen while
+# the VLMs train, as LLaVA keeps CLIP frozen (0: trainable; on `small`, a frozen pretrained tower was the only setting
+# whose VLM began to read digits within 600 steps, README "Why no model reads the digits");
 # EXPORT (default: arr_coc_grounded, or arr_coc_projection without grounding) the run exported for the demo;
 # EVAL_SAMPLES (default TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe; RELEVANCE_WEIGHT
 # (default 0; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py);
@@ -46,6 +48,7 @@ UNIFORM_FRACTIONS=${UNIFORM_FRACTIONS:-}
 PROBE_STEPS=${PROBE_STEPS:-12}
 BUDGET_FRACTIONS=${BUDGET_FRACTIONS:-}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-0}
+FREEZE_VISION=${FREEZE_VISION:-1}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 STEPS=${STEPS:-auto}
 RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-0}
@@ -79,6 +82,7 @@ else
     step pretrain_vision 240 "$PY" -m scripts.pretrain_vision --data "$DATA" --preset bench --steps "$PRETRAIN_STEPS" \
       --batch-size 64 --eval-images 500 --out /tmp/arr_coc_vit.safetensors >>"$OUT/summary.txt" 2>>"$OUT/bench.log" \
       && VIT_OVERRIDE=(--train-override model.vision.pretrained=/tmp/arr_coc_vit.safetensors)
+    if [ "$FREEZE_VISION" = 1 ] && [ ${#VIT_OVERRIDE[@]} -gt 0 ]; then VIT_OVERRIDE+=(model.vision_trainable=false); fi
   fi
   LEFT=$(( T_START + TOTAL_SECONDS - 45 - $(date +%s) ))  # 45 s kept for the export and the copies
   TOTAL_MIN=$("$PY" -c "print(round($LEFT / 60, 2))")

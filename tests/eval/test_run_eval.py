@@ -156,3 +156,31 @@ def test_loader_workers_give_the_same_predictions(bench, tmp_path):
     assert [{k: v for k, v in r.items() if k not in drop} for r in ra] == \
            [{k: v for k, v in r.items() if k not in drop} for r in rb]
     assert a["accuracy"] == b["accuracy"] and a["n"] == b["n"] == 7
+
+
+def test_max_new_tokens_too_short_for_the_answers_is_refused(bench, tmp_path):
+    # Colour answers such as " yellow" are 7 byte tokens: 4 new tokens would cap accuracy silently ("yel").
+    from eval.run_eval import _check_answer_length
+
+    _, processor = build_model("tiny")
+    answers = [["red"] * 10, ["yellow"] * 10, ["7"] * 10, ["yellow"] * 9 + ["no"]]
+    with pytest.raises(ValueError, match=r"max_new_tokens=4 is too short for 2 of 4 questions.*'yellow', 7 tokens"):
+        _check_answer_length(answers, processor, 4)
+    _check_answer_length(answers, processor, 7)  # exactly the answer's length: no EOS needed
+    with pytest.raises(ValueError, match="set max_new_tokens=7 or more"):
+        _check_answer_length(answers, processor, 6)
+    # A minority answer that is too long does not matter: the consensus answer is what the model is trained on.
+    _check_answer_length([["no"] * 9 + ["yellow"]], processor, 3)
+    with pytest.raises(ValueError, match="max_new_tokens=2"):
+        main(_args(tmp_path / "ev", bench, "max_new_tokens=2", "data.generate_cfg.question_types=[\"colour\"]"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_eval_configs_leave_room_for_every_benchmark_answer(path):
+    # The benchmark's longest answers are the 6-letter colours; every config must be able to produce them.
+    from eval.run_eval import _check_answer_length
+    from training.benchmark import DEFAULT_COLOURS
+
+    cfg = load_eval_cfg(path, [])
+    _, processor = build_model(cfg.model_preset)
+    _check_answer_length([[c] for c in DEFAULT_COLOURS], processor, cfg.max_new_tokens)
