@@ -267,12 +267,10 @@ def _check_answer_length(answers: Sequence[Any], processor: Any, max_new_tokens:
     """
     from training.collate import consensus_answer
 
-    need = {}
-    for a in answers:
-        text = consensus_answer(a)
-        if text not in need:  # answer vocabularies are small: tokenise each distinct answer once
-            need[text] = len(processor.encode_answer(text)) - 1  # the answer's tokens, EOS not needed
-    too_long = sum(need[consensus_answer(a)] > max_new_tokens for a in answers)
+    targets = [consensus_answer(a) for a in answers]
+    # Answer vocabularies are small: tokenise each distinct answer once (its tokens, EOS not needed).
+    need = {text: len(processor.encode_answer(text)) - 1 for text in dict.fromkeys(targets)}  # first-seen order
+    too_long = sum(need[t] > max_new_tokens for t in targets)
     if too_long:
         worst = max(need, key=need.get)
         raise ValueError(

@@ -738,8 +738,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         base_model = SMOKE_MODEL
         train_extra = [f"data.path={data}", "data.generate=false", "dist.fsdp=off", "train.batch_size=4",
                        "train.save_every=null", "train.log_every=1"]
-        eval_extra = [f"data.path={data}", "data.generate=false", "data.split=test", "batch_size=8",
-                      "max_new_tokens=8", "device=cpu", *_kv("model", {})]
+        eval_extra = [f"data.path={data}", "data.generate=false", "data.split=test", "batch_size=8", "device=cpu",
+                      *_kv("model", {})]
     else:
         work, out = Path(a.work or "runs/acc_budget"), Path(a.out or "results")
         train_extra = [f"data.path={a.data}"]
