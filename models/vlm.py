@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from arr_coc import ArrCoc, ArrCocOutput
 from models.position import PositionEmbedding2d
-from models.tagging import UtilityTag
 from models.text import LlmEmbeddingQuery
 from models.vision import VisionTower
 
@@ -90,8 +89,6 @@ class ArrCocLlava(nn.Module):
             of the question tokens. Otherwise a module ``(query_input_ids, query_attention_mask) → (B, Dq)``, e.g.
             :class:`~models.text.OpenClipText`.
         pos_embed: Learned 2-D position embedding added to the tokens before the projector (``None``: none).
-        utility_tag: Adds each token's standardised patch utility times a learned vector before the projector, so
-            the LLM can tell which tokens the question points at (:mod:`models.tagging`; ``None``: none).
         use_pixel_entropy: Give ArrCoc the pixels, so its propositional score is the grey-level entropy.
 
     Shapes:
@@ -102,7 +99,7 @@ class ArrCocLlava(nn.Module):
 
     def __init__(self, llava: nn.Module, vision: VisionTower, arr_coc: ArrCoc, *,
                  query_encoder: nn.Module | None = None, pos_embed: PositionEmbedding2d | None = None,
-                 utility_tag: UtilityTag | None = None, use_pixel_entropy: bool = False):
+                 use_pixel_entropy: bool = False):
         super().__init__()
         cfg = llava.config
         proj_in = llava.model.multi_modal_projector.linear_1.in_features
@@ -114,8 +111,6 @@ class ArrCocLlava(nn.Module):
                              f"{arr_coc.patch_grid} (K={arr_coc.num_patches})")
         if pos_embed is not None and pos_embed.dim != arr_coc.dim:
             raise ValueError(f"pos_embed width {pos_embed.dim} != ArrCoc dim {arr_coc.dim}")
-        if utility_tag is not None and utility_tag.dim != arr_coc.dim:
-            raise ValueError(f"utility_tag width {utility_tag.dim} != ArrCoc dim {arr_coc.dim}")
         # LLaVA's own tower is either moved into ``vision`` (HF backend) or dead weight next to ours: one owner only.
         llava.model.vision_tower = None
         self.llava = llava
@@ -123,7 +118,6 @@ class ArrCocLlava(nn.Module):
         self.arr_coc = arr_coc
         self.query_encoder = query_encoder if query_encoder is not None else LlmEmbeddingQuery()
         self.pos_embed = pos_embed
-        self.utility_tag = utility_tag
         self.use_pixel_entropy = use_pixel_entropy
         self.image_token_id = int(cfg.image_token_id)
 
@@ -153,8 +147,8 @@ class ArrCocLlava(nn.Module):
         return list(self.vision.fsdp_blocks()) + (list(layers) if layers is not None else [])
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Named parameters by part: ``vision``, ``arr_coc``, ``projector`` (with the position table and the
-        utility tag), ``query``, ``llm`` (everything of the LLaVA model that is not the projector)."""
+        """Named parameters by part: ``vision``, ``arr_coc``, ``projector`` (with the position table), ``query``,
+        ``llm`` (everything of the LLaVA model that is not the projector)."""
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in
                                                               ("vision", "arr_coc", "projector", "query", "llm")}
         proj = {id(p) for p in self.projector.parameters()}
@@ -163,7 +157,7 @@ class ArrCocLlava(nn.Module):
                 groups["vision"].append((name, p))
             elif name.startswith("arr_coc."):
                 groups["arr_coc"].append((name, p))
-            elif name.startswith(("pos_embed.", "utility_tag.")) or id(p) in proj:
+            elif name.startswith("pos_embed.") or id(p) in proj:
                 groups["projector"].append((name, p))
             elif name.startswith("query_encoder."):
                 groups["query"].append((name, p))
@@ -198,10 +192,7 @@ class ArrCocLlava(nn.Module):
         dt = self.arr_coc.knowing.q_proj.weight.dtype
         feats, query = feats.to(dt), query.to(dt)
         out = self.arr_coc(feats, query=query, pixels=pixel_values.to(dt) if self.use_pixel_entropy else None)
-        tokens = out.tokens
-        if self.utility_tag is not None:
-            tokens = self.utility_tag(tokens, out.utility, out.patch_index)
-        return self.project_visual(tokens, out.positions, out.mask), out  # (B, T, E)
+        return self.project_visual(out.tokens, out.positions, out.mask), out  # (B, T, E)
 
     def project_visual(self, tokens: Tensor, positions: Tensor, mask: Tensor | None = None) -> Tensor:
         """Visual tokens into the LLM's embedding space: add the 2-D position embedding, then the projector.

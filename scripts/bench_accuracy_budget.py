@@ -14,9 +14,7 @@ Protocol (issue 7). For each training seed:
    also ``arr_coc_grounded``, the projection model trained with box-grounding supervision (``models/grounding.py``:
    the benchmark's ``target_box`` of each question, used in training only); with ``--budget-fractions F...`` also
    ``arr_coc_multibudget``, trained on a budget drawn per batch from those fractions (with the grounding loss when
-   ``--grounding-weight`` > 0), so that one model serves every budget it is evaluated at; with ``--utility-tag`` also
-   ``arr_coc_tagged``, the projection model (with ``--grounding-weight``'s supervision when > 0) whose tokens carry
-   their patch's standardised utility (``models/tagging.py``);
+   ``--grounding-weight`` > 0), so that one model serves every budget it is evaluated at;
 3. train a model with *uniform pooling* at each reduced budget (the strongest simple baseline);
 4. evaluate on the test split at token fractions {100, 50, 25, 12.5}%: the full model; every training-free baseline
    of :mod:`eval.baselines` applied to the full model at exactly that many tokens; both ARR-COC models with their
@@ -62,7 +60,7 @@ BASE_ARR_MODELS = ("arr_coc_projection", "arr_coc_bandit")  # trained unless --m
 def ARR_MODELS(a: argparse.Namespace) -> list[str]:
     """Every ARR-COC model this invocation trains, in table order."""
     return ([m for m in BASE_ARR_MODELS if m in a.models] + [name for name, _, w in EXTRA_MODELS(a) if w > 0]
-            + (["arr_coc_tagged"] if a.utility_tag else []) + (["arr_coc_multibudget"] if a.budget_fractions else []))
+            + (["arr_coc_multibudget"] if a.budget_fractions else []))
 
 
 def EXTRA_MODELS(a: argparse.Namespace) -> list[tuple[str, str, float]]:
@@ -88,10 +86,6 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--grounding-weight", type=float, default=0.0,
                    help="> 0: also train `arr_coc_grounded`, the projection model with box-grounding supervision at this "
                         "weight (train.grounding_weight; models/grounding.py)")
-    p.add_argument("--utility-tag", action="store_true",
-                   help="also train `arr_coc_tagged`: the projection model (with --grounding-weight's supervision when "
-                        "> 0) whose visual tokens carry their patch's standardised utility (model.utility_tag; "
-                        "models/tagging.py)")
     p.add_argument("--models", nargs="*", default=list(BASE_ARR_MODELS), choices=list(BASE_ARR_MODELS),
                    help="the unsupervised ARR-COC models to train (default both; none with a bare --models); the "
                         "full-token model is always trained, the weighted variants follow their --*-weight")
@@ -787,9 +781,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ) if name in a.models}, **{
                 name: trainer.submit(name, arr("projection", t_train), seed, [*train_extra, f"train.{key}={w}"])
                 for name, key, w in EXTRA_MODELS(a) if w > 0}, **({
-                "arr_coc_tagged": trainer.submit("arr_coc_tagged", {**arr("projection", t_train), "utility_tag": True},
-                                                 seed, [*train_extra, f"train.grounding_weight={a.grounding_weight}"])
-                } if a.utility_tag else {}), **({
                 "arr_coc_multibudget": trainer.submit("arr_coc_multibudget", arr("projection", t_train), seed, [
                     *train_extra, f"train.budget_fractions={json.dumps(a.budget_fractions)}",
                     f"train.grounding_weight={a.grounding_weight}"])} if a.budget_fractions else {})},

@@ -25,9 +25,7 @@
 # EVAL_SAMPLES (default TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe; RELEVANCE_WEIGHT
 # (default 0; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py);
 # GROUNDING_WEIGHT (default 1; 0 leaves it out) > 0 also trains `arr_coc_grounded` (box supervision,
-# models/grounding.py), which is then the model exported for the demo (otherwise `arr_coc_projection`);
-# UTILITY_TAG (default 0) = 1 also trains `arr_coc_tagged`, the grounded model whose tokens carry their patch's utility
-# (models/tagging.py).
+# models/grounding.py), which is then the model exported for the demo (otherwise `arr_coc_projection`).
 # Models: full, ARR-COC projection, bandit and grounded at 25%, uniform-trained at 50/25/12.5% = 7 (8 with relevance).
 # Writes to $OUT (at most 8 files come back, 16 MiB each): summary.txt (environment, then one line per step: exit
 # status, seconds), bench.log (tail), accuracy_budget.md, accuracy_budget.png, budget_heatmap.png,
@@ -55,8 +53,6 @@ export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:Tr
 STEPS=${STEPS:-auto}
 RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-0}
 GROUNDING_WEIGHT=${GROUNDING_WEIGHT:-1}
-UTILITY_TAG=${UTILITY_TAG:-0}
-TAG_FLAG=(); if [ "$UTILITY_TAG" = 1 ]; then TAG_FLAG=(--utility-tag); fi
 WORKERS=${WORKERS:-$(nproc)}
 # shellcheck source=scripts/gpu_common.sh
 source scripts/gpu_common.sh
@@ -72,8 +68,8 @@ if [ -n "${EXPORT:-}" ]; then RUN="$WORK/seed0/$EXPORT"; fi
 rm -rf "$WORK" "$RES"
 if [ "$SMOKE" = 1 ]; then
   step bench 600 "$PY" -m scripts.bench_accuracy_budget --smoke --parallel 2 --fractions 1 0.25 \
-    --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" "${TAG_FLAG[@]}" --work "$WORK" \
-    --out "$RES" >"$OUT/bench.log" 2>&1
+    --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" --work "$WORK" --out "$RES" \
+    >"$OUT/bench.log" 2>&1
 else
   DATA=/tmp/arr_coc_bench
   # Loader workers per training run: the machine's cores shared by the runs trained at once, rounded up (the runs'
@@ -93,7 +89,6 @@ else
   step bench $(( LEFT + 20 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
     --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
     --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" \
-    "${TAG_FLAG[@]}" \
     --total-minutes "$TOTAL_MIN" --probe-steps "$PROBE_STEPS" --models $MODELS \
     ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} ${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} \
     "${VIT_OVERRIDE[@]}" >>"$OUT/bench.log" 2>&1

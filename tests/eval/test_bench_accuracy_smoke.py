@@ -61,22 +61,16 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
     # --total-minutes: two timed probe evaluations of the full model choose the test rows per evaluation (here capped
     # by --eval-samples); a budget that training already spent is refused by name.
     # --models leaves the bandit out (its finished run is simply not used); --budget-fractions adds the model trained
-    # on a random budget per batch (with the grounding loss, as --grounding-weight > 0); --utility-tag adds the
-    # grounded model whose tokens carry their patch's utility.
+    # on a random budget per batch (with the grounding loss, as --grounding-weight > 0).
     res3 = main([*args, "--total-minutes", "30", "--eval-samples", "5", "--models", "arr_coc_projection",
-                 "--uniform-fractions", "0.25", "--budget-fractions", "0.25", "1", "--utility-tag"])
+                 "--uniform-fractions", "0.25", "--budget-fractions", "0.25", "1"])
     probe = json.loads((tmp_path / "results" / "accuracy_budget.json").read_text())["meta"]["eval_probe"]
     assert probe["rows"] == 5 and probe["rows_fit"] >= 5 and probe["seconds_per_row"] > 0
-    assert probe["evals"] == 1 + 6 + 5 * 2 + 1  # full; 6 baselines at 25%; 5 ARR-COC models at 2 budgets; uniform 25%
+    assert probe["evals"] == 1 + 6 + 4 * 2 + 1  # full; 6 baselines at 25%; 4 ARR-COC models at 2 budgets; uniform 25%
     assert "arr_coc_bandit" not in res3["results"] and "| arr_coc_bandit |" not in res3["md"].read_text()
     assert set(res3["results"]["arr_coc_multibudget"]) == {1.0, 0.25}
     multi = json.loads((tmp_path / "runs" / "seed0" / "arr_coc_multibudget" / "config.json").read_text())["train"]
     assert multi["train"]["budget_fractions"] == [0.25, 1.0] and multi["train"]["grounding_weight"] == 2
-    assert json.loads((tmp_path / "runs" / "seed0" / "arr_coc_multibudget" / "config.json").read_text()
-                      )["model"]["utility_tag"] is False
-    tagged = json.loads((tmp_path / "runs" / "seed0" / "arr_coc_tagged" / "config.json").read_text())
-    assert tagged["model"]["utility_tag"] is True and tagged["train"]["train"]["grounding_weight"] == 2
-    assert set(res3["results"]["arr_coc_tagged"]) == {1.0, 0.25}
     assert {s["n"] for r in res3["results"].values() for ss in r.values() for s in ss} == {5}
     assert "Test rows per evaluation chosen by `--total-minutes`: 5" in res3["md"].read_text()
     with pytest.raises(ValueError, match="--total-minutes leaves"):
