@@ -2,9 +2,10 @@
 
     make demo                       # or: python -m scripts.demo --out outputs/demo
 
-**Trained model** (``--weights``; by default the first of ``weights/arr_coc_bench``, the ``bench`` model a GPU session
-exports, and ``weights/arr_coc_small``, the grounded `small` model trained on CPU that ships in the repository; both
-written by ``scripts/export_model.py`` from the accuracy benchmark's ARR-COC run): renders test scenes of the generated VQA benchmark, asks two questions about two
+**Trained model** (``--weights``; by default the first of ``weights/arr_coc_small``, the grounded `small` model trained
+on CPU from a frozen pretrained-style tower, the one model so far that reads the digits, and ``weights/arr_coc_bench``,
+the ``bench`` model a GPU session exports; both ship in the repository, written by ``scripts/export_model.py`` from
+the accuracy benchmark's ARR-COC run): renders test scenes of the generated VQA benchmark, asks two questions about two
 different shapes of the same image, and for each prints the model's answer, the right answer and the share of the
 visual tokens that landed in the queried shape's box, and draws the per-patch budgets over the image, one panel per
 question (``outputs/demo/trained_image*.png``). The same image with two questions gets two heat-maps.
@@ -130,9 +131,10 @@ def draw_budgets(ax, image, budgets: np.ndarray, box=(), *, numbers: bool = Fals
 
 
 _WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-# Searched in order: the `bench` model from a GPU session (scripts/gpu_accuracy_session.sh), then the grounded model
-# trained on CPU with the `small` preset (README, "CPU pilots"), which ships in the repository.
-DEFAULT_WEIGHTS = (_WEIGHTS / "arr_coc_bench", _WEIGHTS / "arr_coc_small")
+# Searched in order: the grounded `small` model trained on CPU from a frozen pretrained-style tower (README, "On the
+# CPU: the target met at `small` scale"), which reads the digits, then the `bench` model from a GPU session
+# (scripts/gpu_accuracy_session.sh), which does not yet.
+DEFAULT_WEIGHTS = (_WEIGHTS / "arr_coc_small", _WEIGHTS / "arr_coc_bench")
 
 
 def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--allocator", default="projection", help="untrained-layer mode: the allocator")
     ap.add_argument("--weights", default="auto",
                     help="trained model folder (scripts/export_model.py); 'auto' (default): the first of "
-                         "weights/arr_coc_bench, weights/arr_coc_small that exists; 'none' forces the untrained-layer mode")
+                         "weights/arr_coc_small, weights/arr_coc_bench that exists; 'none' forces the untrained-layer mode")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out)
