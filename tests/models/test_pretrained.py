@@ -112,7 +112,7 @@ def test_export_from_a_training_run_then_trained_demo(tmp_path):
 
 def test_shipped_small_model_is_the_demos_default_reads_digits_and_follows_the_question(tmp_path):
     # weights/arr_coc_small is the grounded `small` model trained on CPU from a frozen pretrained-style tower (README,
-    # "On the CPU: the target met at `small` scale"): `make demo`'s default. Its budgets must differ between two
+    # "On the CPU: `small` scale", seed 0): `make demo`'s default. Its budgets must differ between two
     # questions about the same image, favour the patches the queried shape overlaps, and it reads digits: 10 answers
     # are possible, so 3 or more right of 8 happens by chance with probability 0.04.
     from scripts.demo import DEFAULT_WEIGHTS
