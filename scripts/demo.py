@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--allocator", default="projection", help="untrained-layer mode: the allocator")
     ap.add_argument("--weights", default="auto",
                     help="trained model folder (scripts/export_model.py); 'auto' (default): the first of "
-                         "weights/arr_coc_small, weights/arr_coc_bench that exists; 'none' forces the untrained-layer mode")
+                         f"{', '.join(f'weights/{w.name}' for w in DEFAULT_WEIGHTS)} that exists; 'none' forces the "
+                         "untrained-layer mode")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out)
