@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -168,6 +168,22 @@ def _kv(prefix: str, d: dict[str, Any]) -> list[str]:
     return out
 
 
+def _child_threads(parallel: int, environ: Mapping[str, str], cpus: int | None = None) -> dict[str, str]:
+    """Intra-op threads for each of ``parallel`` training children: the CPUs this process may use, split evenly.
+
+    Each child's torch otherwise starts one thread per core, so N children oversubscribe the cores N times (on the
+    2-core CPU, two 1-thread children train 1.57x the steps per second of one 2-thread child, against about 1x when
+    both take 2 threads). A thread count the caller set in ``OMP_NUM_THREADS`` is kept.
+    """
+    import os
+
+    if environ.get("OMP_NUM_THREADS"):
+        return {}
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"OMP_NUM_THREADS": str(max(1, cpus // parallel))}
+
+
 class _Trainer:
     """Trains the benchmark's models, in this process (``--parallel 1``) or up to N child processes at once.
 
@@ -214,6 +230,7 @@ class _Trainer:
         env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
                                                                  "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
         env["PYTHONPATH"] = str(Path.cwd()) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.update(_child_threads(self.a.parallel, os.environ))
         running: list[tuple[str, Path, subprocess.Popen, Any]] = []
 
         def reap() -> None:
@@ -455,23 +472,17 @@ def _heatmap(runs: Sequence[tuple[str, Path]], a: argparse.Namespace, frac: floa
     from scripts.demo import draw_budgets
 
     model, processor, ds, data_cfg = _load_run(runs[0][1], a, frac, extra)
-    # One test image and several questions about THIS image, each pointing at a different object: re-asked from the
-    # row's stored scene with the generator's own question maker, so every question is true of the image and its
-    # target box is known. Falls back to the row's own question when the row carries no scene.
-    import numpy as np
-
-    from training.benchmark import Scene, make_question_about
-
-    row0 = ds[0]
-    scene_json = row0.get("scene")
-    if scene_json:
-        scene = Scene.from_json(scene_json)
-        qrng, bcfg = np.random.default_rng(0), _bench_cfg(data_cfg.path)
-        asked = [make_question_about(scene, obj, qrng, bcfg, "digit") for obj in scene.objects[:3]]
+    # One test image and several questions about THIS image, each pointing at a different object (see _reasked, so
+    # every question is true of the image and its target box is known). Falls back to the first row's own question
+    # when no row carries a scene with two shapes.
+    first = next(_reasked(ds, _bench_cfg(data_cfg.path), 1), None)
+    if first is not None:
+        image, asked, row_id = first
         questions, boxes = [q.question for q in asked], [tuple(q.target_box) for q in asked]
     else:
+        row0 = ds[0]
+        image, row_id = row0["image"].convert("RGB"), row0["question_id"]
         questions, boxes = [row0["question"]], [tuple(row0.get("target_box") or ())]
-    image = row0["image"].convert("RGB")
     fig, axes = plt.subplots(len(runs), len(questions), figsize=(3.6 * len(questions), 3.9 * len(runs)),
                              squeeze=False)
     for r, (name, run) in enumerate(runs):
@@ -493,18 +504,20 @@ def _heatmap(runs: Sequence[tuple[str, Path]], a: argparse.Namespace, frac: floa
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return (f"rows: {', '.join(name for name, _ in runs)}; image `{row0['question_id']}`; questions: "
+    return (f"rows: {', '.join(name for name, _ in runs)}; image `{row_id}`; questions: "
             + "; ".join(f"“{q}”" for q in questions))
 
 
 def _reasked(ds, bcfg, n_images: int, seed: int = 0):
-    """Yield ``(image, questions)`` for the first ``n_images`` rows with at least two shapes: "what digit is in the
-    <shape>?" about up to three of its shapes, made by the generator's own question maker from the row's stored scene
-    (so each question is true of the image and its ``target_box`` is known)."""
+    """Yield ``(image, questions, question_id)`` for the first ``n_images`` rows with at least two shapes: "what digit
+    is in the <shape>?" about up to three of its shapes, made by the generator's own question maker from the row's
+    stored scene (so each question is true of the image and its ``target_box`` is known)."""
     import numpy as np
 
     from training.benchmark import Scene, make_question_about
 
+    if "scene" not in (getattr(ds, "column_names", None) or ["scene"]):
+        return  # no stored scenes (not a generated benchmark): nothing to re-ask, without decoding every row
     rng = np.random.default_rng(seed)
     used = 0
     for i in range(len(ds)):
@@ -517,8 +530,8 @@ def _reasked(ds, bcfg, n_images: int, seed: int = 0):
         if len(scene.objects) < 2:
             continue
         used += 1
-        yield row["image"].convert("RGB"), [make_question_about(scene, obj, rng, bcfg, "digit")
-                                            for obj in scene.objects[:3]]
+        yield (row["image"].convert("RGB"), [make_question_about(scene, obj, rng, bcfg, "digit")
+                                             for obj in scene.objects[:3]], row["question_id"])
 
 
 def _mean(values: list[float]) -> float:
@@ -547,7 +560,7 @@ def query_sensitivity(method, processor, ds, bcfg, patch_grid: tuple[int, int], 
 
     moved, in_box, area, used = [], [], [], 0
     p_share, p_area, p_ceil = [], [], []
-    for image, asked in _reasked(ds, bcfg, n_images, seed):
+    for image, asked, _ in _reasked(ds, bcfg, n_images, seed):
         used += 1
         batch = processor([image] * len(asked), [q.question for q in asked])
         with torch.no_grad():
@@ -583,7 +596,7 @@ def attention_grounding(model, processor, ds, bcfg, layer: int, n_images: int = 
     from models.relevance import read_attention
 
     att_share, tok_share, used = [], [], 0
-    for image, asked in _reasked(ds, bcfg, n_images, seed):
+    for image, asked, _ in _reasked(ds, bcfg, n_images, seed):
         used += 1
         batch = processor([image] * len(asked), [q.question for q in asked])  # left-padded: the prompt ends last
         last = torch.full((len(asked),), batch["input_ids"].shape[1] - 1)

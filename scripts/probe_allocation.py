@@ -30,7 +30,7 @@ def probe(model, processor, ds, bcfg, n_images: int = 32) -> dict[str, float]:
     names = ("propositional", "perspectival", "participatory", "utility")
     hits = {n: 0 for n in names}
     share, count = 0.0, 0
-    for image, asked in _reasked(ds, bcfg, n_images):
+    for image, asked, _ in _reasked(ds, bcfg, n_images):
         for q in asked:
             batch = processor([image], [q.question])
             with torch.no_grad():

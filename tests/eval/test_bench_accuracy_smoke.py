@@ -117,3 +117,42 @@ def test_bench_accuracy_budget_steps_auto(tmp_path):
     saved = json.loads((tmp_path / "results" / "accuracy_budget.json").read_text())
     steps = saved["meta"]["probe"]["steps"]
     assert steps >= 1 and md.count(f"| step {steps} of {steps}") + md.count("stopped early") == 4
+
+
+def test_parallel_children_split_the_cpus_between_them():
+    # N training children share the CPUs: each gets cpus // N intra-op threads (at least 1) unless the caller chose.
+    from scripts.bench_accuracy_budget import _child_threads
+
+    assert _child_threads(2, {}, cpus=2) == {"OMP_NUM_THREADS": "1"}
+    assert _child_threads(3, {}, cpus=16) == {"OMP_NUM_THREADS": "5"}
+    assert _child_threads(4, {}, cpus=2) == {"OMP_NUM_THREADS": "1"}
+    assert _child_threads(1, {}, cpus=8) == {"OMP_NUM_THREADS": "8"}
+    assert _child_threads(2, {"OMP_NUM_THREADS": "3"}, cpus=16) == {}
+    assert int(_child_threads(1, {})["OMP_NUM_THREADS"]) >= 1  # this machine's own CPU count
+
+
+def test_reasked_questions_are_true_of_their_image_and_skip_rows_without_scenes(tmp_path):
+    # _reasked feeds the heat-map and the query-sensitivity probe: digit questions about up to three shapes of one
+    # stored scene, each with the box of the shape it names; a dataset without scenes yields nothing.
+    import datasets
+    from PIL import Image
+
+    from scripts.bench_accuracy_budget import _bench_cfg, _reasked
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, Scene, make_benchmark
+
+    data = tmp_path / "bench"
+    make_benchmark(data, seed=0, sizes={"train": 2, "test": 6}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
+    ds = datasets.load_from_disk(str(data))["test"]
+    got = list(_reasked(ds, _bench_cfg(str(data)), n_images=3))
+    assert 1 <= len(got) <= 3
+    ids = list(ds["question_id"])
+    for image, asked, qid in got:
+        row = ds[ids.index(qid)]
+        scene = Scene.from_json(row["scene"])
+        assert image.size == row["image"].size and 2 <= len(asked) == min(3, len(scene.objects))
+        boxes = [tuple(o.box) for o in scene.objects[:3]]
+        for q, box in zip(asked, boxes):
+            assert tuple(q.target_box) == box and "digit" in q.question
+    plain = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))], "question": ["what?"],
+                                        "question_id": ["q0"]})
+    assert list(_reasked(plain, _bench_cfg(None), n_images=1)) == []
