@@ -209,7 +209,9 @@ _projection_op.register_autograd(_backward, setup_context=_setup_context)
 # The rounding op (integer output, no gradient).
 
 
-def _check_roundable(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
+def _check_roundable(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Raise unless ``x`` is a point of the capped simplex that rounds to ``budget`` exactly; returns its
+    :func:`floor_deficit` (the rounding's first step, computed once)."""
     _check_values(x, budget, lo, hi, what="x")
     lo_f, hi_f = lo.to(x.dtype), hi.to(x.dtype)
     # Drift allowance: float32 sums of K ~ 200 values land ~1e-3 off; a point stored in a half type (a bf16 projection)
@@ -233,10 +235,10 @@ def _check_roundable(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
             f"x sums to {x.double().sum(-1)[i].item():.6g} at row {i} but budget is {budget.double()[i].item():g}; "
             "round_to_budget expects x on the capped simplex (call capped_simplex_projection first)"
         )
-    _check_deficit(x, budget, lo, hi)
+    return _check_deficit(x, budget, lo, hi)
 
 
-def _check_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
+def _check_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Raise unless largest-remainder rounding of ``x`` can hit ``budget`` exactly.
 
     The rounding moves each entry by at most one unit from ``f = clamp(floor(x), lo, hi)``, so it reaches the budget
@@ -245,7 +247,8 @@ def _check_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
     (``D = sum(x - f) + (budget - sum(x))`` and each remainder is below 1); a violation means ``x`` is not one, and
     rounding it would return a wrong sum. This is the same ``D`` the reference and the CUDA kernel compute.
     """
-    _, d, n_up, n_down = floor_deficit(x, budget, lo, hi)
+    floored = floor_deficit(x, budget, lo, hi)
+    _, d, n_up, n_down = floored
     bad = (d > n_up) | (-d > n_down)
     if bool(bad.any()):
         i = tuple(int(v) for v in bad.nonzero()[0].tolist())
@@ -257,20 +260,21 @@ def _check_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:
             f"(one per entry {which}, K={x.shape[-1]}); round_to_budget expects x on the capped simplex "
             "(call capped_simplex_projection first)"
         )
+    return floored
 
 
 @torch.library.custom_op("arr_coc::round_to_budget", mutates_args=())
 def _round_op(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    _check_roundable(x, budget, lo, hi)
-    return round_largest_remainder(x, budget, lo, hi)
+    floored = _check_roundable(x, budget, lo, hi)
+    return round_largest_remainder(x, budget, lo, hi, floored)
 
 
 @_round_op.register_kernel("cuda")
 def _(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    _check_roundable(x, budget, lo, hi)
+    floored = _check_roundable(x, budget, lo, hi)
     ext = dispatch.cuda_kernel_or_none()
     if ext is None:
-        return round_largest_remainder(x, budget, lo, hi)
+        return round_largest_remainder(x, budget, lo, hi, floored)
     return dispatch.cuda_round(ext, x, budget, lo, hi)
 
 
@@ -286,8 +290,8 @@ def _(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 def _project_and_round_ref(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     acc = _acc_dtype(y.dtype)
     x = projection_forward(y, budget.to(acc), lo.to(acc), hi.to(acc))
-    _check_deficit(x, budget, lo, hi)  # cannot fire for a projected x; guards the exact-sum contract all the same
-    return x, round_largest_remainder(x, budget, lo, hi)
+    floored = _check_deficit(x, budget, lo, hi)  # cannot fire for a projected x; guards the exact sum all the same
+    return x, round_largest_remainder(x, budget, lo, hi, floored)
 
 
 def _check_rounded(x: Tensor, t: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> None:

@@ -134,13 +134,15 @@ def floor_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Te
     return f, deficit, (f < hi_b).sum(-1), (f > lo_b).sum(-1)
 
 
-def round_largest_remainder(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+def round_largest_remainder(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor,
+                            floored: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Largest-remainder rounding of a feasible ``x`` to int64 that sums to ``budget`` exactly and keeps the bounds.
 
     ``f = floor(x)``; the ``D = budget - sum(f)`` largest remainders among entries with ``f < hi`` get +1 (ties go to
     the lower index). If float drift makes ``D`` negative, the ``-D`` smallest remainders among entries with
     ``f > lo`` get -1. Inputs are validated by the caller: ``x`` within the bounds up to drift and
-    ``-n_down <= D <= n_up`` (see :func:`floor_deficit`), without which the sum would miss the budget.
+    ``-n_down <= D <= n_up`` (see :func:`floor_deficit`), without which the sum would miss the budget. A caller that
+    has checked this passes the :func:`floor_deficit` of the same inputs as ``floored``, so it is not computed twice.
 
     Shapes:
         x: (..., K) float
@@ -150,7 +152,7 @@ def round_largest_remainder(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -
     """
     lo_b, hi_b = lo.expand_as(x), hi.expand_as(x)
     xd = x.double()
-    f, deficit, _, _ = floor_deficit(x, budget, lo, hi)
+    f, deficit, _, _ = floor_deficit(x, budget, lo, hi) if floored is None else floored
     rem = (xd - f.double()).clamp(0.0, 1.0)
     k = x.shape[-1]
     idx = torch.arange(k, device=x.device)
