@@ -637,6 +637,27 @@ def _grounding(run: Path, a: argparse.Namespace, extra: Sequence[str]) -> dict[s
     return attention_grounding(model, processor, ds, _bench_cfg(data_cfg.path), layer)
 
 
+def _per_seed_lines(results: dict, methods: list[str], meta: dict[str, Any], qtypes: list[str]) -> list[str]:
+    """With several seeds, each trained model's own scores: the full model at 100% and the models trained at the
+    training budget (ARR-COC, uniform-trained) there, so a spread in the mean ± std table can be read seed by seed."""
+    seeds, tf = meta["seeds"], meta["train_fraction"]
+    if len(seeds) < 2:
+        return []
+    rows = [("full", 1.0)] + [(m, tf) for m in methods if m.startswith("arr_coc") or m == "uniform_trained"]
+    out = ["", f"## Each seed: the full model at 100%, the trained models at {100 * tf:g}% of the tokens", "",
+           "| method | tokens | seed | overall | " + " | ".join(qtypes) + " | tokens in queried box |",
+           "|---|---|---|---|" + "---|" * (len(qtypes) + 1)]
+    for m, f in rows:
+        for s in results.get(m, {}).get(f, []):
+            cells = [f"{100 * s['accuracy']:.1f}"]
+            cells += ["n/a" if s["by_type"].get(t, {}).get("accuracy") is None
+                      else f"{100 * s['by_type'][t]['accuracy']:.1f}" for t in qtypes]
+            tb = s.get("target_fraction")
+            cells.append("n/a" if tb is None or math.isnan(tb) else f"{100 * tb:.1f}%")
+            out.append(f"| {m} | {100 * f:g}% | {s.get('seed', '?')} | " + " | ".join(cells) + " |")
+    return out
+
+
 def _write_md(path: Path, results: dict, methods: list[str], fractions: list[float], meta: dict[str, Any]) -> None:
     seeds = meta["seeds"]
     lines = [f"# Accuracy vs. visual-token budget{' — SMOKE RUN' if meta['smoke'] else ''}", ""]
@@ -676,6 +697,7 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
             tb, _ = _stats([s["target_fraction"] for s in ss])
             cells += [f"{fl:.3f}", "n/a" if math.isnan(tb) else f"{100 * tb:.1f}%"]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += _per_seed_lines(results, methods, meta, qtypes)
     lines += ["", "Visual FLOPs fraction: LLM prefill FLOPs (projections, SwiGLU MLP, attention pairs) that involve "
               "visual tokens, relative to the full-token model (see `eval/flops.py`). Tokens in queried box: share of "
               "the visual tokens whose centre lies in the question's `target_box` (digit/colour/yes-no questions).",
@@ -839,7 +861,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             except ValueError as e:  # e.g. a budget the method cannot spend; reported, never silently dropped
                 failures.append(f"{tag}: {e}")
                 return
-            results.setdefault(name, {}).setdefault(f, []).append(s)
+            results.setdefault(name, {}).setdefault(f, []).append({**s, "seed": seed})
 
         record("full", 1.0, full, "arr_coc", None)
         for f in fractions:

@@ -156,3 +156,25 @@ def test_reasked_questions_are_true_of_their_image_and_skip_rows_without_scenes(
     plain = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))], "question": ["what?"],
                                         "question_id": ["q0"]})
     assert list(_reasked(plain, _bench_cfg(None), n_images=1)) == []
+
+
+def test_report_lists_each_seed_of_the_trained_models():
+    # With several seeds the report adds one row per trained model and seed (full at 100%, the rest at the training
+    # budget), named by the seed each evaluation carries, so a seed that failed to evaluate shifts nothing.
+    from scripts.bench_accuracy_budget import _per_seed_lines
+
+    def ev(seed, acc, digit, box):
+        return {"seed": seed, "accuracy": acc, "by_type": {"digit": {"accuracy": digit}}, "target_fraction": box}
+
+    results = {"full": {1.0: [ev(0, 0.2, 0.1, 0.11), ev(2, 0.3, 0.1, 0.11)]},
+               "arr_coc_grounded": {0.25: [ev(0, 0.4, 0.36, 0.29)], 1.0: [ev(0, 0.1, 0.0, 0.11)]},
+               "uniform_trained": {0.25: [ev(0, 0.23, 0.09, 0.19), ev(2, 0.22, 0.08, 0.19)]},
+               "uniform": {0.25: [ev(0, 0.1, 0.0, 0.19)]}}
+    methods = ["full", "arr_coc_grounded", "uniform_trained", "uniform"]
+    lines = _per_seed_lines(results, methods, {"seeds": [0, 1, 2], "train_fraction": 0.25}, ["digit"])
+    rows = [x for x in lines if x.startswith("| ") and not x.startswith("| method")]
+    assert rows == ["| full | 100% | 0 | 20.0 | 10.0 | 11.0% |", "| full | 100% | 2 | 30.0 | 10.0 | 11.0% |",
+                    "| arr_coc_grounded | 25% | 0 | 40.0 | 36.0 | 29.0% |",
+                    "| uniform_trained | 25% | 0 | 23.0 | 9.0 | 19.0% |",
+                    "| uniform_trained | 25% | 2 | 22.0 | 8.0 | 19.0% |"]
+    assert _per_seed_lines(results, methods, {"seeds": [0], "train_fraction": 0.25}, ["digit"]) == []
