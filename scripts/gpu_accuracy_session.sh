@@ -26,6 +26,13 @@
 # (default 0; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py);
 # GROUNDING_WEIGHT (default 1; 0 leaves it out) > 0 also trains `arr_coc_grounded` (box supervision,
 # models/grounding.py), which is then the model exported for the demo (otherwise `arr_coc_projection`).
+# PRESET (default bench) picks the model and benchmark scale: `small` generates the README's small benchmark (96 px,
+# 2-3 shapes, 70% digit questions; TRAIN_SIZE 12000 and TEST_SIZE 600 unless set), trains configs/train/small.yaml
+# and exports weights/arr_coc_small in float32; SEEDS (default "0") the training seeds; FRACTIONS (default: the
+# benchmark's 1 0.5 0.25 0.125) the token fractions evaluated. One call for issue 7's open question, whether every seed
+# of the frozen-tower small model learns to read digits with more steps:
+#   PRESET=small PRETRAIN_STEPS=3000 SEEDS="0 1 2 3 4" STEPS=6000 MODELS= UNIFORM_FRACTIONS=0.25 FRACTIONS="1 0.25" \
+#     PARALLEL=8 bash scripts/gpu_accuracy_session.sh
 # Models: full, ARR-COC projection, bandit and grounded at 25%, uniform-trained at 50/25/12.5% = 7 (8 with relevance).
 # Writes to $OUT (at most 8 files come back, 16 MiB each): summary.txt (environment, then one line per step: exit
 # status, seconds), bench.log (tail), accuracy_budget.md, accuracy_budget.png, budget_heatmap.png,
@@ -39,8 +46,16 @@ SMOKE=${SMOKE:-0}
 T_START=$(date +%s)
 TOTAL_SECONDS=${TOTAL_SECONDS:-550}
 TRAIN_MINUTES=${TRAIN_MINUTES:-2.5}
-TRAIN_SIZE=${TRAIN_SIZE:-20000}
-TEST_SIZE=${TEST_SIZE:-1000}
+PRESET=${PRESET:-bench}
+case "$PRESET" in
+  bench) TRAIN_SIZE=${TRAIN_SIZE:-20000}; TEST_SIZE=${TEST_SIZE:-1000}; GEN_ARGS=(); EXPORT_DTYPE=bfloat16 ;;
+  small) TRAIN_SIZE=${TRAIN_SIZE:-12000}; TEST_SIZE=${TEST_SIZE:-600}; EXPORT_DTYPE=float32
+         GEN_ARGS=(--image-size 96 --min-objects 2 --max-objects 3 --set "shape_size=[32,36]" "glyph_size=[12,16]"
+                   distractor_glyphs=1 clutter_lines=6 clutter_outlines=2 "question_weights=[0.7,0.1,0.1,0.1]") ;;
+  *) echo "PRESET must be bench or small, got '$PRESET'" >&2; exit 2 ;;
+esac
+SEEDS=${SEEDS:-0}
+FRACTIONS=${FRACTIONS:-}
 EVAL_SAMPLES=${EVAL_SAMPLES:-$TEST_SIZE}
 PARALLEL=${PARALLEL:-5}
 MODELS=${MODELS-arr_coc_projection arr_coc_bandit}  # MODELS= (empty): neither
@@ -76,22 +91,24 @@ else
   # main processes mostly wait on the GPU). One worker decodes roughly 350 uint8 448 px samples/s (scripts/bench_data).
   LW=${LOADER_WORKERS:-$(( (WORKERS + PARALLEL - 1) / PARALLEL ))}
   step make_benchmark 180 "$PY" -m scripts.make_benchmark --out "$DATA" --train-size "$TRAIN_SIZE" --val-size 0 \
-    --test-size "$TEST_SIZE" --workers "$WORKERS" --overwrite >"$OUT/bench.log" 2>&1
-  VIT_OVERRIDE=()
+    --test-size "$TEST_SIZE" --workers "$WORKERS" --overwrite "${GEN_ARGS[@]}" >"$OUT/bench.log" 2>&1
+  OVERRIDE=(data.generate=false)  # one --train-override list (a second flag would replace the first)
   if [ "$PRETRAIN_STEPS" != 0 ]; then  # a pretrained-style tower first (scripts/pretrain_vision.py), then every model
-    step pretrain_vision 240 "$PY" -m scripts.pretrain_vision --data "$DATA" --preset bench --steps "$PRETRAIN_STEPS" \
-      --batch-size 64 --eval-images 500 --out /tmp/arr_coc_vit.safetensors >>"$OUT/summary.txt" 2>>"$OUT/bench.log" \
-      && VIT_OVERRIDE=(--train-override model.vision.pretrained=/tmp/arr_coc_vit.safetensors)
-    if [ "$FREEZE_VISION" = 1 ] && [ ${#VIT_OVERRIDE[@]} -gt 0 ]; then VIT_OVERRIDE+=(model.vision_trainable=false); fi
+    step pretrain_vision 240 "$PY" -m scripts.pretrain_vision --data "$DATA" --preset "$PRESET" \
+      --steps "$PRETRAIN_STEPS" --batch-size 64 --eval-images 500 --out /tmp/arr_coc_vit.safetensors \
+      >>"$OUT/summary.txt" 2>>"$OUT/bench.log" \
+      && OVERRIDE+=(model.vision.pretrained=/tmp/arr_coc_vit.safetensors) \
+      && if [ "$FREEZE_VISION" = 1 ]; then OVERRIDE+=(model.vision_trainable=false); fi
   fi
   LEFT=$(( T_START + TOTAL_SECONDS - 45 - $(date +%s) ))  # 45 s kept for the export and the copies
   TOTAL_MIN=$("$PY" -c "print(round($LEFT / 60, 2))")
   step bench $(( LEFT + 20 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
-    --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
+    --train-config "configs/train/$PRESET.yaml" --eval-config "configs/eval/$PRESET.yaml" --seeds $SEEDS \
+    ${FRACTIONS:+--fractions $FRACTIONS} --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
     --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" \
     --total-minutes "$TOTAL_MIN" --probe-steps "$PROBE_STEPS" --models $MODELS \
     ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} ${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} \
-    "${VIT_OVERRIDE[@]}" >>"$OUT/bench.log" 2>&1
+    --train-override "${OVERRIDE[@]}" >>"$OUT/bench.log" 2>&1
 fi
 tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
 for f in accuracy_budget.md accuracy_budget.png budget_heatmap.png accuracy_budget.json; do
@@ -100,8 +117,8 @@ done
 # The trained ARR-COC model for the README's demo, in bf16 (about 23 MiB for `bench`), split under the device tool's
 # 16 MiB per-file limit.
 rm -rf /tmp/arr_coc_export
-step export 60 "$PY" -m scripts.export_model --run "$RUN" --out /tmp/arr_coc_export/arr_coc_bench \
-  --dtype bfloat16 >/tmp/arr_coc_export.json 2>>"$OUT/bench.log" \
-  && tar -C /tmp/arr_coc_export -cf - arr_coc_bench | split -b 15m - "$OUT/weights.tar.part-"
+step export 60 "$PY" -m scripts.export_model --run "$RUN" --out "/tmp/arr_coc_export/arr_coc_$PRESET" \
+  --dtype "$EXPORT_DTYPE" >/tmp/arr_coc_export.json 2>>"$OUT/bench.log" \
+  && tar -C /tmp/arr_coc_export -cf - "arr_coc_$PRESET" | split -b 15m - "$OUT/weights.tar.part-"
 cat /tmp/arr_coc_export.json >>"$OUT/summary.txt" 2>/dev/null
 cat "$OUT/summary.txt"
