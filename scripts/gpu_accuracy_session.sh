@@ -36,7 +36,7 @@
 # Models: full, ARR-COC projection, bandit and grounded at 25%, uniform-trained at 50/25/12.5% = 7 (8 with relevance).
 # Writes to $OUT (at most 8 files come back, 16 MiB each): summary.txt (environment, then one line per step: exit
 # status, seconds), bench.log (tail), accuracy_budget.md, accuracy_budget.png, budget_heatmap.png,
-# accuracy_budget.json, and weights.tar.part-aa/-ab (the exported ARR-COC model in bf16, split under 16 MiB; here:
+# accuracy_budget.json, and weights.tar.part-aa/-ab (the exported ARR-COC model, split under 16 MiB; here:
 # `cat weights.tar.part-* | tar -x -C weights/`).
 set -u
 OUT=${OUT:-$PWD/acc_out}
@@ -104,7 +104,8 @@ else
   TOTAL_MIN=$("$PY" -c "print(round($LEFT / 60, 2))")
   step bench $(( LEFT + 20 )) "$PY" -m scripts.bench_accuracy_budget --data "$DATA" --work "$WORK" \
     --train-config "configs/train/$PRESET.yaml" --eval-config "configs/eval/$PRESET.yaml" --seeds $SEEDS \
-    ${FRACTIONS:+--fractions $FRACTIONS} --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
+    ${FRACTIONS:+--fractions $FRACTIONS} --out "$RES" --parallel "$PARALLEL" --steps "$STEPS" \
+    --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
     --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" \
     --total-minutes "$TOTAL_MIN" --probe-steps "$PROBE_STEPS" --models $MODELS \
     ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} ${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} \
@@ -114,8 +115,8 @@ tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT
 for f in accuracy_budget.md accuracy_budget.png budget_heatmap.png accuracy_budget.json; do
   cp "$RES/$f" "$OUT/" 2>/dev/null
 done
-# The trained ARR-COC model for the README's demo, in bf16 (about 23 MiB for `bench`), split under the device tool's
-# 16 MiB per-file limit.
+# The trained ARR-COC model for the README's demo (bf16 for `bench`, about 23 MiB; float32 for `small`, 1 MiB),
+# as weights/arr_coc_$PRESET, split under the device tool's 16 MiB per-file limit.
 rm -rf /tmp/arr_coc_export
 step export 60 "$PY" -m scripts.export_model --run "$RUN" --out "/tmp/arr_coc_export/arr_coc_$PRESET" \
   --dtype "$EXPORT_DTYPE" >/tmp/arr_coc_export.json 2>>"$OUT/bench.log" \
