@@ -88,6 +88,8 @@ class ModelCfg:
     arr_coc: dict = field(default_factory=dict)  # ArrCocCfg fields; dim / query_dim default to the towers' widths
     pos_embed: bool = True  # learned 2-D position embedding before the projector (see models/position.py)
     pos_grid: list | None = None  # (R, C) of the position table; None: the full fine grid (Gh h, Gw w)
+    footprint_embed: bool = False  # learned embedding of each token's footprint (cells per token; models/position.py)
+    footprint_log2_range: list = field(default_factory=lambda: [-4, 8])  # log2 footprints of its end nodes
     use_pixel_entropy: bool = False  # ArrCoc's propositional score from pixel grey-level entropy
     image_token: str = "<image>"  # image placeholder in prompts
     prompt_template: str = "USER: <image>\n{question} ASSISTANT:"  # LLaVA-1.5 conversation format
@@ -302,7 +304,7 @@ def build_model(source: str | Mapping[str, Any] | ModelCfg = "tiny", overrides: 
         The model (on CPU, in ``llm.dtype``) and its processor.
     """
     from models.processing import ArrCocProcessor, build_byte_tokenizer
-    from models.position import PositionEmbedding2d
+    from models.position import FootprintEmbedding, PositionEmbedding2d
     from models.text import OpenClipText
     from models.vision import HFVision, OpenClipVision, create_open_clip, default_pos_grid, hf_vision_from_config
     from models.vlm import ArrCocLlava
@@ -358,7 +360,9 @@ def build_model(source: str | Mapping[str, Any] | ModelCfg = "tiny", overrides: 
                          f"{vision.feature_dim} / {query_dim}; leave them out to use the towers'")
     arr_coc = build_arr_coc(acfg)
     pos = PositionEmbedding2d(vision.feature_dim, cfg.pos_grid or default_pos_grid(vision)) if cfg.pos_embed else None
-    model = ArrCocLlava(llava, vision, arr_coc, query_encoder=text_encoder, pos_embed=pos,
+    footprint = (FootprintEmbedding(vision.feature_dim, cfg.footprint_log2_range) if cfg.footprint_embed
+                 else None)
+    model = ArrCocLlava(llava, vision, arr_coc, query_encoder=text_encoder, pos_embed=pos, footprint_embed=footprint,
                         use_pixel_entropy=cfg.use_pixel_entropy)
     for name, child in model.named_children():
         if name != "arr_coc":

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PositionEmbedding2d"]
+__all__ = ["FootprintEmbedding", "PositionEmbedding2d"]
 
 
 class PositionEmbedding2d(nn.Module):
@@ -73,6 +73,83 @@ class PositionEmbedding2d(nn.Module):
                            hi[..., 0] * c + lo[..., 1], hi[..., 0] * c + hi[..., 1]], dim=-1)  # (B, T, 4)
         w = torch.cat([(1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc], dim=-1)  # (B, T, 4)
         out = (self.table[idx] * w.unsqueeze(-1)).sum(-2)  # (B, T, D)
+        if mask is not None:
+            out = out * mask.unsqueeze(-1).to(out.dtype)
+        return out
+
+
+class FootprintEmbedding(nn.Module):
+    """Learned embedding of a token's footprint, the number of fine cells it averages, read on a log2 scale.
+
+    Why. A position says where a token's centre is, not how much of the image it covers: after ARR-COC a token of a
+    patch with budget ``t`` averages ``n / t`` of the patch's ``n`` fine cells, one cell at full detail and the whole
+    patch at one token. The footprint is a geometric fact about the token, like its centre, and it is what tells a
+    detailed token from a coarse summary. Without it the language model can only infer detail from how densely the
+    positions cluster. It is added per token, so it says nothing through token *order*, and every method that
+    realizes tokens of varying extent gets it the same way (a model trained with uniform pooling sees its 2- or
+    3-token patches' footprints too).
+
+    How. ``E(f) = T(log2 f) - T(0)``, with ``T`` a learned table at the integer nodes ``lo..hi`` of ``log2 f`` read
+    by linear interpolation; beyond the end nodes the read saturates at the end entries (the footprint itself is not
+    changed). Subtracting ``T(0)`` makes ``E(1) = 0`` exactly, whatever the table: a full-detail token (one cell)
+    gets nothing added, so a model trained only on full-detail tokens (the full-token model) never trains the table,
+    and training-free baselines applied to it, which pass no footprints, see exactly its training distribution. The
+    table starts at zero, so at step 0 the embedding is the identity on the features (as the position table).
+
+    Args:
+        dim: Embedding width D (the vision feature width).
+        log2_range: ``(lo, hi)`` integer ``log2`` footprints of the end nodes, ``lo <= 0 <= hi``, ``lo < hi``.
+        init_std: Std of the initial table; 0 (default) starts as the identity on the features.
+
+    Shapes:
+        footprint: (B, T) cells per token, finite and > 0 at real tokens
+        mask: (B, T) bool; padding gets a zero embedding and its footprint is not read
+        returns: (B, T, D)
+    """
+
+    def __init__(self, dim: int, log2_range: Sequence[int] = (-4, 8), *, init_std: float = 0.0, device=None,
+                 dtype=None):
+        super().__init__()
+        lo, hi = (int(v) for v in log2_range) if len(log2_range) == 2 else (None, None)
+        if lo is None or dim < 1 or not lo <= 0 <= hi or lo == hi:
+            raise ValueError(f"FootprintEmbedding needs dim >= 1 and integer log2_range (lo, hi) with lo <= 0 <= hi, "
+                             f"lo < hi; got dim={dim}, log2_range={tuple(log2_range)}")
+        self.dim, self.log2_range = int(dim), (lo, hi)
+        self.init_std = float(init_std)
+        self.table = nn.Parameter(torch.empty(hi - lo + 1, self.dim, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.init_std > 0:
+            nn.init.normal_(self.table, std=self.init_std)
+        else:
+            nn.init.zeros_(self.table)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, log2_range={self.log2_range}"
+
+    def _read(self, coord: Tensor) -> Tensor:
+        """``T`` at table coordinates ``coord`` (already shifted by ``-lo`` and saturated). (...,) → (..., D)."""
+        i0 = coord.floor().long().clamp(max=self.table.shape[0] - 2)
+        frac = (coord - i0.to(coord.dtype)).to(self.table.dtype).unsqueeze(-1)
+        return self.table[i0] * (1 - frac) + self.table[i0 + 1] * frac
+
+    def forward(self, footprint: Tensor, mask: Tensor | None = None) -> Tensor:
+        if footprint.dim() != 2:
+            raise ValueError(f"footprint must have shape (B, T), got {tuple(footprint.shape)}")
+        if not footprint.is_floating_point():
+            raise ValueError(f"footprint must be a floating tensor (cells per token), got dtype {footprint.dtype}")
+        if mask is not None and mask.shape != footprint.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} != footprint shape {tuple(footprint.shape)}")
+        real = footprint if mask is None else footprint[mask]
+        bad = ~(torch.isfinite(real) & (real > 0))
+        if bool(bad.any()):
+            raise ValueError(f"footprint must be finite and > 0 at real tokens, got {real[bad][0].item()!r}")
+        fp = footprint if mask is None else torch.where(mask, footprint, torch.ones_like(footprint))
+        lo, hi = self.log2_range
+        coord = (torch.log2(fp.float()) - lo).clamp(0, hi - lo)  # saturating read of the table
+        zero = torch.full((1,), float(-lo), device=fp.device)
+        out = self._read(coord) - self._read(zero)  # E(f) = T(log2 f) - T(0)
         if mask is not None:
             out = out * mask.unsqueeze(-1).to(out.dtype)
         return out

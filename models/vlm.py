@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from arr_coc import ArrCoc, ArrCocOutput
-from models.position import PositionEmbedding2d
+from models.position import FootprintEmbedding, PositionEmbedding2d
 from models.text import LlmEmbeddingQuery
 from models.vision import VisionTower
 
@@ -89,6 +89,8 @@ class ArrCocLlava(nn.Module):
             of the question tokens. Otherwise a module ``(query_input_ids, query_attention_mask) → (B, Dq)``, e.g.
             :class:`~models.text.OpenClipText`.
         pos_embed: Learned 2-D position embedding added to the tokens before the projector (``None``: none).
+        footprint_embed: Learned embedding of each token's footprint (fine cells per token) added with the position
+            embedding (``None``: none); see :class:`~models.position.FootprintEmbedding`.
         use_pixel_entropy: Give ArrCoc the pixels, so its propositional score is the grey-level entropy.
 
     Shapes:
@@ -99,7 +101,7 @@ class ArrCocLlava(nn.Module):
 
     def __init__(self, llava: nn.Module, vision: VisionTower, arr_coc: ArrCoc, *,
                  query_encoder: nn.Module | None = None, pos_embed: PositionEmbedding2d | None = None,
-                 use_pixel_entropy: bool = False):
+                 footprint_embed: FootprintEmbedding | None = None, use_pixel_entropy: bool = False):
         super().__init__()
         cfg = llava.config
         proj_in = llava.model.multi_modal_projector.linear_1.in_features
@@ -111,6 +113,8 @@ class ArrCocLlava(nn.Module):
                              f"{arr_coc.patch_grid} (K={arr_coc.num_patches})")
         if pos_embed is not None and pos_embed.dim != arr_coc.dim:
             raise ValueError(f"pos_embed width {pos_embed.dim} != ArrCoc dim {arr_coc.dim}")
+        if footprint_embed is not None and footprint_embed.dim != arr_coc.dim:
+            raise ValueError(f"footprint_embed width {footprint_embed.dim} != ArrCoc dim {arr_coc.dim}")
         # LLaVA's own tower is either moved into ``vision`` (HF backend) or dead weight next to ours: one owner only.
         llava.model.vision_tower = None
         self.llava = llava
@@ -118,6 +122,7 @@ class ArrCocLlava(nn.Module):
         self.arr_coc = arr_coc
         self.query_encoder = query_encoder if query_encoder is not None else LlmEmbeddingQuery()
         self.pos_embed = pos_embed
+        self.footprint_embed = footprint_embed
         self.use_pixel_entropy = use_pixel_entropy
         self.image_token_id = int(cfg.image_token_id)
 
@@ -147,7 +152,8 @@ class ArrCocLlava(nn.Module):
         return list(self.vision.fsdp_blocks()) + (list(layers) if layers is not None else [])
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Named parameters by part: ``vision``, ``arr_coc``, ``projector`` (with the position table), ``query``,
+        """Named parameters by part: ``vision``, ``arr_coc``, ``projector`` (with the position and footprint tables),
+        ``query``,
         ``llm`` (everything of the LLaVA model that is not the projector)."""
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in
                                                               ("vision", "arr_coc", "projector", "query", "llm")}
@@ -157,7 +163,7 @@ class ArrCocLlava(nn.Module):
                 groups["vision"].append((name, p))
             elif name.startswith("arr_coc."):
                 groups["arr_coc"].append((name, p))
-            elif name.startswith("pos_embed.") or id(p) in proj:
+            elif name.startswith(("pos_embed.", "footprint_embed.")) or id(p) in proj:
                 groups["projector"].append((name, p))
             elif name.startswith("query_encoder."):
                 groups["query"].append((name, p))
@@ -192,15 +198,26 @@ class ArrCocLlava(nn.Module):
         dt = self.arr_coc.knowing.q_proj.weight.dtype
         feats, query = feats.to(dt), query.to(dt)
         out = self.arr_coc(feats, query=query, pixels=pixel_values.to(dt) if self.use_pixel_entropy else None)
-        return self.project_visual(out.tokens, out.positions, out.mask), out  # (B, T, E)
+        footprint = None
+        if self.footprint_embed is not None:
+            # Patch k's tokens each average h*w / budgets[b, k] fine cells; padding (patch_index -1) is masked.
+            per_token = out.budgets.gather(1, out.patch_index.clamp(min=0))  # (B, T)
+            footprint = (feats.shape[2] * feats.shape[3]) / per_token.to(torch.float32)
+        return self.project_visual(out.tokens, out.positions, out.mask, footprint=footprint), out  # (B, T, E)
 
-    def project_visual(self, tokens: Tensor, positions: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Visual tokens into the LLM's embedding space: add the 2-D position embedding, then the projector.
+    def project_visual(self, tokens: Tensor, positions: Tensor, mask: Tensor | None = None, *,
+                       footprint: Tensor | None = None) -> Tensor:
+        """Visual tokens into the LLM's embedding space: add the 2-D position (and footprint) embedding, then the
+        projector.
 
-        Shapes: (B, T, Dv) tokens, (B, T, 2) positions in [0, 1], optional (B, T) mask → (B, T, E).
+        Shapes: (B, T, Dv) tokens, (B, T, 2) positions in [0, 1], optional (B, T) mask, optional (B, T) footprint
+        (fine cells per token; ``None``: one cell each, i.e. full detail, whose footprint embedding is zero)
+        → (B, T, E).
         """
         if self.pos_embed is not None:
             tokens = tokens + self.pos_embed(positions.to(tokens.dtype), mask).to(tokens.dtype)
+        if self.footprint_embed is not None and footprint is not None:
+            tokens = tokens + self.footprint_embed(footprint, mask).to(tokens.dtype)
         return self.projector(tokens.to(self.projector.linear_1.weight.dtype))
 
     def scatter_visual(self, input_ids: Tensor, image_embeds: Tensor, mask: Tensor | None = None, *,
