@@ -24,7 +24,23 @@ from torch import Tensor, nn
 __all__ = ["FootprintEmbedding", "PositionEmbedding2d"]
 
 
-class PositionEmbedding2d(nn.Module):
+class _LearnedTable(nn.Module):
+    """A learned ``(rows, D)`` table added to features: zero-initialised by default (the identity on the features at
+    step 0), or normal with ``init_std``."""
+
+    def _make_table(self, rows: int, dim: int, init_std: float, device, dtype) -> None:
+        self.dim, self.init_std = int(dim), float(init_std)
+        self.table = nn.Parameter(torch.empty(rows, self.dim, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.init_std > 0:
+            nn.init.normal_(self.table, std=self.init_std)
+        else:
+            nn.init.zeros_(self.table)
+
+
+class PositionEmbedding2d(_LearnedTable):
     """Learned ``(R, C, D)`` table read by bilinear interpolation at continuous ``(row, col)`` positions.
 
     Args:
@@ -43,16 +59,8 @@ class PositionEmbedding2d(nn.Module):
         if len(grid) != 2 or min(int(grid[0]), int(grid[1])) < 1 or dim < 1:
             raise ValueError(f"PositionEmbedding2d needs dim >= 1 and a (R, C) grid of positive ints, got dim={dim}, "
                              f"grid={tuple(grid)}")
-        self.dim, self.grid = int(dim), (int(grid[0]), int(grid[1]))
-        self.init_std = float(init_std)
-        self.table = nn.Parameter(torch.empty(self.grid[0] * self.grid[1], self.dim, device=device, dtype=dtype))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if self.init_std > 0:
-            nn.init.normal_(self.table, std=self.init_std)
-        else:
-            nn.init.zeros_(self.table)
+        self.grid = (int(grid[0]), int(grid[1]))
+        self._make_table(self.grid[0] * self.grid[1], dim, init_std, device, dtype)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, grid={self.grid}"
@@ -78,7 +86,7 @@ class PositionEmbedding2d(nn.Module):
         return out
 
 
-class FootprintEmbedding(nn.Module):
+class FootprintEmbedding(_LearnedTable):
     """Learned embedding of a token's footprint, the number of fine cells it averages, read on a log2 scale.
 
     Why. A position says where a token's centre is, not how much of the image it covers: after ARR-COC a token of a
@@ -114,16 +122,8 @@ class FootprintEmbedding(nn.Module):
         if lo is None or dim < 1 or not lo <= 0 <= hi or lo == hi:
             raise ValueError(f"FootprintEmbedding needs dim >= 1 and integer log2_range (lo, hi) with lo <= 0 <= hi, "
                              f"lo < hi; got dim={dim}, log2_range={tuple(log2_range)}")
-        self.dim, self.log2_range = int(dim), (lo, hi)
-        self.init_std = float(init_std)
-        self.table = nn.Parameter(torch.empty(hi - lo + 1, self.dim, device=device, dtype=dtype))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if self.init_std > 0:
-            nn.init.normal_(self.table, std=self.init_std)
-        else:
-            nn.init.zeros_(self.table)
+        self.log2_range = (lo, hi)
+        self._make_table(hi - lo + 1, dim, init_std, device, dtype)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, log2_range={self.log2_range}"

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from _images import random_images
 
 from eval.baselines import (FastVBaseline, ToMeBaseline, _mask_keys, create_baseline, create_method, full_token_count,
                             full_tokens, list_baselines, list_methods, vision_features_and_attention)
@@ -30,11 +29,6 @@ def _build(**extra):
 @pytest.fixture(scope="module")
 def tiny():
     return _build()
-
-
-def _images(n: int, seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(n)]
 
 
 def _features(model, n: int = 2):
@@ -135,7 +129,7 @@ def test_generate_end_to_end(tiny, name):
     method = create_method(name, model, 0.25)
     proc = copy.copy(processor)
     proc.budget = method.placeholders
-    batch = proc(_images(2), QUESTIONS)
+    batch = proc(random_images(2, size=(64, 64)), QUESTIONS)
     out = method.generate(**batch, max_new_tokens=3, do_sample=False)
     assert out.sequences.shape[0] == 2 and 1 <= out.sequences.shape[1] <= 3
     assert out.tokens.tolist() == [16, 16]
@@ -145,7 +139,7 @@ def test_generate_end_to_end(tiny, name):
     assert layers == ([64, 16] if name == "fastv" else [16, 16])
     # A prompt with the wrong number of placeholders is refused, naming both counts.
     proc.budget = method.placeholders + 1
-    bad = proc(_images(2), QUESTIONS)
+    bad = proc(random_images(2, size=(64, 64)), QUESTIONS)
     with pytest.raises(ValueError, match="mismatch"):
         method.generate(**bad, max_new_tokens=1, do_sample=False)
 
@@ -156,7 +150,7 @@ def test_fastv_drops_the_tokens_with_the_lowest_measured_attention():
     method = create_method("fastv", model, 0.25, layer=2)
     proc = copy.copy(processor)
     proc.budget = method.placeholders
-    batch = proc(_images(2, seed=3), QUESTIONS)  # different lengths: left padding is exercised
+    batch = proc(random_images(2, seed=3, size=(64, 64)), QUESTIONS)  # different lengths: left padding is exercised
     out = method.generate(**batch, max_new_tokens=2, do_sample=False)
     fv = method.baseline
     scores, keep = fv.last_scores, fv.last_keep

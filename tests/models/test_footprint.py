@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from _images import random_images
 
 from models.builders import build_model
 from models.position import FootprintEmbedding
@@ -74,11 +73,6 @@ def test_bad_shapes_dtypes_and_ranges():
             FootprintEmbedding(2, rng)
 
 
-def _images(n: int, seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def tiny_fp():
     torch.manual_seed(0)
@@ -90,10 +84,9 @@ def tiny_fp():
 
 def test_vlm_adds_each_tokens_footprint(tiny_fp):
     model, processor = tiny_fp
-    assert isinstance(model.footprint_embed, type(FootprintEmbedding(1))) and model.footprint_embed.dim == \
-        model.arr_coc.dim
+    assert isinstance(model.footprint_embed, FootprintEmbedding) and model.footprint_embed.dim == model.arr_coc.dim
     assert any(n.startswith("footprint_embed.") for n, _ in model.parameter_groups()["projector"])
-    pixels = processor.preprocess_images(_images(2))
+    pixels = processor.preprocess_images(random_images(2))
     q_ids, q_mask = processor.encode_queries(["what digit is in the red circle?", "what colour is the square?"])
     model.eval()
     with torch.no_grad():
@@ -130,7 +123,7 @@ def test_vlm_footprint_table_trains_and_width_is_checked(tiny_fp):
     n = min(len(s) for s in seqs)
     ids = torch.tensor([s[:n] for s in seqs])
     q_ids, q_mask = processor.encode_queries(q)
-    out = model(pixel_values=processor.preprocess_images(_images(2, seed=1)), input_ids=ids, labels=ids,
+    out = model(pixel_values=processor.preprocess_images(random_images(2, seed=1)), input_ids=ids, labels=ids,
                 query_input_ids=q_ids, query_attention_mask=q_mask)
     out.loss.backward()
     assert float(model.footprint_embed.table.grad.abs().sum()) > 0

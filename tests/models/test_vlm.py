@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from _images import random_images
 
 from models.builders import build_model
 from models.position import PositionEmbedding2d
@@ -14,11 +13,6 @@ from models.vlm import ArrCocLlava, load_state_dict_nonstrict
 
 QUESTIONS = ["what digit is in the red circle?", "how many triangles?"]
 ANSWERS = ["7", "3"]
-
-
-def _images(n: int, seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +39,7 @@ def test_forward_backward_batch2_variable_budgets(tiny):
     model, processor = tiny
     model.train()
     model.zero_grad(set_to_none=True)
-    batch = _train_batch(processor, _images(2), QUESTIONS, ANSWERS)
+    batch = _train_batch(processor, random_images(2), QUESTIONS, ANSWERS)
     out = model(**batch)
     b, length = batch["input_ids"].shape
     assert out.logits.shape == (b, length, model.config.text_config.vocab_size)
@@ -67,7 +61,7 @@ def test_forward_backward_batch2_variable_budgets(tiny):
 def test_visual_tokens_land_on_placeholders(tiny):
     model, processor = tiny
     model.eval()
-    batch = _train_batch(processor, _images(2, seed=1), QUESTIONS, ANSWERS)
+    batch = _train_batch(processor, random_images(2, seed=1), QUESTIONS, ANSWERS)
     with torch.no_grad():
         embeds, out = model.embed_inputs(batch["pixel_values"], batch["input_ids"],
                                          query_input_ids=batch["query_input_ids"],
@@ -83,7 +77,7 @@ def test_visual_tokens_land_on_placeholders(tiny):
 
 def test_count_mismatch_names_both_counts(tiny):
     model, processor = tiny
-    batch = _train_batch(processor, _images(2), QUESTIONS, ANSWERS)
+    batch = _train_batch(processor, random_images(2), QUESTIONS, ANSWERS)
     ids = batch["input_ids"].clone()
     first = int((ids[1] == processor.image_token_id).nonzero()[0])
     ids[1, first] = processor.tokenizer.pad_token_id  # one placeholder short in sample 1
@@ -105,7 +99,7 @@ def test_processor_requires_one_placeholder(tiny):
 def test_right_padding_does_not_change_real_logits(tiny):
     model, processor = tiny
     model.eval()
-    imgs = _images(2, seed=2)
+    imgs = random_images(2, seed=2)
     with torch.no_grad():
         both = model(**_train_batch(processor, imgs, QUESTIONS, ANSWERS)).logits
         alone = model(**_train_batch(processor, imgs[1:], QUESTIONS[1:], ANSWERS[1:])).logits
@@ -115,7 +109,7 @@ def test_right_padding_does_not_change_real_logits(tiny):
 def test_generate_batch2_matches_single(tiny):
     model, processor = tiny
     model.eval()
-    imgs = _images(2, seed=3)
+    imgs = random_images(2, seed=3)
     questions = ["what colour is the shape holding a 7?", "is there a blue square?"]  # different prompt lengths
     batch = processor(imgs, questions)  # left-padded prompts
     assert batch["attention_mask"][1, 0] == 0 or batch["attention_mask"][0, 0] == 0
@@ -146,7 +140,7 @@ def test_state_dict_roundtrip_nonstrict(tiny):
     sd["llava.model.vision_tower.vision_model.embeddings.patch_embedding.weight"] = torch.zeros(1)  # unused by design
     missing, unexpected = load_state_dict_nonstrict(fresh, sd)
     assert not missing and all(k.startswith("llava.model.vision_tower.") for k in unexpected)
-    batch = _train_batch(processor, _images(1, seed=4), QUESTIONS[:1], ANSWERS[:1])
+    batch = _train_batch(processor, random_images(1, seed=4), QUESTIONS[:1], ANSWERS[:1])
     model.eval(), fresh.eval()
     with torch.no_grad():
         torch.testing.assert_close(fresh(**batch).logits, model(**batch).logits)
@@ -159,7 +153,7 @@ def test_open_clip_query_and_hf_vision_backends():
     torch.manual_seed(0)
     model, processor = build_model("tiny", ["query.source=open_clip"])
     assert model.arr_coc.query_dim == 32 and model.query_encoder.__class__.__name__ == "OpenClipText"
-    batch = _train_batch(processor, _images(2), QUESTIONS, ANSWERS)
+    batch = _train_batch(processor, random_images(2), QUESTIONS, ANSWERS)
     assert batch["query_input_ids"].shape == (2, 32)  # the open_clip context length of the tiny config
     out = model(**batch)
     out.loss.backward()
@@ -169,7 +163,7 @@ def test_open_clip_query_and_hf_vision_backends():
     for backend in ("hf_clip", "hf_siglip"):
         model, processor = build_model("tiny", [f"vision.backend={backend}", hf])
         assert model.arr_coc.dim == 24
-        out = model(**_train_batch(processor, _images(2), QUESTIONS, ANSWERS))
+        out = model(**_train_batch(processor, random_images(2), QUESTIONS, ANSWERS))
         assert torch.isfinite(out.loss) and out.arr_coc.budgets.sum(1).tolist() == [32, 32]
 
 
@@ -200,7 +194,7 @@ def test_alloc_context_is_the_bandit_allocators_context(tiny):
     """``alloc_context`` is the (B, K, C) context the ``bandit`` allocator chose with (what a trainer credits rewards
     to), and None for an allocator that uses none."""
     model, processor = tiny
-    batch = _train_batch(processor, _images(2), QUESTIONS, ANSWERS)
+    batch = _train_batch(processor, random_images(2), QUESTIONS, ANSWERS)
     with torch.no_grad():
         assert model(**batch).alloc_context is None
         torch.manual_seed(0)
