@@ -112,9 +112,18 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         "what is left, less --reserve-seconds for the figures")
     p.add_argument("--reserve-seconds", type=float, default=60.0,
                    help="with --total-minutes: seconds kept back for the heat-map, the sensitivity probes and the files")
+    p.add_argument("--onset-accuracy", type=float, default=None,
+                   help="the per-seed table also gives each trained model's onset: the first --onset-window of steps "
+                        "whose mean training accuracy reaches this level (training/curves.py; 0.35 on the small "
+                        "benchmark, README). Its last window's mean is given either way")
+    p.add_argument("--onset-window", type=int, default=500, help="steps per window of the training curve")
     p.add_argument("--loader-workers", type=int, default=None,
                    help="DataLoader workers per training run (default: the train config's data.num_workers)")
     args = p.parse_args(argv)
+    if args.onset_window < 1:
+        raise ValueError(f"--onset-window must be >= 1 step, got {args.onset_window}")
+    if args.onset_accuracy is not None and not 0 <= args.onset_accuracy <= 1:
+        raise ValueError(f"--onset-accuracy must lie in [0, 1], got {args.onset_accuracy}")
     for f in args.fractions:
         if not 0 < f <= 1:
             raise ValueError(f"--fractions must lie in (0, 1], got {f}")
@@ -637,16 +646,44 @@ def _grounding(run: Path, a: argparse.Namespace, extra: Sequence[str]) -> dict[s
     return attention_grounding(model, processor, ds, _bench_cfg(data_cfg.path), layer)
 
 
+def _train_curve(run: Path, a: argparse.Namespace) -> dict[str, Any] | None:
+    """From ``run/log.csv``: the last --onset-window's mean training accuracy and, with --onset-accuracy, the onset
+    window; ``None`` where the run has no log (a smoke run logs every step, so it has one)."""
+    from training.curves import onset, read_curve, window_means
+
+    if not (run / "log.csv").is_file():
+        return None
+    curve = read_curve(run)
+    start, end, last = window_means(curve, a.onset_window)[-1]
+    out: dict[str, Any] = {"window": a.onset_window, "last_window": [start, min(end, curve.steps[-1])],
+                           "last_window_accuracy": last, "threshold": a.onset_accuracy}
+    if a.onset_accuracy is not None:
+        out["onset"] = onset(curve, a.onset_accuracy, a.onset_window)
+    return out
+
+
+def _curve_cells(tc: dict[str, Any] | None) -> list[str]:
+    if tc is None:
+        return ["n/a", "n/a"]
+    last = f"{tc['last_window_accuracy']:.2f}"
+    if tc.get("threshold") is None:
+        return [last, "n/a"]
+    o = tc.get("onset")
+    return [last, "none" if o is None else f"{o[0]:,}-{o[1]:,}"]
+
+
 def _per_seed_lines(results: dict, methods: list[str], meta: dict[str, Any], qtypes: list[str]) -> list[str]:
     """With several seeds, each trained model's own scores: the full model at 100% and the models trained at the
     training budget (ARR-COC, uniform-trained) there, so a spread in the mean ± std table can be read seed by seed."""
-    seeds, tf = meta["seeds"], meta["train_fraction"]
+    seeds, tf, thr = meta["seeds"], meta["train_fraction"], meta.get("onset_accuracy")
     if len(seeds) < 2:
         return []
     rows = [("full", 1.0)] + [(m, tf) for m in methods if m.startswith("arr_coc") or m == "uniform_trained"]
     out = ["", f"## Each seed: the full model at 100%, the trained models at {100 * tf:g}% of the tokens", "",
-           "| method | tokens | seed | overall | " + " | ".join(qtypes) + " | tokens in queried box |",
-           "|---|---|---|---|" + "---|" * (len(qtypes) + 1)]
+           "| method | tokens | seed | overall | " + " | ".join(qtypes) + " | tokens in queried box "
+           f"| training accuracy, last {meta.get('onset_window', 500)} steps |"
+           + ("" if thr is None else f" onset (first {meta['onset_window']}-step window of mean training accuracy ≥ {thr:g}) |"),
+           "|---|---|---|---|" + "---|" * (len(qtypes) + 2 + (thr is not None))]
     for m, f in rows:
         for s in results.get(m, {}).get(f, []):
             cells = [f"{100 * s['accuracy']:.1f}"]
@@ -654,6 +691,7 @@ def _per_seed_lines(results: dict, methods: list[str], meta: dict[str, Any], qty
                       else f"{100 * s['by_type'][t]['accuracy']:.1f}" for t in qtypes]
             tb = s.get("target_fraction")
             cells.append("n/a" if tb is None or math.isnan(tb) else f"{100 * tb:.1f}%")
+            cells += _curve_cells(s.get("train_curve"))[:1 + (thr is not None)]
             out.append(f"| {m} | {100 * f:g}% | {s.get('seed', '?')} | " + " | ".join(cells) + " |")
     return out
 
@@ -861,7 +899,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             except ValueError as e:  # e.g. a budget the method cannot spend; reported, never silently dropped
                 failures.append(f"{tag}: {e}")
                 return
-            results.setdefault(name, {}).setdefault(f, []).append({**s, "seed": seed})
+            results.setdefault(name, {}).setdefault(f, []).append({**s, "seed": seed,
+                                                                   "train_curve": _train_curve(run, a)})
 
         record("full", 1.0, full, "arr_coc", None)
         for f in fractions:
@@ -899,7 +938,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
             "heatmap": heat_desc, "failures": failures, "training": training, "parallel": a.parallel,
             "train_seconds": round(train_seconds, 1), "probe": probe, "eval_probe": eval_probe,
-            "notes": notes, "sensitivity": sensitivity,
+            "notes": notes, "sensitivity": sensitivity, "onset_accuracy": a.onset_accuracy,
+            "onset_window": a.onset_window,
             "grounding": grounding}
     md = out / "accuracy_budget.md"
     _write_md(md, results, methods, fractions, meta)

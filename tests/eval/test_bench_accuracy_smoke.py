@@ -96,6 +96,10 @@ def test_bench_accuracy_budget_arguments_are_checked():
         main(["--smoke", "--uniform-fractions", "0.3"])
     with pytest.raises(ValueError, match="--budget-fractions must lie in"):
         main(["--smoke", "--budget-fractions", "0"])
+    with pytest.raises(ValueError, match="--onset-window must be >= 1 step, got 0"):
+        main(["--smoke", "--onset-window", "0"])
+    with pytest.raises(ValueError, match=r"--onset-accuracy must lie in \[0, 1\], got 1.5"):
+        main(["--smoke", "--onset-accuracy", "1.5"])
     with pytest.raises(ValueError, match="--eval-samples must be >= 1"):
         main(["--smoke", "--eval-samples", "0"])
     # The smoke geometry: K = 4 patches, N = 64 tokens. At 4 tokens (T = K) ARR-COC would have no choice at all.
@@ -173,8 +177,47 @@ def test_report_lists_each_seed_of_the_trained_models():
     methods = ["full", "arr_coc_grounded", "uniform_trained", "uniform"]
     lines = _per_seed_lines(results, methods, {"seeds": [0, 1, 2], "train_fraction": 0.25}, ["digit"])
     rows = [x for x in lines if x.startswith("| ") and not x.startswith("| method")]
-    assert rows == ["| full | 100% | 0 | 20.0 | 10.0 | 11.0% |", "| full | 100% | 2 | 30.0 | 10.0 | 11.0% |",
-                    "| arr_coc_grounded | 25% | 0 | 40.0 | 36.0 | 29.0% |",
-                    "| uniform_trained | 25% | 0 | 23.0 | 9.0 | 19.0% |",
-                    "| uniform_trained | 25% | 2 | 22.0 | 8.0 | 19.0% |"]
+    assert rows == ["| full | 100% | 0 | 20.0 | 10.0 | 11.0% | n/a |", "| full | 100% | 2 | 30.0 | 10.0 | 11.0% | n/a |",
+                    "| arr_coc_grounded | 25% | 0 | 40.0 | 36.0 | 29.0% | n/a |",
+                    "| uniform_trained | 25% | 0 | 23.0 | 9.0 | 19.0% | n/a |",
+                    "| uniform_trained | 25% | 2 | 22.0 | 8.0 | 19.0% | n/a |"]
     assert _per_seed_lines(results, methods, {"seeds": [0], "train_fraction": 0.25}, ["digit"]) == []
+
+
+def test_report_gives_each_trained_models_training_curve_and_onset(tmp_path):
+    # The per-seed rows carry the run's last-window training accuracy and, with --onset-accuracy, the first window
+    # whose mean reaches it, read from the run's log.csv (here: rows every 50 steps, windows of 100).
+    import argparse
+    import csv
+
+    from scripts.bench_accuracy_budget import _per_seed_lines, _train_curve
+
+    def run(name, accs):
+        d = tmp_path / name
+        d.mkdir()
+        with open(d / "log.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "accuracy"])
+            w.writerows((50 * (i + 1), a) for i, a in enumerate(accs))
+        return d
+
+    reads = run("reads", [0.2, 0.2, 0.3, 0.5, 0.6, 0.7])  # windows: 0.2, 0.4, 0.65 -> onset (100, 200]
+    never = run("never", [0.2, 0.3, 0.2])  # windows: 0.25, 0.2 (partial, steps 100-150)
+    a = argparse.Namespace(onset_accuracy=0.35, onset_window=100)
+    tc_reads, tc_never = _train_curve(reads, a), _train_curve(never, a)
+    assert tc_reads["onset"] == (100, 200) and tc_reads["last_window_accuracy"] == pytest.approx(0.65)
+    assert tc_never["onset"] is None and tc_never["last_window"] == [100, 150]
+    assert _train_curve(tmp_path / "nolog", a) is None
+
+    def ev(seed, tc):
+        return {"seed": seed, "accuracy": 0.5, "by_type": {"digit": {"accuracy": 0.4}}, "target_fraction": 0.3,
+                "train_curve": tc}
+
+    results = {"full": {1.0: [ev(0, tc_never), ev(1, None)]}, "arr_coc_grounded": {0.25: [ev(0, tc_reads)]}}
+    meta = {"seeds": [0, 1], "train_fraction": 0.25, "onset_accuracy": 0.35, "onset_window": 100}
+    lines = _per_seed_lines(results, ["full", "arr_coc_grounded"], meta, ["digit"])
+    assert "onset (first 100-step window of mean training accuracy ≥ 0.35)" in lines[3]
+    rows = [x for x in lines if x.startswith("| ") and not x.startswith("| method")]
+    assert rows == ["| full | 100% | 0 | 50.0 | 40.0 | 30.0% | 0.20 | none |",
+                    "| full | 100% | 1 | 50.0 | 40.0 | 30.0% | n/a | n/a |",
+                    "| arr_coc_grounded | 25% | 0 | 50.0 | 40.0 | 30.0% | 0.65 | 100-200 |"]
