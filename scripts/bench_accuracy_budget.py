@@ -662,14 +662,13 @@ def _train_curve(run: Path, a: argparse.Namespace) -> dict[str, Any] | None:
     return out
 
 
-def _curve_cells(tc: dict[str, Any] | None) -> list[str]:
+def _curve_cells(tc: dict[str, Any] | None, with_onset: bool) -> list[str]:
+    """The per-seed table's training-curve cells: last window's accuracy (and the onset); ``n/a`` without a log."""
+    from training.curves import format_onset
+
     if tc is None:
-        return ["n/a", "n/a"]
-    last = f"{tc['last_window_accuracy']:.2f}"
-    if tc.get("threshold") is None:
-        return [last, "n/a"]
-    o = tc.get("onset")
-    return [last, "none" if o is None else f"{o[0]:,}-{o[1]:,}"]
+        return ["n/a"] * (1 + with_onset)
+    return [f"{tc['last_window_accuracy']:.2f}", *([format_onset(tc.get("onset"))] if with_onset else [])]
 
 
 def _per_seed_lines(results: dict, methods: list[str], meta: dict[str, Any], qtypes: list[str]) -> list[str]:
@@ -691,7 +690,7 @@ def _per_seed_lines(results: dict, methods: list[str], meta: dict[str, Any], qty
                       else f"{100 * s['by_type'][t]['accuracy']:.1f}" for t in qtypes]
             tb = s.get("target_fraction")
             cells.append("n/a" if tb is None or math.isnan(tb) else f"{100 * tb:.1f}%")
-            cells += _curve_cells(s.get("train_curve"))[:1 + (thr is not None)]
+            cells += _curve_cells(s.get("train_curve"), thr is not None)
             out.append(f"| {m} | {100 * f:g}% | {s.get('seed', '?')} | " + " | ".join(cells) + " |")
     return out
 
@@ -875,6 +874,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer.wait()
     train_seconds = time.perf_counter() - t_train0
     training = {str(r.relative_to(work)): _train_status(r) for rs in runs.values() for r in _run_dirs(rs)}
+    curves = {r: _train_curve(r, a) for rs in runs.values() for r in _run_dirs(rs)}  # read each log once
     arr_models = ARR_MODELS(a)
     eval_probe = None
     if a.total_minutes is not None:
@@ -899,8 +899,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             except ValueError as e:  # e.g. a budget the method cannot spend; reported, never silently dropped
                 failures.append(f"{tag}: {e}")
                 return
-            results.setdefault(name, {}).setdefault(f, []).append({**s, "seed": seed,
-                                                                   "train_curve": _train_curve(run, a)})
+            # A training-free baseline is not trained: only the trained models carry their run's curve.
+            curve = {} if name in TRAINING_FREE else {"train_curve": curves.get(run)}
+            results.setdefault(name, {}).setdefault(f, []).append({**s, "seed": seed, **curve})
 
         record("full", 1.0, full, "arr_coc", None)
         for f in fractions:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["Curve", "read_curve", "window_means", "onset", "main"]
+__all__ = ["Curve", "read_curve", "window_means", "onset", "format_onset", "main"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,8 @@ def onset(curve: Curve, threshold: float, window: int = 500) -> tuple[int, int] 
     return None
 
 
-def _fmt_onset(o: tuple[int, int] | None) -> str:
+def format_onset(o: Sequence[int] | None) -> str:
+    """An :func:`onset` result as ``"start-end"`` steps, or ``"none"``."""
     return "none" if o is None else f"{o[0]:,}-{o[1]:,}"
 
 
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         means = " ".join(f"{m:.3f}" for _, _, m in window_means(curve, a.window))
         line = f"{run}: last step {curve.steps[-1]:,}; {a.metric} per {a.window} steps: {means}"
         if a.threshold is not None:
-            line += f"; onset (>= {a.threshold:g}): {_fmt_onset(onset(curve, a.threshold, a.window))}"
+            line += f"; onset (>= {a.threshold:g}): {format_onset(onset(curve, a.threshold, a.window))}"
         print(line)
     return 0
 
