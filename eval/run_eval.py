@@ -108,20 +108,6 @@ def load_eval_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
 
 
 # -- model -------------------------------------------------------------------------------------------------------------
-def _resolve_checkpoint(path: str) -> Path:
-    """A folder holding ``model.safetensors``: the given checkpoint, or the latest one of a run directory."""
-    from training.checkpoint import find_latest
-
-    p = Path(path)
-    if (p / "model.safetensors").is_file():
-        return p
-    for root in (p / "checkpoints", p):
-        latest = find_latest(root) if root.is_dir() else None
-        if latest is not None and (latest / "model.safetensors").is_file():
-            return latest
-    raise ValueError(f"checkpoint={path!r} holds no model.safetensors, nor a run with checkpoints/")
-
-
 def load_trained_model(checkpoint: str, model_overrides: Mapping[str, Any] | None = None):
     """A training checkpoint's model: ``(model, processor, model_cfg, trainer_state, checkpoint_dir)``.
 
@@ -131,8 +117,9 @@ def load_trained_model(checkpoint: str, model_overrides: Mapping[str, Any] | Non
     from safetensors.torch import load_file
 
     from models.vlm import load_state_dict_nonstrict
+    from training.checkpoint import resolve_checkpoint
 
-    ckpt = _resolve_checkpoint(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     train_cfg = state.get("config", {})
     model_cfg = deep_merge(model_dict(train_cfg.get("model_preset", "tiny"), train_cfg.get("model", {})),

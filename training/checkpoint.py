@@ -31,7 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["atomic_write_text", "find_latest", "load_checkpoint", "save_checkpoint"]
+__all__ = ["atomic_write_text", "find_latest", "load_checkpoint", "load_model_weights", "resolve_checkpoint",
+           "save_checkpoint"]
 
 _PREFIX = "step_"
 
@@ -141,6 +142,52 @@ def find_latest(root: str | os.PathLike[str]) -> Path | None:
             return cand
     done = sorted(p for p in root.glob(f"{_PREFIX}*") if (p / "trainer_state.json").is_file())
     return done[-1] if done else None
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A folder holding ``model.safetensors``: the given checkpoint, or the latest one of a run directory.
+
+    Raises:
+        ValueError: if ``path`` is neither.
+    """
+    p = Path(path)
+    if (p / "model.safetensors").is_file():
+        return p
+    for root in (p / "checkpoints", p):
+        latest = find_latest(root) if root.is_dir() else None
+        if latest is not None and (latest / "model.safetensors").is_file():
+            return latest
+    raise ValueError(f"checkpoint={str(path)!r} holds no model.safetensors, nor a run with checkpoints/")
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Initialise ``model`` (unsharded) from another run's weights; returns the ``model.safetensors`` read.
+
+    ``path`` is a training checkpoint folder, a run's output folder (its latest checkpoint) or an exported model
+    folder (``scripts/export_model.py``; its bf16 weights are cast to the model's dtypes). Only weights are read:
+    no optimizer state, schedule, step or RNG, which is what starting a new run (a fine-tune) from them means.
+
+    Raises:
+        ValueError: if ``path`` holds no weights, or they do not fit the model (missing, unexpected or mis-shaped
+            keys, the first few named).
+    """
+    from safetensors.torch import load_file
+
+    from models.vlm import load_state_dict_nonstrict
+
+    file = resolve_checkpoint(path) / "model.safetensors"
+    state = load_file(str(file))
+    own = model.state_dict()
+    shapes = [f"{k}: {tuple(v.shape)} vs the model's {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    if shapes:
+        raise ValueError(f"weights in {str(file)!r} do not fit the model (another size or preset?): {shapes[:4]} "
+                         f"({len(shapes)} mis-shaped)")
+    try:
+        load_state_dict_nonstrict(model, state)
+    except ValueError as e:
+        raise ValueError(f"weights in {str(file)!r}: {e}") from None
+    return file
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer,

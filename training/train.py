@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from models.builders import (apply_overrides, build_model, check_choice, dataclass_from_dict, dataclass_to_dict,
                              load_model_cfg, load_yaml, model_dict)
 from models.processing import IGNORE_INDEX
-from training.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from training.checkpoint import find_latest, load_checkpoint, load_model_weights, save_checkpoint
 from training.collate import RowDataset, VqaCollator, move_to
 
 __all__ = ["DataCfg", "DistCfg", "OptimCfg", "RunCfg", "TrainCfg", "TrainRecipe", "gini", "load_train_cfg", "main"]
@@ -116,6 +116,10 @@ class RunCfg:
     # Fractions of N (the full-token count) to draw each batch's ArrCoc budget from (deterministic per batch), so one
     # model serves several budgets; null: every batch at the model's arr_coc.budget. E.g. [0.125, 0.25, 0.5].
     budget_fractions: list | None = None
+    # Start from these weights (a checkpoint folder, a run's output folder, or an exported model folder) instead of
+    # the initialisation: a fine-tune. Only weights are read (fresh optimizer, schedule and step 0); the model config
+    # must describe the same architecture. A --resume checkpoint, when there is one, takes precedence.
+    init_from: str | None = None
 
 
 @dataclass
@@ -164,6 +168,10 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     if bf is not None and (not isinstance(bf, (list, tuple)) or not bf or any(
             isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in bf)):
         raise ValueError(f"train.budget_fractions must be null or a non-empty list of fractions in (0, 1], got {bf!r}")
+    init = cfg.train.init_from
+    if init is not None and (not isinstance(init, str) or not init):
+        raise ValueError(f"train.init_from must be a path (checkpoint, run or exported model folder) or null, "
+                         f"got {init!r}")
     rl = cfg.train.relevance_layer
     if rl is not None and (isinstance(rl, bool) or not isinstance(rl, int) or rl < 1):
         raise ValueError(f"train.relevance_layer must be a positive integer (1-based LLM layer) or null, got {rl!r}")
@@ -272,6 +280,8 @@ class TrainRecipe:
         self.model_cfg = model_cfg(cfg)
         self.model, self.processor = build_model(self.model_cfg)
         self.model.to(self.device)
+        if cfg.train.init_from is not None:
+            self._log(f"initialised weights from {load_model_weights(self.model, cfg.train.init_from)}")
         self.relevance_layer = self._relevance_layer()
         self._shard()
         self._seed(cfg.train.seed + 1 + self.rank)  # per-rank streams from here on (sampling, dropout)

@@ -150,3 +150,60 @@ def test_budget_fractions_train_one_model_at_several_budgets(bench, tmp_path):
         main(args[:-1] + ["train.budget_fractions=[0.1]", f"output_dir={tmp_path / 'bad'}"])
     with pytest.raises(ValueError, match="train.budget_fractions must be null or a non-empty list"):
         main(args[:-1] + ["train.budget_fractions=[1.5]", f"output_dir={tmp_path / 'bad2'}"])
+
+
+def test_init_from_starts_a_new_run_from_trained_weights(bench, tmp_path):
+    # train.init_from loads another run's weights (checkpoint, run folder or exported folder) before training; the
+    # recipe's model then holds exactly those weights at step 0, where its own seed would have initialised others.
+    from safetensors.torch import load_file, save_file
+
+    from models.builders import dataclass_to_dict
+    from models.pretrained import save_pretrained
+    from training.train import load_train_cfg
+
+    common = [f"data.path={bench}", "data.generate=false", "dist.fsdp=off", "train.batch_size=2"]
+    src = tmp_path / "src"
+    main(["--config", "configs/train/tiny.yaml", *common, f"output_dir={src}", "train.max_steps=2"])
+    trained = load_file(src / "checkpoints" / "step_00000002" / "model.safetensors")
+
+    def setup(init_from, name):
+        cfg = load_train_cfg("configs/train/tiny.yaml", [*common, f"output_dir={tmp_path / name}", "train.seed=1",
+                                                         f"train.init_from={init_from}"])
+        recipe = TrainRecipe(cfg)
+        recipe.setup()
+        return recipe
+
+    for i, init_from in enumerate((src, src / "checkpoints" / "step_00000002")):
+        state = setup(init_from, f"ft{i}").model.state_dict()
+        assert set(trained) <= set(state)
+        assert all(torch.equal(state[k], v) for k, v in trained.items())
+    torch.manual_seed(1)
+    fresh, _ = build_model("tiny")
+    assert any(not torch.equal(fresh.state_dict()[k], v) for k, v in trained.items())
+
+    # An exported bf16 folder: the float32 model holds the bf16 values.
+    recipe = setup(src, "ft_export_src")
+    save_pretrained(recipe.model, recipe.processor, dataclass_to_dict(recipe.model_cfg), tmp_path / "export",
+                    dtype="bfloat16")
+    exported = load_file(tmp_path / "export" / "model.safetensors")
+    state = setup(tmp_path / "export", "ft_export").model.state_dict()
+    assert all(torch.equal(state[k], v.float()) for k, v in exported.items())
+    # ... and fine-tuning from it trains from step 1 with a fresh schedule.
+    rows = main(["--config", "configs/train/tiny.yaml", *common, f"output_dir={tmp_path / 'ft_run'}",
+                 "train.max_steps=2", f"train.init_from={tmp_path / 'export'}"])
+    assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
+
+    # Bad sources are named.
+    with pytest.raises(ValueError, match="holds no model.safetensors"):
+        setup(tmp_path / "nowhere", "bad0")
+    key = next(k for k, v in trained.items() if v.dim() == 2)
+    (tmp_path / "misshaped").mkdir()
+    save_file({**trained, key: torch.zeros(3, 5)}, tmp_path / "misshaped" / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"do not fit the model.*{key}"):
+        setup(tmp_path / "misshaped", "bad1")
+    (tmp_path / "partial").mkdir()
+    save_file({k: v for k, v in trained.items() if k != key}, tmp_path / "partial" / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"missing \['{key}'\]"):
+        setup(tmp_path / "partial", "bad2")
+    with pytest.raises(ValueError, match="train.init_from must be a path"):
+        load_train_cfg("configs/train/tiny.yaml", ["train.init_from=3"])
