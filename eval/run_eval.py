@@ -71,7 +71,7 @@ class EvalCfg:
     """One evaluation run: a model, a method at a token budget, a dataset."""
 
     output_dir: str = "runs/eval/tiny"  # predictions.jsonl, summary.json, run.json
-    checkpoint: str | None = None  # a checkpoint folder, a run's output_dir (latest checkpoint), or None
+    checkpoint: str | None = None  # a checkpoint folder, a run's output_dir (latest checkpoint), an exported model folder
     model_preset: str = "tiny"  # without a checkpoint: configs/models/<name>.yaml (or a YAML path), random init
     model: dict = field(default_factory=dict)  # ModelCfg fields overriding the preset / the checkpoint's config
     method: str = "arr_coc"  # arr_coc (the model's own layer) or a baseline of eval/baselines.py
@@ -112,13 +112,23 @@ def load_trained_model(checkpoint: str, model_overrides: Mapping[str, Any] | Non
     """A training checkpoint's model: ``(model, processor, model_cfg, trainer_state, checkpoint_dir)``.
 
     ``checkpoint`` is a checkpoint folder or a run's output folder (its latest checkpoint); the model is rebuilt from
-    the run's resolved config (with ``model_overrides`` merged on top) and loaded from ``model.safetensors``.
+    the run's resolved config (with ``model_overrides`` merged on top) and loaded from ``model.safetensors``. An
+    exported model folder (``scripts/export_model.py``, e.g. ``weights/arr_coc_small``) works too: its saved config
+    is used, in its saved dtype, and ``trainer_state`` is ``{"step": <the exported step>, "exported": True}``.
     """
     from safetensors.torch import load_file
 
+    from models.pretrained import FORMAT, load_pretrained
     from models.vlm import load_state_dict_nonstrict
     from training.checkpoint import resolve_checkpoint
 
+    exported = Path(checkpoint) / "config.json"
+    if exported.is_file() and json.loads(exported.read_text()).get("format") == FORMAT:
+        model, processor = load_pretrained(checkpoint, compute_dtype=None, model_overrides=model_overrides)
+        info = json.loads(exported.read_text())
+        model_cfg = deep_merge(info["model"], model_overrides or {})
+        return (model, processor, model_cfg, {"step": info.get("metadata", {}).get("step"), "exported": True},
+                Path(checkpoint))
     ckpt = resolve_checkpoint(checkpoint)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     train_cfg = state.get("config", {})

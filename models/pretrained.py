@@ -100,7 +100,8 @@ def save_pretrained(model: nn.Module, processor: Any, model_cfg: Mapping[str, An
 
 
 def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-                    compute_dtype: torch.dtype | str | None = "float32"):
+                    compute_dtype: torch.dtype | str | None = "float32",
+                    model_overrides: Mapping[str, Any] | None = None):
     """``(model, processor)`` from a :func:`save_pretrained` folder, in eval mode on ``device``.
 
     Args:
@@ -108,13 +109,15 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
         device: Where to put the model.
         compute_dtype: The model's parameter dtype after loading (default float32, which CPUs run fastest; the
             saved bf16 values are exactly representable). ``None``: the config's ``llm.dtype``.
+        model_overrides: Merged over the saved model config before building (e.g. another allocator setting for
+            evaluation); the weights must still fit.
 
     Raises:
         ValueError: if the folder is missing, not this format, or its weights do not fit the model it describes.
     """
     from safetensors.torch import load_file
 
-    from models.builders import build_for_checkpoint
+    from models.builders import build_for_checkpoint, deep_merge
     from models.processing import ArrCocProcessor
 
     d = Path(directory)
@@ -126,7 +129,7 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
         raise ValueError(f"{str(d / 'config.json')!r} has format {info.get('format')!r}, expected {FORMAT!r}")
     if int(info.get("version", 0)) > VERSION:
         raise ValueError(f"{str(d)!r} has format version {info['version']}; this code reads up to {VERSION}")
-    cfg = info["model"]
+    cfg = deep_merge(info["model"], model_overrides or {})
     if compute_dtype is not None:
         cfg = {**cfg, "llm": {**cfg["llm"], "dtype": _dtype_name(compute_dtype)}}
     model, built = build_for_checkpoint(cfg)  # its weights are loaded next

@@ -119,6 +119,15 @@ def test_checkpoint_from_the_training_recipe(bench, tmp_path):
     with pytest.raises(ValueError, match="no model.safetensors"):
         main(_args(tmp_path / "ck2", bench, f"checkpoint={tmp_path / 'nothing'}"))
 
+    # The same weights exported (float32) evaluate to the same predictions from the exported folder.
+    from scripts.export_model import main as export_main
+
+    export_main(["--run", str(run), "--out", str(tmp_path / "export"), "--dtype", "float32"])
+    e = main(_args(tmp_path / "ex", bench, f"checkpoint={tmp_path / 'export'}", "data.max_samples=3"))
+    assert e["model"]["step"] == 1 and e["model"]["checkpoint"] == str((tmp_path / "export").resolve())
+    preds = [[r["prediction"] for r in _records(d / "predictions.jsonl")] for d in (tmp_path / "ck", tmp_path / "ex")]
+    assert preds[0] == preds[1] and e["accuracy"] == s["accuracy"]
+
 
 def test_target_fraction_and_summary():
     pos = torch.tensor([[0.1, 0.1], [0.1, 0.6], [0.9, 0.9], [0.55, 0.55]])  # (row, col)
