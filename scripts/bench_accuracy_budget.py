@@ -14,7 +14,10 @@ Protocol (issue 7). For each training seed:
    also ``arr_coc_grounded``, the projection model trained with box-grounding supervision (``models/grounding.py``:
    the benchmark's ``target_box`` of each question, used in training only); with ``--budget-fractions F...`` also
    ``arr_coc_multibudget``, trained on a budget drawn per batch from those fractions (with the grounding loss when
-   ``--grounding-weight`` > 0), so that one model serves every budget it is evaluated at;
+   ``--grounding-weight`` > 0), so that one model serves every budget it is evaluated at; with
+   ``--finetune-fractions F...`` also ``arr_coc_finetuned``: the grounded (or plain projection) model, once trained,
+   fine-tuned for ``--finetune-steps`` more steps on a budget per batch from those fractions (``train.init_from``),
+   the curriculum that gives one model for every budget without delaying when it starts reading (README);
 3. train a model with *uniform pooling* at each reduced budget (the strongest simple baseline);
 4. evaluate on the test split at token fractions {100, 50, 25, 12.5}%: the full model; every training-free baseline
    of :mod:`eval.baselines` applied to the full model at exactly that many tokens; both ARR-COC models with their
@@ -60,7 +63,13 @@ BASE_ARR_MODELS = ("arr_coc_projection", "arr_coc_bandit")  # trained unless --m
 def ARR_MODELS(a: argparse.Namespace) -> list[str]:
     """Every ARR-COC model this invocation trains, in table order."""
     return ([m for m in BASE_ARR_MODELS if m in a.models] + [name for name, _, w in EXTRA_MODELS(a) if w > 0]
-            + (["arr_coc_multibudget"] if a.budget_fractions else []))
+            + (["arr_coc_multibudget"] if a.budget_fractions else [])
+            + (["arr_coc_finetuned"] if a.finetune_fractions else []))
+
+
+def FINETUNE_BASE(a: argparse.Namespace) -> str:
+    """The run ``arr_coc_finetuned`` starts from: the grounded model when it is trained, else the projection one."""
+    return "arr_coc_grounded" if a.grounding_weight > 0 else "arr_coc_projection"
 
 
 def EXTRA_MODELS(a: argparse.Namespace) -> list[tuple[str, str, float]]:
@@ -95,6 +104,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also train `arr_coc_multibudget`: the projection model (with --grounding-weight's supervision "
                         "when > 0) trained on a budget drawn per batch from these fractions of N "
                         "(train.budget_fractions), so one model serves every budget")
+    p.add_argument("--finetune-fractions", type=float, nargs="+", default=None,
+                   help="also train `arr_coc_finetuned`: the grounded model (the projection one without "
+                        "--grounding-weight), once trained, fine-tuned on a budget per batch from these fractions "
+                        "(train.init_from + train.budget_fractions, the same supervision), so one model serves every "
+                        "budget")
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help="steps of that fine-tune (required with --finetune-fractions)")
+    p.add_argument("--finetune-lr", type=float, default=None,
+                   help="its learning rate (optim.lr; default: the train config's)")
     p.add_argument("--steps", default=None,
                    help="training steps per model (default: the train config's), or 'auto' with --minutes: probe every "
                         "model for --probe-steps steps, all at once as in the real run, and give every model the same "
@@ -130,6 +148,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     for f in args.budget_fractions or []:
         if not 0 < f <= 1:
             raise ValueError(f"--budget-fractions must lie in (0, 1], got {f}")
+    for f in args.finetune_fractions or []:
+        if not 0 < f <= 1:
+            raise ValueError(f"--finetune-fractions must lie in (0, 1], got {f}")
+    if args.finetune_fractions:
+        if args.finetune_steps is None or args.finetune_steps < 1:
+            raise ValueError(f"--finetune-fractions needs --finetune-steps >= 1, got {args.finetune_steps}")
+        if args.grounding_weight == 0 and "arr_coc_projection" not in args.models:
+            raise ValueError("--finetune-fractions fine-tunes arr_coc_grounded (--grounding-weight > 0) or "
+                             "arr_coc_projection; neither is trained here")
+    if args.finetune_lr is not None and not (math.isfinite(args.finetune_lr) and args.finetune_lr > 0):
+        raise ValueError(f"--finetune-lr must be a finite number > 0, got {args.finetune_lr}")
     for f in args.uniform_fractions or []:
         if not (0 < f < 1 and f in args.fractions):
             raise ValueError(f"--uniform-fractions must be fractions below 1 that --fractions evaluates "
@@ -197,23 +226,26 @@ def _child_threads(parallel: int, environ: Mapping[str, str], cpus: int | None =
 class _Trainer:
     """Trains the benchmark's models, in this process (``--parallel 1``) or up to N child processes at once.
 
-    :meth:`submit` queues one run and returns its folder; :meth:`wait` trains everything queued. A run whose final
-    checkpoint exists is reused. Child processes each get a private single-rank process group (``training.train``
+    :meth:`submit` queues one run and returns its folder; :meth:`wait` trains everything queued, a run submitted
+    ``after`` another (a fine-tune of it) only once that one has finished. A run whose final checkpoint exists is
+    reused. Child processes each get a private single-rank process group (``training.train``
     picks a free port), their own loader workers, and write ``train.log`` in their run folder; a failed child raises
     with that log's tail.
     """
 
     def __init__(self, a: argparse.Namespace, work: Path):
         self.a, self.work = a, work
-        self.queue: list[tuple[str, Path, list[str]]] = []
+        self.queue: list[tuple[str, Path, list[str], Path | None]] = []
 
-    def submit(self, name: str, model_over: dict[str, Any], seed: int, extra: Sequence[str]) -> Path:
+    def submit(self, name: str, model_over: dict[str, Any], seed: int, extra: Sequence[str], *,
+               steps: int | None = None, after: Path | None = None) -> Path:
+        """Queue a run (``steps``: its own step count instead of ``--steps``; ``after``: a run to finish first)."""
         a = self.a
         run = self.work / f"seed{seed}" / name
         args = ["--config", a.train_config, f"output_dir={run}", f"train.seed={seed}", *extra,
                 *_kv("model", model_over), *a.train_override]
-        if a.steps is not None:
-            args.append(f"train.max_steps={a.steps}")
+        if steps is not None or a.steps is not None:
+            args.append(f"train.max_steps={steps if steps is not None else a.steps}")
         if a.minutes is not None:
             args.append(f"train.max_minutes={a.minutes}")
         if a.loader_workers is not None:
@@ -222,7 +254,7 @@ class _Trainer:
             print(f"[bench] {name} seed {seed}: reusing {run}", file=sys.stderr)
         else:
             self.queue.append((f"{name} (seed {seed})", run, args + (["--resume"] if (run / "checkpoints").is_dir()
-                                                                      else [])))
+                                                                      else []), after))
         return run
 
     def wait(self) -> None:
@@ -230,7 +262,7 @@ class _Trainer:
         if self.a.parallel == 1:
             from training.train import main as train_main
 
-            for label, _, args in queue:
+            for label, _, args, _ in queue:  # in submission order: a base run before its fine-tune
                 print(f"[bench] training {label}", file=sys.stderr)
                 train_main(args)
             return
@@ -259,10 +291,17 @@ class _Trainer:
                                        f"{run / 'train.log'} ends:\n{tail}")
                 print(f"[bench] finished {label}", file=sys.stderr)
 
-        for label, run, args in queue:
-            while len(running) >= self.a.parallel:
+        def ready(item: tuple[str, Path, list[str], Path | None]) -> bool:
+            after = item[3]
+            return after is None or not any(r == after for _, r, *_ in (*queue, *running))
+
+        while queue:
+            while len(running) >= self.a.parallel or not any(ready(q) for q in queue):
                 time.sleep(1.0)
                 reap()
+            item = next(q for q in queue if ready(q))
+            queue.remove(item)
+            label, run, args, _ = item
             run.mkdir(parents=True, exist_ok=True)
             log = open(run / "train.log", "ab")
             print(f"[bench] training {label} in a child process (log: {run / 'train.log'})", file=sys.stderr)
@@ -283,6 +322,7 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
 
     pa = copy.copy(a)
     pa.steps, pa.minutes = a.probe_steps, None
+    pa.finetune_steps = a.probe_steps if a.finetune_fractions else None
     pa.train_override = [*a.train_override, f"train.log_every={max(1, a.probe_steps // 3)}", "train.save_every=null"]
     trainer = _Trainer(pa, work / "probe")
     runs = submit_all(trainer, a.seeds[0])
@@ -845,18 +885,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cache: dict = {}
 
     def submit_all(trainer: _Trainer, seed: int) -> dict[str, Any]:
+        full = trainer.submit("full", arr("uniform", n, min_tokens=cells), seed, train_extra)  # the longest: first
+        arr_runs = {**{name: trainer.submit(name, over, seed, train_extra) for name, over in (
+            ("arr_coc_projection", arr("projection", t_train)),
+            ("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={"levels": levels,
+                                                                        "context_dim": geo["ctx"]})),
+        ) if name in a.models}, **{
+            name: trainer.submit(name, arr("projection", t_train), seed, [*train_extra, f"train.{key}={w}"])
+            for name, key, w in EXTRA_MODELS(a) if w > 0}, **({
+            "arr_coc_multibudget": trainer.submit("arr_coc_multibudget", arr("projection", t_train), seed, [
+                *train_extra, f"train.budget_fractions={json.dumps(a.budget_fractions)}",
+                f"train.grounding_weight={a.grounding_weight}"])} if a.budget_fractions else {})}
+        if a.finetune_fractions:
+            base = arr_runs[FINETUNE_BASE(a)]
+            arr_runs["arr_coc_finetuned"] = trainer.submit(
+                "arr_coc_finetuned", arr("projection", t_train), seed, [
+                    *train_extra, f"train.budget_fractions={json.dumps(a.finetune_fractions)}",
+                    f"train.grounding_weight={a.grounding_weight}", f"train.init_from={base}",
+                    *([f"optim.lr={a.finetune_lr}"] if a.finetune_lr is not None else [])],
+                steps=a.finetune_steps, after=base)
         return {
-            "full": trainer.submit("full", arr("uniform", n, min_tokens=cells), seed, train_extra),
-            "arr": {**{name: trainer.submit(name, over, seed, train_extra) for name, over in (
-                ("arr_coc_projection", arr("projection", t_train)),
-                ("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={"levels": levels,
-                                                                            "context_dim": geo["ctx"]})),
-            ) if name in a.models}, **{
-                name: trainer.submit(name, arr("projection", t_train), seed, [*train_extra, f"train.{key}={w}"])
-                for name, key, w in EXTRA_MODELS(a) if w > 0}, **({
-                "arr_coc_multibudget": trainer.submit("arr_coc_multibudget", arr("projection", t_train), seed, [
-                    *train_extra, f"train.budget_fractions={json.dumps(a.budget_fractions)}",
-                    f"train.grounding_weight={a.grounding_weight}"])} if a.budget_fractions else {})},
+            "full": full,
+            "arr": arr_runs,
             "uni": {f: trainer.submit(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), seed,
                                       train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k
                     and (a.uniform_fractions is None or f in a.uniform_fractions)},

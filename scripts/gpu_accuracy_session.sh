@@ -17,6 +17,10 @@
 # MODELS (default "arr_coc_projection arr_coc_bandit") the unsupervised ARR-COC models; UNIFORM_FRACTIONS (default:
 # all) the budgets a uniform-pooling model is trained at; PROBE_STEPS (default 12) the --steps auto probe's steps;
 # BUDGET_FRACTIONS (default: none) also trains `arr_coc_multibudget` on a budget per batch from these fractions;
+# FINETUNE_FRACTIONS (default: none) with FINETUNE_STEPS also trains `arr_coc_finetuned`, the grounded model fine-tuned
+# afterwards for FINETUNE_STEPS on a budget per batch from these fractions (FINETUNE_LR, default the config's: its
+# learning rate; the README's CPU recipe: FINETUNE_FRACTIONS="0.125 0.25 0.5 1" FINETUNE_STEPS=2000 FINETUNE_LR=1e-3);
+# it trains after its base, so it needs wall clock beyond TRAIN_MINUTES;
 # PRETRAIN_STEPS (default 0: none) > 0 first trains the bench ViT on the train split's scene records
 # (scripts/pretrain_vision.py) and starts every model from it; FREEZE_VISION (default 1) keeps that tower frozen while
 # the VLMs train, as LLaVA keeps CLIP frozen (0: trainable; on `small`, a frozen pretrained tower was the only setting
@@ -67,6 +71,9 @@ MODELS=${MODELS-arr_coc_projection arr_coc_bandit}  # MODELS= (empty): neither
 UNIFORM_FRACTIONS=${UNIFORM_FRACTIONS:-}
 PROBE_STEPS=${PROBE_STEPS:-12}
 BUDGET_FRACTIONS=${BUDGET_FRACTIONS:-}
+FINETUNE_FRACTIONS=${FINETUNE_FRACTIONS:-}
+FINETUNE_STEPS=${FINETUNE_STEPS:-}
+FINETUNE_LR=${FINETUNE_LR:-}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-0}
 FREEZE_VISION=${FREEZE_VISION:-1}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
@@ -114,7 +121,8 @@ else
     --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" \
     --total-minutes "$TOTAL_MIN" --probe-steps "$PROBE_STEPS" --models $MODELS \
     ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} ${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} \
-    ${ONSET_ACCURACY:+--onset-accuracy $ONSET_ACCURACY} \
+    ${ONSET_ACCURACY:+--onset-accuracy $ONSET_ACCURACY} ${FINETUNE_FRACTIONS:+--finetune-fractions $FINETUNE_FRACTIONS} \
+    ${FINETUNE_STEPS:+--finetune-steps $FINETUNE_STEPS} ${FINETUNE_LR:+--finetune-lr $FINETUNE_LR} \
     --train-override "${OVERRIDE[@]}" >>"$OUT/bench.log" 2>&1
 fi
 tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"

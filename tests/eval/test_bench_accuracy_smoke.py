@@ -39,20 +39,30 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
     # invocation reuses every finished run instead of training again, and the report lists each run's steps.
     from scripts.bench_accuracy_budget import main
 
+    # --finetune-fractions: arr_coc_finetuned starts from the grounded run once that one has finished (the smoke runs
+    # save only their last step, so starting early would find no weights and fail).
     args = ["--smoke", "--parallel", "2", "--fractions", "1", "0.25", "--relevance-weight", "0.5",
-            "--grounding-weight", "2", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
+            "--grounding-weight", "2", "--finetune-fractions", "0.25", "1", "--finetune-steps", "3",
+            "--finetune-lr", "0.01", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
     res = main(args)
     assert res["failures"] == []
     logs = sorted((tmp_path / "runs" / "seed0").glob("*/train.log"))
-    assert len(logs) == 6  # full, projection, bandit, relevance-distilled and grounded projection, uniform at 25%
+    assert len(logs) == 7  # full, projection, bandit, relevance-distilled and grounded projection, uniform at 25%, and
+    # the fine-tune of the grounded model
     md = res["md"].read_text()
-    assert "## Training runs" in md and md.count("| step 2 of 2 |") == 6
+    assert "## Training runs" in md and md.count("| step 2 of 2 |") == 6 and md.count("| step 3 of 3 |") == 1
+    ft_dir = tmp_path / "runs" / "seed0" / "arr_coc_finetuned"
+    grounded_final = tmp_path / "runs" / "seed0" / "arr_coc_grounded" / "checkpoints" / "step_00000002"
+    assert f"initialised weights from {grounded_final / 'model.safetensors'}" in (ft_dir / "train.log").read_text()
+    ft = json.loads((ft_dir / "config.json").read_text())["train"]
+    assert ft["train"]["budget_fractions"] == [0.25, 1.0] and ft["train"]["grounding_weight"] == 2
+    assert ft["optim"]["lr"] == 0.01 and set(res["results"]["arr_coc_finetuned"]) == {1.0, 0.25}
     for name, key, w in (("arr_coc_relevance", "relevance_weight", 0.5), ("arr_coc_grounded", "grounding_weight", 2)):
         assert f"| {name} |" in md and set(res["results"][name]) == {1.0, 0.25}
         state = (tmp_path / "runs" / "seed0" / name / "config.json")
         assert json.loads(state.read_text())["train"]["train"][key] == w
     # The heat-map has one row per gradient-trained ARR-COC model (the bandit's budgets come from its own policy).
-    assert "rows: arr_coc_projection, arr_coc_relevance, arr_coc_grounded;" in md
+    assert "rows: arr_coc_projection, arr_coc_relevance, arr_coc_grounded, arr_coc_finetuned;" in md
     sizes = {p: p.stat().st_size for p in logs}
     res2 = main(args)
     assert {p: p.stat().st_size for p in logs} == sizes  # nothing retrained
@@ -66,7 +76,7 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
                  "--uniform-fractions", "0.25", "--budget-fractions", "0.25", "1"])
     probe = json.loads((tmp_path / "results" / "accuracy_budget.json").read_text())["meta"]["eval_probe"]
     assert probe["rows"] == 5 and probe["rows_fit"] >= 5 and probe["seconds_per_row"] > 0
-    assert probe["evals"] == 1 + 6 + 4 * 2 + 1  # full; 6 baselines at 25%; 4 ARR-COC models at 2 budgets; uniform 25%
+    assert probe["evals"] == 1 + 6 + 5 * 2 + 1  # full; 6 baselines at 25%; 5 ARR-COC models at 2 budgets; uniform 25%
     assert "arr_coc_bandit" not in res3["results"] and "| arr_coc_bandit |" not in res3["md"].read_text()
     assert set(res3["results"]["arr_coc_multibudget"]) == {1.0, 0.25}
     multi = json.loads((tmp_path / "runs" / "seed0" / "arr_coc_multibudget" / "config.json").read_text())["train"]
@@ -96,6 +106,14 @@ def test_bench_accuracy_budget_arguments_are_checked():
         main(["--smoke", "--uniform-fractions", "0.3"])
     with pytest.raises(ValueError, match="--budget-fractions must lie in"):
         main(["--smoke", "--budget-fractions", "0"])
+    with pytest.raises(ValueError, match="--finetune-fractions must lie in"):
+        main(["--smoke", "--finetune-fractions", "1.5", "--finetune-steps", "2"])
+    with pytest.raises(ValueError, match="--finetune-fractions needs --finetune-steps >= 1, got None"):
+        main(["--smoke", "--finetune-fractions", "0.25", "1"])
+    with pytest.raises(ValueError, match="neither is trained here"):
+        main(["--smoke", "--finetune-fractions", "0.25", "1", "--finetune-steps", "2", "--models"])
+    with pytest.raises(ValueError, match="--finetune-lr must be a finite number > 0, got -1"):
+        main(["--smoke", "--finetune-lr", "-1"])
     with pytest.raises(ValueError, match="--onset-window must be >= 1 step, got 0"):
         main(["--smoke", "--onset-window", "0"])
     with pytest.raises(ValueError, match=r"--onset-accuracy must lie in \[0, 1\], got 1.5"):
