@@ -114,7 +114,8 @@ def load_trained_model(checkpoint: str, model_overrides: Mapping[str, Any] | Non
     ``checkpoint`` is a checkpoint folder or a run's output folder (its latest checkpoint); the model is rebuilt from
     the run's resolved config (with ``model_overrides`` merged on top) and loaded from ``model.safetensors``. An
     exported model folder (``scripts/export_model.py``, e.g. ``weights/arr_coc_small``) works too: its saved config
-    is used, in its saved dtype, and ``trainer_state`` is ``{"step": <the exported step>, "exported": True}``.
+    is used, in its saved dtype, and ``trainer_state`` is ``{"step": ..., "exported": True, "metadata": ...}`` (its
+    ``config.json`` metadata).
     """
     from safetensors.torch import load_file
 
@@ -126,9 +127,9 @@ def load_trained_model(checkpoint: str, model_overrides: Mapping[str, Any] | Non
     if exported.is_file() and json.loads(exported.read_text()).get("format") == FORMAT:
         model, processor = load_pretrained(checkpoint, compute_dtype=None, model_overrides=model_overrides)
         info = json.loads(exported.read_text())
-        model_cfg = deep_merge(info["model"], model_overrides or {})
-        return (model, processor, model_cfg, {"step": info.get("metadata", {}).get("step"), "exported": True},
-                Path(checkpoint))
+        meta = info.get("metadata", {})
+        state = {"step": meta.get("step"), "exported": True, "metadata": meta}
+        return model, processor, deep_merge(info["model"], model_overrides or {}), state, Path(checkpoint)
     ckpt = resolve_checkpoint(checkpoint)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     train_cfg = state.get("config", {})

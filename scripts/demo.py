@@ -3,7 +3,8 @@
     make demo                       # or: python -m scripts.demo --out outputs/demo
 
 **Trained model** (``--weights``; by default the first of ``weights/arr_coc_small``, the grounded `small` model trained
-on CPU from a frozen pretrained-style tower, the one model so far that reads the digits, and ``weights/arr_coc_bench``,
+on CPU from a frozen pretrained-style tower at 25% of the tokens, then fine-tuned for every budget (``--token-fraction``
+picks one), the one model so far that reads the digits, and ``weights/arr_coc_bench``,
 the ``bench`` model a GPU session exports; both ship in the repository, written by ``scripts/export_model.py`` from
 the accuracy benchmark's ARR-COC run): renders test scenes of the generated VQA benchmark, asks two questions about two
 different shapes of the same image, and for each prints the model's answer, the right answer and the share of the
@@ -137,8 +138,11 @@ _WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_WEIGHTS = (_WEIGHTS / "arr_coc_small", _WEIGHTS / "arr_coc_bench")
 
 
-def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
+def trained_demo(weights: Path, out: Path, images: int, seed: int, token_fraction: float | None = None) -> dict:
     """Two questions about two shapes of each benchmark test image, answered by the trained model; see the docstring.
+
+    ``token_fraction``: run at that fraction of the full token count instead of the model's own budget (for a model
+    fine-tuned for several budgets, README "One model for every budget").
 
     Returns ``{"rows": [...], "pngs": [...]}``, one row per (image, question).
     """
@@ -160,7 +164,8 @@ def trained_demo(weights: Path, out: Path, images: int, seed: int) -> dict:
     gen = dict(info.get("metadata", {}).get("benchmark") or {})
     gen.setdefault("image_size", processor.image_size[0])
     bcfg = BenchmarkCfg.from_dict(gen)
-    method = create_method("arr_coc", model, None)
+    method = create_method("arr_coc", model, token_fraction)
+    processor.budget = method.placeholders  # <image> expands to the tokens this budget feeds the LLM
     gh, gw = model.vision.patch_grid
     print(f"trained model: {weights} (step {info.get('metadata', {}).get('step')}), {method.num_tokens} of "
           f"{method.full_tokens} visual tokens, {gh}x{gw} patches, allocator {model.arr_coc.attending.registry_name}")
@@ -223,7 +228,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                     help="trained model folder (scripts/export_model.py); 'auto' (default): the first of "
                          f"{', '.join(f'weights/{w.name}' for w in DEFAULT_WEIGHTS)} that exists; 'none' forces the "
                          "untrained-layer mode")
+    ap.add_argument("--token-fraction", type=float, default=None,
+                    help="trained model: allocate this fraction of the full visual-token count (default: the model's "
+                         "own budget)")
     args = ap.parse_args(argv)
+    if args.token_fraction is not None and not 0 < args.token_fraction <= 1:
+        raise ValueError(f"--token-fraction must lie in (0, 1], got {args.token_fraction}")
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,11 +241,14 @@ def main(argv: list[str] | None = None) -> dict | None:
         candidates = DEFAULT_WEIGHTS if args.weights == "auto" else (Path(args.weights),)
         weights = next((w for w in candidates if (w / "config.json").is_file()), None)
         if weights is not None:
-            res = trained_demo(weights, out, args.images, args.seed)
+            res = trained_demo(weights, out, args.images, args.seed, args.token_fraction)
             print(f"done in {time.perf_counter() - t0:.1f} s")
             return res
         if args.weights != "auto":
             raise ValueError(f"--weights {args.weights!r} is not a trained model folder (no config.json)")
+    if args.token_fraction is not None:
+        raise ValueError(f"--token-fraction {args.token_fraction} needs trained weights (the untrained-layer mode "
+                         "shows its preset's budget)")
         print(f"No trained weights in {', '.join(str(w) for w in DEFAULT_WEIGHTS)} (scripts/gpu_accuracy_session.sh "
               "on a GPU, then scripts/export_model.py); showing the untrained ArrCoc layer with hand-built features.\n")
     torch.manual_seed(args.seed)

@@ -31,7 +31,9 @@ def main(argv=None) -> dict:
 
     model, processor, model_cfg, state, ckpt = load_trained_model(a.run)
     train_cfg = state.get("config", {})
-    bench = None  # the generator settings of the benchmark it was trained on, so the demo draws the same scenes
+    # The generator settings of the benchmark it was trained on, so the demo draws the same scenes (an exported folder
+    # passes its own on).
+    bench = state.get("metadata", {}).get("benchmark")
     data_path = train_cfg.get("data", {}).get("path")
     if train_cfg.get("data", {}).get("source") == "benchmark" and data_path:
         from training.data import read_manifest
@@ -42,7 +44,10 @@ def main(argv=None) -> dict:
             bench = None
     out = save_pretrained(model, processor, model_cfg, a.out, dtype=a.dtype,
                           metadata={"checkpoint": str(ckpt.resolve()), "step": state.get("step"),
-                                    "train_seed": train_cfg.get("train", {}).get("seed"), "benchmark": bench})
+                                    "train_seed": train_cfg.get("train", {}).get("seed"), "benchmark": bench,
+                                    # a fine-tune: what it started from, and the budgets it was trained for
+                                    "init_from": train_cfg.get("train", {}).get("init_from"),
+                                    "budget_fractions": train_cfg.get("train", {}).get("budget_fractions")})
     mib = (out / "model.safetensors").stat().st_size / 2**20
     res = {"out": str(out), "weights_mib": round(mib, 2), "params": sum(t.numel() for t in model.state_dict().values()),
            "step": state.get("step"), "dtype": a.dtype}

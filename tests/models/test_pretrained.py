@@ -112,9 +112,11 @@ def test_export_from_a_training_run_then_trained_demo(tmp_path):
 
 def test_shipped_small_model_is_the_demos_default_reads_digits_and_follows_the_question(tmp_path):
     # weights/arr_coc_small is the grounded `small` model trained on CPU from a frozen pretrained-style tower (README,
-    # "On the CPU: `small` scale", seed 0): `make demo`'s default. Its budgets must differ between two
-    # questions about the same image, favour the patches the queried shape overlaps, and it reads digits: 10 answers
-    # are possible, so 3 or more right of 8 happens by chance with probability 0.04.
+    # "On the CPU: `small` scale", seed 0), fine-tuned for every budget (README "One model for every budget"): `make
+    # demo`'s default. Its budgets must differ between two questions about the same image, favour the patches the
+    # queried shape overlaps, and it reads digits: 10 answers are possible, so 3 or more right of 8 happens by chance
+    # with probability 0.04. It does so at its own budget (25%) and at 50%, a budget the one-budget model it was
+    # fine-tuned from collapses at.
     from scripts.demo import DEFAULT_WEIGHTS
     from scripts.demo import main as demo
 
@@ -132,6 +134,13 @@ def test_shipped_small_model_is_the_demos_default_reads_digits_and_follows_the_q
     assert share > area + 0.2, (share, area)
     right = sum(r["prediction"] == r["answer"] for r in rows)
     assert right >= 3, [(r["prediction"], r["answer"]) for r in rows]
+    half = demo(["--out", str(tmp_path / "half"), "--images", "4", "--token-fraction", "0.5"])["rows"]
+    assert all(sum(r["budgets"]) == 72 for r in half)
+    assert sum(r["prediction"] == r["answer"] for r in half) >= 3, [(r["prediction"], r["answer"]) for r in half]
+    with pytest.raises(ValueError, match=r"--token-fraction must lie in \(0, 1\], got 0"):
+        demo(["--out", str(tmp_path / "bad"), "--token-fraction", "0"])
+    with pytest.raises(ValueError, match="--token-fraction 0.5 needs trained weights"):
+        demo(["--out", str(tmp_path / "bad"), "--weights", "none", "--token-fraction", "0.5"])
 
 
 def test_shipped_bench_model_follows_the_question(tmp_path):
