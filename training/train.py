@@ -255,7 +255,7 @@ class TrainRecipe:
         - bandit feedback: with the ``bandit`` allocator, each micro-batch's answer exact-match becomes the reward of
           ``allocator.update(rewards)``; skipped cleanly when that allocator is absent;
         - atomic checkpoints (safetensors weights + DCP-sharded model/optimizer + scheduler, step, RNG, data position)
-          and exact ``--resume``;
+          and exact ``--resume``; ``train.init_from`` starts a new run (a fine-tune) from another run's weights;
         - tqdm on rank 0 and ``log.csv``: loss, answer accuracy, lr, grad norm, tokens/s, samples/s, budget mean and
           Gini, peak memory.
 
