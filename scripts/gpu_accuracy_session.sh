@@ -19,7 +19,7 @@
 # BUDGET_FRACTIONS (default: none) also trains `arr_coc_multibudget` on a budget per batch from these fractions;
 # FINETUNE_FRACTIONS (default: none) with FINETUNE_STEPS also trains `arr_coc_finetuned`, the grounded model fine-tuned
 # afterwards for FINETUNE_STEPS on a budget per batch from these fractions (FINETUNE_LR, default the config's: its
-# learning rate; the README's CPU recipe: FINETUNE_FRACTIONS="0.125 0.25 0.5 1" FINETUNE_STEPS=2000 FINETUNE_LR=1e-3);
+# learning rate; the README's CPU recipe: FINETUNE_FRACTIONS="0.125 0.25 0.25 0.5 1" FINETUNE_STEPS=2000 FINETUNE_LR=1e-3);
 # it trains after its base, so it needs wall clock beyond TRAIN_MINUTES;
 # PRETRAIN_STEPS (default 0: none) > 0 first trains the bench ViT on the train split's scene records
 # (scripts/pretrain_vision.py) and starts every model from it; FREEZE_VISION (default 1) keeps that tower frozen while
