@@ -246,11 +246,11 @@ def main(argv: list[str] | None = None) -> dict | None:
             return res
         if args.weights != "auto":
             raise ValueError(f"--weights {args.weights!r} is not a trained model folder (no config.json)")
+        print(f"No trained weights in {', '.join(str(w) for w in DEFAULT_WEIGHTS)} (scripts/gpu_accuracy_session.sh "
+              "on a GPU, then scripts/export_model.py); showing the untrained ArrCoc layer with hand-built features.\n")
     if args.token_fraction is not None:
         raise ValueError(f"--token-fraction {args.token_fraction} needs trained weights (the untrained-layer mode "
                          "shows its preset's budget)")
-        print(f"No trained weights in {', '.join(str(w) for w in DEFAULT_WEIGHTS)} (scripts/gpu_accuracy_session.sh "
-              "on a GPU, then scripts/export_model.py); showing the untrained ArrCoc layer with hand-built features.\n")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 

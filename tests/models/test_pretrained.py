@@ -175,3 +175,17 @@ def test_weights_follow_silences_only_the_random_init_notice(caplog):
     with caplog.at_level(logging.WARNING):
         logging.warning("No pretrained weights loaded for model 'y'.")
     assert "No pretrained weights loaded for model 'y'." in caplog.text  # only inside the context
+
+
+def test_demo_without_weights_says_so_and_shows_the_untrained_layer(tmp_path, monkeypatch, capsys):
+    # With --weights auto and no weights folder present, the demo says where it looked and falls back to the
+    # untrained layer; --token-fraction then has no trained model to apply to and is refused.
+    import scripts.demo as demo_mod
+
+    monkeypatch.setattr(demo_mod, "DEFAULT_WEIGHTS", (tmp_path / "absent_small", tmp_path / "absent_bench"))
+    demo_mod.main(["--out", str(tmp_path / "demo"), "--images", "1"])
+    out = capsys.readouterr().out
+    assert "No trained weights in" in out and str(tmp_path / "absent_small") in out
+    assert (tmp_path / "demo" / "budgets_image0.png").is_file()
+    with pytest.raises(ValueError, match="--token-fraction 0.5 needs trained weights"):
+        demo_mod.main(["--out", str(tmp_path / "demo2"), "--images", "1", "--token-fraction", "0.5"])
