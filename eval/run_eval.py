@@ -71,7 +71,7 @@ class EvalCfg:
     """One evaluation run: a model, a method at a token budget, a dataset."""
 
     output_dir: str = "runs/eval/tiny"  # predictions.jsonl, summary.json, run.json
-    checkpoint: str | None = None  # a checkpoint folder, a run's output_dir (latest checkpoint), an exported model folder
+    checkpoint: str | None = None  # a checkpoint folder, a run's output_dir (its latest), or an exported model folder
     model_preset: str = "tiny"  # without a checkpoint: configs/models/<name>.yaml (or a YAML path), random init
     model: dict = field(default_factory=dict)  # ModelCfg fields overriding the preset / the checkpoint's config
     method: str = "arr_coc"  # arr_coc (the model's own layer) or a baseline of eval/baselines.py
@@ -117,16 +117,13 @@ def load_trained_model(checkpoint: str, model_overrides: Mapping[str, Any] | Non
     is used, in its saved dtype, and ``trainer_state`` is ``{"step": ..., "exported": True, "metadata": ...}`` (its
     ``config.json`` metadata).
     """
-    from safetensors.torch import load_file
-
     from models.pretrained import FORMAT, load_pretrained
-    from models.vlm import load_state_dict_nonstrict
-    from training.checkpoint import resolve_checkpoint
+    from training.checkpoint import load_model_weights, resolve_checkpoint
 
     exported = Path(checkpoint) / "config.json"
-    if exported.is_file() and json.loads(exported.read_text()).get("format") == FORMAT:
+    info = json.loads(exported.read_text()) if exported.is_file() else {}
+    if info.get("format") == FORMAT:
         model, processor = load_pretrained(checkpoint, compute_dtype=None, model_overrides=model_overrides)
-        info = json.loads(exported.read_text())
         meta = info.get("metadata", {})
         state = {"step": meta.get("step"), "exported": True, "metadata": meta}
         return model, processor, deep_merge(info["model"], model_overrides or {}), state, Path(checkpoint)
@@ -136,7 +133,7 @@ def load_trained_model(checkpoint: str, model_overrides: Mapping[str, Any] | Non
     model_cfg = deep_merge(model_dict(train_cfg.get("model_preset", "tiny"), train_cfg.get("model", {})),
                            model_overrides or {})
     model, processor = build_for_checkpoint(model_cfg)  # its weights are loaded next
-    load_state_dict_nonstrict(model, load_file(str(ckpt / "model.safetensors")))
+    load_model_weights(model, ckpt)
     return model, processor, model_cfg, state, ckpt
 
 

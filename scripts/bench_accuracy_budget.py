@@ -145,12 +145,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     for f in args.fractions:
         if not 0 < f <= 1:
             raise ValueError(f"--fractions must lie in (0, 1], got {f}")
-    for f in args.budget_fractions or []:
-        if not 0 < f <= 1:
-            raise ValueError(f"--budget-fractions must lie in (0, 1], got {f}")
-    for f in args.finetune_fractions or []:
-        if not 0 < f <= 1:
-            raise ValueError(f"--finetune-fractions must lie in (0, 1], got {f}")
+    for flag, fracs in (("--budget-fractions", args.budget_fractions),
+                        ("--finetune-fractions", args.finetune_fractions)):
+        for f in fracs or []:
+            if not 0 < f <= 1:
+                raise ValueError(f"{flag} must lie in (0, 1], got {f}")
     if args.finetune_fractions:
         if args.finetune_steps is None or args.finetune_steps < 1:
             raise ValueError(f"--finetune-fractions needs --finetune-steps >= 1, got {args.finetune_steps}")
@@ -884,6 +883,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     failures: list[str] = []
     cache: dict = {}
 
+    def mixed(fracs: list[float]) -> list[str]:
+        """Overrides of a model trained on a budget per batch from ``fracs``, with the grounding supervision."""
+        return [*train_extra, f"train.budget_fractions={json.dumps(fracs)}",
+                f"train.grounding_weight={a.grounding_weight}"]
+
     def submit_all(trainer: _Trainer, seed: int) -> dict[str, Any]:
         full = trainer.submit("full", arr("uniform", n, min_tokens=cells), seed, train_extra)  # the longest: first
         arr_runs = {**{name: trainer.submit(name, over, seed, train_extra) for name, over in (
@@ -893,15 +897,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ) if name in a.models}, **{
             name: trainer.submit(name, arr("projection", t_train), seed, [*train_extra, f"train.{key}={w}"])
             for name, key, w in EXTRA_MODELS(a) if w > 0}, **({
-            "arr_coc_multibudget": trainer.submit("arr_coc_multibudget", arr("projection", t_train), seed, [
-                *train_extra, f"train.budget_fractions={json.dumps(a.budget_fractions)}",
-                f"train.grounding_weight={a.grounding_weight}"])} if a.budget_fractions else {})}
+            "arr_coc_multibudget": trainer.submit("arr_coc_multibudget", arr("projection", t_train), seed,
+                                                  mixed(a.budget_fractions))} if a.budget_fractions else {})}
         if a.finetune_fractions:
             base = arr_runs[FINETUNE_BASE(a)]
             arr_runs["arr_coc_finetuned"] = trainer.submit(
                 "arr_coc_finetuned", arr("projection", t_train), seed, [
-                    *train_extra, f"train.budget_fractions={json.dumps(a.finetune_fractions)}",
-                    f"train.grounding_weight={a.grounding_weight}", f"train.init_from={base}",
+                    *mixed(a.finetune_fractions), f"train.init_from={base}",
                     *([f"optim.lr={a.finetune_lr}"] if a.finetune_lr is not None else [])],
                 steps=a.finetune_steps, after=base)
         return {
