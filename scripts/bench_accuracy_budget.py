@@ -830,14 +830,26 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns ``{"md": path, "png": path, "heatmap": path, "results": {...}}``."""
     a = _parse(argv)
+    # A smoke run without --work or --out keeps them in a temporary folder; it is removed if the run fails (a bad
+    # argument included), so failed smoke runs leave nothing behind.
+    tmp = (Path(tempfile.mkdtemp(prefix="acc_budget_smoke_")) if a.smoke and (a.work is None or a.out is None)
+           else None)
+    try:
+        return _run(a, tmp, list(sys.argv[1:] if argv is None else argv))
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, Any]:
     t_start = time.perf_counter()
-    tmp = None
     base_model: dict[str, Any] = {}
     train_extra: list[str] = []
     eval_extra: list[str] = []
     if a.smoke:
-        tmp = Path(tempfile.mkdtemp(prefix="acc_budget_smoke_"))
-        work, out = Path(a.work or tmp / "runs"), Path(a.out or tmp / "results")
+        work = Path(a.work) if a.work else tmp / "runs"
+        out = Path(a.out) if a.out else tmp / "results"
         # With --work the mini-benchmark lives beside the runs, so a second invocation reuses runs and data alike.
         data = work / "smoke_bench"
         from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
@@ -987,7 +999,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     grounding = _grounding(work / f"seed{a.seeds[0]}" / "full", a, eval_extra)
     rows = next((ss[0]["n"] for r in results.values() for ss in r.values() if ss), 0)
     meta = {"smoke": a.smoke, "seeds": a.seeds, "N": n, "train_fraction": a.train_fraction, "rows": rows,
-            "command": "python -m scripts.bench_accuracy_budget " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python -m scripts.bench_accuracy_budget " + " ".join(argv),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
             "heatmap": heat_desc, "failures": failures, "training": training, "parallel": a.parallel,
             "train_seconds": round(train_seconds, 1), "probe": probe, "eval_probe": eval_probe,

@@ -87,9 +87,12 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
         main([*args, "--total-minutes", "0.01", "--reserve-seconds", "0"])
 
 
-def test_bench_accuracy_budget_arguments_are_checked():
+def test_bench_accuracy_budget_arguments_are_checked(tmp_path, monkeypatch):
+    import tempfile
+
     from scripts.bench_accuracy_budget import main
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a smoke run's temporary folder goes
     with pytest.raises(ValueError, match="needs --minutes"):
         main(["--smoke", "--steps", "auto"])
     with pytest.raises(ValueError, match="'many'"):
@@ -125,6 +128,8 @@ def test_bench_accuracy_budget_arguments_are_checked():
         main(["--smoke", "--train-fraction", "0.0625"])
     with pytest.raises(ValueError, match=r"T = 64 visual tokens"):
         main(["--smoke", "--train-fraction", "1"])
+    # Every rejected smoke run removed its temporary folder (they used to pile up in /tmp).
+    assert sorted(tmp_path.glob("acc_budget_smoke_*")) == []
 
 
 @pytest.mark.slow
