@@ -24,7 +24,7 @@
 # PRETRAIN_STEPS (default 0: none) > 0 first trains the bench ViT on the train split's scene records
 # (scripts/pretrain_vision.py) and starts every model from it; FREEZE_VISION (default 1) keeps that tower frozen while
 # the VLMs train, as LLaVA keeps CLIP frozen (0: trainable; on `small`, a frozen pretrained tower was the only setting
-# whose VLM began to read digits within 600 steps, README "Why no model reads the digits");
+# whose VLM began to read digits within 600 steps, results/pilots.md, "Why no model reads the digits");
 # EXPORT (default: arr_coc_grounded, or arr_coc_projection without grounding) the run exported for the demo;
 # EVAL_SAMPLES (default TEST_SIZE) the test rows per evaluation; STEPS (default auto) fixed steps instead of the probe; RELEVANCE_WEIGHT
 # (default 0; 0 leaves it out) > 0 also trains `arr_coc_relevance` (relevance distillation, models/relevance.py);

@@ -4,7 +4,7 @@
     python -m training.train --config configs/train/small.yaml model.vision.pretrained=/tmp/small_vit.safetensors ...
 
 Why: no model hub is reachable here, so every tower starts from random weights, and a VLM trained from scratch for a
-few thousand steps never learns to read the benchmark's digits (README, CPU pilots and the GPU run): the fine-detail
+few thousand steps never learns to read the benchmark's digits (README and results/pilots.md: CPU pilots and the GPU run): the fine-detail
 comparison the benchmark is built for cannot happen. Real VLMs start from a pretrained tower. This stands in for one:
 it trains the tower alone on what a pretrained tower would already know about these images, from the generator's own
 scene records of the **train** split (never the test split's): for every object, the digit drawn in it (features
