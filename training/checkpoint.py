@@ -24,6 +24,7 @@ import random
 import shutil
 import warnings
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -160,16 +161,19 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     raise ValueError(f"checkpoint={str(path)!r} holds no model.safetensors, nor a run with checkpoints/")
 
 
-def load_model_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+def load_model_weights(model: nn.Module, path: str | os.PathLike[str], *, skip: Sequence[str] = ()) -> Path:
     """Initialise ``model`` (unsharded) from another run's weights; returns the ``model.safetensors`` read.
 
     ``path`` is a training checkpoint folder, a run's output folder (its latest checkpoint) or an exported model
     folder (``scripts/export_model.py``; its bf16 weights are cast to the model's dtypes). Only weights are read:
     no optimizer state, schedule, step or RNG, which is what starting a new run (a fine-tune) from them means.
+    Keys starting with a ``skip`` prefix keep the model's own values: the file's keys under them are not read, and
+    the model's may be missing from it (e.g. ``("arr_coc.attending.",)`` to change the allocator).
 
     Raises:
-        ValueError: if ``path`` holds no weights, or they do not fit the model (missing, unexpected or mis-shaped
-            keys, the first few named).
+        ValueError: if ``path`` holds no weights, they do not fit the model (missing, unexpected or mis-shaped keys,
+            the first few named), or a ``skip`` prefix matches none of the model's keys (a typo would otherwise
+            silently load nothing less).
     """
     from safetensors.torch import load_file
 
@@ -178,6 +182,14 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     file = resolve_checkpoint(path) / "model.safetensors"
     state = load_file(str(file))
     own = model.state_dict()
+    skip = tuple(skip)
+    if skip:
+        unused = [p for p in skip if not any(k.startswith(p) for k in own)]
+        if unused:
+            raise ValueError(f"init skip prefixes {unused} match no key of the model (its keys start e.g. "
+                             f"{sorted({k.split('.')[0] for k in own})})")
+        state = {k: v for k, v in state.items() if not k.startswith(skip)}
+        state.update({k: v for k, v in own.items() if k.startswith(skip)})  # the model's fresh values, unchanged
     shapes = [f"{k}: {tuple(v.shape)} vs the model's {tuple(own[k].shape)}" for k, v in state.items()
               if k in own and v.shape != own[k].shape]
     if shapes:

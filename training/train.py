@@ -120,6 +120,10 @@ class RunCfg:
     # the initialisation: a fine-tune. Only weights are read (fresh optimizer, schedule and step 0); the model config
     # must describe the same architecture. A --resume checkpoint, when there is one, takes precedence.
     init_from: str | None = None
+    # With init_from: key prefixes of the model's state dict that keep their fresh initialisation, e.g.
+    # ["arr_coc.attending."] to give a model trained with one allocator another (a bandit's statistics). Keys under
+    # them may be missing from the weights, and the weights' own keys under them are not read.
+    init_from_skip: list | None = None
 
 
 @dataclass
@@ -172,6 +176,13 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     if init is not None and (not isinstance(init, str) or not init):
         raise ValueError(f"train.init_from must be a path (checkpoint, run or exported model folder) or null, "
                          f"got {init!r}")
+    skip = cfg.train.init_from_skip
+    if skip is not None and (not isinstance(skip, (list, tuple)) or not skip
+                             or any(not isinstance(x, str) or not x for x in skip)):
+        raise ValueError(f"train.init_from_skip must be null or a non-empty list of state-dict key prefixes, "
+                         f"got {skip!r}")
+    if skip is not None and init is None:
+        raise ValueError(f"train.init_from_skip={skip!r} needs train.init_from (the weights the other keys come from)")
     rl = cfg.train.relevance_layer
     if rl is not None and (isinstance(rl, bool) or not isinstance(rl, int) or rl < 1):
         raise ValueError(f"train.relevance_layer must be a positive integer (1-based LLM layer) or null, got {rl!r}")
@@ -281,7 +292,9 @@ class TrainRecipe:
         self.model, self.processor = build_model(self.model_cfg)
         self.model.to(self.device)
         if cfg.train.init_from is not None:
-            self._log(f"initialised weights from {load_model_weights(self.model, cfg.train.init_from)}")
+            skip = tuple(cfg.train.init_from_skip or ())
+            src = load_model_weights(self.model, cfg.train.init_from, skip=skip)
+            self._log(f"initialised weights from {src}" + (f" (kept fresh: {', '.join(skip)})" if skip else ""))
         self.relevance_layer = self._relevance_layer()
         self._shard()
         self._seed(cfg.train.seed + 1 + self.rank)  # per-rank streams from here on (sampling, dropout)

@@ -207,3 +207,30 @@ def test_init_from_starts_a_new_run_from_trained_weights(bench, tmp_path):
         setup(tmp_path / "partial", "bad2")
     with pytest.raises(ValueError, match="train.init_from must be a path"):
         load_train_cfg("configs/train/tiny.yaml", ["train.init_from=3"])
+
+    # Another allocator (a bandit) from the projection run's weights: everything but the allocator's own state comes
+    # from them; the bandit's statistics keep their fresh values. Without the skip its keys are missing.
+    bandit = ["model.arr_coc.allocator=bandit", 'model.arr_coc.allocator_kwargs={"levels": [1, 2, 4, 6]}']
+    cfg = load_train_cfg("configs/train/tiny.yaml", [*common, f"output_dir={tmp_path / 'ft_bandit'}", "train.seed=1",
+                                                     f"train.init_from={src}", *bandit,
+                                                     'train.init_from_skip=["arr_coc.attending."]'])
+    recipe = TrainRecipe(cfg)
+    recipe.setup()
+    state = recipe.model.state_dict()
+    att = [k for k in state if k.startswith("arr_coc.attending.")]
+    assert att and all(k not in trained for k in att)  # the bandit's statistics: not in the projection's weights
+    assert all(torch.equal(state[k], v) for k, v in trained.items())
+    assert torch.count_nonzero(state["arr_coc.attending.policy.counts"]) == 0  # fresh: nothing learnt yet
+    with pytest.raises(ValueError, match=r"missing \['arr_coc.attending"):
+        setup_cfg = load_train_cfg("configs/train/tiny.yaml", [*common, f"output_dir={tmp_path / 'bad3'}",
+                                                               f"train.init_from={src}", *bandit])
+        TrainRecipe(setup_cfg).setup()
+    with pytest.raises(ValueError, match=r"init skip prefixes \['arr_coc.atending.'\] match no key"):
+        setup_cfg = load_train_cfg("configs/train/tiny.yaml", [*common, f"output_dir={tmp_path / 'bad4'}",
+                                                               f"train.init_from={src}", *bandit,
+                                                               'train.init_from_skip=["arr_coc.atending."]'])
+        TrainRecipe(setup_cfg).setup()
+    with pytest.raises(ValueError, match="needs train.init_from"):
+        load_train_cfg("configs/train/tiny.yaml", ['train.init_from_skip=["arr_coc."]'])
+    with pytest.raises(ValueError, match="init_from_skip must be null or a non-empty list"):
+        load_train_cfg("configs/train/tiny.yaml", [f"train.init_from={src}", "train.init_from_skip=[]"])
