@@ -115,8 +115,7 @@ def test_shipped_small_model_is_the_demos_default_reads_digits_and_follows_the_q
     # "On the CPU: `small` scale", seed 0), fine-tuned for every budget (README "One model for every budget"): `make
     # demo`'s default. Its budgets must differ between two questions about the same image, favour the patches the
     # queried shape overlaps, and it reads digits: 10 answers are possible, so 3 or more right of 8 happens by chance
-    # with probability 0.04. It does so at its own budget (25%) and at 50%, a budget the one-budget model it was
-    # fine-tuned from collapses at.
+    # with probability 0.04. It does so at its training budget (25%) and at 50%, which only the fine-tune trained.
     from scripts.demo import DEFAULT_WEIGHTS
     from scripts.demo import main as demo
 
