@@ -58,6 +58,7 @@ SMOKE_MODEL = {"arr_coc": {"num_patches": 4, "patch_grid": [2, 2], "budget": 16,
 
 
 BASE_ARR_MODELS = ("arr_coc_projection", "arr_coc_bandit")  # trained unless --models leaves them out
+BANDIT_PROJ_DIM = 64  # width of the bandit's random context projection (BanditAllocator's own default is 16)
 
 
 def ARR_MODELS(a: argparse.Namespace) -> list[str]:
@@ -904,8 +905,11 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
         full = trainer.submit("full", arr("uniform", n, min_tokens=cells), seed, train_extra)  # the longest: first
         arr_runs = {**{name: trainer.submit(name, over, seed, train_extra) for name, over in (
             ("arr_coc_projection", arr("projection", t_train)),
-            ("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={"levels": levels,
-                                                                        "context_dim": geo["ctx"]})),
+            # proj_dim 64: the context's random projection keeps enough of it for the query-patch match; at the
+            # library's 16 a bandit on a model that reads learnt half as much (README, "The bandit on a model that
+            # already reads").
+            ("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={"levels": levels, "context_dim": geo["ctx"],
+                                                                        "proj_dim": BANDIT_PROJ_DIM})),
         ) if name in a.models}, **{
             name: trainer.submit(name, arr("projection", t_train), seed, [*train_extra, f"train.{key}={w}"])
             for name, key, w in EXTRA_MODELS(a) if w > 0}, **({
