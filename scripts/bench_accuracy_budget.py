@@ -18,6 +18,10 @@ Protocol (issue 7). For each training seed:
    ``--finetune-fractions F...`` also ``arr_coc_finetuned``: the grounded (or plain projection) model, once trained,
    fine-tuned for ``--finetune-steps`` more steps on a budget per batch from those fractions (``train.init_from``),
    the curriculum that gives one model for every budget without delaying when it starts reading (README);
+   with ``--bandit-after-steps N`` also ``arr_coc_bandit_grounded``: the grounded model, once trained, with its
+   allocator replaced by a fresh bandit (``utility_weight`` 0: the bandit's statistics alone choose the levels) and
+   trained N more steps at the training budget, the grounding loss kept on the knowing stage; the bandit then learns
+   from the answers of a model that reads (README, "The bandit on a model that already reads");
 3. train a model with *uniform pooling* at each reduced budget (the strongest simple baseline);
 4. evaluate on the test split at token fractions {100, 50, 25, 12.5}%: the full model; every training-free baseline
    of :mod:`eval.baselines` applied to the full model at exactly that many tokens; both ARR-COC models with their
@@ -65,7 +69,8 @@ def ARR_MODELS(a: argparse.Namespace) -> list[str]:
     """Every ARR-COC model this invocation trains, in table order."""
     return ([m for m in BASE_ARR_MODELS if m in a.models] + [name for name, _, w in EXTRA_MODELS(a) if w > 0]
             + (["arr_coc_multibudget"] if a.budget_fractions else [])
-            + (["arr_coc_finetuned"] if a.finetune_fractions else []))
+            + (["arr_coc_finetuned"] if a.finetune_fractions else [])
+            + (["arr_coc_bandit_grounded"] if a.bandit_after_steps else []))
 
 
 def FINETUNE_BASE(a: argparse.Namespace) -> str:
@@ -113,7 +118,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--finetune-steps", type=int, default=None,
                    help="steps of that fine-tune (required with --finetune-fractions)")
     p.add_argument("--finetune-lr", type=float, default=None,
-                   help="its learning rate (optim.lr; default: the train config's)")
+                   help="its learning rate (optim.lr; default: the train config's), and that of --bandit-after-steps")
+    p.add_argument("--bandit-after-steps", type=int, default=None,
+                   help="also train `arr_coc_bandit_grounded`: the grounded model, once trained, with a fresh bandit "
+                        "allocator learning from its answers for this many steps (needs --grounding-weight > 0)")
     p.add_argument("--steps", default=None,
                    help="training steps per model (default: the train config's), or 'auto' with --minutes: probe every "
                         "model for --probe-steps steps, all at once as in the real run, and give every model the same "
@@ -157,6 +165,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         if args.grounding_weight == 0 and "arr_coc_projection" not in args.models:
             raise ValueError("--finetune-fractions fine-tunes arr_coc_grounded (--grounding-weight > 0) or "
                              "arr_coc_projection; neither is trained here")
+    if args.bandit_after_steps is not None:
+        if args.bandit_after_steps < 1:
+            raise ValueError(f"--bandit-after-steps must be >= 1, got {args.bandit_after_steps}")
+        if args.grounding_weight == 0:
+            raise ValueError("--bandit-after-steps starts from arr_coc_grounded, which --grounding-weight 0 leaves out")
     if args.finetune_lr is not None and not (math.isfinite(args.finetune_lr) and args.finetune_lr > 0):
         raise ValueError(f"--finetune-lr must be a finite number > 0, got {args.finetune_lr}")
     for f in args.uniform_fractions or []:
@@ -323,6 +336,7 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
     pa = copy.copy(a)
     pa.steps, pa.minutes = a.probe_steps, None
     pa.finetune_steps = a.probe_steps if a.finetune_fractions else None
+    pa.bandit_after_steps = a.probe_steps if a.bandit_after_steps else None
     pa.train_override = [*a.train_override, f"train.log_every={max(1, a.probe_steps // 3)}", "train.save_every=null"]
     trainer = _Trainer(pa, work / "probe")
     runs = submit_all(trainer, a.seeds[0])
@@ -922,6 +936,15 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
                     *mixed(a.finetune_fractions), f"train.init_from={base}",
                     *([f"optim.lr={a.finetune_lr}"] if a.finetune_lr is not None else [])],
                 steps=a.finetune_steps, after=base)
+        if a.bandit_after_steps:
+            base = arr_runs["arr_coc_grounded"]
+            arr_runs["arr_coc_bandit_grounded"] = trainer.submit(
+                "arr_coc_bandit_grounded", arr("bandit", t_train, allocator_kwargs={
+                    "levels": levels, "context_dim": geo["ctx"], "proj_dim": BANDIT_PROJ_DIM, "utility_weight": 0.0}),
+                seed, [*train_extra, f"train.grounding_weight={a.grounding_weight}", f"train.init_from={base}",
+                       'train.init_from_skip=["arr_coc.attending."]',
+                       *([f"optim.lr={a.finetune_lr}"] if a.finetune_lr is not None else [])],
+                steps=a.bandit_after_steps, after=base)
         return {
             "full": full,
             "arr": arr_runs,
@@ -995,7 +1018,7 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
     label = "SMOKE (random-init tiny models, meaningless numbers)" if a.smoke else "generated benchmark, test split"
     png, heat = out / "accuracy_budget.png", out / "budget_heatmap.png"
     _plot(results, methods, fractions, png, f"Accuracy vs visual tokens — {label}")
-    heat_runs = [(m, work / f"seed{a.seeds[0]}" / m) for m in arr_models if m != "arr_coc_bandit"]
+    heat_runs = [(m, work / f"seed{a.seeds[0]}" / m) for m in arr_models if not m.startswith("arr_coc_bandit")]
     heat_desc = _heatmap(heat_runs, a, a.train_fraction, heat, eval_extra,
                          f"ARR-COC per-patch budgets at {100 * a.train_fraction:g}% — {label}")
     sensitivity = {name: _sensitivity(work / f"seed{a.seeds[0]}" / name, a, a.train_fraction, eval_extra)

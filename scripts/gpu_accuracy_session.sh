@@ -20,7 +20,9 @@
 # FINETUNE_FRACTIONS (default: none) with FINETUNE_STEPS also trains `arr_coc_finetuned`, the grounded model fine-tuned
 # afterwards for FINETUNE_STEPS on a budget per batch from these fractions (FINETUNE_LR, default the config's: its
 # learning rate; the README's CPU recipe: FINETUNE_FRACTIONS="0.125 0.25 0.25 0.5 1" FINETUNE_STEPS=2000 FINETUNE_LR=1e-3);
-# it trains after its base, so it needs wall clock beyond TRAIN_MINUTES;
+# it trains after its base, so it needs wall clock beyond TRAIN_MINUTES; BANDIT_AFTER_STEPS (default: none) also
+# trains `arr_coc_bandit_grounded`, the grounded model with a fresh bandit allocator learning from its answers for
+# that many steps, after it (the README's CPU recipe: BANDIT_AFTER_STEPS=2000 FINETUNE_LR=1e-3);
 # PRETRAIN_STEPS (default 0: none) > 0 first trains the bench ViT on the train split's scene records
 # (scripts/pretrain_vision.py) and starts every model from it; FREEZE_VISION (default 1) keeps that tower frozen while
 # the VLMs train, as LLaVA keeps CLIP frozen (0: trainable; on `small`, a frozen pretrained tower was the only setting
@@ -74,6 +76,7 @@ BUDGET_FRACTIONS=${BUDGET_FRACTIONS:-}
 FINETUNE_FRACTIONS=${FINETUNE_FRACTIONS:-}
 FINETUNE_STEPS=${FINETUNE_STEPS:-}
 FINETUNE_LR=${FINETUNE_LR:-}
+BANDIT_AFTER_STEPS=${BANDIT_AFTER_STEPS:-}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-0}
 FREEZE_VISION=${FREEZE_VISION:-1}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
@@ -123,6 +126,7 @@ else
     ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} ${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} \
     ${ONSET_ACCURACY:+--onset-accuracy $ONSET_ACCURACY} ${FINETUNE_FRACTIONS:+--finetune-fractions $FINETUNE_FRACTIONS} \
     ${FINETUNE_STEPS:+--finetune-steps $FINETUNE_STEPS} ${FINETUNE_LR:+--finetune-lr $FINETUNE_LR} \
+    ${BANDIT_AFTER_STEPS:+--bandit-after-steps $BANDIT_AFTER_STEPS} \
     --train-override "${OVERRIDE[@]}" >>"$OUT/bench.log" 2>&1
 fi
 tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"

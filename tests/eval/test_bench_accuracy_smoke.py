@@ -43,20 +43,28 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
     # save only their last step, so starting early would find no weights and fail).
     args = ["--smoke", "--parallel", "2", "--fractions", "1", "0.25", "--relevance-weight", "0.5",
             "--grounding-weight", "2", "--finetune-fractions", "0.25", "1", "--finetune-steps", "3",
-            "--finetune-lr", "0.01", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
+            "--finetune-lr", "0.01", "--bandit-after-steps", "3", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
     res = main(args)
     assert res["failures"] == []
     logs = sorted((tmp_path / "runs" / "seed0").glob("*/train.log"))
-    assert len(logs) == 7  # full, projection, bandit, relevance-distilled and grounded projection, uniform at 25%, and
-    # the fine-tune of the grounded model
+    assert len(logs) == 8  # full, projection, bandit, relevance-distilled and grounded projection, uniform at 25%, the
+    # fine-tune of the grounded model, and the bandit put on the grounded model
     md = res["md"].read_text()
-    assert "## Training runs" in md and md.count("| step 2 of 2 |") == 6 and md.count("| step 3 of 3 |") == 1
+    assert "## Training runs" in md and md.count("| step 2 of 2 |") == 6 and md.count("| step 3 of 3 |") == 2
     ft_dir = tmp_path / "runs" / "seed0" / "arr_coc_finetuned"
     grounded_final = tmp_path / "runs" / "seed0" / "arr_coc_grounded" / "checkpoints" / "step_00000002"
     assert f"initialised weights from {grounded_final / 'model.safetensors'}" in (ft_dir / "train.log").read_text()
     ft = json.loads((ft_dir / "config.json").read_text())["train"]
     assert ft["train"]["budget_fractions"] == [0.25, 1.0] and ft["train"]["grounding_weight"] == 2
     assert ft["optim"]["lr"] == 0.01 and set(res["results"]["arr_coc_finetuned"]) == {1.0, 0.25}
+    # --bandit-after-steps: a fresh bandit on the grounded model's weights, the grounding loss kept on.
+    bg_dir = tmp_path / "runs" / "seed0" / "arr_coc_bandit_grounded"
+    assert (f"initialised weights from {grounded_final / 'model.safetensors'} (kept fresh: arr_coc.attending.)"
+            in (bg_dir / "train.log").read_text())
+    bg = json.loads((bg_dir / "config.json").read_text())
+    assert bg["model"]["arr_coc"]["allocator"] == "bandit" and bg["train"]["train"]["grounding_weight"] == 2
+    assert bg["model"]["arr_coc"]["allocator_kwargs"]["utility_weight"] == 0.0
+    assert set(res["results"]["arr_coc_bandit_grounded"]) == {1.0, 0.25}
     for name, key, w in (("arr_coc_relevance", "relevance_weight", 0.5), ("arr_coc_grounded", "grounding_weight", 2)):
         assert f"| {name} |" in md and set(res["results"][name]) == {1.0, 0.25}
         state = (tmp_path / "runs" / "seed0" / name / "config.json")
@@ -76,7 +84,7 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
                  "--uniform-fractions", "0.25", "--budget-fractions", "0.25", "1"])
     probe = json.loads((tmp_path / "results" / "accuracy_budget.json").read_text())["meta"]["eval_probe"]
     assert probe["rows"] == 5 and probe["rows_fit"] >= 5 and probe["seconds_per_row"] > 0
-    assert probe["evals"] == 1 + 6 + 5 * 2 + 1  # full; 6 baselines at 25%; 5 ARR-COC models at 2 budgets; uniform 25%
+    assert probe["evals"] == 1 + 6 + 6 * 2 + 1  # full; 6 baselines at 25%; 6 ARR-COC models at 2 budgets; uniform 25%
     assert "arr_coc_bandit" not in res3["results"] and "| arr_coc_bandit |" not in res3["md"].read_text()
     assert set(res3["results"]["arr_coc_multibudget"]) == {1.0, 0.25}
     multi = json.loads((tmp_path / "runs" / "seed0" / "arr_coc_multibudget" / "config.json").read_text())["train"]
@@ -115,6 +123,10 @@ def test_bench_accuracy_budget_arguments_are_checked(tmp_path, monkeypatch):
         main(["--smoke", "--finetune-fractions", "0.25", "1"])
     with pytest.raises(ValueError, match="neither is trained here"):
         main(["--smoke", "--finetune-fractions", "0.25", "1", "--finetune-steps", "2", "--models"])
+    with pytest.raises(ValueError, match="--bandit-after-steps must be >= 1, got 0"):
+        main(["--smoke", "--bandit-after-steps", "0"])
+    with pytest.raises(ValueError, match="--bandit-after-steps starts from arr_coc_grounded"):
+        main(["--smoke", "--bandit-after-steps", "2", "--grounding-weight", "0"])
     with pytest.raises(ValueError, match="--finetune-lr must be a finite number > 0, got -1"):
         main(["--smoke", "--finetune-lr", "-1"])
     with pytest.raises(ValueError, match="--onset-window must be >= 1 step, got 0"):
