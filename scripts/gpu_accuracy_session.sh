@@ -96,10 +96,14 @@ RUN="$WORK/seed0/arr_coc_projection"  # the trained ARR-COC model exported for t
 if [ "$GROUNDING_WEIGHT" != 0 ]; then RUN="$WORK/seed0/arr_coc_grounded"; fi
 if [ -n "${EXPORT:-}" ]; then RUN="$WORK/seed0/$EXPORT"; fi
 rm -rf "$WORK" "$RES"
+# The optional models, in the dry run as in the real one (unquoted on use: each expands to nothing when unset).
+OPTIONAL="${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} ${FINETUNE_FRACTIONS:+--finetune-fractions \
+$FINETUNE_FRACTIONS} ${FINETUNE_STEPS:+--finetune-steps $FINETUNE_STEPS} ${FINETUNE_LR:+--finetune-lr $FINETUNE_LR} \
+${BANDIT_AFTER_STEPS:+--bandit-after-steps $BANDIT_AFTER_STEPS}"
 if [ "$SMOKE" = 1 ]; then
   step bench 600 "$PY" -m scripts.bench_accuracy_budget --smoke --parallel 2 --fractions 1 0.25 \
     --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" --work "$WORK" --out "$RES" \
-    >"$OUT/bench.log" 2>&1
+    $OPTIONAL >"$OUT/bench.log" 2>&1
 else
   DATA=/tmp/arr_coc_bench
   # Loader workers per training run: the machine's cores shared by the runs trained at once, rounded up (the runs'
@@ -123,11 +127,8 @@ else
     --minutes "$TRAIN_MINUTES" --loader-workers "$LW" \
     --eval-samples "$EVAL_SAMPLES" --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" \
     --total-minutes "$TOTAL_MIN" --probe-steps "$PROBE_STEPS" --models $MODELS \
-    ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} ${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} \
-    ${ONSET_ACCURACY:+--onset-accuracy $ONSET_ACCURACY} ${FINETUNE_FRACTIONS:+--finetune-fractions $FINETUNE_FRACTIONS} \
-    ${FINETUNE_STEPS:+--finetune-steps $FINETUNE_STEPS} ${FINETUNE_LR:+--finetune-lr $FINETUNE_LR} \
-    ${BANDIT_AFTER_STEPS:+--bandit-after-steps $BANDIT_AFTER_STEPS} \
-    --train-override "${OVERRIDE[@]}" >>"$OUT/bench.log" 2>&1
+    ${UNIFORM_FRACTIONS:+--uniform-fractions $UNIFORM_FRACTIONS} ${ONSET_ACCURACY:+--onset-accuracy $ONSET_ACCURACY} \
+    $OPTIONAL --train-override "${OVERRIDE[@]}" >>"$OUT/bench.log" 2>&1
 fi
 tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
 for f in accuracy_budget.md accuracy_budget.png budget_heatmap.png accuracy_budget.json; do
