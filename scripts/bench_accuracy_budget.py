@@ -915,15 +915,21 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
         return [*train_extra, f"train.budget_fractions={json.dumps(fracs)}",
                 f"train.grounding_weight={a.grounding_weight}"]
 
+    def bandit_kwargs(**extra: Any) -> dict[str, Any]:
+        """The bandit allocator's kwargs: the bench's levels, the context width and ``BANDIT_PROJ_DIM``, plus ``extra``.
+        proj_dim 64: the context's random projection keeps enough of it for the query-patch match; at the library's 16
+        a bandit on a model that reads learnt half as much (README, "The bandit on a model that already reads")."""
+        return {"levels": levels, "context_dim": geo["ctx"], "proj_dim": BANDIT_PROJ_DIM, **extra}
+
+    def started_from(base: Path) -> list[str]:
+        """Overrides of a run that starts from ``base``'s trained weights, at ``--finetune-lr`` when given."""
+        return [f"train.init_from={base}", *([f"optim.lr={a.finetune_lr}"] if a.finetune_lr is not None else [])]
+
     def submit_all(trainer: _Trainer, seed: int) -> dict[str, Any]:
         full = trainer.submit("full", arr("uniform", n, min_tokens=cells), seed, train_extra)  # the longest: first
         arr_runs = {**{name: trainer.submit(name, over, seed, train_extra) for name, over in (
             ("arr_coc_projection", arr("projection", t_train)),
-            # proj_dim 64: the context's random projection keeps enough of it for the query-patch match; at the
-            # library's 16 a bandit on a model that reads learnt half as much (README, "The bandit on a model that
-            # already reads").
-            ("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs={"levels": levels, "context_dim": geo["ctx"],
-                                                                        "proj_dim": BANDIT_PROJ_DIM})),
+            ("arr_coc_bandit", arr("bandit", t_train, allocator_kwargs=bandit_kwargs())),
         ) if name in a.models}, **{
             name: trainer.submit(name, arr("projection", t_train), seed, [*train_extra, f"train.{key}={w}"])
             for name, key, w in EXTRA_MODELS(a) if w > 0}, **({
@@ -932,19 +938,14 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
         if a.finetune_fractions:
             base = arr_runs[FINETUNE_BASE(a)]
             arr_runs["arr_coc_finetuned"] = trainer.submit(
-                "arr_coc_finetuned", arr("projection", t_train), seed, [
-                    *mixed(a.finetune_fractions), f"train.init_from={base}",
-                    *([f"optim.lr={a.finetune_lr}"] if a.finetune_lr is not None else [])],
-                steps=a.finetune_steps, after=base)
+                "arr_coc_finetuned", arr("projection", t_train), seed,
+                [*mixed(a.finetune_fractions), *started_from(base)], steps=a.finetune_steps, after=base)
         if a.bandit_after_steps:
             base = arr_runs["arr_coc_grounded"]
             arr_runs["arr_coc_bandit_grounded"] = trainer.submit(
-                "arr_coc_bandit_grounded", arr("bandit", t_train, allocator_kwargs={
-                    "levels": levels, "context_dim": geo["ctx"], "proj_dim": BANDIT_PROJ_DIM, "utility_weight": 0.0}),
-                seed, [*train_extra, f"train.grounding_weight={a.grounding_weight}", f"train.init_from={base}",
-                       'train.init_from_skip=["arr_coc.attending."]',
-                       *([f"optim.lr={a.finetune_lr}"] if a.finetune_lr is not None else [])],
-                steps=a.bandit_after_steps, after=base)
+                "arr_coc_bandit_grounded", arr("bandit", t_train, allocator_kwargs=bandit_kwargs(utility_weight=0.0)),
+                seed, [*train_extra, f"train.grounding_weight={a.grounding_weight}", *started_from(base),
+                       'train.init_from_skip=["arr_coc.attending."]'], steps=a.bandit_after_steps, after=base)
         return {
             "full": full,
             "arr": arr_runs,

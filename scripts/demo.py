@@ -134,7 +134,8 @@ def draw_budgets(ax, image, budgets: np.ndarray, box=(), *, numbers: bool = Fals
 _WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 # Searched in order: the grounded `small` model trained on CPU from a frozen pretrained-style tower (README, "On the
 # CPU: `small` scale, frozen pretrained-style tower"; seed 0, 10,000 steps at 25%, then fine-tuned for every budget),
-# which reads the digits, then the `bench` model from a GPU session (scripts/gpu_accuracy_session.sh), which does not yet.
+# which reads the digits, then the `bench` model from a GPU session (scripts/gpu_accuracy_session.sh), which does not
+# yet.
 DEFAULT_WEIGHTS = (_WEIGHTS / "arr_coc_small", _WEIGHTS / "arr_coc_bench")
 
 

@@ -3,14 +3,15 @@
     python -m scripts.pretrain_vision --data /tmp/smallb --preset small --steps 1500 --out /tmp/small_vit.safetensors
     python -m training.train --config configs/train/small.yaml model.vision.pretrained=/tmp/small_vit.safetensors ...
 
-Why: no model hub is reachable here, so every tower starts from random weights, and a VLM trained from scratch for a
-few thousand steps never learns to read the benchmark's digits (README and results/pilots.md: CPU pilots and the GPU run): the fine-detail
-comparison the benchmark is built for cannot happen. Real VLMs start from a pretrained tower. This stands in for one:
-it trains the tower alone on what a pretrained tower would already know about these images, from the generator's own
-scene records of the **train** split (never the test split's): for every object, the digit drawn in it (features
-pooled over the tokens its glyph box covers), its colour and its shape (pooled over its box). The result is written
-with every key of the open_clip model, so ``vision.pretrained=<file>`` loads it through ``open_clip.create_model``
-exactly as it would load downloaded weights. The test split's objects give the held-out accuracies it prints.
+Why: no model hub is reachable here, so every tower starts from random weights, and a VLM trained from scratch for a few
+thousand steps never learns to read the benchmark's digits (README and results/pilots.md: CPU pilots and the GPU run):
+the fine-detail comparison the benchmark is built for cannot happen. Real VLMs start from a pretrained tower. This
+stands in for one: it trains the tower alone on what a pretrained tower would already know about these images, from the
+generator's own scene records of the **train** split (never the test split's): for every object, the digit drawn in it
+(features pooled over the tokens its glyph box covers), its colour and its shape (pooled over its box). The result is
+written with every key of the open_clip model, so ``vision.pretrained=<file>`` loads it through
+``open_clip.create_model`` exactly as it would load downloaded weights. The test split's objects give the held-out
+accuracies it prints.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ import os
 import random
 import shutil
 import warnings
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -43,7 +43,8 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
     # save only their last step, so starting early would find no weights and fail).
     args = ["--smoke", "--parallel", "2", "--fractions", "1", "0.25", "--relevance-weight", "0.5",
             "--grounding-weight", "2", "--finetune-fractions", "0.25", "1", "--finetune-steps", "3",
-            "--finetune-lr", "0.01", "--bandit-after-steps", "3", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
+            "--finetune-lr", "0.01", "--bandit-after-steps", "3", "--out", str(tmp_path / "results"),
+            "--work", str(tmp_path / "runs")]
     res = main(args)
     assert res["failures"] == []
     logs = sorted((tmp_path / "runs" / "seed0").glob("*/train.log"))
