@@ -165,7 +165,8 @@ class BanditPolicy(nn.Module):
 
         ``draw (S, N, A)`` holds S independent sampled scores; ``first (N,)`` is the action actually taken, which is
         pooled with the S extra draws so that it always has probability >= 1/(S+1) and each row sums to one.
-        Returns ``(N, A)``.
+        Returns ``(N, A)``. The chosen arm's estimate ``p̂ = (C+1)/(S+1)`` has ``E[1/p̂] = (1 - (1-p)^(S+1)) / p``:
+        inverse-propensity weights of arms rarer than about 1/S come out low (see :mod:`arr_coc.bandits.ope`).
         """
         winners = draw.argmax(-1)  # (S, N)
         counts = torch.zeros(first.shape[0], n_arms, dtype=draw.dtype, device=draw.device)

@@ -177,7 +177,8 @@ def multidim_knapsack(values, requests, budget, *, time_limit: float | None = No
         time_limit: optional HiGHS time limit in seconds (then the result may be suboptimal but stays feasible).
 
     Returns:
-        bool mask of chosen items.
+        bool mask of chosen items; ``requests[mask].sum(0) <= budget`` holds exactly, up to the float rounding of that
+        sum (the solver's own tolerance is not relied on).
 
     Shapes:
         values: ``(n,)``; requests: ``(n, R)``; budget: ``(R,)``; output: ``(n,)``.
@@ -200,24 +201,58 @@ def _solve_milp(v: np.ndarray, req: np.ndarray, b: np.ndarray, *, time_limit: fl
                 forced: np.ndarray | None = None, divisible: bool = False) -> np.ndarray:
     """Knapsack ``max vᵀx s.t. reqᵀx <= b`` over ``x ∈ {0,1}ⁿ`` (bool mask out) or, with ``divisible``, ``x ∈ [0,1]ⁿ``.
 
-    ``forced`` gives lower bounds on x: a bool mask (``x_i = 1``) or, when divisible, float lower bounds in [0, 1]. The
-    divisible (LP) solution is clipped to [0, 1] and scaled down by at most the solver's feasibility tolerance where it
-    would overrun the budget, so ``reqᵀx <= b`` holds up to float rounding.
+    ``forced`` gives lower bounds on x: a bool mask (``x_i = 1``) or, when divisible, float lower bounds in [0, 1].
+    HiGHS accepts a constraint violation of about 1e-6 in absolute terms, so each resource row is divided by its
+    budget before solving (the tolerance becomes relative to the budget, whatever the units), and an item that needs
+    a resource whose budget is 0 is fixed at 0. The 0/1 answer is then checked exactly (:func:`_repair_take`); the
+    divisible (LP) solution is clipped to [0, 1] and scaled down by at most the solver's tolerance where it would
+    overrun the budget, so ``reqᵀx <= b`` holds up to float rounding.
     """
     n = v.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.float64 if divisible else bool)
     lo = np.zeros(n) if forced is None else forced.astype(np.float64)
+    pos = b > 0
+    blocked = np.any(req[:, ~pos] > 0, axis=1)  # needs a resource with nothing left: cannot be served at all
+    if np.any(blocked & (lo > 0)):
+        i = int(np.nonzero(blocked & (lo > 0))[0][0])
+        raise RuntimeError(f"item {i} is forced but needs a resource whose budget is 0")
+    hi = np.where(blocked, 0.0, 1.0)
     options = {} if divisible else {"mip_rel_gap": 0.0}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
-    res = milp(-v, constraints=[LinearConstraint(req.T, -np.inf, b)], integrality=np.zeros(n) if divisible else
-               np.ones(n), bounds=Bounds(lo, 1.0), options=options)
+    constraints = [LinearConstraint(req[:, pos].T / b[pos, None], -np.inf, 1.0)] if pos.any() else []
+    res = milp(-v, constraints=constraints, integrality=np.zeros(n) if divisible else np.ones(n),
+               bounds=Bounds(lo, hi), options=options)
     if res.x is None:
         raise RuntimeError(f"HiGHS found no feasible point (status {res.status}: {res.message})")
     if not divisible:
-        return res.x > 0.5
-    return _fit_fractions(res.x, req, b)
+        return _repair_take(res.x > 0.5, v, req, b, forced)
+    return _fit_fractions(np.minimum(res.x, hi), req, b)
+
+
+def _fits(take: np.ndarray, req: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the served requests fit the budget, up to the float rounding of their sum (n·ε·Σ|r| per resource)."""
+    used = req[take].sum(0)
+    slack = take.sum() * np.finfo(np.float64).eps * np.abs(req[take]).sum(0)
+    return bool(np.all(used <= b + slack))
+
+
+def _repair_take(take: np.ndarray, v: np.ndarray, req: np.ndarray, b: np.ndarray,
+                 forced: np.ndarray | None = None) -> np.ndarray:
+    """Make a 0/1 solution fit exactly: drop unforced items, lowest value first, while the budget is overrun.
+
+    The solver's relative feasibility tolerance (about 1e-6 of each budget) can admit an item that overruns the
+    budget by that much; this restores ``reqᵀx <= b`` at the cost of that item.
+    """
+    take = take.copy()
+    keep = np.zeros_like(take) if forced is None else forced.astype(bool)
+    while not _fits(take, req, b):
+        droppable = np.nonzero(take & ~keep)[0]
+        if droppable.size == 0:
+            raise RuntimeError("the forced items alone overrun the budget")
+        take[droppable[np.argmin(v[droppable])]] = False
+    return take
 
 
 def _fit_fractions(x: np.ndarray, req: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ._io import _load_tensors, _save_tensors
 from ._validate import _check_int, _check_positive, _check_real, _check_seed
-from .classic import _as_array, _check_nonneg, _solve_milp
+from .classic import _as_array, _check_nonneg, _fits, _solve_milp
 
 __all__ = [
     "ConstrainedThompsonSampling",
@@ -82,13 +82,19 @@ def gini(x) -> float:
 
 
 def _fill_in_order(order: np.ndarray, req: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Serve agents in ``order`` whenever their request still fits (skipping those that do not)."""
+    """Serve agents in ``order`` whenever their request still fits (skipping those that do not).
+
+    The check adds the request to what is already used and compares with the budget, allowing only the float
+    rounding of that sum (as :func:`~arr_coc.bandits.classic._fits` does), so it holds whatever the units.
+    """
     take = np.zeros(req.shape[0], dtype=bool)
-    left = b.astype(np.float64).copy()
+    used = np.zeros(req.shape[1])
+    eps, k = np.finfo(np.float64).eps, 0
     for i in order:  # sequential by nature: each decision depends on what is left
-        if np.all(req[i] <= left + 1e-12):
+        after = used + req[i]
+        if np.all(after <= b + (k + 1) * eps * after):
             take[i] = True
-            left -= req[i]
+            used, k = after, k + 1
     return take
 
 
@@ -321,43 +327,71 @@ class ConstrainedThompsonSampling(_AllocationPolicy):
         return {**super()._config(), "fairness": self.fairness, "fairness_strength": self.fairness_strength}
 
 
+def _maxmin_floor(theta: np.ndarray, past: np.ndarray, req: np.ndarray, b: np.ndarray,
+                  servable: np.ndarray) -> float:
+    """The highest floor ``min_{servable i}(past_i + θ_i x_i)`` a 0/1 allocation can attain, found exactly.
+
+    A floor z is attainable iff every servable agent below it (``past_i < z``) is served, reaches it
+    (``past_i + θ_i >= z``), and together they fit the budget; that only gets harder as z grows, and the optimum is one
+    of the values ``past_i`` or ``past_i + θ_i``, so a binary search over those values finds it without a solver (and
+    without a solver's tolerance, which cannot tell pasts a millionth apart).
+    """
+    cand = np.unique(np.concatenate([past[servable], (past + theta)[servable]]))
+
+    def attainable(z: float) -> bool:
+        below = servable & (past < z)
+        return bool(np.all(past[below] + theta[below] >= z)) and _fits(below, req, b)
+
+    lo, hi = 0, cand.shape[0] - 1  # cand[0], the lowest servable past, needs nobody served
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if attainable(cand[mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return float(cand[lo])
+
+
 def _maxmin_knapsack(theta: np.ndarray, past: np.ndarray, req: np.ndarray, b: np.ndarray, *,
                      divisible: bool = False) -> np.ndarray:
     """Lexicographic max-min: maximise ``min_i(past_i + θ_i x_i)``, then ``Σθx`` among the maximisers.
 
-    Stage 1 has variables ``[x (binary, or in [0, 1] when divisible), z (free)]`` and rows ``z - θ_i x_i <= past_i``
-    for every servable agent (θ_i > 0 and, for 0/1 service, a request that fits the budget alone); stage 2 bounds
-    ``x_i`` from below by what each servable agent needs to stay at or above the optimal floor ``z*`` (``x_i = 1`` in
-    the 0/1 case; ``(z* - past_i) / θ_i``, capped by the stage-1 solution so the bounds stay feasible, when divisible).
+    The floor counts every servable agent: θ_i > 0 and a request that can be served (within the budget on its own for
+    0/1 service; needing no resource whose budget is 0 when divisible). Otherwise one agent that never fits would pin
+    the floor and the fairness mode would silently degrade to the plain knapsack.
+
+    0/1: the optimal floor z* is found exactly (:func:`_maxmin_floor`), then the knapsack maximises ``Σθx`` with the
+    servable agents below z* forced in. Divisible: stage 1 is an LP with variables ``[x ∈ [0, 1]ⁿ, z]`` and rows
+    ``z - θ_i x_i <= past_i``; stage 2 bounds ``x_i`` from below by ``(z* - past_i) / θ_i``, capped by the stage-1
+    solution so the bounds stay feasible.
     """
     n = theta.shape[0]
-    # Only agents whose request fits the budget on its own can be served this round; the floor ignores the others
-    # (otherwise one agent that never fits pins z* and the fairness mode silently degrades to the plain knapsack).
-    # A divisible request always fits in part.
     servable = theta > 0
-    if not divisible:
-        servable &= np.all(req <= b[None, :] + 1e-12, axis=1)
+    if divisible:
+        servable &= np.all((req == 0) | (b[None, :] > 0), axis=1)
+    else:
+        servable &= np.all(req <= b[None, :], axis=1)
     if not servable.any():
         return _solve_milp(theta, req, b, divisible=divisible)
+    if not divisible:
+        z_star = _maxmin_floor(theta, past, req, b, servable)
+        return _solve_milp(theta, req, b, forced=servable & (past < z_star))
+    pos = b > 0
+    blocked = np.any(req[:, ~pos] > 0, axis=1)
     c = np.zeros(n + 1)
     c[-1] = -1.0  # maximise z
-    res_rows = np.concatenate([req.T, np.zeros((req.shape[1], 1))], axis=1)
     floor_rows = np.concatenate([-np.diag(theta), np.ones((n, 1))], axis=1)[servable]
-    cons = [LinearConstraint(res_rows, -np.inf, b), LinearConstraint(floor_rows, -np.inf, past[servable])]
-    bounds = Bounds(np.concatenate([np.zeros(n), [-np.inf]]), np.concatenate([np.ones(n), [np.inf]]))
-    integrality = np.concatenate([np.full(n, 0.0 if divisible else 1.0), [0.0]])
-    res = milp(c, constraints=cons, integrality=integrality, bounds=bounds,
-               options={} if divisible else {"mip_rel_gap": 0.0})
+    cons = [LinearConstraint(floor_rows, -np.inf, past[servable])]
+    if pos.any():  # resource rows divided by their budget, as in _solve_milp
+        cons.append(LinearConstraint(np.concatenate([req[:, pos].T / b[pos, None], np.zeros((int(pos.sum()), 1))],
+                                                    axis=1), -np.inf, 1.0))
+    bounds = Bounds(np.r_[np.zeros(n), -np.inf], np.r_[np.where(blocked, 0.0, 1.0), np.inf])
+    res = milp(c, constraints=cons, integrality=np.zeros(n + 1), bounds=bounds)
     if res.x is None:
         raise RuntimeError(f"HiGHS failed on the max-min stage (status {res.status}: {res.message})")
-    z_star = res.x[-1]
-    if divisible:  # no slack needed: capping by the stage-1 fractions keeps the bounds feasible
-        need = np.where(servable, (z_star - past) / np.where(servable, theta, 1.0), 0.0)
-        lower = np.minimum(np.clip(need, 0.0, 1.0), np.clip(res.x[:n], 0.0, 1.0))
-        return _solve_milp(theta, req, b, forced=lower, divisible=True)
-    tol = 1e-9 * (1.0 + abs(z_star))
-    forced = servable & (past < z_star - tol)
-    return _solve_milp(theta, req, b, forced=forced)
+    need = np.where(servable, (res.x[-1] - past) / np.where(servable, theta, 1.0), 0.0)
+    lower = np.minimum(np.clip(need, 0.0, 1.0), np.clip(res.x[:n], 0.0, 1.0))
+    return _solve_milp(theta, req, b, forced=lower, divisible=True)
 
 
 class ConstrainedUCB1(_AllocationPolicy):
@@ -435,6 +469,19 @@ class RoundRobinAlloc(_AllocationPolicy):
             served_pos = np.nonzero(take[order])[0]
             self._pointer = int((order[served_pos[-1]] + 1) % self.n_agents)
         return take, self.posterior_mean()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The shared counters plus ``pointer``, the agent the next round starts from (0-d int64)."""
+        return {**super().state_dict(), "pointer": torch.tensor(self._pointer, dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "pointer" not in state:
+            raise ValueError("state dict is missing ['pointer'] (RoundRobinAlloc's position in the cycle)")
+        pointer = int(state["pointer"])
+        if not 0 <= pointer < self.n_agents:
+            raise ValueError(f"state 'pointer' is {pointer}, outside [0, {self.n_agents})")
+        super().load_state_dict(state)
+        self._pointer = pointer
 
 
 class ProportionalAlloc(_AllocationPolicy):

@@ -171,7 +171,9 @@ class LinUCB(_LinearPolicy):
         alpha: exploration scale of the confidence width.
         lam: ridge regulariser λ (> 0).
         solver: ``"cholesky"`` or ``"sherman_morrison"`` (see module docstring).
-        forgetting: optional forgetting rule (``Discount`` gives D-LinUCB, Russac et al. 2019).
+        forgetting: optional forgetting rule. ``Discount`` gives a discounted LinUCB: the discounted ridge estimate of
+            D-LinUCB (Russac et al. 2019), but its width uses the discounted Gram matrix, ``xᵀA⁻¹x``, not their
+            ``xᵀV⁻¹ṼV⁻¹x`` (Ṽ discounted by γ²), which is narrower; so it explores somewhat more than D-LinUCB.
         device: state device.
         dtype: state dtype; contexts must match.
 
@@ -209,7 +211,9 @@ class LinTS(_LinearPolicy):
         dim: context width d.
         v: posterior scale (Agrawal & Goyal's v).
         lam: ridge regulariser λ (> 0).
-        n_mc: extra draws for the Monte Carlo propensities.
+        n_mc: extra draws for the Monte Carlo propensities; an arm chosen with probability p gets
+            ``1 - (1 - p)^(n_mc+1)`` of its due inverse-propensity weight, so raise it for off-policy evaluation of
+            targets that favour rare arms (:mod:`arr_coc.bandits.ope`).
         solver: ``"cholesky"`` or ``"sherman_morrison"``.
         forgetting: optional forgetting rule.
         device: state device.

@@ -5,8 +5,9 @@ reward sums, Gram matrices). A forgetting rule says how those sums age:
 
 * :class:`SlidingWindow` keeps only the last ``size`` observations (SW-UCB, Garivier & Moulines 2011).
 * :class:`Discount` multiplies all statistics by ``gamma`` at every observation (D-UCB, Garivier & Moulines 2011;
-  D-LinUCB, Russac et al. 2019). A batch of N rows counts as N consecutive time steps, so the batched update equals
-  the sequential one.
+  with LinUCB, the discounted ridge estimate of D-LinUCB, Russac et al. 2019, though the width is read from the
+  discounted Gram matrix rather than their γ²-weighted sandwich). A batch of N rows counts as N consecutive time
+  steps, so the batched update equals the sequential one.
 * :class:`PageHinkley` runs a two-sided Page–Hinkley test (Page 1954; Hinkley 1971) per arm on the prediction residual
   ``r - r_hat`` and resets that arm's statistics when the cumulative deviation exceeds ``threshold`` (as in the
   adaptive-window / change-detection bandits of Hartland et al. 2006 and Liu et al. 2018).

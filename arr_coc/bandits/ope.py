@@ -8,6 +8,13 @@ percentile bootstrap confidence interval.
   the propensities or the reward model are correct. :func:`fit_reward_model` fits per-arm ridge regressions with
   K-fold cross-fitting (Chernozhukov et al. 2018) so that q̂ for a row never saw that row's reward.
 
+Monte Carlo propensities (the Thompson-sampling policies: :class:`~arr_coc.bandits.ThompsonSampling`,
+:class:`~arr_coc.bandits.LinTS`, the ``"ts"`` head of :class:`~arr_coc.bandits.NeuralLinear`) are not exact: with S
+extra draws an arm chosen with true probability p is logged with ``p̂ = (C + 1) / (S + 1)``, ``C ~ Binomial(S, p)``,
+and ``E[1 / p̂] = (1 - (1 - p)^(S+1)) / p``, so IPS and DR give that arm ``1 - (1 - p)^(S+1)`` of its due weight:
+negligible for ``p ≫ 1/S``, about 0.63 at ``p = 1/S``. When the target policy favours arms the logging policy
+rarely chose, log with ``n_mc`` large enough that ``1/n_mc`` is well below the smallest propensity that matters.
+
 Everything is torch and runs on the device of the inputs; bootstrap replicates are drawn in chunks, never row by row.
 Shapes: N logged rows, A arms, d context width.
 """
@@ -195,17 +202,20 @@ def fit_reward_model(contexts: Tensor, actions: Tensor, rewards: Tensor, n_arms:
     Returns:
         ``(N, A)`` predicted reward of every arm on every row.
     """
+    n_arms = _check_int("n_arms", n_arms)
     contexts = _check_float("contexts", contexts)
     if contexts.dim() not in (2, 3) or (contexts.dim() == 3 and contexts.shape[1] != n_arms):
         raise ValueError(f"contexts must be (N, d) or (N, {n_arms}, d), got {tuple(contexts.shape)}")
     n = contexts.shape[0]
     rewards = _check_float("rewards", rewards, (n,))
+    if rewards.dtype != contexts.dtype or rewards.device != contexts.device:
+        raise ValueError(f"rewards ({rewards.dtype}, {rewards.device}) must match contexts' dtype and device "
+                         f"({contexts.dtype}, {contexts.device})")
     if not isinstance(actions, Tensor) or actions.dtype not in (torch.int64, torch.int32) or actions.shape != (n,):
         raise ValueError(f"actions must be an int64/int32 tensor of shape ({n},)")
     actions = actions.long()
     if bool(((actions < 0) | (actions >= n_arms)).any()):
         raise ValueError(f"actions must lie in [0, {n_arms}); got range [{int(actions.min())}, {int(actions.max())}]")
-    n_arms = _check_int("n_arms", n_arms)
     lam = _check_positive("lam", lam)
     if not (_check_int("n_folds", n_folds) <= n):
         raise ValueError(f"n_folds must be an int in [1, {n}], got {n_folds!r}")

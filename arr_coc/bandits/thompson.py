@@ -4,7 +4,9 @@ with Beta–Bernoulli or Gaussian posteriors, batched, and optional forgetting.
 Each row of a batch draws its own posterior sample, so a batch of N decisions equals N independent Thompson draws
 from the same posterior. Thompson sampling has no closed-form action probabilities; propensities are Monte Carlo
 estimates over ``n_mc`` extra draws (cached until the next update, since every row shares the posterior) pooled with
-the draw actually used (so a chosen arm never gets propensity 0).
+the draw actually used (so a chosen arm never gets propensity 0). They are estimates: an arm of true probability p
+gets ``1 - (1 - p)^(n_mc+1)`` of its due inverse-propensity weight (:mod:`arr_coc.bandits.ope`), and because the
+draws are shared until the next update, their error is shared by every row selected in between.
 
 Beta sampling uses Marsaglia & Tsang (2000) gamma variates built from normal and uniform draws, so an explicit
 ``torch.Generator`` gives reproducible results on any device.
@@ -25,6 +27,7 @@ from .greedy import _MeanPolicy
 __all__ = ["ThompsonSampling"]
 
 _PRIORS = ("beta", "gaussian")
+_MC_SEED = 0x7A5C0DE  # offset of the private Monte Carlo generator's seed (see ThompsonSampling._win_counts)
 
 
 def _sample_gamma(alpha: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -136,27 +139,31 @@ class ThompsonSampling(_MeanPolicy):
         super()._refresh()
         self._mc_cache = None  # the posterior changed: the Monte Carlo win counts are stale
 
-    def _win_counts(self, generator: torch.Generator | None) -> Tensor:
+    def _win_counts(self) -> Tensor:
         """How often each arm wins in ``n_mc`` posterior draws, ``(A,)``.
 
         All rows share one posterior, and it changes only in ``update``, so one set of draws serves every ``select``
-        until the next update (drawn with the generator of the first call after it).
+        until the next update. The draws come from a private generator seeded by the number of observations, not from
+        the caller's: a ``select`` with a seeded generator then consumes it the same way whether or not the cache was
+        just rebuilt, so it is reproducible.
         """
         cache = getattr(self, "_mc_cache", None)
         if cache is None or cache.device != self.device or cache.dtype != self.dtype:
-            winners = self._draw((self.n_mc,), generator).argmax(-1)  # (S,)
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(_MC_SEED + int(self.steps))
+            winners = self._draw((self.n_mc,), gen).argmax(-1)  # (S,)
             cache = torch.bincount(winners, minlength=self.n_arms).to(self.dtype)
             self._mc_cache = cache
         return cache
 
     def action_probabilities(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         contexts, _ = self._check_contexts(contexts)
-        probs = self._win_counts(generator) / self.n_mc
+        probs = self._win_counts() / self.n_mc
         return probs[None, :].expand(contexts.shape[0], -1)
 
     def select(self, contexts: Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         contexts, _ = self._check_contexts(contexts)
-        counts = self._win_counts(generator)
+        counts = self._win_counts()
         actions = self._draw((contexts.shape[0],), generator).argmax(-1)  # (N,) one Thompson draw per row
         # The row's own draw is pooled with the S cached ones, so a chosen arm never gets propensity 0.
         props = (counts[actions] + 1) / (self.n_mc + 1)

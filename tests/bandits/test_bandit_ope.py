@@ -127,6 +127,12 @@ def test_ope_validation_errors():
         ips(r, a, p, pt, n_boot=1)
     with pytest.raises(ValueError, match="n_folds"):
         fit_reward_model(torch.randn(10, 2, dtype=torch.float64), a, r, 2, n_folds=20)
+    with pytest.raises(ValueError, match="n_arms"):
+        fit_reward_model(torch.randn(10, 2, dtype=torch.float64), a, r, "x")
+    with pytest.raises(ValueError, match="n_arms"):
+        fit_reward_model(torch.randn(10, 2, dtype=torch.float64), a, r, None)
+    with pytest.raises(ValueError, match="must match contexts"):
+        fit_reward_model(torch.randn(10, 2, dtype=torch.float64), a, r.float(), 2)
 
 
 def test_linucb_logged_propensities_are_deterministic_for_ope():

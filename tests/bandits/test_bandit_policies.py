@@ -221,6 +221,34 @@ def test_generator_reproducibility():
     assert torch.equal(a1, a2) and torch.equal(p1, p2)
 
 
+def test_thompson_select_reproducible_whatever_its_cache():
+    """The Monte Carlo cache is rebuilt after each update; a seeded select must not depend on whether it was."""
+    pol = ThompsonSampling(4, "beta", n_mc=256)
+    pol.update(torch.zeros(8, 1), torch.arange(8) % 4, torch.rand(8, generator=torch.Generator().manual_seed(0)))
+    x = torch.zeros(6, 1)
+    first = pol.select(x, generator=torch.Generator().manual_seed(3))  # rebuilds the cache
+    again = pol.select(x, generator=torch.Generator().manual_seed(3))  # reuses it
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    other = ThompsonSampling(4, "beta", n_mc=256)
+    other.load_state_dict(pol.state_dict())
+    other.action_probabilities(x, generator=torch.Generator().manual_seed(9))  # builds its cache another way
+    third = other.select(x, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first[0], third[0]) and torch.equal(first[1], third[1])
+
+
+def test_mc_propensity_inverse_weight_matches_documented_bias():
+    """E[1{a = k} / p̂] = 1 - (1 - p_k)^(S+1) for Monte Carlo propensities (the bias the ope docstring states)."""
+    s, n = 4, 200_000
+    pol = LinTS(2, 1, n_mc=s, dtype=torch.float64)
+    mean = torch.tensor([0.0, -1.0], dtype=torch.float64).expand(n, 2)
+    scale = torch.ones(n, 2, dtype=torch.float64)
+    actions, props = pol._ts_select(mean, scale, torch.Generator().manual_seed(0))
+    p = 0.5 * math.erfc(1.0 / 2.0)  # P(N(-1, 1) > N(0, 1)) = Phi(-1/sqrt(2))
+    weight = torch.where(actions == 1, 1.0 / props, torch.zeros_like(props)).mean().item()
+    assert abs(float((actions == 1).double().mean()) - p) < 0.005
+    assert abs(weight - (1.0 - (1.0 - p) ** (s + 1))) < 0.01  # 0.746, not the 1.0 exact propensities give
+
+
 def test_module_to_moves_state_dtype():
     pol = LinUCB(3, 4).to(torch.float64)
     assert pol.dtype == torch.float64 and pol.theta.dtype == torch.float64
