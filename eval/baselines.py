@@ -333,6 +333,10 @@ def _gather(x: Tensor, idx: Tensor) -> Tensor:
 class VisionZipBaseline(TokenBaseline):
     """Dominant tokens by class-token attention plus similarity-merged contextual tokens (VisionZip).
 
+    One difference from the paper's method: the contextual tokens are grouped by the cosine similarity of the tower's
+    output features, where VisionZip measures it on that layer's attention keys; grouping (each remaining token joins
+    its most similar target) and merging (the mean of the target and its members) follow the paper.
+
     Args:
         dominant_fraction: Share of the ``T`` tokens that are dominant; the paper uses 54/64 (= 27/32).
     """
@@ -524,7 +528,12 @@ class FastVBaseline(TokenBaseline):
                 return None
             h = args[0] if args else kwargs["hidden_states"]
             kwargs = dict(kwargs)
-            kwargs["attention_mask"] = _mask_keys(kwargs.get("attention_mask"), state["drop"], valid, h.shape[1])
+            mask, kv = kwargs.get("attention_mask"), None
+            cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+            if mask is None and h.shape[1] != prompt_len and cache is not None:
+                # An unpadded batch's decoding step: keys = what the cache holds before this step + the new query.
+                kv = cache.get_seq_length(getattr(module, "layer_idx", 0)) + h.shape[1]
+            kwargs["attention_mask"] = _mask_keys(mask, state["drop"], valid, h.shape[1], kv)
             return args, kwargs
 
         handles = [layers[k_layer - 1].self_attn.register_forward_pre_hook(read, with_kwargs=True)]
@@ -589,8 +598,11 @@ def _last_scores(attn: nn.Module, h: Tensor, position_embeddings: tuple[Tensor, 
     return received / voters.clamp_min(1)
 
 
-def _mask_keys(mask: Tensor | None, drop: Tensor, valid: Tensor, q_len: int) -> Tensor:
+def _mask_keys(mask: Tensor | None, drop: Tensor, valid: Tensor, q_len: int, kv: int | None = None) -> Tensor:
     """Add "never attend to the dropped keys" to an HF attention mask (bool: True attends; float: additive).
+
+    SDPA passes no mask when causality alone suffices (no row padded); it is then rebuilt, with ``kv`` keys: the
+    prompt at prefill, the cached length plus ``q_len`` at a decoding step (the caller reads it from the cache).
 
     Shapes:
         mask: (B, 1, q, kv) or None (SDPA's implicit causal mask)
@@ -598,12 +610,13 @@ def _mask_keys(mask: Tensor | None, drop: Tensor, valid: Tensor, q_len: int) -> 
         returns: (B, 1, q, kv)
     """
     b, prompt_len = drop.shape
-    kv = mask.shape[-1] if mask is not None else None
-    if kv is None:
-        # SDPA passes no mask when causality alone suffices; rebuild it (queries are the last q_len positions).
-        kv = prompt_len if q_len == prompt_len else None
-        if kv is None:
-            raise ValueError("fastv: cannot infer the key length of a decoding step without an attention mask")
+    if mask is not None:
+        kv = mask.shape[-1]
+    elif kv is None:
+        if q_len != prompt_len:
+            raise ValueError("fastv: cannot infer the key length of a decoding step without an attention mask "
+                             "or a key/value cache")
+        kv = prompt_len
     drop_kv = F.pad(drop, (0, kv - prompt_len))  # generated positions are never dropped
     if mask is None:
         qi = torch.arange(q_len, device=drop.device)[:, None] + (kv - q_len)

@@ -19,13 +19,17 @@ many tokens), then decodes greedily in batches with a tqdm bar and scores every 
   ``target_fraction``;
 - ``run.json``: what was evaluated. A rerun with the same settings resumes: questions already in the JSONL are
   skipped (a torn last line from a kill is dropped), and a rerun with different settings is refused unless
-  ``resume=false``, which starts over.
+  ``resume=false``, which starts over. The settings are the method, budget, metric, data, generation length, the
+  model (its checkpoint or preset, the ``model.`` overrides and a fingerprint of its parameter names, shapes and
+  dtypes), the device and the batch size (left padding, hence greedy outputs, and latency depend on the last two).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import itertools
 import json
 import os
 import sys
@@ -99,8 +103,14 @@ def load_eval_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if cfg.token_fraction is not None and not (isinstance(cfg.token_fraction, (int, float))
+                                               and not isinstance(cfg.token_fraction, bool)
                                                and 0 < float(cfg.token_fraction) <= 1):
         raise ValueError(f"token_fraction must be in (0, 1] or null, got {cfg.token_fraction!r}")
+    if not isinstance(cfg.resume, bool):
+        raise ValueError(f"resume must be true or false, got {cfg.resume!r}")
+    mx = cfg.data.max_samples
+    if mx is not None and (not isinstance(mx, int) or isinstance(mx, bool) or mx < 1):
+        raise ValueError(f"data.max_samples must be a positive integer or null, got {mx!r}")
     if cfg.method != "arr_coc" and cfg.token_fraction is None:
         raise ValueError(f"method={cfg.method!r} is a baseline and needs token_fraction")
     load_model_cfg(model_dict(cfg.model_preset, cfg.model))  # validates the model overrides early
@@ -146,6 +156,14 @@ def build_eval_model(cfg: EvalCfg):
     model, processor = build_model(model_dict(cfg.model_preset, cfg.model))
     return model, processor, {"checkpoint": None, "preset": cfg.model_preset, "seed": cfg.seed,
                               "note": "random initialisation (smoke test)"}
+
+
+def _architecture(model: torch.nn.Module) -> str:
+    """A short fingerprint of the model's parameter and buffer names, shapes and dtypes."""
+    h = hashlib.sha256()
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    return h.hexdigest()[:16]
 
 
 def _metric_name(cfg: EvalCfg) -> str:
@@ -310,10 +328,19 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     pred_path, run_path = out / "predictions.jsonl", out / "run.json"
     run = {"method": cfg.method, "token_fraction": cfg.token_fraction, "num_tokens": method.num_tokens,
            "full_tokens": method.full_tokens, "baseline": cfg.baseline, "metric": metric_name,
-           "data": dataclass_to_dict(cfg.data), "model": dict(model_info or {}), "max_new_tokens": cfg.max_new_tokens}
+           "data": dataclass_to_dict(cfg.data), "model": dict(model_info or {}), "max_new_tokens": cfg.max_new_tokens,
+           # What the model is beyond its source: eval-time overrides and its architecture (names, shapes, dtypes),
+           # so a rerun with another model in the same folder is refused rather than mixed into one summary; and
+           # where and how it runs (left padding follows the batch size; latency follows the device).
+           "model_overrides": cfg.model, "architecture": _architecture(model), "device": str(device),
+           "batch_size": cfg.batch_size}
     if cfg.resume and run_path.is_file() and pred_path.is_file():
         old = json.loads(run_path.read_text())
-        diff = sorted(k for k in run if json.dumps(old.get(k), default=str) != json.dumps(run[k], default=str))
+
+        def same(a: Any, b: Any) -> bool:
+            return json.dumps(a, default=str, sort_keys=True) == json.dumps(b, default=str, sort_keys=True)
+
+        diff = sorted(k for k in run if not same(old.get(k), run[k]))
         if diff:
             raise ValueError(f"{out} holds a run with different settings {diff}: "
                              f"{ {k: old.get(k) for k in diff} } vs { {k: run[k] for k in diff} }; "

@@ -174,6 +174,29 @@ def test_fastv_drops_the_tokens_with_the_lowest_measured_attention():
     assert out.tokens.tolist() == [16, 16]
 
 
+@pytest.mark.parametrize("rows", [1, 2])
+def test_fastv_generates_from_an_unpadded_batch(rows):
+    """With no row padded, SDPA passes no attention mask, at decoding steps too: the dropped keys must stay masked.
+
+    The reference is the same prompts under eager attention, which always builds an explicit mask.
+    """
+    model, processor = _build(llm={"text_config": {"num_hidden_layers": 3}})
+    method = create_method("fastv", model, 0.25, layer=2)
+    proc = copy.copy(processor)
+    proc.budget = method.placeholders
+    batch = proc(random_images(rows, seed=5, size=(64, 64)), [QUESTIONS[0]] * rows)
+    assert bool(batch["attention_mask"].all())  # no padding
+    kw = {"max_new_tokens": 4, "do_sample": False}
+    out = method.generate(**batch, **kw)
+    model.llava.set_attn_implementation("eager")
+    try:
+        ref = method.generate(**batch, **kw)
+    finally:
+        model.llava.set_attn_implementation("sdpa")
+    assert out.tokens.tolist() == [16] * rows
+    assert torch.equal(out.sequences, ref.sequences)
+
+
 def test_fastv_keeps_the_tokens_a_constructed_query_attends_to():
     """A hand-built case: layer 1's keys make the last position attend to exactly two known image tokens."""
     model, processor = _build()

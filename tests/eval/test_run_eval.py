@@ -54,6 +54,14 @@ def test_bad_settings_are_rejected():
         load_eval_cfg("configs/eval/tiny.yaml", ["token_fraction=2.0"])
     with pytest.raises(ValueError, match="'f1'"):
         load_eval_cfg("configs/eval/tiny.yaml", ["metric=f1"])
+    with pytest.raises(ValueError, match="token_fraction.*True"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["token_fraction=true"])
+    with pytest.raises(ValueError, match="max_samples.*-3"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["data.max_samples=-3"])
+    with pytest.raises(ValueError, match="max_samples.*0"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["data.max_samples=0"])
+    with pytest.raises(ValueError, match="resume.*maybe"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["resume=maybe"])
 
 
 def test_evaluate_then_resume_from_a_torn_jsonl(bench, tmp_path):
@@ -88,12 +96,27 @@ def test_evaluate_then_resume_from_a_torn_jsonl(bench, tmp_path):
     assert [strip(r) for r in redo] == [strip(r) for r in recs]
     # Nothing left to do: a third run evaluates nothing.
     assert main(_args(out, bench))["evaluated_now"] == 0
+    # Another model, batch size or device in the same folder is refused, not mixed into one summary.
+    with pytest.raises(ValueError, match="architecture"):
+        main(_args(out, bench, "model.llm.text_config.num_hidden_layers=3"))
+    with pytest.raises(ValueError, match="batch_size"):
+        main(_args(out, bench, "batch_size=2"))
+    run = json.loads((out / "run.json").read_text())
+    assert run["device"] == "cpu" and run["batch_size"] == 3 and run["model_overrides"] == {}
 
     # Other settings in the same folder are refused; resume=false starts over.
     with pytest.raises(ValueError, match="different settings"):
         main(_args(out, bench, "method=uniform", "token_fraction=0.25"))
     fresh = main(_args(out, bench, "method=uniform", "token_fraction=0.25", "resume=false"))
     assert fresh["evaluated_now"] == 7 and fresh["mean_visual_tokens"] == 16
+
+
+def test_resume_ignores_the_order_of_overrides(bench, tmp_path):
+    out = tmp_path / "ord"
+    first = main(_args(out, bench, "model.arr_coc.budget=32", "model.arr_coc.max_tokens=6", "data.max_samples=3"))
+    assert first["evaluated_now"] == 3
+    again = main(_args(out, bench, "model.arr_coc.max_tokens=6", "model.arr_coc.budget=32", "data.max_samples=3"))
+    assert again["evaluated_now"] == 0 and again["resumed"] == 3
 
 
 def test_fastv_run_reports_its_flops(bench, tmp_path):
