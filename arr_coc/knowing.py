@@ -150,7 +150,10 @@ class Knowing(nn.Module):
         count = F.avg_pool2d(torch.ones_like(m[:, :1]), 3, stride=1, padding=1, divisor_override=1)
         surround = (box_sum - m) / (count - 1).clamp_min(1)
         contrast = (m - surround).flatten(2).transpose(1, 2).norm(dim=-1)  # (B, K)
-        inner = (features - mean[:, :, None, None]).square().sum(-1).mean(dim=(2, 3)).sqrt()  # within-patch contrast
+        # Within-patch contrast (rms distance to the patch mean). A flat patch (every fine token equal, always so on a
+        # 1x1 fine grid) has exactly 0, where sqrt'(0) = inf would turn the backward into NaN: its gradient is 0.
+        var = (features - mean[:, :, None, None]).square().sum(-1).mean(dim=(2, 3))
+        inner = torch.where(var > 0, var.clamp_min(torch.finfo(var.dtype).tiny).sqrt(), torch.zeros_like(var))
         return contrast + inner
 
     def participatory(self, features: Tensor, query: Tensor) -> Tensor:

@@ -317,3 +317,18 @@ def test_autocast_accepts_low_precision_features():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         s = kn(_features(k=4).bfloat16(), query=_query().bfloat16())
     assert s.shape == (2, 4, 3) and torch.isfinite(s.float()).all()
+
+
+def test_flat_patch_gives_finite_gradients():
+    """A patch whose fine tokens are all equal (always so on a 1x1 fine grid) has zero within-patch contrast, where
+    sqrt has an infinite slope: the backward must stay finite."""
+    f = _features(h=1, w=1).requires_grad_()
+    knowing = Knowing(8, 8)
+    q = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    (knowing(f, query=q) * torch.arange(3.0)).sum().backward()
+    assert bool(torch.isfinite(f.grad).all())
+    g = _features(h=3, w=3)
+    g[:, 0] = g[:, 0, :1, :1]  # one flat patch in an otherwise textured image
+    g.requires_grad_()
+    knowing.perspectival(g, (4, 4)).sum().backward()
+    assert bool(torch.isfinite(g.grad).all())

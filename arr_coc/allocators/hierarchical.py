@@ -78,5 +78,8 @@ class HierarchicalAllocator(Allocator):
         return self._from_regions(t.reshape(ur.shape), geo)
 
     def relaxed(self, utility: Tensor) -> Tensor:
+        # Half-precision utilities (autocast, bf16 weights) are solved in float32: the region totals feed the patch
+        # stage as budgets, and 13,200 in bf16 is 13,184.
+        utility = utility.to(torch.promote_types(utility.dtype, torch.float32))
         totals, ur, geo = self._region_stage(utility, integer=False)
         return self._from_regions(self._patch_stage(totals, ur).reshape(ur.shape), geo)

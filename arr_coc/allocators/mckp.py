@@ -250,6 +250,8 @@ class MCKPAllocator(Allocator):
         if self.mode == "exact" and k * self.levels[-1] < b:
             raise ValueError(f"infeasible budget: K·max(level) = {k}·{self.levels[-1]} = {k * self.levels[-1]} < "
                              f"budget={b}")
+        if k * self.max_tokens < b:  # at_most too: a budget no allocation within [lo, hi] can reach is refused
+            raise ValueError(f"infeasible budget: K·hi = {k}·{self.max_tokens} = {k * self.max_tokens} < budget={b}")
 
     def allocate(self, utility: Tensor, *, context: Tensor | None = None) -> Tensor:
         values = utility if utility.dim() == 3 else level_values(utility, self.levels)

@@ -19,5 +19,6 @@ class UniformAllocator(Allocator):
                                               device=utility.device))
 
     def relaxed(self, utility: Tensor) -> Tensor:
-        # Constant allocation: no gradient flows to the utility, by design.
+        # Constant allocation: no gradient flows to the utility, by design. B / K lies in [lo, hi] iff B is feasible.
+        self.check_feasible(utility.shape[1])
         return torch.full_like(utility, self.budget / utility.shape[1])

@@ -55,7 +55,9 @@ def _slack(y: Tensor, mag, k: int):
     sum|hi|) (budget = K·lo computed in floats must not be "infeasible"), plus the absolute resolution of subnormals:
     each of the K bounds and the budget may have been rounded to the working dtype's subnormal grid (budget = K·lo
     with lo ~ 1e-44 in float32 is feasible). ``mag`` is a tensor (per row) or a float."""
-    fi = torch.finfo(y.dtype if y.is_floating_point() else torch.float64)
+    # The working precision is the accumulation dtype (float32 for half inputs): the budget and bounds are numbers or
+    # float32, so a bf16 y's 2^-8 would let a budget thousands of tokens outside [sum(lo), sum(hi)] through.
+    fi = torch.finfo(_acc_dtype(y.dtype) if y.is_floating_point() else torch.float64)
     return 4 * fi.eps * mag + (k + 1) * fi.smallest_normal * fi.eps
 
 
@@ -217,6 +219,8 @@ def _check_roundable(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple
     lo_f, hi_f = lo.to(x.dtype), hi.to(x.dtype)
     # Drift allowance: float32 sums of K ~ 200 values land ~1e-3 off; a point stored in a half type (a bf16 projection)
     # is further off, up to half an ulp per entry: 0.5 * eps(dtype) * sum|x|. Anything further is not a projected x.
+    # The allowance is the projection's own acceptance bound (|sum x - B| <= 1e-3 B, issue 4), so any projection that
+    # meets its spec rounds; a tighter one would reject a GPU kernel's in-spec output.
     tol_b = 1e-3 * max(1.0, float(budget.abs().max()) if budget.numel() else 1.0)
     if x.numel():
         tol_b = max(tol_b, 0.5 * torch.finfo(x.dtype).eps * float(x.double().abs().sum(-1).max()))

@@ -305,3 +305,15 @@ def test_scalar_bound_checks_agree_with_the_general_path(dtype):
         lo, hi = torch.tensor(1), torch.tensor(3)
         assert ops._values_look_ok(y, b, lo, hi) == ops._values_look_ok(y, b.clone(), lo.expand(5).clone(),
                                                                          hi.expand(5).clone()) == (5 <= bv <= 15)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_get_the_float32_feasibility_slack(dtype):
+    """The budget and bounds are float32-exact numbers: a half y must not widen the slack to its own ulp (bf16 once
+    accepted a budget 1,200 tokens below K*lo)."""
+    y = torch.randn(1, 200, generator=torch.Generator().manual_seed(0)).to(dtype)
+    for bad in (12000.0, 82000.0):
+        with pytest.raises(ValueError, match="infeasible"):
+            capped_simplex_projection(y, bad, 64.0, 400.0)
+    for ok in (12800.0, 13200.0, 80000.0):
+        assert abs(float(capped_simplex_projection(y, ok, 64.0, 400.0).double().sum()) - ok) <= 0.01 * ok
