@@ -82,7 +82,9 @@ def save_pretrained(model: nn.Module, processor: Any, model_cfg: Mapping[str, An
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().to("cpu")
-        if name is not None and v.is_floating_point():
+        # float64 tensors keep their precision: they are statistics (the bandit allocator's ridge Gram matrix and
+        # response sums, from which A^-1 and theta are recomputed on load), which rounding to bf16 would corrupt.
+        if name is not None and v.is_floating_point() and v.dtype != torch.float64:
             v = v.to(_DTYPES[name])
         state[k] = v.contiguous()
     out = Path(directory)

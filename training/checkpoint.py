@@ -126,7 +126,10 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: nn.Module
         os.replace(tmp, final)
         atomic_write_text(root / "latest", final.name + "\n")
         if keep_last is not None and keep_last > 0:
-            done = sorted(p for p in root.glob(f"{_PREFIX}*") if p.is_dir())
+            # Prune only this trajectory's past: checkpoints numbered at or below the one just written, never that
+            # one. Higher-numbered folders (an earlier run in the same output_dir, or a resume from an older
+            # checkpoint) are left alone: sorting them in would delete the checkpoint just written.
+            done = sorted(p for p in root.glob(f"{_PREFIX}*") if p.is_dir() and p.name <= final.name)
             for old in done[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
     _barrier()

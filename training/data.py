@@ -526,11 +526,15 @@ def load_configured(d: Any, *, generate_here: bool = True, barrier: Callable[[],
                                  "(whose columns are fixed: the schema plus target_box and scene)")
         if d.path is None:
             raise ValueError("data.path is required (the benchmark directory, or where to generate it)")
-        if d.generate and not Path(d.path, "dataset_dict.json").is_file():
-            if generate_here:
+        if d.generate:
+            # Every rank takes the barrier whenever generation is on, whether or not it sees the data yet: a rank
+            # that looked after rank 0 had written it and skipped the barrier would pair rank 0's barrier with its
+            # own next collective.
+            if generate_here and not Path(d.path, "dataset_dict.json").is_file():
                 from training.benchmark import BenchmarkCfg, make_benchmark
 
-                make_benchmark(d.path, seed=d.generate_seed, sizes=dict(d.generate_sizes),
+                # A split of size 0 is left out (small.yaml has no val split), as scripts/make_benchmark.py does.
+                make_benchmark(d.path, seed=d.generate_seed, sizes={k: v for k, v in d.generate_sizes.items() if v},
                                cfg=BenchmarkCfg.from_dict(d.generate_cfg))
             if barrier is not None:
                 barrier()

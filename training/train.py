@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -159,6 +159,26 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
                     ("train.grad_accum", cfg.train.grad_accum), ("train.log_every", cfg.train.log_every)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    def _number(name: str, v: Any, ok: Callable[[float], bool], want: str, *, integer: bool = False,
+                nullable: bool = False) -> None:
+        if v is None and nullable:
+            return
+        types = (int,) if integer else (int, float)
+        if isinstance(v, bool) or not isinstance(v, types) or not math.isfinite(v) or not ok(v):
+            raise ValueError(f"{name} must be {want}, got {v!r}")
+
+    # A negative clip flips the gradient's sign, a negative floor ratio makes the late learning rate negative, and
+    # save_every/keep_last below 1 would save every step / keep everything: refused, not silently applied.
+    _number("optim.grad_clip", cfg.optim.grad_clip, lambda v: v > 0, "a number > 0 or null", nullable=True)
+    _number("optim.min_lr_ratio", cfg.optim.min_lr_ratio, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    _number("optim.warmup_steps", cfg.optim.warmup_steps, lambda v: v >= 0, "an integer >= 0", integer=True)
+    _number("optim.lr", cfg.optim.lr, lambda v: v > 0, "a number > 0")
+    _number("optim.weight_decay", cfg.optim.weight_decay, lambda v: v >= 0, "a number >= 0")
+    _number("train.save_every", cfg.train.save_every, lambda v: v >= 1, "an integer >= 1 or null", integer=True,
+            nullable=True)
+    _number("train.keep_last", cfg.train.keep_last, lambda v: v >= 1, "an integer >= 1 or null", integer=True,
+            nullable=True)
+    _number("train.seed", cfg.train.seed, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)", integer=True)
     mm = cfg.train.max_minutes
     if mm is not None and (isinstance(mm, bool) or not isinstance(mm, (int, float)) or not mm > 0):
         raise ValueError(f"train.max_minutes must be a positive number or null, got {mm!r}")
@@ -463,9 +483,13 @@ class TrainRecipe:
                                rank=self.rank, accum=c.train.grad_accum, start_step=self.step,
                                max_steps=c.train.max_steps)
         self.steps_per_epoch = sampler.steps_per_epoch
+        # Its own generator: iter(loader) draws the workers' base seed from it, not from the global CPU generator,
+        # whose state a checkpoint restores; drawing from that one would shift every later global draw (Thompson
+        # sampling, dropout) by one on resume, so a resumed run would not repeat the uninterrupted one.
+        gen = torch.Generator().manual_seed(c.train.seed * 65537 + self.rank)
         return torch.utils.data.DataLoader(RowDataset(self.dataset), batch_sampler=sampler, collate_fn=self.collator,
                                            num_workers=c.data.num_workers, pin_memory=self.device.type == "cuda",
-                                           persistent_workers=False)
+                                           persistent_workers=False, generator=gen)
 
     def _autocast(self):
         if self.amp_dtype is None or self.fsdp:  # FSDP2's MixedPrecisionPolicy casts instead

@@ -56,6 +56,29 @@ def test_bf16_export_halves_the_file_and_loads_the_rounded_weights(tmp_path):
         assert torch.equal(w, want), k
 
 
+def test_bf16_export_keeps_the_bandits_float64_statistics(tmp_path):
+    """Rounding the ridge statistics to bf16 changed the loaded bandit's A^-1 by 70% and its allocations."""
+    torch.manual_seed(0)
+    cfg = dataclass_to_dict(load_model_cfg("tiny", ["arr_coc.allocator=bandit",
+                                                    'arr_coc.allocator_kwargs={"levels": [1, 2, 4, 6]}']))
+    model, processor = build_model(cfg)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        img = (torch.rand(8, *processor.image_size, 3, generator=g) * 255).to(torch.uint8).numpy()
+        b = processor(list(img), ["what digit is in the red circle?"] * 8)
+        with torch.no_grad():
+            model(b["pixel_values"], b["input_ids"], b["attention_mask"], query_input_ids=b["query_input_ids"],
+                  query_attention_mask=b["query_attention_mask"])
+        model.arr_coc.attending.update(torch.rand(8, generator=g))
+    save_pretrained(model, processor, cfg, tmp_path / "bf16", dtype="bfloat16")
+    loaded, _ = load_pretrained(tmp_path / "bf16")
+    stats = [k for k, v in model.state_dict().items() if v.dtype == torch.float64]
+    assert any(k.endswith("A_inv") for k in stats) and any(k.endswith("theta") for k in stats)
+    for k in stats:
+        assert torch.equal(loaded.state_dict()[k], model.state_dict()[k]), k
+
+
 def test_errors_name_the_problem(tmp_path):
     model, processor, cfg = _tiny()
     with pytest.raises(ValueError, match="not a pretrained ARR-COC folder"):

@@ -277,3 +277,17 @@ def test_columnwise_answer_records():
     ds = to_common_schema(source, ColumnMap(question_type=None, default_question_type="other"))
     assert ds[0]["answers"] == ["red", "dark red"]
     assert ds[0]["question_type"] == "other"
+
+
+def test_generation_leaves_out_empty_splits(tmp_path):
+    """configs/train/small.yaml asks for {train: 12000, val: 0}; a size-0 split is skipped, not an error."""
+    from training.benchmark import TINY_GENERATOR
+    from training.data import load_configured
+    from training.train import load_train_cfg
+
+    cfg = load_train_cfg("configs/train/small.yaml", [f"data.path={tmp_path / 'b'}", "data.generate=true"])
+    assert cfg.data.generate_sizes["val"] == 0
+    cfg.data.generate_sizes = {"train": 6, "val": 0}
+    cfg.data.generate_cfg = dict(TINY_GENERATOR)
+    ds = load_configured(cfg.data)
+    assert len(ds) == 6 and not (tmp_path / "b" / "val").exists()

@@ -234,3 +234,43 @@ def test_init_from_starts_a_new_run_from_trained_weights(bench, tmp_path):
         load_train_cfg("configs/train/tiny.yaml", ['train.init_from_skip=["arr_coc."]'])
     with pytest.raises(ValueError, match="init_from_skip must be null or a non-empty list"):
         load_train_cfg("configs/train/tiny.yaml", [f"train.init_from={src}", "train.init_from_skip=[]"])
+
+
+def test_thompson_bandit_run_resumes_exactly(bench, tmp_path):
+    """The TS bandit draws from the global CPU generator; the loader must not shift it on resume (it did)."""
+    out = tmp_path / "ts"
+    args = ["--config", "configs/train/tiny.yaml", f"output_dir={out}", f"data.path={bench}", "data.generate=false",
+            "dist.fsdp=off", "train.max_steps=4", "train.batch_size=4", "train.save_every=2", "train.keep_last=9",
+            "model.arr_coc.allocator=bandit",
+            'model.arr_coc.allocator_kwargs={"levels": [1, 2, 4, 6], "policy": "ts"}']
+    full = main(args)
+    resumed = main(args + ["--resume", str(out / "checkpoints" / "step_00000002")])
+    assert [r["step"] for r in resumed] == [3, 4]
+    for a, b in zip(full[2:], resumed):
+        assert a["loss"] == b["loss"] and a["budget_gini"] == b["budget_gini"]
+
+
+def test_pruning_never_deletes_the_checkpoint_just_written(bench, tmp_path):
+    """A second run in the same output_dir with fewer steps: its checkpoint must survive keep_last."""
+    out = tmp_path / "prune"
+    base = ["--config", "configs/train/tiny.yaml", f"output_dir={out}", f"data.path={bench}", "data.generate=false",
+            "dist.fsdp=off", "train.batch_size=4"]
+    main(base + ["train.max_steps=4", "train.save_every=2", "train.keep_last=2"])
+    main(base + ["train.max_steps=3", "train.keep_last=1", "train.seed=7"])
+    names = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
+    assert "step_00000003" in names and "step_00000004" in names  # the other trajectory's is left alone
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    from training.checkpoint import find_latest
+
+    assert find_latest(out / "checkpoints").name == "step_00000003"
+
+
+@pytest.mark.parametrize("override", ["optim.grad_clip=-1", "optim.min_lr_ratio=-0.5", "optim.min_lr_ratio=1.5",
+                                      "optim.warmup_steps=-2", "train.save_every=-3", "train.keep_last=0",
+                                      "train.seed=-1", "optim.lr=0"])
+def test_bad_optimisation_settings_are_refused_by_name(override):
+    from training.train import load_train_cfg
+
+    key, value = override.split("=")
+    with pytest.raises(ValueError, match=f"{key}.*{value}"):
+        load_train_cfg("configs/train/tiny.yaml", [override])
