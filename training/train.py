@@ -210,6 +210,32 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     return cfg
 
 
+# Settings that fix a run's trajectory: resuming with another value would silently continue a different run (another
+# data order, batch, budget draw, objective or model). max_steps, the optimiser, logging and checkpointing may change.
+_RESUME_KEYS = ("model_preset", "model", "train.seed", "train.batch_size", "train.grad_accum", "train.budget_fractions",
+                "train.grounding_weight", "train.relevance_weight", "train.relevance_layer", "data.source",
+                "data.split", "data.max_samples")
+
+
+def _check_resume_config(saved: dict | None, cfg: TrainCfg, path: Path) -> None:
+    """Raise ``ValueError`` naming every :data:`_RESUME_KEYS` setting that differs from the checkpoint's."""
+    if not saved:
+        return  # a checkpoint written without its config (older format): nothing to compare
+    now = dataclass_to_dict(cfg)
+
+    def get(d: dict, key: str) -> Any:
+        for part in key.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        return d
+
+    diff = [k for k in _RESUME_KEYS if json.dumps(get(saved, k), sort_keys=True, default=str)
+            != json.dumps(get(now, k), sort_keys=True, default=str)]
+    if diff:
+        pairs = ", ".join(f"{k}: {get(saved, k)!r} -> {get(now, k)!r}" for k in diff)
+        raise ValueError(f"--resume from {path}: the run was trained with other settings ({pairs}); resume with the "
+                         "same ones (max_steps and optim may change) or start a new output_dir")
+
+
 def model_cfg(cfg: TrainCfg):
     """The resolved :class:`~models.builders.ModelCfg` (preset + ``model`` overrides)."""
     return load_model_cfg(model_dict(cfg.model_preset, cfg.model))
@@ -334,6 +360,7 @@ class TrainRecipe:
             path = Path(self.resume) if isinstance(self.resume, str) else find_latest(self.ckpt_dir)
             if path is not None:
                 state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+                _check_resume_config(state.get("config"), cfg, path)
                 self.step = int(state["step"])
                 self._log(f"resumed from {path} at step {self.step}")
             else:

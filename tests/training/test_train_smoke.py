@@ -274,3 +274,16 @@ def test_bad_optimisation_settings_are_refused_by_name(override):
     key, value = override.split("=")
     with pytest.raises(ValueError, match=f"{key}.*{value}"):
         load_train_cfg("configs/train/tiny.yaml", [override])
+
+
+def test_resume_refuses_other_trajectory_settings(bench, tmp_path):
+    out = tmp_path / "cfg"
+    args = ["--config", "configs/train/tiny.yaml", f"output_dir={out}", f"data.path={bench}", "data.generate=false",
+            "dist.fsdp=off", "train.max_steps=2", "train.batch_size=4"]
+    main(args)
+    with pytest.raises(ValueError, match=r"train.batch_size: 4 -> 2"):
+        main(args + ["train.batch_size=2", "--resume"])
+    with pytest.raises(ValueError, match=r"train.seed: 0 -> 3"):
+        main(args + ["train.seed=3", "--resume"])
+    rows = main(args[:-2] + ["train.max_steps=3", "train.batch_size=4", "--resume"])  # more steps: allowed
+    assert [r["step"] for r in rows] == [3]
