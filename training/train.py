@@ -342,6 +342,7 @@ class TrainRecipe:
             src = load_model_weights(self.model, cfg.train.init_from, skip=skip)
             self._log(f"initialised weights from {src}" + (f" (kept fresh: {', '.join(skip)})" if skip else ""))
         self.relevance_layer = self._relevance_layer()
+        self._fp32_masters()
         self._shard()
         self._seed(cfg.train.seed + 1 + self.rank)  # per-rank streams from here on (sampling, dropout)
         self.optimizer = self._optimizer()
@@ -437,6 +438,22 @@ class TrainRecipe:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
+
+    def _fp32_masters(self) -> None:
+        """Trainable parameters built in a half dtype (e.g. ``llm.dtype: bfloat16``) become float32 masters when
+        training in mixed precision: AdamW updates smaller than a bf16 weight's ulp would round away (1e-5 steps on
+        O(1) weights change nothing). Autocast, or FSDP2's ``MixedPrecisionPolicy``, casts them for compute; frozen
+        parameters stay as built."""
+        if self.amp_dtype is None:
+            return
+        up = [n for n, p in self.model.named_parameters() if p.requires_grad and p.dtype in (torch.bfloat16,
+                                                                                              torch.float16)]
+        for n, p in self.model.named_parameters():
+            if n in up:
+                p.data = p.data.float()
+        if up:
+            self._log(f"{len(up)} trainable half-precision parameters made float32 masters (mixed precision "
+                      f"{self.mp})")
 
     def _shard(self) -> None:
         if not self.fsdp:

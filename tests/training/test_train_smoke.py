@@ -287,3 +287,26 @@ def test_resume_refuses_other_trajectory_settings(bench, tmp_path):
         main(args + ["train.seed=3", "--resume"])
     rows = main(args[:-2] + ["train.max_steps=3", "train.batch_size=4", "--resume"])  # more steps: allowed
     assert [r["step"] for r in rows] == [3]
+
+
+def test_half_precision_model_trains_float32_masters(bench, tmp_path):
+    """llm.dtype=bfloat16 with bf16 mixed precision (the llava15_7b preset's recipe): AdamW must step float32
+    masters, or updates below a bf16 ulp vanish; frozen parameters stay bf16."""
+    from training.train import load_train_cfg
+
+    cfg = load_train_cfg("configs/train/tiny.yaml", [f"output_dir={tmp_path / 'bf'}", f"data.path={bench}",
+                                                     "data.generate=false", "dist.fsdp=off", "train.max_steps=2",
+                                                     "train.batch_size=4", "model.llm.dtype=bfloat16",
+                                                     "dist.mixed_precision=bf16", "model.vision_trainable=false"])
+    recipe = TrainRecipe(cfg)
+    try:
+        recipe.setup()
+        assert str(recipe.model_cfg.llm.dtype) in ("bfloat16", "torch.bfloat16")  # built in bf16
+        params = dict(recipe.model.named_parameters())
+        trainable = [n for n, p in params.items() if p.requires_grad]
+        assert any("language_model" in n for n in trainable)
+        assert all(params[n].dtype == torch.float32 for n in trainable)
+        rows = recipe.train()
+        assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    finally:
+        recipe.cleanup()
