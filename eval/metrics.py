@@ -23,8 +23,9 @@ Deliberate choices where the reference scripts differ from each other (each chan
   only when the 10 answers disagree (its annotation files are pre-normalised); lmms-eval always normalises the
   prediction. Normalising both sides gives the lmms-eval score on pre-normalised answers and stays correct on raw
   ones (e.g. ground truth "two" vs prediction "2").
-- lmms-eval's extra pre-tokenisation (splitting "'s" off as " 's") is not applied: applied to one side only it
-  makes "man's" miss "man's".
+- lmms-eval's extra pre-tokenisation of the prediction (deleting "," and "?" outright and splitting "'s" off as
+  " 's") is not applied: here "," and "?" follow the official punctuation rule (a space, so "a,b" -> "a b" where
+  lmms-eval makes "ab"), and the "'s" split, applied to one side only, makes "man's" miss "man's".
 - The contraction table holds each listed contraction with one of its apostrophes dropped (the official table's
   construction). Forms that are also ordinary words are left alone ("its", "well", "were", "shed", "ill", ...),
   and so are the first-person forms, which the official table keys in upper case ("Im") so that they never fire
