@@ -340,7 +340,12 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
         def same(a: Any, b: Any) -> bool:
             return json.dumps(a, default=str, sort_keys=True) == json.dumps(b, default=str, sort_keys=True)
 
-        diff = sorted(k for k in run if not same(old.get(k), run[k]))
+        # A folder written before a setting was recorded (older run.json) cannot be checked on it: say so, go on.
+        unrecorded = sorted(k for k in run if k not in old)
+        if unrecorded:
+            print(f"[run_eval] {run_path} predates recording {unrecorded}; resuming without checking them",
+                  file=sys.stderr)
+        diff = sorted(k for k in run if k in old and not same(old[k], run[k]))
         if diff:
             raise ValueError(f"{out} holds a run with different settings {diff}: "
                              f"{ {k: old.get(k) for k in diff} } vs { {k: run[k] for k in diff} }; "

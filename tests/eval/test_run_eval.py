@@ -103,6 +103,10 @@ def test_evaluate_then_resume_from_a_torn_jsonl(bench, tmp_path):
         main(_args(out, bench, "batch_size=2"))
     run = json.loads((out / "run.json").read_text())
     assert run["device"] == "cpu" and run["batch_size"] == 3 and run["model_overrides"] == {}
+    # A folder from before these were recorded still resumes (nothing to compare them with).
+    legacy = {k: v for k, v in run.items() if k not in ("architecture", "device", "batch_size", "model_overrides")}
+    (out / "run.json").write_text(json.dumps(legacy))
+    assert main(_args(out, bench))["evaluated_now"] == 0
 
     # Other settings in the same folder are refused; resume=false starts over.
     with pytest.raises(ValueError, match="different settings"):
