@@ -160,36 +160,41 @@ def project_unchecked(y: Tensor, budget: float, lo: float, hi: float) -> Tensor:
 @torch.library.custom_op("arr_coc::capped_simplex_projection", mutates_args=())
 def _projection_op(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     _check_values(y, budget, lo, hi)
-    return projection_forward(y, budget, lo, hi)
+    # Every implementation returns contiguous outputs, and the fakes say so: a transposed y must get the same strides
+    # from the real op as from its fake (torch.compile's inductor checks them).
+    return projection_forward(y, budget, lo, hi).contiguous()
 
 
 @_projection_op.register_kernel("cuda")
 def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     _check_values(y, budget, lo, hi)
-    return _projection_cuda(y, budget, lo, hi)
+    return _projection_cuda(y, budget, lo, hi).contiguous()
 
 
 @_projection_op.register_fake
 def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    return torch.empty_like(y)
+    return y.new_empty(y.shape)
 
 
 @torch.library.custom_op("arr_coc::capped_simplex_projection_backward", mutates_args=())
 def _projection_backward_op(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    return projection_backward(x, lo, hi, grad)
+    gy, gb = projection_backward(x, lo, hi, grad)
+    return gy.contiguous(), gb.contiguous()
 
 
 @_projection_backward_op.register_kernel("cuda")
 def _(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     ext = dispatch.cuda_kernel_or_none()
     if ext is None:
-        return projection_backward(x, lo, hi, grad)
-    return dispatch.cuda_projection_backward(ext, x, lo, hi, grad)
+        gy, gb = projection_backward(x, lo, hi, grad)
+    else:
+        gy, gb = dispatch.cuda_projection_backward(ext, x, lo, hi, grad)
+    return gy.contiguous(), gb.contiguous()
 
 
 @_projection_backward_op.register_fake
 def _(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(grad), grad.new_empty(grad.shape[:-1])
+    return grad.new_empty(grad.shape), grad.new_empty(grad.shape[:-1])
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -221,9 +226,9 @@ def _check_roundable(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple
     # is further off, up to half an ulp per entry: 0.5 * eps(dtype) * sum|x|. Anything further is not a projected x.
     # The allowance is the projection's own acceptance bound (|sum x - B| <= 1e-3 B, issue 4), so any projection that
     # meets its spec rounds; a tighter one would reject a GPU kernel's in-spec output.
-    tol_b = 1e-3 * max(1.0, float(budget.abs().max()) if budget.numel() else 1.0)
-    if x.numel():
-        tol_b = max(tol_b, 0.5 * torch.finfo(x.dtype).eps * float(x.double().abs().sum(-1).max()))
+    # Per row: a row with a small budget must not inherit the allowance of the batch's largest row.
+    tol_b = torch.maximum(1e-3 * budget.double().abs().clamp_min(1.0),
+                          0.5 * torch.finfo(x.dtype).eps * x.double().abs().sum(-1))
     lo_tol = 1e-4 * lo_f.abs().clamp_min(1.0)
     hi_tol = 1e-4 * hi_f.abs().clamp_min(1.0)
     below = x < lo_f - lo_tol
@@ -271,7 +276,7 @@ def _check_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[T
 @torch.library.custom_op("arr_coc::round_to_budget", mutates_args=())
 def _round_op(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     floored = _check_roundable(x, budget, lo, hi)
-    return round_largest_remainder(x, budget, lo, hi, floored)
+    return round_largest_remainder(x, budget, lo, hi, floored).contiguous()
 
 
 @_round_op.register_kernel("cuda")
@@ -279,8 +284,8 @@ def _(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     floored = _check_roundable(x, budget, lo, hi)
     ext = dispatch.cuda_kernel_or_none()
     if ext is None:
-        return round_largest_remainder(x, budget, lo, hi, floored)
-    return dispatch.cuda_round(ext, x, budget, lo, hi)
+        return round_largest_remainder(x, budget, lo, hi, floored).contiguous()
+    return dispatch.cuda_round(ext, x, budget, lo, hi).contiguous()
 
 
 @_round_op.register_fake
@@ -313,7 +318,8 @@ def _check_rounded(x: Tensor, t: Tensor, budget: Tensor, lo: Tensor, hi: Tensor)
 @torch.library.custom_op("arr_coc::project_and_round", mutates_args=())
 def _project_and_round_op(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     _check_values(y, budget, lo, hi)
-    return _project_and_round_ref(y, budget, lo, hi)
+    x, t = _project_and_round_ref(y, budget, lo, hi)
+    return x.contiguous(), t.contiguous()
 
 
 @_project_and_round_op.register_kernel("cuda")
@@ -321,15 +327,16 @@ def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor
     _check_values(y, budget, lo, hi)
     ext = dispatch.cuda_kernel_or_none()
     if ext is None:
-        return _project_and_round_ref(y, budget, lo, hi)
+        x, t = _project_and_round_ref(y, budget, lo, hi)
+        return x.contiguous(), t.contiguous()
     x, t = dispatch.cuda_project_and_round(ext, y, budget, lo, hi)
     _check_rounded(x, t, budget, lo, hi)
-    return x, t
+    return x.contiguous(), t.contiguous()
 
 
 @_project_and_round_op.register_fake
 def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(y), torch.empty(y.shape, dtype=torch.int64, device=y.device)
+    return y.new_empty(y.shape), torch.empty(y.shape, dtype=torch.int64, device=y.device)
 
 
 def _setup_context_pr(ctx, inputs, output) -> None:
@@ -427,6 +434,10 @@ def capped_simplex_projection(y: Tensor, budget: Tensor | _Number, lo: Tensor | 
         lo, hi: broadcastable to (..., K)
         returns: (..., K)
     """
+    for name, t in (("lo", lo), ("hi", hi)):
+        if isinstance(t, Tensor) and t.requires_grad:
+            raise ValueError(f"{name} requires grad, but the projection has no gradient for its bounds (only for y "
+                             f"and budget); pass {name}.detach() if the bounds are constants")
     y, b, lo_t, hi_t = _prepare(y, budget, lo, hi, name="y", int_bounds=False)
     return torch.ops.arr_coc.capped_simplex_projection(y, b, lo_t, hi_t)
 

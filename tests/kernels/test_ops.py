@@ -317,3 +317,32 @@ def test_half_inputs_get_the_float32_feasibility_slack(dtype):
             capped_simplex_projection(y, bad, 64.0, 400.0)
     for ok in (12800.0, 13200.0, 80000.0):
         assert abs(float(capped_simplex_projection(y, ok, 64.0, 400.0).double().sum()) - ok) <= 0.01 * ok
+
+
+def test_non_contiguous_inputs_pass_opcheck_and_compile():
+    """Real outputs and fakes share one (contiguous) layout, so a transposed y compiles (inductor checked strides)."""
+    y = (torch.randn(6, 4, generator=torch.Generator().manual_seed(0)) * 2 + 4).t()  # (4, 6), non-contiguous
+    b, lo, hi = torch.tensor(24.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64), torch.tensor(
+        7.0, dtype=torch.float64)
+    yd = y.double()
+    torch.library.opcheck(torch.ops.arr_coc.capped_simplex_projection.default, (yd, b, lo, hi))
+    x = capped_simplex_projection(yd, 24.0, 1.0, 7.0)
+    torch.library.opcheck(torch.ops.arr_coc.round_to_budget.default, (x.t().contiguous().t(), b.long(), lo.long(),
+                                                                      hi.long()))
+    f = torch.compile(lambda v: project_and_round(v, 24, 1, 7)[1] * 2, fullgraph=True)
+    assert torch.equal(f(y), project_and_round(y, 24, 1, 7)[1] * 2)
+
+
+def test_far_from_budget_is_refused_per_row():
+    """A row with a small budget must not inherit the allowance of a large row in the same batch."""
+    x0 = torch.full((1, 5), 3.0)  # sums to 15, budget 10
+    with pytest.raises(ValueError, match="sums to 15"):
+        round_to_budget(x0, 10, 1, 7)
+    with pytest.raises(ValueError, match="sums to 15"):
+        round_to_budget(torch.cat([x0, torch.full((1, 5), 2000.0)]), torch.tensor([10, 10000]), 1, 3000)
+
+
+def test_bounds_that_require_grad_are_refused():
+    lo = torch.tensor(1.0, requires_grad=True)
+    with pytest.raises(ValueError, match="lo requires grad"):
+        capped_simplex_projection(torch.randn(2, 5), 10.0, lo, 7.0)
