@@ -155,10 +155,7 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     check_choice("dist.device", cfg.dist.device, ("auto", "cpu", "cuda"))
     check_choice("dist.mixed_precision", cfg.dist.mixed_precision, ("auto", "no", "fp32", "bf16", "fp16"))
     check_choice("optim.schedule", cfg.optim.schedule, ("cosine", "constant"))
-    for name, v in (("train.max_steps", cfg.train.max_steps), ("train.batch_size", cfg.train.batch_size),
-                    ("train.grad_accum", cfg.train.grad_accum), ("train.log_every", cfg.train.log_every)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
     def _number(name: str, v: Any, ok: Callable[[float], bool], want: str, *, integer: bool = False,
                 nullable: bool = False) -> None:
         if v is None and nullable:
@@ -166,6 +163,10 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
         types = (int,) if integer else (int, float)
         if isinstance(v, bool) or not isinstance(v, types) or not math.isfinite(v) or not ok(v):
             raise ValueError(f"{name} must be {want}, got {v!r}")
+
+    for name, v in (("train.max_steps", cfg.train.max_steps), ("train.batch_size", cfg.train.batch_size),
+                    ("train.grad_accum", cfg.train.grad_accum), ("train.log_every", cfg.train.log_every)):
+        _number(name, v, lambda x: x >= 1, "a positive integer", integer=True)
 
     # A negative clip flips the gradient's sign, a negative floor ratio makes the late learning rate negative, and
     # save_every/keep_last below 1 would save every step / keep everything: refused, not silently applied.
@@ -182,12 +183,9 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     mm = cfg.train.max_minutes
     if mm is not None and (isinstance(mm, bool) or not isinstance(mm, (int, float)) or not mm > 0):
         raise ValueError(f"train.max_minutes must be a positive number or null, got {mm!r}")
-    rw = cfg.train.relevance_weight
-    if isinstance(rw, bool) or not isinstance(rw, (int, float)) or not math.isfinite(rw) or rw < 0:
-        raise ValueError(f"train.relevance_weight must be a finite number >= 0, got {rw!r}")
-    gw = cfg.train.grounding_weight
-    if isinstance(gw, bool) or not isinstance(gw, (int, float)) or not math.isfinite(gw) or gw < 0:
-        raise ValueError(f"train.grounding_weight must be a finite number >= 0, got {gw!r}")
+    for name, v in (("train.relevance_weight", cfg.train.relevance_weight),
+                    ("train.grounding_weight", cfg.train.grounding_weight)):
+        _number(name, v, lambda x: x >= 0, "a finite number >= 0")
     bf = cfg.train.budget_fractions
     if bf is not None and (not isinstance(bf, (list, tuple)) or not bf or any(
             isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in bf)):

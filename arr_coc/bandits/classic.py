@@ -212,8 +212,7 @@ def _solve_milp(v: np.ndarray, req: np.ndarray, b: np.ndarray, *, time_limit: fl
     if n == 0:
         return np.zeros(0, dtype=np.float64 if divisible else bool)
     lo = np.zeros(n) if forced is None else forced.astype(np.float64)
-    pos = b > 0
-    blocked = np.any(req[:, ~pos] > 0, axis=1)  # needs a resource with nothing left: cannot be served at all
+    rows, blocked = _budget_rows(req, b)
     if np.any(blocked & (lo > 0)):
         i = int(np.nonzero(blocked & (lo > 0))[0][0])
         raise RuntimeError(f"item {i} is forced but needs a resource whose budget is 0")
@@ -221,7 +220,7 @@ def _solve_milp(v: np.ndarray, req: np.ndarray, b: np.ndarray, *, time_limit: fl
     options = {} if divisible else {"mip_rel_gap": 0.0}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
-    constraints = [LinearConstraint(req[:, pos].T / b[pos, None], -np.inf, 1.0)] if pos.any() else []
+    constraints = [LinearConstraint(rows, -np.inf, 1.0)] if rows.shape[0] else []
     res = milp(-v, constraints=constraints, integrality=np.zeros(n) if divisible else np.ones(n),
                bounds=Bounds(lo, hi), options=options)
     if res.x is None:
@@ -229,6 +228,17 @@ def _solve_milp(v: np.ndarray, req: np.ndarray, b: np.ndarray, *, time_limit: fl
     if not divisible:
         return _repair_take(res.x > 0.5, v, req, b, forced)
     return _fit_fractions(np.minimum(res.x, hi), req, b)
+
+
+def _budget_rows(req: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The resource constraints ``rows @ x <= 1`` with each row divided by its budget, and the items they block.
+
+    HiGHS's feasibility tolerance is absolute (~1e-6), so dividing by the budget makes it relative to each budget,
+    whatever the units. A resource whose budget is 0 gets no row; an item that needs it is ``blocked`` (fix it at 0).
+    Returns ``(rows (R', n), blocked (n,) bool)``.
+    """
+    pos = b > 0
+    return req[:, pos].T / b[pos, None], np.any(req[:, ~pos] > 0, axis=1)
 
 
 def _fits(take: np.ndarray, req: np.ndarray, b: np.ndarray) -> bool:

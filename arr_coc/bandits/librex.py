@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ._io import _load_tensors, _save_tensors
 from ._validate import _check_int, _check_positive, _check_real, _check_seed
-from .classic import _as_array, _check_nonneg, _fits, _solve_milp
+from .classic import _as_array, _budget_rows, _check_nonneg, _fits, _solve_milp
 
 __all__ = [
     "ConstrainedThompsonSampling",
@@ -376,15 +376,13 @@ def _maxmin_knapsack(theta: np.ndarray, past: np.ndarray, req: np.ndarray, b: np
     if not divisible:
         z_star = _maxmin_floor(theta, past, req, b, servable)
         return _solve_milp(theta, req, b, forced=servable & (past < z_star))
-    pos = b > 0
-    blocked = np.any(req[:, ~pos] > 0, axis=1)
+    rows, blocked = _budget_rows(req, b)
     c = np.zeros(n + 1)
     c[-1] = -1.0  # maximise z
     floor_rows = np.concatenate([-np.diag(theta), np.ones((n, 1))], axis=1)[servable]
     cons = [LinearConstraint(floor_rows, -np.inf, past[servable])]
-    if pos.any():  # resource rows divided by their budget, as in _solve_milp
-        cons.append(LinearConstraint(np.concatenate([req[:, pos].T / b[pos, None], np.zeros((int(pos.sum()), 1))],
-                                                    axis=1), -np.inf, 1.0))
+    if rows.shape[0]:  # z does not use any resource
+        cons.append(LinearConstraint(np.concatenate([rows, np.zeros((rows.shape[0], 1))], axis=1), -np.inf, 1.0))
     bounds = Bounds(np.r_[np.zeros(n), -np.inf], np.r_[np.where(blocked, 0.0, 1.0), np.inf])
     res = milp(c, constraints=cons, integrality=np.zeros(n + 1), bounds=bounds)
     if res.x is None:
