@@ -14,6 +14,7 @@ budgets to the accumulation dtype and pass bounds as strided views (a scalar bou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from arr_coc.kernels.reference import _acc_dtype, round_largest_remainder
+from arr_coc.kernels.reference import _acc_dtype, bounds_as_stored, round_largest_remainder
 
 __all__ = ["HAS_CUDA_KERNEL", "load_kernel", "use_cuda_kernel", "kernel_status", "cuda_kernel_or_none"]
 
@@ -31,6 +32,7 @@ HAS_CUDA_KERNEL: bool | None = None
 _override_impl: str | None = None
 _ext = None
 _reason: str | None = None
+_warned = False  # the fallback warning has gone out (once per process)
 _CSRC = Path(__file__).parent / "csrc"
 _VALID = ("reference", "cuda", "auto")
 # Rows longer than this take the block-per-row path, whose rounding is the reference's (see csrc/projection.cu).
@@ -84,20 +86,43 @@ def _build(*, require_gpu: bool = True, build_directory: str | None = None, verb
     sources = _sources()
     if not sources:
         raise RuntimeError(f"no CUDA sources in {_CSRC}")
-    # sm_90 SASS for H100/H200 plus PTX so other GPUs JIT it; an explicit user setting wins.
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
     if verbose is None:
         verbose = os.environ.get("ARR_COC_KERNEL_VERBOSE", "0") == "1"
-    # No --use_fast_math: flush-to-zero and approximate division would break bit-exact rounding parity.
-    return cpp_extension.load(
-        name="arr_coc_cuda",
-        sources=sources,
-        extra_cflags=["-O3"],
-        extra_cuda_cflags=["-O3", "-lineinfo"],
-        extra_include_paths=[str(_CSRC)],
-        build_directory=build_directory,
-        verbose=verbose,
-    )
+    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    with _arch_env(capability):
+        # No --use_fast_math: flush-to-zero and approximate division would break bit-exact rounding parity.
+        return cpp_extension.load(
+            name="arr_coc_cuda",
+            sources=sources,
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3", "-lineinfo"],
+            extra_include_paths=[str(_CSRC)],
+            build_directory=build_directory,
+            verbose=verbose,
+        )
+
+
+def _arch_list(capability: tuple[int, int] | None) -> str:
+    """``TORCH_CUDA_ARCH_LIST`` for the build: sm_90 (H100/H200) and the current GPU's arch as SASS, plus PTX of the
+    newest so later GPUs JIT it. PTX only runs on GPUs at or above its arch, so a pre-sm_90 GPU (an A100's sm_80) needs
+    its own SASS: ``9.0+PTX`` alone would build, then fail every launch with "no kernel image"."""
+    archs = {(9, 0)} if capability is None else {(9, 0), tuple(capability)}
+    names = [f"{major}.{minor}" for major, minor in sorted(archs)]
+    return ";".join(names[:-1] + [names[-1] + "+PTX"])
+
+
+@contextlib.contextmanager
+def _arch_env(capability: tuple[int, int] | None):
+    """Set ``TORCH_CUDA_ARCH_LIST`` to :func:`_arch_list` for the build only (a user's own setting wins), and put the
+    environment back after, so extensions the user builds later are not built for our arch list."""
+    if "TORCH_CUDA_ARCH_LIST" in os.environ:
+        yield os.environ["TORCH_CUDA_ARCH_LIST"]
+        return
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch = _arch_list(capability)
+    try:
+        yield arch
+    finally:
+        os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
 
 
 def _forced_msg() -> str:
@@ -110,7 +135,7 @@ def load_kernel():
     Raises:
         RuntimeError: the kernel cannot be had and ``cuda`` is forced (``ARR_COC_KERNEL`` or ``_override_impl``).
     """
-    global HAS_CUDA_KERNEL, _ext, _reason
+    global HAS_CUDA_KERNEL, _ext, _reason, _warned
     if HAS_CUDA_KERNEL is None:
         try:
             _ext = _build()
@@ -119,10 +144,15 @@ def load_kernel():
             _ext, HAS_CUDA_KERNEL, _reason = None, False, f"{type(exc).__name__}: {exc}"
             if _requested() == "cuda":
                 raise RuntimeError(_forced_msg()) from exc
+    if not HAS_CUDA_KERNEL:
+        if _requested() == "cuda":
+            raise RuntimeError(_forced_msg())
+        # The one warning goes out on the first fallback, also when the failure was first met (and raised) under a
+        # forced "cuda" and the caller then went back to "auto": the reference must never replace the kernel silently.
+        if not _warned:
+            _warned = True
             msg = f"arr_coc: CUDA kernel unavailable ({_reason}); using the pure-torch reference"
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    elif not HAS_CUDA_KERNEL and _requested() == "cuda":
-        raise RuntimeError(_forced_msg())
     return _ext
 
 
@@ -183,7 +213,9 @@ def cuda_projection_backward(ext, x: Tensor, lo: Tensor, hi: Tensor, grad: Tenso
     x2 = x.reshape(-1, k)
     r, acc = x2.shape[0], _acc_dtype(x.dtype)
     g2 = grad.to(x.dtype).expand(x.shape).reshape(r, k)
-    lo2 = lo.to(acc).expand(x.shape).reshape(r, k)
-    hi2 = hi.to(acc).expand(x.shape).reshape(r, k)
+    # The kernel's free mask compares x with the bounds as x's dtype stores them (see bounds_as_stored).
+    lo_x, hi_x = bounds_as_stored(lo, hi, x.dtype)
+    lo2 = lo_x.expand(x.shape).reshape(r, k)
+    hi2 = hi_x.expand(x.shape).reshape(r, k)
     gy, gb = ext.backward(x2, lo2, hi2, g2, path)
     return gy.reshape(x.shape).to(grad.dtype), gb.reshape(x.shape[:-1]).to(grad.dtype)

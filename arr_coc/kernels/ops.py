@@ -153,7 +153,9 @@ def _projection_impl(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tenso
 
 def project_unchecked(y: Tensor, budget: float, lo: float, hi: float) -> Tensor:
     """No-grad projection without value checks, for solvers whose iterates are feasible by construction."""
-    t = lambda v: torch.tensor(v, dtype=y.dtype, device=y.device)  # noqa: E731
+    # Budget and bounds in the accumulation dtype, as the checked op takes them: in a bf16 y's own dtype a budget of
+    # 13,200 would become 13,184.
+    t = lambda v: torch.tensor(v, dtype=_acc_dtype(y.dtype), device=y.device)  # noqa: E731
     return _projection_impl(y, t(budget).expand(y.shape[:-1]), t(lo), t(hi))
 
 

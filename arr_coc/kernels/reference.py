@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["floor_deficit", "projection_forward", "projection_backward", "round_largest_remainder"]
+__all__ = ["bounds_as_stored", "floor_deficit", "projection_forward", "projection_backward", "round_largest_remainder"]
 
 # Every _BISECT_EVERY-th iteration is a plain bisection so the bracket provably shrinks even where Newton cycles.
 _BISECT_EVERY = 8
@@ -98,6 +98,11 @@ def projection_backward(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tupl
     With ``m`` the mask of coordinates strictly inside their bounds and ``n = sum(m)``:
     ``g_y = m * (g - sum(m * g) / n)`` and ``g_B = sum(m * g) / n``; both are 0 on rows with ``n = 0``.
 
+    ``x`` is compared with the bounds as ``x``'s dtype stores them (:func:`bounds_as_stored`): a clamped entry of a
+    bf16 projection holds ``bf16(lo)``, which differs from a float32 ``lo = 0.1``, and comparing with the float32
+    bound would call every clamped entry free. What the output alone cannot tell apart is a free entry within half an
+    ulp of a bound (rounded onto it when stored); it counts as clamped, as the saved-output design implies.
+
     Shapes:
         x, grad: (..., K)
         lo, hi: broadcastable to (..., K)
@@ -105,12 +110,24 @@ def projection_backward(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tupl
     """
     acc = _acc_dtype(x.dtype)
     xf, g = x.to(acc), grad.to(acc)
-    m = (xf > lo.to(acc)) & (xf < hi.to(acc))
+    lo_x, hi_x = bounds_as_stored(lo, hi, x.dtype)
+    m = (xf > lo_x) & (xf < hi_x)
     n = m.sum(-1, keepdim=True)
     mean_free = torch.where(m, g, torch.zeros_like(g)).sum(-1, keepdim=True) / n.clamp_min(1).to(acc)
     mean_free = torch.where(n > 0, mean_free, torch.zeros_like(mean_free))
     g_y = torch.where(m, g - mean_free, torch.zeros_like(g))
     return g_y.to(grad.dtype), mean_free.squeeze(-1).to(grad.dtype)
+
+
+def bounds_as_stored(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The bounds as an output of ``dtype`` holds them, in the accumulation dtype: the values a clamped entry has.
+
+    The forward clamps in float64 and rounds once to ``dtype``, so an entry clamped to ``lo`` holds ``lo`` rounded to
+    ``dtype``; the backward's free mask must compare with that, not with ``lo`` itself (a no-op for float32/64 ``x``
+    with bounds of the same or a narrower dtype).
+    """
+    acc = _acc_dtype(dtype)
+    return lo.to(dtype).to(acc), hi.to(dtype).to(acc)
 
 
 def floor_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -334,3 +334,23 @@ def test_negative_zero_remainders_rank_as_zero(ext):
     lo, hi = torch.tensor(0, device=DEV), torch.tensor(5, device=DEV)
     t = dispatch.cuda_round(ext, x, b, lo, hi)
     assert torch.equal(t, round_largest_remainder(x, b, lo, hi))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_backward_with_bounds_the_dtype_cannot_hold(ext, dtype):
+    # A clamped bf16 entry holds bf16(0.1), not 0.1: the kernel's free mask must read it as clamped, like the
+    # reference's (both compare with bounds_as_stored).
+    g = torch.Generator(device=DEV).manual_seed(3)
+    y = torch.randn(64, 50, device=DEV, generator=g).to(dtype)
+    lo, hi, b = torch.tensor(0.1, device=DEV), torch.tensor(0.7, device=DEV), torch.full((64,), 12.0, device=DEV)
+    x = dispatch.cuda_projection_forward(ext, y, b, lo, hi)
+    gx = torch.randn(64, 50, device=DEV, generator=g).to(dtype)
+    gy_ref, gb_ref = projection_backward(x, lo, hi, gx)
+    x64 = projection_forward(y.double(), b.double(), lo.double(), hi.double())
+    clamped = (x64 <= 0.1) | (x64 >= 0.7)
+    for path in (0, 2):
+        gy, gb = dispatch.cuda_projection_backward(ext, x, lo, hi, gx, path=path)
+        assert torch.equal(gy == 0, gy_ref == 0)
+        assert bool((gy[clamped] == 0).all())
+        torch.testing.assert_close(gy, gy_ref, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(gb, gb_ref, rtol=1e-2, atol=1e-2)

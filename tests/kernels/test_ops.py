@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -177,6 +178,7 @@ def fresh_dispatch(monkeypatch):
     monkeypatch.setattr(dispatch, "HAS_CUDA_KERNEL", None)
     monkeypatch.setattr(dispatch, "_ext", None)
     monkeypatch.setattr(dispatch, "_reason", None)
+    monkeypatch.setattr(dispatch, "_warned", False)
     monkeypatch.setattr(dispatch, "_override_impl", None)
     monkeypatch.delenv("ARR_COC_KERNEL", raising=False)
     return monkeypatch
@@ -229,6 +231,44 @@ def test_env_cuda_forced_raises_clearly(fresh_dispatch):
     for _ in range(2):  # also once the failure is cached
         with pytest.raises(RuntimeError, match="ARR_COC_KERNEL=cuda.*nvcc not found"):
             dispatch.cuda_kernel_or_none()
+
+
+def test_forced_failure_then_auto_still_warns_once(fresh_dispatch):
+    # The failure is first met under a forced "cuda" (which raises, no warning); going back to "auto" must then warn
+    # once rather than fall back to the reference silently.
+    fresh_dispatch.setattr(dispatch, "_build", _no_compiler)
+    fresh_dispatch.setattr(dispatch, "_override_impl", "cuda")
+    with pytest.raises(RuntimeError, match="nvcc not found"):
+        dispatch.load_kernel()
+    fresh_dispatch.setattr(dispatch, "_override_impl", "auto")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dispatch.load_kernel() is None
+        assert dispatch.load_kernel() is None
+    ours = [str(w.message) for w in caught if "arr_coc" in str(w.message)]
+    assert len(ours) == 1 and "nvcc not found (simulated)" in ours[0], ours
+
+
+@pytest.mark.parametrize("capability, expect", [
+    (None, "9.0+PTX"),                # no GPU (a compile-only build): H100/H200 SASS + PTX
+    ((9, 0), "9.0+PTX"),              # H100/H200
+    ((8, 0), "8.0;9.0+PTX"),          # A100: PTX for sm_90 cannot run on sm_80, so it needs its own SASS
+    ((8, 9), "8.9;9.0+PTX"),          # L4/L40S
+    ((10, 0), "9.0;10.0+PTX"),        # B200: its own SASS, PTX of the newest arch
+])
+def test_arch_list_covers_the_current_gpu(capability, expect):
+    assert dispatch._arch_list(capability) == expect
+
+
+def test_arch_env_is_scoped_and_a_user_setting_wins(monkeypatch):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    with dispatch._arch_env((8, 0)) as arch:
+        assert arch == os.environ["TORCH_CUDA_ARCH_LIST"] == "8.0;9.0+PTX"
+    assert "TORCH_CUDA_ARCH_LIST" not in os.environ  # restored: later extensions are not built for our list
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.5")
+    with dispatch._arch_env((8, 0)) as arch:
+        assert arch == "7.5"
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == "7.5"
 
 
 def test_override_beats_env(fresh_dispatch):
@@ -346,3 +386,15 @@ def test_bounds_that_require_grad_are_refused():
     lo = torch.tensor(1.0, requires_grad=True)
     with pytest.raises(ValueError, match="lo requires grad"):
         capped_simplex_projection(torch.randn(2, 5), 10.0, lo, 7.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_project_unchecked_equals_the_checked_op(dtype):
+    # The solvers' inner projection takes the budget at the accumulation precision like the public op (it cast the
+    # budget to y's dtype: 13,200 became 13,184 in bf16).
+    from arr_coc.kernels.ops import project_unchecked
+
+    g = torch.Generator().manual_seed(2)
+    y = (torch.randn(16, 200, generator=g) * 80 + 66).to(dtype)
+    x = project_unchecked(y, 13200.0, 64.0, 400.0)
+    assert torch.equal(x, capped_simplex_projection(y, 13200.0, 64.0, 400.0))

@@ -145,6 +145,27 @@ def test_backward_formula_and_all_bound_row():
     assert torch.equal(y2.grad, torch.zeros_like(y2))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_backward_reads_clamped_entries_at_bounds_the_dtype_cannot_hold(dtype):
+    # lo = 0.1 and hi = 0.7 are not representable in bf16/fp16: a clamped entry holds the rounded bound. The free mask
+    # must compare with that (it called every lo-clamped bf16 entry free: gradient errors of 3 on unit gradients).
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(4, 50, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    lo, hi, b = 0.1, 0.7, 12.0
+    x = capped_simplex_projection(y, b, lo, hi)
+    gx = torch.randn(4, 50, generator=g, dtype=torch.float64).to(dtype)
+    x.backward(gx)
+    y64 = y.detach().double().requires_grad_()
+    x64 = capped_simplex_projection(y64, b, lo, hi)
+    x64.backward(gx.double())
+    clamped = (x64 <= lo) | (x64 >= hi)
+    assert clamped.sum() > 100  # the case bites: most entries sit on a bound
+    assert torch.equal(y.grad[clamped], torch.zeros_like(y.grad[clamped]))
+    # Elsewhere only the storage of g_y in the half dtype differs (a free entry within half an ulp of a bound, which
+    # the output cannot tell from a clamped one, does not occur at this seed).
+    torch.testing.assert_close(y.grad.double(), y64.grad, rtol=0, atol=4 * torch.finfo(dtype).eps * 4)
+
+
 def test_vectorised_no_row_loop_large_batch():
     # Many rows in one call are solved to the same accuracy as few rows (no per-row Python work needed).
     y = torch.randn(4096, 200, generator=torch.Generator().manual_seed(5)) * 80 + 66
