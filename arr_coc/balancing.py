@@ -12,7 +12,11 @@ single learned scalar, signed so that 0 is neutral and the two signs are the two
   negative exploits (tokens avoid unsure patches).
 - **compress ↔ particularize** ``compress``: subtracts ``compress · softplus(mean(u) - u)``, a penalty that grows
   for patches below the sample's mean utility. Positive compresses (those patches fall to the minimum allocation);
-  negative particularizes (they are lifted, keeping graded detail everywhere).
+  negative particularizes (they are lifted, keeping graded detail everywhere). The negative side is applied as
+  ``expm1(compress)``, which saturates at -1 (full flattening below the mean) and meets the positive side with slope
+  1 at 0: a raw weight below -1 would lift a patch past the gap to the mean and reverse the order of the patches
+  below it, so the utility would no longer rise with the scores. Positive weights (every shipped model's) are used
+  as they are.
 """
 
 from __future__ import annotations
@@ -77,6 +81,12 @@ class Balancing(nn.Module):
             self.explore.fill_(ex)
             self.compress.fill_(co)
 
+    def compress_weight(self) -> Tensor:
+        """The compress (+) / particularize (-) weight as applied: ``compress`` if >= 0, else ``expm1(compress)``, in
+        (-1, 0), so the utility stays increasing in the scores (see the module docstring)."""
+        c = self.compress
+        return torch.where(c >= 0, c, torch.expm1(c.clamp_max(0)))
+
     def extra_repr(self) -> str:
         return f"num_scores={self.num_scores}"
 
@@ -97,5 +107,5 @@ class Balancing(nn.Module):
             _check_finite("uncertainty", uncertainty)
             u = u + self.explore.to(u.dtype) * standardize(uncertainty, dim=1)
         below = F.softplus(u.mean(-1, keepdim=True) - u)
-        u = u - self.compress.to(u.dtype) * below
+        u = u - self.compress_weight().to(u.dtype) * below
         return u * self.log_focus.to(u.dtype).exp()

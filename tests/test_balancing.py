@@ -85,11 +85,23 @@ def test_each_tension_matches_its_documented_formula(scores, uncertainty):
 
 
 def test_compress_keeps_the_ranking(scores):
-    # With compress >= 0 the map u -> u - c·softplus(mean - u) is strictly increasing.
+    # The applied weight stays above -1, so u -> u - c·softplus(mean - u) is strictly increasing for every learned
+    # value: a raw weight of -3 used to lift the lowest patches past the mean and reverse their order.
     base = Balancing(3)(scores)
-    for c in (0.5, 3.0):
+    for c in (0.5, 3.0, -0.5, -3.0, -20.0):
         u = Balancing(3, init_compress=c)(scores)
-        assert torch.equal(u.argsort(-1), base.argsort(-1))
+        assert torch.equal(u.argsort(-1), base.argsort(-1)), c
+
+
+def test_particularize_weight_is_expm1_and_learnable(scores):
+    bal = Balancing(3, init_compress=-2.0)
+    u0 = scores @ torch.ones(3)
+    want = u0 - math.expm1(-2.0) * torch.nn.functional.softplus(u0.mean(-1, keepdim=True) - u0)
+    torch.testing.assert_close(bal(scores), want)
+    bal(scores).square().sum().backward()
+    assert bal.compress.grad is not None and bal.compress.grad.abs().item() > 0
+    # Positive weights are applied as they are (the shipped models' 0.18-4.77 keep their meaning).
+    assert Balancing(3, init_compress=4.77).compress_weight().item() == pytest.approx(4.77)
 
 
 # -- directions, measured through the projection allocator -------------------------------------------------------------
