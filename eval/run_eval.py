@@ -47,11 +47,15 @@ from eval.metrics import METRICS
 from models.builders import (apply_overrides, build_for_checkpoint, build_model, check_choice, dataclass_from_dict,
                              dataclass_to_dict, deep_merge, load_model_cfg, load_yaml, model_dict)
 
-__all__ = ["EvalCfg", "EvalDataCfg", "build_eval_model", "evaluate", "load_eval_cfg", "load_trained_model", "main",
-           "summarize", "target_fraction"]
+__all__ = ["EvalCfg", "EvalDataCfg", "ResumeMismatchError", "build_eval_model", "evaluate", "load_eval_cfg",
+           "load_trained_model", "main", "summarize", "target_fraction"]
 
 
 # -- configuration -----------------------------------------------------------------------------------------------------
+class ResumeMismatchError(ValueError):
+    """An output folder holds predictions made with other settings (another model, method, budget or data)."""
+
+
 @dataclass
 class EvalDataCfg:
     """The evaluated dataset."""
@@ -347,7 +351,7 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
                   file=sys.stderr)
         diff = sorted(k for k in run if k in old and not same(old[k], run[k]))
         if diff:
-            raise ValueError(f"{out} holds a run with different settings {diff}: "
+            raise ResumeMismatchError(f"{out} holds a run with different settings {diff}: "
                              f"{ {k: old.get(k) for k in diff} } vs { {k: run[k] for k in diff} }; "
                              f"use another output_dir or resume=false")
     elif pred_path.exists():

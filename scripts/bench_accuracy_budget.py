@@ -63,6 +63,8 @@ SMOKE_MODEL = {"arr_coc": {"num_patches": 4, "patch_grid": [2, 2], "budget": 16,
 
 BASE_ARR_MODELS = ("arr_coc_projection", "arr_coc_bandit")  # trained unless --models leaves them out
 BANDIT_PROJ_DIM = 64  # width of the bandit's random context projection (BanditAllocator's own default is 16)
+# Runs that start from another run's weights, with their own step counts (--finetune-steps, --bandit-after-steps).
+DEPENDENT_RUNS = ("arr_coc_finetuned", "arr_coc_bandit_grounded")
 
 
 def ARR_MODELS(a: argparse.Namespace) -> list[str]:
@@ -263,7 +265,7 @@ class _Trainer:
             args.append(f"train.max_minutes={a.minutes}")
         if a.loader_workers is not None:
             args.append(f"data.num_workers={a.loader_workers}")
-        if _is_complete(run):
+        if _reusable(run, args):
             print(f"[bench] {name} seed {seed}: reusing {run}", file=sys.stderr)
         else:
             self.queue.append((f"{name} (seed {seed})", run, args + (["--resume"] if (run / "checkpoints").is_dir()
@@ -342,7 +344,8 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
     runs = submit_all(trainer, a.seeds[0])
     trainer.wait()
     speed: dict[str, float] = {}
-    for r in _run_dirs(runs):
+    # Runs that start from another (fine-tune, bandit) have their own step counts: --steps is for the base models.
+    for r in (r for r in _run_dirs(runs) if r.name not in DEPENDENT_RUNS):
         rows = list(csv.DictReader(open(r / "log.csv")))
         if not rows:
             raise RuntimeError(f"probe run {r} logged no steps; cannot choose --steps auto")
@@ -381,6 +384,28 @@ def _is_complete(run: Path) -> bool:
     invocation resumes it (for up to --minutes more)."""
     step, planned = _steps(run)
     return step is not None and (planned is None or step >= planned)
+
+
+def _reusable(run: Path, args: Sequence[str]) -> bool:
+    """Whether ``run``'s checkpoint is the run ``args`` (``--config F key=value ...``) asks for, finished.
+
+    Settings that fix the trajectory (model, seed, batch, grounding weight, budget fractions, ...) must equal the
+    checkpoint's, or this raises ``ValueError`` naming them: reusing it would report another model under this
+    command. A run short of the requested ``train.max_steps`` (the --minutes cap stopped it, or --steps grew) is not
+    reusable: it is resumed. A run past them (--steps shrank) is refused: it is not the model asked for.
+    """
+    from training.train import _check_resume_config, load_train_cfg
+
+    step = _steps(run)[0]
+    if step is None:
+        return False
+    cfg = load_train_cfg(args[1], [x for x in args[2:] if x != "--resume"])
+    _check_resume_config(_trainer_state(run).get("config"), cfg, run)
+    want = cfg.train.max_steps
+    if want is not None and step > want:
+        raise ValueError(f"{run} holds a checkpoint at step {step}, past the requested train.max_steps={want}; use "
+                         "another --work (or delete that run) to train the shorter model")
+    return want is None or step >= want
 
 
 def _train_status(run: Path) -> str:
@@ -707,7 +732,10 @@ def _train_curve(run: Path, a: argparse.Namespace) -> dict[str, Any] | None:
 
     if not (run / "log.csv").is_file():
         return None
-    curve = read_curve(run)
+    try:
+        curve = read_curve(run)
+    except ValueError:  # a log with no rows yet: the --minutes cap stopped the run before its first log_every step
+        return None
     start, end, last = window_means(curve, a.onset_window)[-1]
     out: dict[str, Any] = {"window": a.onset_window, "last_window": [start, min(end, curve.steps[-1])],
                            "last_window_accuracy": last, "threshold": a.onset_accuracy}
@@ -795,7 +823,7 @@ def _write_md(path: Path, results: dict, methods: list[str], fractions: list[flo
               "", "![accuracy vs budget](accuracy_budget.png)", "", "## Budget heat-map", "",
               f"ARR-COC per-patch budgets at {100 * meta['train_fraction']:g}% for different questions about the "
               f"same image, one row per gradient-trained ARR-COC model: {meta['heatmap']}.", "",
-              "![budget heat-map](budget_heatmap.png)", ""]
+              *(["![budget heat-map](budget_heatmap.png)", ""] if meta.get("heatmap_drawn", True) else [])]
     if meta.get("sensitivity"):
         sens = meta["sensitivity"]
         n_img = next(iter(sens.values()))["images"]
@@ -858,6 +886,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, Any]:
+    from eval.run_eval import ResumeMismatchError
+
     t_start = time.perf_counter()
     base_model: dict[str, Any] = {}
     train_extra: list[str] = []
@@ -926,6 +956,7 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
         return [f"train.init_from={base}", *([f"optim.lr={a.finetune_lr}"] if a.finetune_lr is not None else [])]
 
     def submit_all(trainer: _Trainer, seed: int) -> dict[str, Any]:
+        ta = trainer.a  # the probe's settings under --steps auto (its own fine-tune and bandit steps), else ``a``
         full = trainer.submit("full", arr("uniform", n, min_tokens=cells), seed, train_extra)  # the longest: first
         arr_runs = {**{name: trainer.submit(name, over, seed, train_extra) for name, over in (
             ("arr_coc_projection", arr("projection", t_train)),
@@ -939,13 +970,13 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
             base = arr_runs[FINETUNE_BASE(a)]
             arr_runs["arr_coc_finetuned"] = trainer.submit(
                 "arr_coc_finetuned", arr("projection", t_train), seed,
-                [*mixed(a.finetune_fractions), *started_from(base)], steps=a.finetune_steps, after=base)
-        if a.bandit_after_steps:
+                [*mixed(a.finetune_fractions), *started_from(base)], steps=ta.finetune_steps, after=base)
+        if ta.bandit_after_steps:
             base = arr_runs["arr_coc_grounded"]
             arr_runs["arr_coc_bandit_grounded"] = trainer.submit(
                 "arr_coc_bandit_grounded", arr("bandit", t_train, allocator_kwargs=bandit_kwargs(utility_weight=0.0)),
                 seed, [*train_extra, f"train.grounding_weight={a.grounding_weight}", *started_from(base),
-                       'train.init_from_skip=["arr_coc.attending."]'], steps=a.bandit_after_steps, after=base)
+                       'train.init_from_skip=["arr_coc.attending."]'], steps=ta.bandit_after_steps, after=base)
         return {
             "full": full,
             "arr": arr_runs,
@@ -982,35 +1013,41 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
     for seed in a.seeds:
         full, uni = runs[seed]["full"], runs[seed]["uni"]
 
-        def record(name: str, f: float, run: Path, method: str, frac: float | None) -> None:
+        def record(name: str, f: float, run: Path, method: str, frac: float | None) -> dict[str, Any] | None:
             tag = f"{name}@{100 * f:g}%/seed{seed}"
+            # The folder names the checkpoint step and the row count: a resumed (longer) run or another row count
+            # is another evaluation, never a resume of the old one's predictions.
+            rows = "" if a.eval_samples is None else f"_rows{a.eval_samples}"
+            folder = f"{name}_{int(round(f * n))}_step{_steps(run)[0]}{rows}"
             try:
-                rows = "" if a.eval_samples is None else f"_rows{a.eval_samples}"  # another row count: another run
-                s = _eval(run, method, frac, a, work / f"seed{seed}" / "eval" / f"{name}_{int(round(f * n))}{rows}",
-                          eval_extra, cache)
+                s = _eval(run, method, frac, a, work / f"seed{seed}" / "eval" / folder, eval_extra, cache)
+            except ResumeMismatchError:
+                raise  # a folder of other settings is a bug to see, not a method that cannot spend the budget
             except ValueError as e:  # e.g. a budget the method cannot spend; reported, never silently dropped
                 failures.append(f"{tag}: {e}")
-                return
+                return None
             # A training-free baseline is not trained: only the trained models carry their run's curve.
             curve = {} if name in TRAINING_FREE else {"train_curve": curves.get(run)}
-            results.setdefault(name, {}).setdefault(f, []).append({**s, "seed": seed, **curve})
+            entry = {**s, "seed": seed, **curve}
+            results.setdefault(name, {}).setdefault(f, []).append(entry)
+            return entry
 
-        record("full", 1.0, full, "arr_coc", None)
+        full_entry = record("full", 1.0, full, "arr_coc", None)  # this seed's, or None where it failed
         for f in fractions:
             if f < 1:
                 for b in TRAINING_FREE:
                     record(b, f, full, b, f)
-            elif "full" in results:  # at 100% every training-free baseline is the full model
+            elif full_entry is not None:  # at 100% every training-free baseline is the full model
                 for b in TRAINING_FREE:
-                    results.setdefault(b, {}).setdefault(f, []).append(results["full"][1.0][-1])
+                    results.setdefault(b, {}).setdefault(f, []).append(full_entry)
         for name, run in runs[seed]["arr"].items():
             for f in fractions:
                 record(name, f, run, "arr_coc", f)
         for f in fractions:
             if f < 1 and f in uni:
                 record("uniform_trained", f, uni[f], "arr_coc", None)
-            elif f == 1 and "full" in results:
-                results.setdefault("uniform_trained", {}).setdefault(f, []).append(results["full"][1.0][-1])
+            elif f == 1 and full_entry is not None:
+                results.setdefault("uniform_trained", {}).setdefault(f, []).append(full_entry)
         cache.clear()
 
     methods = ["full", *arr_models, "uniform_trained", *TRAINING_FREE]
@@ -1020,8 +1057,12 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
     png, heat = out / "accuracy_budget.png", out / "budget_heatmap.png"
     _plot(results, methods, fractions, png, f"Accuracy vs visual tokens — {label}")
     heat_runs = [(m, work / f"seed{a.seeds[0]}" / m) for m in arr_models if not m.startswith("arr_coc_bandit")]
-    heat_desc = _heatmap(heat_runs, a, a.train_fraction, heat, eval_extra,
-                         f"ARR-COC per-patch budgets at {100 * a.train_fraction:g}% — {label}")
+    if heat_runs:
+        heat_desc = _heatmap(heat_runs, a, a.train_fraction, heat, eval_extra,
+                             f"ARR-COC per-patch budgets at {100 * a.train_fraction:g}% — {label}")
+    else:  # e.g. --models arr_coc_bandit only: nothing gradient-trained to draw
+        heat, heat_desc = None, "not drawn: no gradient-trained ARR-COC model among --models"
+        print(f"[bench] heat-map {heat_desc}", file=sys.stderr)
     sensitivity = {name: _sensitivity(work / f"seed{a.seeds[0]}" / name, a, a.train_fraction, eval_extra)
                    for name in arr_models}
     grounding = _grounding(work / f"seed{a.seeds[0]}" / "full", a, eval_extra)
@@ -1029,7 +1070,7 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
     meta = {"smoke": a.smoke, "seeds": a.seeds, "N": n, "train_fraction": a.train_fraction, "rows": rows,
             "command": "python -m scripts.bench_accuracy_budget " + " ".join(argv),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
-            "heatmap": heat_desc, "failures": failures, "training": training, "parallel": a.parallel,
+            "heatmap": heat_desc, "heatmap_drawn": heat is not None, "failures": failures, "training": training, "parallel": a.parallel,
             "train_seconds": round(train_seconds, 1), "probe": probe, "eval_probe": eval_probe,
             "notes": notes, "sensitivity": sensitivity, "onset_accuracy": a.onset_accuracy,
             "onset_window": a.onset_window,

@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (on a shared machine, 1 avoids OpenMP contention with other jobs)")
     args = ap.parse_args(argv)
-    if args.threads:
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     names = args.allocators or list_allocators()
     names = ["uniform", *[n for n in names if n != "uniform"]]  # the baseline is timed first

@@ -29,6 +29,23 @@ def _time(fn, reps: int) -> float:
     return best
 
 
+def _generator(preset: str, image_size: int):
+    """The benchmark generator the preset's training recipe uses (``configs/train/<preset>.yaml``), else the default
+    generator at the processor's image size (its shapes need images of ~100 px and up: the tiny preset's 64 px needs
+    the recipe's smaller shapes)."""
+    from pathlib import Path
+
+    from training.benchmark import BenchmarkCfg
+    from training.train import load_train_cfg
+
+    recipe = Path("configs/train") / f"{preset}.yaml"
+    if recipe.is_file():
+        gen = load_train_cfg(str(recipe)).data.generate_cfg
+        if gen and gen.get("image_size") == image_size:
+            return BenchmarkCfg.from_dict(gen)
+    return BenchmarkCfg(image_size=image_size)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m scripts.bench_data", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="bench", help="model preset whose processor collates (image size)")
@@ -39,16 +56,16 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     from models.builders import build_model
-    from training.benchmark import BenchmarkCfg, make_benchmark
+    from training.benchmark import make_benchmark
     from training.collate import VqaCollator, move_to
     from training.data import load_benchmark
 
     _, proc = build_model(a.preset)
-    path = a.data
-    if path is None:
-        path = tempfile.mkdtemp(prefix="bench_data_")
-        h, w = proc.image_size
-        make_benchmark(path, seed=0, sizes={"train": a.rows}, cfg=BenchmarkCfg(image_size=h), workers=1)
+    path, tmp = a.data, None
+    if path is None:  # generated into a temporary folder, removed at the end
+        tmp = tempfile.TemporaryDirectory(prefix="bench_data_")
+        path = f"{tmp.name}/bench"
+        make_benchmark(path, seed=0, sizes={"train": a.rows}, cfg=_generator(a.preset, proc.image_size[0]), workers=1)
     ds = load_benchmark(path, "train")
     n = min(a.rows, len(ds))
     f32 = VqaCollator(proc, train=True)
@@ -73,6 +90,8 @@ def main(argv=None) -> dict:
     for name, t in (("float32 normalised in the worker", t_f), ("uint8 (normalised on the device)", t_u),
                     ("uint8 + normalise on this CPU", t_n)):
         print(f"| {name} | {1e3 * t / n:.2f} | {n / t:.0f} | {t_f / t:.2f}x |")
+    if tmp is not None:
+        tmp.cleanup()
     return res
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,22 +44,30 @@ def main(argv=None) -> dict:
             bench = read_manifest(data_path).get("generator")
         except (OSError, ValueError):
             bench = None
-    out = save_pretrained(model, processor, model_cfg, a.out, dtype=a.dtype,
-                          metadata={"checkpoint": str(ckpt.resolve()), "step": state.get("step"),
-                                    "train_seed": train_cfg.get("train", {}).get("seed"), "benchmark": bench,
-                                    # a fine-tune: what it started from, and the budgets it was trained for
-                                    "init_from": train_cfg.get("train", {}).get("init_from"),
-                                    "budget_fractions": train_cfg.get("train", {}).get("budget_fractions")})
-    mib = (out / "model.safetensors").stat().st_size / 2**20
+    metadata = {"checkpoint": str(ckpt.resolve()), "step": state.get("step"),
+                "train_seed": train_cfg.get("train", {}).get("seed"), "benchmark": bench,
+                # a fine-tune: what it started from, and the budgets it was trained for
+                "init_from": train_cfg.get("train", {}).get("init_from"),
+                "budget_fractions": train_cfg.get("train", {}).get("budget_fractions")}
+    if state.get("exported"):  # re-exporting an exported folder (e.g. to another dtype): keep where it came from
+        metadata.update({k: v for k, v in state.get("metadata", {}).items() if v is not None})
+    # Written beside --out first: an export over --max-mb is removed there, and whatever --out held stays.
+    out = Path(a.out)
+    stage = out.with_name(f".{out.name}.export")
+    shutil.rmtree(stage, ignore_errors=True)
+    save_pretrained(model, processor, model_cfg, stage, dtype=a.dtype, metadata=metadata)
+    mib = (stage / "model.safetensors").stat().st_size / 2**20
     res = {"out": str(out), "weights_mib": round(mib, 2), "params": sum(t.numel() for t in model.state_dict().values()),
            "step": state.get("step"), "dtype": a.dtype}
     print(json.dumps(res))
     if a.max_mb is not None and mib > a.max_mb:
-        import shutil
-
-        shutil.rmtree(out)
-        print(f"weights are {mib:.1f} MiB, over --max-mb {a.max_mb}; removed {out}", file=sys.stderr)
+        shutil.rmtree(stage)
+        kept = f"; {out} is unchanged" if out.exists() else ""
+        print(f"weights are {mib:.1f} MiB, over --max-mb {a.max_mb}; not written{kept}", file=sys.stderr)
         raise SystemExit(1)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(stage, out)
     return res
 
 

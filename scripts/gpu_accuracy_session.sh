@@ -92,9 +92,12 @@ source scripts/gpu_common.sh
 'transformers', transformers.__version__)"; nproc; } >>"$OUT/summary.txt" 2>&1
 
 WORK=/tmp/arr_coc_acc_runs; RES=/tmp/arr_coc_acc_results
-RUN="$WORK/seed0/arr_coc_projection"  # the trained ARR-COC model exported for the demo
-if [ "$GROUNDING_WEIGHT" != 0 ]; then RUN="$WORK/seed0/arr_coc_grounded"; fi
-if [ -n "${EXPORT:-}" ]; then RUN="$WORK/seed0/$EXPORT"; fi
+# The trained ARR-COC model exported for the demo: the first seed's grounded model where one is trained (a numeric
+# test: GROUNDING_WEIGHT=0.0 trains none), else its projection model; EXPORT=<name> picks another.
+FIRST_SEED=${SEEDS%% *}
+RUN="$WORK/seed$FIRST_SEED/arr_coc_projection"
+if awk -v w="$GROUNDING_WEIGHT" 'BEGIN { exit !(w + 0 > 0) }'; then RUN="$WORK/seed$FIRST_SEED/arr_coc_grounded"; fi
+if [ -n "${EXPORT:-}" ]; then RUN="$WORK/seed$FIRST_SEED/$EXPORT"; fi
 rm -rf "$WORK" "$RES"
 # The optional models, in the dry run as in the real one (unquoted on use: each expands to nothing when unset).
 OPTIONAL="${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} ${FINETUNE_FRACTIONS:+--finetune-fractions \
@@ -113,11 +116,17 @@ else
     --test-size "$TEST_SIZE" --workers "$WORKERS" --overwrite "${GEN_ARGS[@]}" >"$OUT/bench.log" 2>&1
   OVERRIDE=(data.generate=false)  # one --train-override list (a second flag would replace the first)
   if [ "$PRETRAIN_STEPS" != 0 ]; then  # a pretrained-style tower first (scripts/pretrain_vision.py), then every model
-    step pretrain_vision 240 "$PY" -m scripts.pretrain_vision --data "$DATA" --preset "$PRESET" \
-      --steps "$PRETRAIN_STEPS" --batch-size 64 --eval-images 500 --out /tmp/arr_coc_vit.safetensors \
-      >>"$OUT/summary.txt" 2>>"$OUT/bench.log" \
-      && OVERRIDE+=(model.vision.pretrained=/tmp/arr_coc_vit.safetensors) \
-      && if [ "$FREEZE_VISION" = 1 ]; then OVERRIDE+=(model.vision_trainable=false); fi
+    # A failed or timed-out pretraining stops the session: training on from a random tower would report other models
+    # under this command.
+    if ! step pretrain_vision 240 "$PY" -m scripts.pretrain_vision --data "$DATA" --preset "$PRESET" \
+        --steps "$PRETRAIN_STEPS" --batch-size 64 --eval-images 500 --out /tmp/arr_coc_vit.safetensors \
+        >>"$OUT/summary.txt" 2>>"$OUT/bench.log"; then
+      echo "pretrain_vision failed: no benchmark trained (see bench.log)" | tee -a "$OUT/summary.txt" >&2
+      tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
+      exit 1
+    fi
+    OVERRIDE+=(model.vision.pretrained=/tmp/arr_coc_vit.safetensors)
+    if [ "$FREEZE_VISION" = 1 ]; then OVERRIDE+=(model.vision_trainable=false); fi
   fi
   LEFT=$(( T_START + TOTAL_SECONDS - 45 - $(date +%s) ))  # 45 s kept for the export and the copies
   TOTAL_MIN=$("$PY" -c "print(round($LEFT / 60, 2))")

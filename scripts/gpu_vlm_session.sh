@@ -36,7 +36,8 @@ else
   DATA=/tmp/arr_coc_bench; RUN=/tmp/arr_coc_run_bench
   step make_benchmark 240 "$PY" -m scripts.make_benchmark --out "$DATA" --train-size "$TRAIN_SIZE" \
     --workers "$WORKERS" --overwrite >"$OUT/make_benchmark.log" 2>&1
-  step train $(( TRAIN_MINUTES * 60 + 150 )) accelerate launch --config_file configs/accelerate/fsdp_gpu.yaml \
+  # awk, not $(( )): TRAIN_MINUTES may be fractional (2.5), which bash arithmetic refuses (and the step was skipped).
+  step train "$(awk -v m="$TRAIN_MINUTES" 'BEGIN { printf "%d", m * 60 + 150 }')" accelerate launch --config_file configs/accelerate/fsdp_gpu.yaml \
     -m training.train --config configs/train/bench.yaml output_dir="$RUN" data.path="$DATA" \
     train.max_minutes="$TRAIN_MINUTES" >"$OUT/train.log" 2>&1
 fi

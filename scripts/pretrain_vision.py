@@ -158,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "train" not in root or "scene" not in root["train"].column_names:
         raise ValueError(f"{a.data} is not a generated benchmark with a train split and scene records")
     train, test = root["train"], root["test"] if "test" in root else None
+    if len(train) < a.batch_size:  # only full batches are drawn: a smaller split would never yield one
+        raise ValueError(f"--batch-size {a.batch_size} is larger than the train split ({len(train)} rows of {a.data}); "
+                         "pass a smaller --batch-size or a larger benchmark")
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     warm = max(1, a.steps // 20)

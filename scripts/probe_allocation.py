@@ -21,19 +21,23 @@ import torch
 __all__ = ["main", "probe"]
 
 
-def probe(model, processor, ds, bcfg, n_images: int = 32) -> dict[str, float]:
-    """The statistics above for ``model`` (an ``ArrCocLlava`` in eval mode) on the rows of ``ds``."""
+def probe(model, processor, ds, bcfg, n_images: int = 32, fraction: float | None = None) -> dict[str, float]:
+    """The statistics above for ``model`` (an ``ArrCocLlava`` in eval mode) on the rows of ``ds``, at ``fraction``
+    of the full token count (``None``: the trained budget), as the evaluation runs it."""
+    from eval.baselines import create_method
     from models.grounding import box_patches
     from scripts.bench_accuracy_budget import _reasked
 
     layer = model.arr_coc
+    method = create_method("arr_coc", model, fraction)
+    processor.budget = method.placeholders  # the prompt's <image> run is the budget's length
     names = ("propositional", "perspectival", "participatory", "utility")
     hits = {n: 0 for n in names}
     share, count = 0.0, 0
     for image, asked, _ in _reasked(ds, bcfg, n_images):
         for q in asked:
             batch = processor([image], [q.question])
-            with torch.no_grad():
+            with torch.no_grad(), layer.budget_override(method.num_tokens):
                 _, out = model.embed_inputs(batch["pixel_values"], batch["input_ids"],
                                             query_input_ids=batch["query_input_ids"],
                                             query_attention_mask=batch["query_attention_mask"])
@@ -47,7 +51,7 @@ def probe(model, processor, ds, bcfg, n_images: int = 32) -> dict[str, float]:
     if count == 0:
         raise ValueError("no test image with at least two shapes to ask about")
     res = {f"top_{n}_in_box_patches": hits[n] / count for n in names}
-    res.update({"tokens_in_box_patches": share / count, "questions": count,
+    res.update({"tokens_in_box_patches": share / count, "questions": count, "tokens": method.num_tokens,
                 "balancing_weights": [round(float(w), 4) for w in layer.balancing.weights.detach()],
                 "focus": float(layer.balancing.log_focus.detach().exp())})
     return res
@@ -68,7 +72,7 @@ def main(argv=None) -> dict:
     ns = argparse.Namespace(eval_config=a.eval_config)
     model, processor, ds, data_cfg = _load_run(Path(a.run), ns, a.fraction,
                                                [f"data.path={a.data}", "data.split=test", "data.generate=false"])
-    res = probe(model, processor, ds, _bench_cfg(data_cfg.path), a.images)
+    res = probe(model, processor, ds, _bench_cfg(data_cfg.path), a.images, a.fraction)
     print(json.dumps(res))
     return res
 

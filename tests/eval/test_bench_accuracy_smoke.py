@@ -96,6 +96,53 @@ def test_bench_accuracy_budget_parallel_children_and_reuse(tmp_path):
         main([*args, "--total-minutes", "0.01", "--reserve-seconds", "0"])
 
 
+def test_bench_reruns_follow_the_requested_runs(tmp_path, monkeypatch):
+    # Only the full model (--models with none, one fraction): the report says the heat-map is not drawn instead of
+    # failing at the end (IndexError). A seed whose full evaluation fails is not replaced by another seed's at 100%.
+    import scripts.bench_accuracy_budget as bench
+    from scripts.bench_accuracy_budget import main
+
+    real_eval = bench._eval
+
+    def failing_seed1_full(run, method, frac, a, out, extra, cache):
+        if "seed1" in str(out) and out.name.startswith("full_"):
+            raise ValueError("simulated: cannot evaluate")
+        return real_eval(run, method, frac, a, out, extra, cache)
+
+    work, out = tmp_path / "runs", tmp_path / "results"
+    base = ["--smoke", "--fractions", "1", "--models", "--out", str(out), "--work", str(work)]
+    monkeypatch.setattr(bench, "_eval", failing_seed1_full)
+    res = main([*base, "--seeds", "0", "1"])
+    assert res["heatmap"] is None and "not drawn: no gradient-trained ARR-COC model" in res["md"].read_text()
+    assert [s["seed"] for s in res["results"]["full"][1.0]] == [0]
+    assert [s["seed"] for s in res["results"]["uniform"][1.0]] == [0]  # was [0, 0]: seed 0's counted twice
+    assert [s["seed"] for s in res["results"]["uniform_trained"][1.0]] == [0]
+    assert any("seed1" in f and "simulated" in f for f in res["failures"])
+    monkeypatch.setattr(bench, "_eval", real_eval)
+    # More steps: the finished run is resumed (not reused as it is), and evaluated afresh in a folder of its own step
+    # (the old folder's predictions are another checkpoint's: resuming them was refused, and every evaluation was
+    # reported as "not evaluated").
+    res = main([*base, "--steps", "3"])
+    assert res["failures"] == [] and "| step 3 of 3 |" in res["md"].read_text()
+    assert (work / "seed0" / "eval" / "full_64_step2").is_dir() and (work / "seed0" / "eval" / "full_64_step3").is_dir()
+    # Fewer steps than the checkpoint holds, or another trajectory setting: refused by name, not reused.
+    with pytest.raises(ValueError, match="past the requested train.max_steps=1"):
+        main([*base, "--steps", "1"])
+    with pytest.raises(ValueError, match="train.batch_size"):
+        main([*base, "--steps", "3", "--train-override", "train.batch_size=3"])
+
+
+def test_train_curve_of_a_log_without_rows_is_none(tmp_path):
+    # The --minutes cap can stop a run before its first logged step: its header-only log has no curve (it crashed
+    # the whole report).
+    import argparse
+
+    from scripts.bench_accuracy_budget import _train_curve
+
+    (tmp_path / "log.csv").write_text("step,epoch,loss,accuracy,lr,samples_per_s\n")
+    assert _train_curve(tmp_path, argparse.Namespace(onset_window=500, onset_accuracy=None)) is None
+
+
 def test_bench_accuracy_budget_arguments_are_checked(tmp_path, monkeypatch):
     import tempfile
 
@@ -150,13 +197,22 @@ def test_bench_accuracy_budget_steps_auto(tmp_path):
     # --steps auto probes every model at once, then gives all of them the same step count, which the report states.
     from scripts.bench_accuracy_budget import main
 
+    # The fine-tune of the grounded model is probed at --probe-steps too (it ran its full --finetune-steps, uncapped),
+    # and, having its own step count, does not take part in choosing --steps.
     res = main(["--smoke", "--parallel", "4", "--fractions", "1", "0.25", "--steps", "auto", "--minutes", "0.5",
-                "--probe-steps", "3", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")])
+                "--probe-steps", "3", "--grounding-weight", "1", "--finetune-fractions", "0.25", "1",
+                "--finetune-steps", "9", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")])
     md = res["md"].read_text()
     assert "Steps chosen by `--steps auto`" in md
     saved = json.loads((tmp_path / "results" / "accuracy_budget.json").read_text())
     steps = saved["meta"]["probe"]["steps"]
-    assert steps >= 1 and md.count(f"| step {steps} of {steps}") + md.count("stopped early") == 4
+    assert "arr_coc_finetuned" not in saved["meta"]["probe"]["seconds_per_step_by_run"]
+    probe_ft = json.loads(next((tmp_path / "runs" / "probe" / "seed0" / "arr_coc_finetuned" / "checkpoints").glob(
+        "step_*/trainer_state.json")).read_text())
+    assert probe_ft["step"] == 3
+    # full, projection, bandit, grounded and uniform at 25% at the chosen steps; the fine-tune at its own 9
+    assert steps >= 1 and md.count(f"| step {steps} of {steps}") + md.count("stopped early") == 5
+    assert md.count("| step 9 of 9") == 1 or steps == 9
 
 
 def test_parallel_children_split_the_cpus_between_them():

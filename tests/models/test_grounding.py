@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import csv
 import math
 
@@ -174,6 +176,24 @@ def test_probe_allocation_script_reports_where_each_score_points(tmp_path):
     for key in ("top_propositional_in_box_patches", "top_participatory_in_box_patches", "top_utility_in_box_patches",
                 "tokens_in_box_patches"):
         assert 0 <= res[key] <= 1
+    # --fraction sets the budget the layer allocates (it was ignored): at K·min_tokens tokens every patch gets
+    # min_tokens, so the share of the tokens in the box's patches is the share of the patches the box overlaps.
+    import datasets
+
+    from models.grounding import box_patches
+    from scripts.bench_accuracy_budget import _bench_cfg, _reasked
+
+    arr = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["arr_coc"]
+    floor = arr["num_patches"] * arr["min_tokens"]
+    assert floor == 16 and res["tokens"] == arr["budget"] == 32  # the tiny preset: N = 64 fine tokens
+    full = probe(["--run", str(tmp_path / "run"), "--data", str(data), "--images", "4", "--fraction", "0.25"])
+    assert full["tokens"] == floor
+    grid = tuple(arr["patch_grid"])
+    ds = datasets.load_from_disk(str(data))["test"]
+    shares = [box_patches([q.target_box], [image.size], grid)[0].double().mean().item()
+              for image, asked, _ in _reasked(ds, _bench_cfg(str(data)), 4) for q in asked]
+    assert full["questions"] == len(shares)
+    assert full["tokens_in_box_patches"] == pytest.approx(sum(shares) / len(shares))
     with pytest.raises(ValueError, match="does not exist"):
         probe(["--run", str(tmp_path / "nowhere"), "--data", str(data)])
 

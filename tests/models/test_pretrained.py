@@ -120,6 +120,17 @@ def test_export_from_a_training_run_then_trained_demo(tmp_path):
     assert res["step"] == 2 and res["weights_mib"] > 0
     meta = json.loads((tmp_path / "w" / "config.json").read_text())["metadata"]
     assert meta["step"] == 2 and meta["benchmark"]["image_size"] == 64  # the demo draws scenes like the training's
+    assert meta["train_seed"] == 0
+    # An export over --max-mb is not written, and the folder already at --out stays (it was deleted).
+    before = (tmp_path / "w" / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit):
+        export(["--run", str(run), "--out", str(tmp_path / "w"), "--dtype", "float32", "--max-mb", "1e-6"])
+    assert (tmp_path / "w" / "model.safetensors").read_bytes() == before
+    assert not list(tmp_path.glob(".w.*"))  # no staging folder left behind
+    # Re-exporting an exported folder (to float32) keeps where it came from.
+    export(["--run", str(tmp_path / "w"), "--out", str(tmp_path / "w32"), "--dtype", "float32"])
+    meta32 = json.loads((tmp_path / "w32" / "config.json").read_text())["metadata"]
+    assert meta32["train_seed"] == 0 and meta32["checkpoint"] == meta["checkpoint"] and meta32["step"] == 2
     out = demo(["--weights", str(tmp_path / "w"), "--out", str(tmp_path / "demo"), "--images", "2"])
     assert [p.name for p in out["pngs"]] == ["trained_image0.png", "trained_image1.png"]
     assert all(p.stat().st_size > 0 for p in out["pngs"])

@@ -47,6 +47,10 @@ def test_pretrain_writes_a_checkpoint_open_clip_loads(bench, tmp_path):
         main(["--data", str(bench), "--preset", "tiny", "--out", str(tmp_path / "vit.pt")])
     with pytest.raises(ValueError, match="--steps must be >= 1"):
         main(["--data", str(bench), "--preset", "tiny", "--steps", "0", "--out", str(out)])
+    # A batch larger than the train split never filled: the run hung (only full batches are drawn).
+    n_train = len(__import__("datasets").load_from_disk(str(bench))["train"])
+    with pytest.raises(ValueError, match=f"--batch-size {n_train + 1} is larger than the train split"):
+        main(["--data", str(bench), "--preset", "tiny", "--batch-size", str(n_train + 1), "--out", str(out)])
 
 
 def test_a_model_built_on_pretrained_weights_reloads_without_their_file(bench, tmp_path):
