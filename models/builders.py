@@ -349,7 +349,9 @@ def build_model(source: str | Mapping[str, Any] | ModelCfg = "tiny", overrides: 
 
     llava = _build_llava(lc, vision.feature_dim if vision is not None else None, image_token_id, tokenizer)
     if vision is None:
-        vision = HFVision(llava.model.vision_tower, num_prefix_tokens=1, **vkw)
+        # num_prefix_tokens=None: a CLIP tower's class token is dropped, a SigLIP tower (no class token) keeps every
+        # token (1 fixed here dropped a SigLIP checkpoint's first patch and broke its grid).
+        vision = HFVision(llava.model.vision_tower, num_prefix_tokens=None, **vkw)
         llava.model.vision_tower = None
 
     query_dim = text_encoder.output_dim if text_encoder is not None else llava.config.text_config.hidden_size

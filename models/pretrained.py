@@ -71,22 +71,31 @@ def save_pretrained(model: nn.Module, processor: Any, model_cfg: Mapping[str, An
 
     cfg = dataclass_to_dict(load_model_cfg(dict(model_cfg)))  # validates the keys
     if cfg["llm"].get("name_or_path"):
-        raise ValueError(f"llm.name_or_path={cfg['llm']['name_or_path']!r}: a model built on a hub checkpoint is "
-                         "saved with model.llava.save_pretrained(...) and its own tokenizer, not this format")
+        raise ValueError(f"llm.name_or_path={cfg['llm']['name_or_path']!r}: this format holds models built from "
+                         "configs alone; a model built on a checkpoint is saved as a training checkpoint "
+                         "(training.checkpoint) or as its full state_dict (safetensors.torch.save_model); "
+                         "model.llava.save_pretrained would leave out ArrCoc, the position tables and the vision "
+                         "tower")
     if cfg["vision"].get("backend") in ("hf_clip", "hf_siglip") and cfg["vision"].get("pretrained"):
         raise ValueError(f"vision.model_name={cfg['vision']['model_name']!r} is loaded from the hub; save a model "
                          "whose vision tower is built from hf_config instead")
     cfg["vision"]["pretrained"] = None  # the weights below replace any pretrained tag: loading never downloads
     cfg["query"]["pretrained"] = None
     name = _dtype_name(dtype)
-    state = {}
+    state, seen = {}, set()
     for k, v in model.state_dict().items():
         v = v.detach().to("cpu")
         # float64 tensors keep their precision: they are statistics (the bandit allocator's ridge Gram matrix and
         # response sums, from which A^-1 and theta are recomputed on load), which rounding to bf16 would corrupt.
         if name is not None and v.is_floating_point() and v.dtype != torch.float64:
             v = v.to(_DTYPES[name])
-        state[k] = v.contiguous()
+        v = v.contiguous()
+        # Tied weights (tie_word_embeddings: lm_head and embed_tokens) share storage, which safetensors refuses:
+        # each key gets its own copy, and loading writes the same values into the tied pair.
+        if v.numel() and v.untyped_storage().data_ptr() in seen:
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        state[k] = v
     out = Path(directory)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -140,4 +149,7 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
         raise ValueError(f"{str(d)!r}: weights do not fit the model in its config.json: missing "
                          f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}")
     processor = ArrCocProcessor.from_pretrained(d / "processor", query_tokenizer=built.query_tokenizer)
+    # The saved processor matches the saved model; model_overrides (another budget or image size) must reach it too.
+    processor.budget = int(model.budget)
+    processor.image_size = tuple(model.vision.image_size)
     return model.to(device).eval(), processor

@@ -111,7 +111,11 @@ class ArrCocProcessor:
         out = []
         for i, img in enumerate(images):
             if isinstance(img, np.ndarray):
-                img = Image.fromarray(img)
+                # PIL would turn floats in [0, 1] into a black image and uint16 into a white one, silently.
+                if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+                    raise ValueError(f"image {i}: arrays must be HWC (or HW) uint8 with 1, 3 or 4 channels, got "
+                                     f"dtype {img.dtype} shape {img.shape}; scale floats to 0..255 and cast to uint8")
+                img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img)
             if not isinstance(img, Image.Image):
                 raise ValueError(f"image {i} must be a PIL image or an HWC uint8 array, got {type(img).__name__}")
             img = img.convert("RGB")

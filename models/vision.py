@@ -164,7 +164,9 @@ class VisionTower(nn.Module):
         size = (gh * h, gw * w)
         if tuple(grid.shape[2:]) != size:
             shrink = size[0] < grid.shape[2] or size[1] < grid.shape[3]
-            grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+            # In float32: antialiased resampling has no bf16/fp16 CPU kernel, and half precision would blur less.
+            grid = F.interpolate(grid.float(), size=size, mode="bilinear", align_corners=False,
+                                 antialias=shrink).to(grid.dtype)
         grid = grid.reshape(b, d, gh, h, gw, w)
         return grid.permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, h, w, d)  # (B, K, h, w, D)
 
@@ -174,6 +176,10 @@ class VisionTower(nn.Module):
             raise ValueError(f"pixels must have shape (B, 3, H, W), got {shape}")
         if tuple(pixels.shape[2:]) != self.image_size:
             raise ValueError(f"pixels are {tuple(pixels.shape[2:])} but the tower expects {self.image_size}")
+        if not pixels.is_floating_point():
+            # uint8 pixels (the processor's normalize=False) would run on a 0-255 scale: HF towers cast them silently.
+            raise ValueError(f"pixels must be normalised floats, got dtype {pixels.dtype}; normalise uint8 pixels "
+                             "with the processor (processor.normalize, or move_to(batch, device, processor))")
         return self.to_patches(self.token_grid_features(pixels))
 
 
@@ -223,6 +229,8 @@ class OpenClipVision(VisionTower):
         return list(self.visual.transformer.resblocks)
 
     def token_grid_features(self, pixels: Tensor) -> Tensor:
+        # A tower built or loaded in bf16/fp16 takes its own dtype (the processor gives float32), as HF towers do.
+        pixels = pixels.to(self.visual.conv1.weight.dtype)
         out = self.visual.forward_intermediates(pixels, indices=[self.layer_index], stop_early=True,
                                                 intermediates_only=True, output_fmt="NCHW")
         return out["image_intermediates"][0]  # (B, D, Hg, Wg)
@@ -264,7 +272,8 @@ class HFVision(VisionTower):
             raise ValueError(f"feature_layer={feature_layer} out of range for hidden_states of length {n + 1}")
         layers = self._layers(model)
         if prune and layers is not None and self.hidden_index < n:
-            del layers[self.hidden_index:]
+            # Keep at least one block: with none, HF returns no hidden_states at all (not even the embeddings).
+            del layers[max(self.hidden_index, 1):]
         self.model = model
 
     @staticmethod

@@ -115,6 +115,11 @@ class ArrCocLlava(nn.Module):
             raise ValueError(f"pos_embed width {pos_embed.dim} != ArrCoc dim {arr_coc.dim}")
         if footprint_embed is not None and footprint_embed.dim != arr_coc.dim:
             raise ValueError(f"footprint_embed width {footprint_embed.dim} != ArrCoc dim {arr_coc.dim}")
+        if getattr(arr_coc.attending, "mode", "exact") != "exact":
+            # The prompt holds exactly `budget` image placeholders: an allocation with slack leaves some unfilled.
+            raise ValueError(f"ArrCocLlava needs an allocator that spends its budget exactly; "
+                             f"{type(arr_coc.attending).__name__} has mode={arr_coc.attending.mode!r} "
+                             "(use mode='exact')")
         # LLaVA's own tower is either moved into ``vision`` (HF backend) or dead weight next to ours: one owner only.
         llava.model.vision_tower = None
         self.llava = llava
@@ -230,6 +235,12 @@ class ArrCocLlava(nn.Module):
             ValueError: when a sample's placeholder count differs from its visual-token count (both are named,
                 with ``source``, the producer of the tokens).
         """
+        if image_embeds.dim() != 3 or image_embeds.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"image_embeds of shape {tuple(image_embeds.shape)} must be (B, T, E) with B = "
+                             f"{input_ids.shape[0]}, the batch of input_ids {tuple(input_ids.shape)}")
+        if mask is not None and tuple(mask.shape) != tuple(image_embeds.shape[:2]):
+            raise ValueError(f"mask of shape {tuple(mask.shape)} must match image_embeds' (B, T) "
+                             f"{tuple(image_embeds.shape[:2])}")
         placeholders = input_ids == self.image_token_id  # (B, L)
         n_ph = placeholders.sum(1)
         n_tok = (mask.sum(1) if mask is not None

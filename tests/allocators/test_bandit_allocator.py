@@ -116,6 +116,38 @@ def test_learns_to_beat_random_allocation(policy):
     assert learned - rnd > 0.8 * (oracle - rnd), (float(learned), float(rnd), float(oracle))
 
 
+@pytest.mark.parametrize("policy", ["ucb", "ts"])
+@pytest.mark.parametrize("eval_policy", ["auto", "greedy", "same"])
+def test_eval_mode_selection(policy, eval_policy):
+    # module.eval(): "greedy" selects by the posterior mean v = θᵀx (no UCB bonus, no draw); "same" as in training;
+    # "auto" (the default) keeps UCB's deterministic bonus and replaces TS's random draw by the mean. Train mode
+    # explores as before whatever eval_policy says.
+    kw = dict(budget=20, min_tokens=2, max_tokens=8, levels=(2, 4, 8), mode="at_most", context_dim=4, policy=policy,
+              alpha=2.0)
+    alloc = create_allocator("bandit", **kw, eval_policy=eval_policy)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(5):
+        alloc(torch.randn(16, 5, generator=g), context=torch.randn(16, 5, 4, generator=g))
+        alloc.update(torch.rand(16, generator=g))
+    c = torch.randn(64, 5, 4, generator=g)
+    x = alloc._features(c)
+    theta, _ = alloc._blocks()
+    mean = torch.einsum("bkw,lw->bkl", x, theta)
+    train_values = alloc.bandit_values(c, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(train_values, mean)  # training explores
+    alloc.eval()
+    got = alloc.bandit_values(c, generator=torch.Generator().manual_seed(0))
+    greedy = eval_policy == "greedy" or (eval_policy == "auto" and policy == "ts")
+    assert torch.equal(got, mean if greedy else train_values)
+    if eval_policy != "same" or policy == "ucb":  # deterministic in eval
+        assert torch.equal(got, alloc.bandit_values(c, generator=torch.Generator().manual_seed(1)))
+
+
+def test_eval_policy_is_checked():
+    with pytest.raises(ValueError, match="eval_policy must be one of"):
+        create_allocator("bandit", context_dim=4, eval_policy="optimistic")
+
+
 def test_uncertainty_shrinks_with_data():
     alloc = create_allocator("bandit", budget=20, min_tokens=2, max_tokens=8, levels=(2, 4, 8), mode="at_most",
                              context_dim=4)

@@ -1,0 +1,165 @@
+"""Model-side contracts from a review of ``models/``: half-precision towers, LLaVA/SigLIP towers, tied embeddings,
+loading with overrides, and inputs that used to give silent garbage or an unhelpful crash."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from _images import random_images
+from models.builders import build_model, dataclass_to_dict, load_model_cfg
+from models.pretrained import load_pretrained, save_pretrained
+
+QUESTIONS = ["what colour is the circle?", "how many shapes?"]
+HF = ('vision.hf_config={"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2, '
+      '"num_attention_heads": 2, "image_size": 64, "patch_size": 8}')
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_open_clip_tower_in_bf16_takes_the_processors_float32_pixels():
+    # build_model casts the tower to llm.dtype; the open_clip tower ran float32 pixels into bf16 weights and crashed.
+    model, processor = build_model("tiny", ["llm.dtype=bfloat16"])
+    assert model.vision.visual.conv1.weight.dtype == torch.bfloat16
+    batch = processor(random_images(2), QUESTIONS)
+    assert batch["pixel_values"].dtype == torch.float32
+    with torch.no_grad():
+        out = model(**batch)
+    assert torch.isfinite(out.logits.float()).all() and out.arr_coc.budgets.sum(1).tolist() == [32, 32]
+
+
+def test_uint8_pixels_are_refused_not_run_on_a_0_255_scale():
+    model, processor = build_model("tiny", ["vision.backend=hf_clip", HF])
+    batch = processor(random_images(2), QUESTIONS)
+    batch["pixel_values"] = processor.preprocess_images(random_images(2), normalize=False)
+    with pytest.raises(ValueError, match="pixels must be normalised floats, got dtype torch.uint8"):
+        model(**batch)
+
+
+def test_resampled_layout_in_bf16_on_cpu():
+    # Antialiased resampling has no bf16 CPU kernel: the grid is resampled in float32 and cast back.
+    from models.vision import hf_vision_from_config
+
+    tower = hf_vision_from_config("clip", {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                           "num_attention_heads": 2, "image_size": 32, "patch_size": 4},
+                                  patch_grid=(4, 4), fine_grid=(1, 1))
+    grid = torch.randn(2, 16, 8, 8, dtype=torch.bfloat16)
+    out = tower.to_patches(grid)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 16, 1, 1, 16)
+    ref = tower.to_patches(grid.float())
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_hf_tower_feature_layer_zero_with_pruning():
+    # feature_layer=0 is the embeddings: pruning every block left HF returning no hidden_states (IndexError).
+    import transformers
+
+    from models.vision import HFVision
+
+    cfg = transformers.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                        num_attention_heads=2, image_size=32, patch_size=8)
+    full = transformers.CLIPVisionModel(cfg).eval()
+    pruned = transformers.CLIPVisionModel(cfg).eval()
+    pruned.load_state_dict(full.state_dict())
+    tower = HFVision(pruned, patch_grid=(2, 2), feature_layer=0, prune=True)
+    assert len(tower._layers(tower.model)) == 1
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        feats = tower(x)
+        emb = full(pixel_values=x, output_hidden_states=True).hidden_states[0][:, 1:]  # (1, 16, D)
+    assert feats.shape == (1, 4, 2, 2, 16)
+    torch.testing.assert_close(feats[0, 0, 0, 0], emb[0, 0])
+
+
+def _tiny_llava(directory, kind: str) -> None:
+    import transformers
+
+    from models.processing import build_byte_tokenizer
+
+    tok = build_byte_tokenizer()
+    vcls = transformers.CLIPVisionConfig if kind == "clip" else transformers.SiglipVisionConfig
+    vc = vcls(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32,
+              patch_size=8)
+    tc = transformers.LlamaConfig(vocab_size=264, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                                  pad_token_id=0)
+    cfg = transformers.LlavaConfig(vision_config=vc.to_dict(), text_config=tc.to_dict(),
+                                   image_token_id=tok.convert_tokens_to_ids("<image>"),
+                                   vision_feature_select_strategy="full" if kind == "siglip" else "default")
+    transformers.LlavaForConditionalGeneration(cfg).save_pretrained(directory)
+    tok.save_pretrained(directory)
+
+
+@pytest.mark.parametrize("kind, prefix", [("clip", 1), ("siglip", 0)])
+def test_llava_backend_drops_a_class_token_only_where_there_is_one(tmp_path, kind, prefix):
+    # The llava backend hard-coded one prefix token: a SigLIP tower (no class token) lost a patch and its grid broke.
+    _tiny_llava(tmp_path, kind)
+    cfg = dataclass_to_dict(load_model_cfg("tiny"))
+    cfg["vision"]["backend"] = "llava"
+    cfg["llm"].update(name_or_path=str(tmp_path), tokenizer=None, dtype="float32")
+    cfg["arr_coc"].update(num_patches=4, patch_grid=[2, 2], budget=8, max_tokens=4)
+    model, processor = build_model(cfg)
+    assert model.vision.num_prefix_tokens == prefix
+    with torch.no_grad():
+        assert model.vision(torch.randn(1, 3, 32, 32)).shape == (1, 4, 2, 2, 32)
+        out = model(**processor(random_images(1, size=(32, 32)), QUESTIONS[:1]))
+    assert out.arr_coc.budgets.sum().item() == 8
+
+
+def test_tied_embeddings_save_and_load(tmp_path):
+    cfg = dataclass_to_dict(load_model_cfg("tiny", ["llm.text_config.tie_word_embeddings=true"]))
+    model, processor = build_model(cfg)
+    lm, emb = model.llava.lm_head.weight, model.llava.get_input_embeddings().weight
+    assert lm.data_ptr() == emb.data_ptr()  # tied: safetensors refused the shared storage
+    save_pretrained(model, processor, cfg, tmp_path / "tied")
+    loaded, _ = load_pretrained(tmp_path / "tied")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert loaded.llava.lm_head.weight.data_ptr() == loaded.llava.get_input_embeddings().weight.data_ptr()
+
+
+def test_load_with_overrides_gives_a_matching_processor(tmp_path):
+    cfg = dataclass_to_dict(load_model_cfg("tiny"))
+    model, processor = build_model(cfg)
+    save_pretrained(model, processor, cfg, tmp_path / "m")
+    m, p = load_pretrained(tmp_path / "m", model_overrides={"arr_coc": {"budget": 24}})
+    assert m.budget == p.budget == 24
+    with torch.no_grad():
+        out = m(**p(random_images(2), QUESTIONS))
+    assert out.arr_coc.budgets.sum(1).tolist() == [24, 24]
+
+
+def test_hub_model_save_points_to_a_full_save():
+    cfg = dataclass_to_dict(load_model_cfg("tiny"))
+    model, processor = build_model(cfg)
+    cfg["llm"]["name_or_path"] = "llava-hf/llava-1.5-7b-hf"
+    with pytest.raises(ValueError, match="training checkpoint") as e:
+        save_pretrained(model, processor, cfg, "/tmp/never_written")
+    assert "model.llava.save_pretrained would leave out ArrCoc" in str(e.value)
+
+
+def test_scatter_visual_refuses_more_images_than_prompts(tmp_path):
+    model, processor = build_model("tiny")
+    batch = processor(random_images(2), QUESTIONS)
+    n = model.budget
+    with pytest.raises(ValueError, match=r"must be \(B, T, E\) with B = 2"):
+        model.scatter_visual(batch["input_ids"], torch.randn(3, n, model.config.text_config.hidden_size))
+
+
+def test_arrays_must_be_uint8_images():
+    _, processor = build_model("tiny")
+    ok = processor.preprocess_images([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)])
+    assert ok.shape[:2] == (2, 3)
+    for bad in (np.full((8, 8, 3), 0.5, np.float32), np.zeros((8, 8), np.uint16), np.zeros((8, 8, 2), np.uint8)):
+        with pytest.raises(ValueError, match=f"dtype {bad.dtype} shape"):
+            processor.preprocess_images([bad])
+
+
+def test_llava_model_needs_an_exact_allocator():
+    with pytest.raises(ValueError, match="needs an allocator that spends its budget exactly.*mode='at_most'"):
+        build_model("tiny", ["arr_coc.allocator=bandit",
+                             'arr_coc.allocator_kwargs={"levels": [1, 2, 4], "mode": "at_most"}'])
