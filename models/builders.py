@@ -92,6 +92,7 @@ class ModelCfg:
     footprint_log2_range: list = field(default_factory=lambda: [-4, 8])  # log2 footprints of its end nodes
     use_pixel_entropy: bool = False  # ArrCoc's propositional score from pixel grey-level entropy
     image_token: str = "<image>"  # image placeholder in prompts
+    image_resize: str = "squash"  # squash | pad (to the tower's aspect with the mean colour; LLaVA-1.5) | crop (centre)
     prompt_template: str = "USER: <image>\n{question} ASSISTANT:"  # LLaVA-1.5 conversation format
     answer_template: str = " {answer}"  # target text; EOS is appended
     vision_trainable: bool = False  # train the vision tower
@@ -378,6 +379,7 @@ def build_model(source: str | Mapping[str, Any] | ModelCfg = "tiny", overrides: 
                         projector=cfg.projector_trainable, query=cfg.query_trainable)
     processor = ArrCocProcessor(tokenizer, budget=arr_coc.budget, image_size=vision.image_size,
                                 image_mean=vision.image_mean, image_std=vision.image_std, image_token=cfg.image_token,
+                                image_resize=cfg.image_resize,
                                 prompt_template=cfg.prompt_template, answer_template=cfg.answer_template,
                                 query_tokenizer=text_encoder.tokenize if text_encoder is not None else None)
     return model, processor

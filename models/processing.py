@@ -50,6 +50,9 @@ def build_byte_tokenizer(image_token: str = "<image>"):
     return fast
 
 
+_RESIZE = ("squash", "pad", "crop")
+
+
 class ArrCocProcessor:
     """Images and prompts → model inputs for ``ArrCocLlava``.
 
@@ -60,6 +63,9 @@ class ArrCocProcessor:
         image_mean: Per-channel mean for normalisation.
         image_std: Per-channel std.
         image_token: The placeholder in prompts.
+        image_resize: How an image of another aspect ratio reaches ``image_size``: ``"squash"`` (resize, stretching
+            it), ``"pad"`` (pad to the target aspect with the mean colour, then resize: LLaVA-1.5's
+            ``image_aspect_ratio: pad``) or ``"crop"`` (resize to cover, then centre-crop: CLIP's preprocessing).
         prompt_template: Prompt with ``{question}`` and exactly one ``image_token``.
         answer_template: Target text with ``{answer}``; the tokenizer's EOS is appended.
         query_tokenizer: For an open_clip query encoder: strings → ``(B, L)`` ids. ``None``: the question is
@@ -72,11 +78,14 @@ class ArrCocProcessor:
     """
 
     def __init__(self, tokenizer: Any, *, budget: int, image_size: Sequence[int], image_mean: Sequence[float],
-                 image_std: Sequence[float], image_token: str = "<image>",
+                 image_std: Sequence[float], image_token: str = "<image>", image_resize: str = "squash",
                  prompt_template: str = "USER: <image>\n{question} ASSISTANT:", answer_template: str = " {answer}",
                  query_tokenizer: Callable[[list[str]], Tensor] | None = None):
         if budget < 1:
             raise ValueError(f"budget must be >= 1, got {budget}")
+        if image_resize not in _RESIZE:
+            raise ValueError(f"image_resize must be one of {_RESIZE}, got {image_resize!r}")
+        self.image_resize = image_resize
         if prompt_template.count(image_token) != 1 or "{question}" not in prompt_template:
             raise ValueError(f"prompt_template must hold exactly one {image_token!r} and a {{question}} field, "
                              f"got {prompt_template!r}")
@@ -118,12 +127,29 @@ class ArrCocProcessor:
                 img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img)
             if not isinstance(img, Image.Image):
                 raise ValueError(f"image {i} must be a PIL image or an HWC uint8 array, got {type(img).__name__}")
-            img = img.convert("RGB")
-            if img.size != (self.image_size[1], self.image_size[0]):
-                img = img.resize((self.image_size[1], self.image_size[0]), Image.BICUBIC)
+            img = self._fit(img.convert("RGB"))
             out.append(np.asarray(img, dtype=np.uint8))
         x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8, a view
         return self.normalize(x) if normalize else x.contiguous()
+
+    def _fit(self, img):
+        """One RGB PIL image at ``image_size`` by :attr:`image_resize`."""
+        from PIL import Image
+
+        (th, tw), (w, h) = self.image_size, img.size
+        if self.image_resize == "pad" and w * th != h * tw:  # pad to the target aspect, centred
+            pw, ph = max(w, -(-h * tw // th)), max(h, -(-w * th // tw))
+            fill = tuple(int(round(255 * m)) for m in self.image_mean)
+            canvas = Image.new("RGB", (pw, ph), fill)
+            canvas.paste(img, ((pw - w) // 2, (ph - h) // 2))
+            img, (w, h) = canvas, (pw, ph)
+        elif self.image_resize == "crop" and w * th != h * tw:  # resize to cover, then centre-crop
+            scale = max(tw / w, th / h)
+            rw, rh = max(tw, round(w * scale)), max(th, round(h * scale))
+            img = img.resize((rw, rh), Image.BICUBIC)
+            left, top = (rw - tw) // 2, (rh - th) // 2
+            return img.crop((left, top, left + tw, top + th))
+        return img if (w, h) == (tw, th) else img.resize((tw, th), Image.BICUBIC)
 
     def normalize(self, pixels: Tensor) -> Tensor:
         """uint8 ``(B, 3, H, W)`` pixels (any device) → float32 normalised with ``image_mean`` / ``image_std``."""
@@ -192,7 +218,7 @@ class ArrCocProcessor:
     # -- persistence ---------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "image_size": list(self.image_size), "image_mean": list(self.image_mean),
-                "image_std": list(self.image_std), "image_token": self.image_token,
+                "image_std": list(self.image_std), "image_token": self.image_token, "image_resize": self.image_resize,
                 "prompt_template": self.prompt_template, "answer_template": self.answer_template}
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:

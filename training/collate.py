@@ -130,6 +130,11 @@ class VqaCollator:
         }
         if self.train:
             batch["labels"], _ = pad_sequences(labels, IGNORE_INDEX, side)
+        if any("target_box" in r for r in rows) and getattr(p, "image_resize", "squash") != "squash":
+            # Boxes are normalised by the image's own size: that is where they land only when it is squashed.
+            raise ValueError(f"rows carry target_box region labels, which assume image_resize='squash', but the "
+                             f"processor pads or crops (image_resize={p.image_resize!r}); drop the column "
+                             "(data.keep_columns) or use a squash processor")
         batch.update(batch_boxes(rows))  # target_box / target_box_valid where rows carry region labels
         if budget is not None:
             batch["budget"] = torch.tensor(budget, dtype=torch.int64)

@@ -163,3 +163,54 @@ def test_llava_model_needs_an_exact_allocator():
     with pytest.raises(ValueError, match="needs an allocator that spends its budget exactly.*mode='at_most'"):
         build_model("tiny", ["arr_coc.allocator=bandit",
                              'arr_coc.allocator_kwargs={"levels": [1, 2, 4], "mode": "at_most"}'])
+
+
+def _striped(w: int, h: int):
+    """A ``w x h`` red image with a green stripe 4 px wide at the left edge."""
+    from PIL import Image
+
+    a = np.zeros((h, w, 3), np.uint8)
+    a[..., 0] = 255
+    a[:, :4] = (0, 255, 0)
+    return Image.fromarray(a)
+
+
+def test_image_resize_modes():
+    # squash stretches (the stripe stays), crop centre-crops the wide image (the stripe goes), pad keeps the whole
+    # image and fills the rest with the mean colour (LLaVA-1.5's image_aspect_ratio: pad).
+    from models.processing import ArrCocProcessor
+
+    _, base = build_model("tiny")
+    kw = dict(budget=base.budget, image_size=(32, 32), image_mean=(0.5, 0.25, 0.75), image_std=(0.5, 0.5, 0.5))
+    img = _striped(64, 32)  # twice as wide as tall
+    out = {}
+    for mode in ("squash", "crop", "pad"):
+        p = ArrCocProcessor(base.tokenizer, image_resize=mode, **kw)
+        out[mode] = p.preprocess_images([img], normalize=False)[0]  # (3, 32, 32) uint8
+        assert out[mode].shape == (3, 32, 32)
+    green = lambda x: (x[1] > 200) & (x[0] < 60)  # noqa: E731
+    assert green(out["squash"])[:, :2].all() and not green(out["crop"]).any()
+    pad = out["pad"]
+    assert green(pad)[8:24, :2].all()  # the image, shrunk to 32x16, sits in the middle rows
+    assert torch.equal(pad[:, 0, 16], torch.tensor([128, 64, 191], dtype=torch.uint8))  # mean-colour band on top
+    assert torch.equal(pad[:, 31, 16], torch.tensor([128, 64, 191], dtype=torch.uint8))
+    # A square image is the same in every mode; the setting survives save/load; unknown modes are refused.
+    sq = _striped(32, 32)
+    assert all(torch.equal(ArrCocProcessor(base.tokenizer, image_resize=m, **kw).preprocess_images([sq]),
+                           ArrCocProcessor(base.tokenizer, **kw).preprocess_images([sq])) for m in ("crop", "pad"))
+    with pytest.raises(ValueError, match="image_resize must be one of"):
+        ArrCocProcessor(base.tokenizer, image_resize="letterbox", **kw)
+
+
+def test_image_resize_round_trips_and_region_labels_need_squash(tmp_path):
+    from models.processing import ArrCocProcessor
+    from training.collate import VqaCollator
+
+    model, processor = build_model("tiny", ["image_resize=pad"])
+    assert processor.image_resize == "pad"
+    processor.save_pretrained(tmp_path / "p")
+    assert ArrCocProcessor.from_pretrained(tmp_path / "p").image_resize == "pad"
+    row = {"image": random_images(1)[0], "question": "q?", "answers": ["1"], "target_box": [0, 0, 10, 10]}
+    with pytest.raises(ValueError, match="assume image_resize='squash'"):
+        VqaCollator(processor)([row])
+    assert "target_box" in VqaCollator(build_model("tiny")[1])([row])
