@@ -390,7 +390,7 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
                        "score": float(metric(pred, answers)), "tokens": int(res.tokens[j]),
                        # Tokens in the queried box: boxes map to the tower's image only when it is squashed.
                        "target_fraction": target_fraction(res.positions[j].cpu(), row["target_box"], row["size"])
-                       if "target_box" in row and getattr(proc, "image_resize", "squash") == "squash" else None,
+                       if "target_box" in row and proc.boxes_exact(row["size"]) else None,
                        "latency_s": latency, "prompt_text_tokens": int(text_tokens[j])}
                 if res.budgets is not None:
                     rec["budgets"] = res.budgets[j].tolist()

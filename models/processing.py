@@ -151,6 +151,12 @@ class ArrCocProcessor:
             return img.crop((left, top, left + tw, top + th))
         return img if (w, h) == (tw, th) else img.resize((tw, th), Image.BICUBIC)
 
+    def boxes_exact(self, size: Sequence[int]) -> bool:
+        """Whether pixel boxes of an image of ``size = (W, H)``, normalised by that size, land where its pixels do in
+        the tower's image: always when squashed, and for pad/crop when the image already has the tower's aspect."""
+        (th, tw), (w, h) = self.image_size, size
+        return self.image_resize == "squash" or w * th == h * tw
+
     def normalize(self, pixels: Tensor) -> Tensor:
         """uint8 ``(B, 3, H, W)`` pixels (any device) → float32 normalised with ``image_mean`` / ``image_std``."""
         if not isinstance(pixels, Tensor) or pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != 3:

@@ -140,6 +140,17 @@ class BenchmarkCfg:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"BenchmarkCfg.{name}={getattr(self, name)!r}: {why}")
 
+        # Counts and sizes are integers (2.5 objects was accepted; 1.5 questions per image failed deep in numpy).
+        for name in ("image_size", "min_objects", "max_objects", "questions_per_image", "distractor_glyphs",
+                     "clutter_lines", "clutter_outlines", "noise_amplitude", "jpeg_quality"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise bad(name, "need an integer")
+        for name in ("shape_size", "glyph_size"):
+            v = getattr(self, name)
+            if len(v) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in v):
+                raise bad(name, "need two integers (min, max)")
+
         for name, known in (("shapes", DEFAULT_SHAPES), ("colours", tuple(DEFAULT_COLOURS))):
             values = getattr(self, name)
             if not values or len(set(values)) != len(values) or not set(values) <= set(known):
@@ -180,6 +191,12 @@ class BenchmarkCfg:
             raise bad("jpeg_quality", "need 1..100")
         if len(self.glyph_pool_fractions) != 3 or min(self.glyph_pool_fractions) <= 0:
             raise bad("glyph_pool_fractions", "need three positive fractions (train, val, test)")
+        empty = [(split, d) for split, parts in _glyph_pools(self.glyph_pool_fractions).items()
+                 for d, part in enumerate(parts) if len(part) == 0]
+        if empty:  # every split must hold every digit's handwriting (sampling from an empty pool failed obscurely)
+            split, d = empty[0]
+            raise bad("glyph_pool_fractions", f"leaves the {split} split no handwritten {d} (each digit has ~180 "
+                                              "images); give every split a larger share")
 
     @property
     def grid(self) -> int:
@@ -516,7 +533,18 @@ def make_question_about(
     scene: Scene, obj: SceneObject, rng: np.random.Generator, cfg: BenchmarkCfg, question_type: str
 ) -> Question:
     """Ask a question of type ``question_type`` about one chosen object of ``scene`` (its answer and box are that
-    object's), e.g. two digit questions about two shapes of the same image."""
+    object's), e.g. two digit questions about two shapes of the same image.
+
+    ``digit``, ``colour`` and ``yesno`` (a "yes" question: the object is there) are about one object; ``count`` is
+    about the whole scene and is refused (asked of one object, it answered 1 where the image held 2).
+    """
+    if obj not in scene.objects:
+        raise ValueError(f"obj {obj!r} is not one of the scene's objects")
+    if question_type == "yesno":
+        return Question(f"is there {_a(obj.colour)} {obj.shape}?", "yes", "yesno", obj.box)
+    if question_type not in ("digit", "colour"):
+        raise ValueError(f"make_question_about asks digit, colour or yesno questions about one object, got "
+                         f"{question_type!r} (use make_question for questions about the whole scene)")
     return make_question(dataclasses.replace(scene, objects=(obj,)), rng, cfg, question_type)
 
 

@@ -47,6 +47,11 @@ def consensus_answer(answers: Sequence[str] | str) -> str:
     return next(a for a in answers if counts[a] == best)
 
 
+def _image_size(img: Any) -> tuple[int, int]:
+    """``(W, H)`` of a PIL image or an HWC array."""
+    return tuple(img.size) if hasattr(img, "size") and not hasattr(img, "shape") else (img.shape[1], img.shape[0])
+
+
 class VqaCollator:
     """List of rows → batch dict of tensors (plus the rows' ids, answers and types as lists).
 
@@ -130,11 +135,14 @@ class VqaCollator:
         }
         if self.train:
             batch["labels"], _ = pad_sequences(labels, IGNORE_INDEX, side)
-        if any("target_box" in r for r in rows) and getattr(p, "image_resize", "squash") != "squash":
-            # Boxes are normalised by the image's own size: that is where they land only when it is squashed.
-            raise ValueError(f"rows carry target_box region labels, which assume image_resize='squash', but the "
-                             f"processor pads or crops (image_resize={p.image_resize!r}); drop the column "
-                             "(data.keep_columns) or use a squash processor")
+        boxed = [r for r in rows if r.get("target_box")]
+        if self.train and boxed and not all(p.boxes_exact(_image_size(r["image"])) for r in boxed):
+            # Boxes are normalised by the image's own size: that is where they land when the image is squashed, or
+            # when padding/cropping has nothing to do (the image has the tower's aspect). Grounding needs them exact.
+            raise ValueError(f"rows carry target_box region labels of images whose aspect differs from the tower's "
+                             f"{p.image_size}, and the processor pads or crops them (image_resize={p.image_resize!r}): "
+                             "the boxes would not land on their pixels; use image_resize=squash or drop the column "
+                             "(data.keep_columns)")
         batch.update(batch_boxes(rows))  # target_box / target_box_valid where rows carry region labels
         if budget is not None:
             batch["budget"] = torch.tensor(budget, dtype=torch.int64)

@@ -334,6 +334,9 @@ def to_common_schema(
     for name in keep_columns:
         if name in SCHEMA_COLUMNS:
             raise ValueError(f"keep_columns entry {name!r} clashes with a schema column; rename it first")
+        if name not in ds.column_names:  # a nested field ("types.semantic") cannot be kept as a column of its own
+            raise ValueError(f"keep_columns entry {name!r} is not a top-level column; available columns: "
+                             f"{ds.column_names} (keep the parent column, or map the field with columns)")
         _feature_at(ds.features, name, "keep")
     image_column = columns.image
     if image_column not in ds.column_names:
@@ -538,14 +541,47 @@ def load_configured(d: Any, *, generate_here: bool = True, barrier: Callable[[],
                                cfg=BenchmarkCfg.from_dict(d.generate_cfg))
             if barrier is not None:
                 barrier()
+            _check_generated(d)  # data found at the path must be the benchmark these settings generate
         ds = load_benchmark(d.path, d.split)
     else:
         ds = load_vqa_dataset(d.source, split=d.split, path=d.path, images=getattr(d, "images", None),
                               config=getattr(d, "config", None), columns=getattr(d, "columns", None) or None,
                               keep_columns=tuple(getattr(d, "keep_columns", None) or ()))
     if d.max_samples is not None:
+        if isinstance(d.max_samples, bool) or not isinstance(d.max_samples, int) or d.max_samples < 1:
+            raise ValueError(f"data.max_samples must be a positive integer or null, got {d.max_samples!r}")
         ds = ds.select(range(min(int(d.max_samples), len(ds))))
     return ds
+
+
+def _check_generated(d: Any) -> None:
+    """Raise ``ValueError`` if the benchmark at ``d.path`` was generated with another seed, generator or split sizes
+    than ``d.generate_*`` ask for (it was reused silently: another run's data under this config's name). Splits the
+    config does not ask for may exist (an evaluation config adds ``test``)."""
+    from training.benchmark import BenchmarkCfg
+
+    try:
+        m = read_manifest(d.path)
+    except DatasetNotFoundError:
+        return  # not a generated benchmark folder: load_benchmark says what is wrong with it
+    want_gen = BenchmarkCfg.from_dict(d.generate_cfg).to_dict()
+    diff = []
+    if int(m.get("seed", -1)) != int(d.generate_seed):
+        diff.append(f"seed {m.get('seed')} (data.generate_seed={d.generate_seed})")
+    have = m.get("sizes", {})
+    for split, n in d.generate_sizes.items():
+        if n and have.get(split) != n:
+            diff.append(f"{split} has {have.get(split, 'no')} rows (data.generate_sizes.{split}={n})")
+    gen = m.get("generator", {})
+    changed = sorted(k for k in set(gen) | set(want_gen)
+                     if json.dumps(gen.get(k), sort_keys=True) != json.dumps(want_gen.get(k), sort_keys=True))
+    if changed:
+        diff.append("generator " + ", ".join(f"{k}={gen.get(k)!r} (data.generate_cfg: {want_gen.get(k)!r})"
+                                             for k in changed))
+    if diff:
+        raise ValueError(f"data.path={d.path!r} holds a benchmark generated with other settings: {'; '.join(diff)}. "
+                         "Use another data.path, delete it to regenerate, or set data.generate=false to use it as it "
+                         "is")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -57,7 +57,12 @@ class PGDAllocator(Allocator):
         Shapes:
             utility: (B, K)
             returns: t (B, K) float64, info with shadow_price (B,) and kkt_residual (B,)
+
+        Raises:
+            ValueError: a utility that is not (B, K), not finite, or a budget that K patches cannot hold (it returned
+                an allocation that missed the budget, with a zero KKT residual).
         """
+        self._check_utility(utility)  # shape (B, K), finite, and K patches can hold the budget
         u = utility.double()
         k = u.shape[-1]
         w = k * torch.softmax(u, dim=-1)

@@ -155,6 +155,12 @@ def test_pgd_matches_water_filling_and_reports_shadow_price():
     np.testing.assert_allclose(info.shadow_price.numpy(), dfdb, rtol=1e-3)
     t = alloc(u)
     assert (t.sum(-1) == 1280).all() and alloc.last_info.shadow_price is not None
+    # solve() checks like the allocation does: 13,200 tokens cannot fit 64 patches of at most 100 (it returned an
+    # allocation summing to 6,400 with a zero KKT residual), nor can a NaN utility be solved.
+    with pytest.raises(ValueError, match="infeasible budget"):
+        create_allocator("pgd", budget=13200, min_tokens=4, max_tokens=100).solve(u)
+    with pytest.raises(ValueError, match="non-finite"):
+        alloc.solve(torch.full((1, 64), float("nan"), dtype=torch.float64))
 
 
 @pytest.mark.parametrize("budget, lo, hi, k, rows, scale, seed", [(18, 1, 2, 10, 3, 3.0, 0), (1280, 4, 100, 64, 8, 4.0, 5)])

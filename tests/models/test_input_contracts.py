@@ -210,7 +210,11 @@ def test_image_resize_round_trips_and_region_labels_need_squash(tmp_path):
     assert processor.image_resize == "pad"
     processor.save_pretrained(tmp_path / "p")
     assert ArrCocProcessor.from_pretrained(tmp_path / "p").image_resize == "pad"
-    row = {"image": random_images(1)[0], "question": "q?", "answers": ["1"], "target_box": [0, 0, 10, 10]}
-    with pytest.raises(ValueError, match="assume image_resize='squash'"):
+    row = {"image": random_images(1)[0], "question": "q?", "answers": ["1"], "target_box": [0, 0, 10, 10]}  # 90x70
+    with pytest.raises(ValueError, match=r"pads or crops them \(image_resize='pad'\)"):
         VqaCollator(processor)([row])
-    assert "target_box" in VqaCollator(build_model("tiny")[1])([row])
+    assert "target_box" in VqaCollator(build_model("tiny")[1])([row])  # squash: the boxes are exact
+    assert "input_ids" in VqaCollator(processor, train=False)([row])  # evaluation does not use the batch's boxes
+    square = {**row, "image": random_images(1, size=(48, 48))[0]}  # the tower's aspect: padding has nothing to do
+    assert "target_box" in VqaCollator(processor)([square])
+    assert processor.boxes_exact((48, 48)) and not processor.boxes_exact((90, 70))

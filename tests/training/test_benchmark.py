@@ -234,6 +234,12 @@ def test_make_benchmark_rejects_bad_arguments(tmp_path, kwargs, match):
         ({"image_size": 100}, "image_size"),
         ({"question_weights": (1.0,)}, "question_weights"),
         ({"image_format": "gif"}, "image_format"),
+        # Found by a review: non-integers passed or failed deep in numpy; a tiny glyph share left a split without a
+        # handwritten digit (generation then failed with "high <= 0").
+        ({"min_objects": 2.5}, r"min_objects=2.5: need an integer"),
+        ({"questions_per_image": 1.5}, r"questions_per_image=1.5: need an integer"),
+        ({"shape_size": (48.5, 64)}, r"shape_size=\(48.5, 64\): need two integers"),
+        ({"glyph_pool_fractions": (0.999, 0.0005, 0.0005)}, r"leaves the val split no handwritten 0"),
     ],
 )
 def test_cfg_rejects_bad_values(kwargs, match):
@@ -260,3 +266,13 @@ def test_make_question_about_each_object():
         assert q.answer == str(obj.digit) and tuple(q.target_box) == tuple(obj.box)
         c = make_question_about(scene, obj, rng, cfg, "colour")
         assert c.answer == obj.colour and tuple(c.target_box) == tuple(obj.box)
+        y = make_question_about(scene, obj, rng, cfg, "yesno")  # about this object: it is there
+        assert y.answer == "yes" and obj.colour in y.question and tuple(y.target_box) == tuple(obj.box)
+    # count is about the whole scene (asked of one object it answered 1 where the image held 2); a foreign object
+    # has no answer in this scene.
+    with pytest.raises(ValueError, match="got 'count'"):
+        make_question_about(scene, scene.objects[0], rng, cfg, "count")
+    other = sample_scene(np.random.default_rng(99), cfg, "test").objects[0]
+    if other not in scene.objects:
+        with pytest.raises(ValueError, match="not one of the scene's objects"):
+            make_question_about(scene, other, rng, cfg, "digit")

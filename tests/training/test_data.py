@@ -245,6 +245,9 @@ def test_bad_requests_raise_value_errors(tmp_path):
         load_vqa_dataset("vqav2", path=path, columns={"question": "query"})
     with pytest.raises(ValueError, match="clashes"):
         to_common_schema(_vqav2(), data.VQAv2Columns(), keep_columns=["question"])
+    # A nested field is not a column: refused up front (it failed late, inside datasets' map).
+    with pytest.raises(ValueError, match=r"'answers.answer' is not a top-level column"):
+        to_common_schema(_vqav2(), data.VQAv2Columns(), keep_columns=["answers.answer"])
     with pytest.raises(ValueError, match="has no key 'text'"):
         to_common_schema(_vqav2(), ColumnMap(answer_key="text"))
 
@@ -291,3 +294,20 @@ def test_generation_leaves_out_empty_splits(tmp_path):
     cfg.data.generate_cfg = dict(TINY_GENERATOR)
     ds = load_configured(cfg.data)
     assert len(ds) == 6 and not (tmp_path / "b" / "val").exists()
+    # The same settings find the same data; other settings at the same path are refused by name (it was reused
+    # silently: 8 rows of seed 0 at 64 px handed out for a request of 16 rows of seed 1).
+    assert len(load_configured(cfg.data)) == 6
+    cfg.data.generate_seed = 1
+    cfg.data.generate_sizes = {"train": 12, "val": 0}
+    cfg.data.generate_cfg = {**TINY_GENERATOR, "max_objects": 2}
+    with pytest.raises(ValueError, match=r"other settings: seed 0 \(data.generate_seed=1\); train has 6 rows "
+                                         r"\(data.generate_sizes.train=12\); generator max_objects=3"):
+        load_configured(cfg.data)
+    cfg.data.generate = False  # taken as it is
+    assert len(load_configured(cfg.data)) == 6
+    cfg.data.max_samples = 2
+    assert len(load_configured(cfg.data)) == 2
+    for bad in (0, -3, 1.5):  # an empty or fractional selection was silently taken (-3 gave 0 rows)
+        cfg.data.max_samples = bad
+        with pytest.raises(ValueError, match=f"data.max_samples must be a positive integer or null, got {bad}"):
+            load_configured(cfg.data)
