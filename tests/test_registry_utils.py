@@ -95,3 +95,16 @@ def test_allocator_and_baseline_registries_use_it():
     assert tome.name == "tome"
     with pytest.raises(ValueError, match=r"baseline 'tome' is already registered to .*Impostor"):
         baselines.register_baseline("tome")(Impostor)
+
+
+def test_create_allocator_names_an_unknown_argument():
+    # A misspelt keyword ('eval_polcy') raised a bare TypeError from __init__; it is a ValueError listing the
+    # allocator's own arguments, as for unknown config keys.
+    from arr_coc import create_allocator
+
+    with pytest.raises(ValueError, match=r"allocator 'bandit' takes no argument\(s\) \['eval_polcy'\]; its arguments: "
+                                         r"\[.*'eval_policy'"):
+        create_allocator("bandit", eval_polcy="same")
+    with pytest.raises(ValueError, match=r"'projection' takes no argument\(s\) \['foo'\]"):
+        create_allocator("projection", foo=1)
+    assert create_allocator("bandit", context_dim=4, eval_policy="same").eval_policy == "same"

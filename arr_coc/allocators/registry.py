@@ -8,6 +8,7 @@ gradients, which the pipeline's straight-through gate uses to train the stages u
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
@@ -102,9 +103,17 @@ def create_allocator(name: str, budget: int = 13200, min_tokens: int = 64, max_t
     """Build a registered allocator by name.
 
     Raises:
-        ValueError: unknown ``name`` (the message lists the known ones) or invalid arguments.
+        ValueError: unknown ``name`` (the message lists the known ones), an argument the allocator does not take
+            (the message lists those it does) or invalid values.
     """
-    return _REGISTRY.get(name)(budget=budget, min_tokens=min_tokens, max_tokens=max_tokens, **kwargs)
+    cls = _REGISTRY.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        known = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:  # a typo ("eval_polcy") raised a bare TypeError from __init__
+            raise ValueError(f"allocator {name!r} takes no argument(s) {unknown}; its arguments: {known}")
+    return cls(budget=budget, min_tokens=min_tokens, max_tokens=max_tokens, **kwargs)
 
 
 class Allocator(nn.Module):
