@@ -24,7 +24,8 @@ from torch import Tensor
 
 from arr_coc.kernels.reference import _acc_dtype, bounds_as_stored, round_largest_remainder
 
-__all__ = ["HAS_CUDA_KERNEL", "load_kernel", "use_cuda_kernel", "kernel_status", "cuda_kernel_or_none"]
+__all__ = ["HAS_CUDA_KERNEL", "load_kernel", "use_cuda_kernel", "kernel_status", "cuda_kernel_or_none",
+           "ints_exact_in"]
 
 # None: not tried yet; True/False after the first attempt.
 HAS_CUDA_KERNEL: bool | None = None
@@ -175,6 +176,18 @@ def _rows(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, budget_dtype: torch
     return y2, b, lo2, hi2
 
 
+def ints_exact_in(acc: torch.dtype, *tensors: Tensor) -> bool:
+    """Whether every integer in ``tensors`` is exactly a value of the float dtype ``acc`` (|v| <= 2^24 for float32).
+
+    The kernel's rounding compares its floors with the bounds in ``acc``: past 2^24 a float32 ``hi = 16,777,217``
+    reads as 16,777,216 and an entry that may still go up is passed over (the integers would differ from the
+    reference's, summing to the budget all the same). Such rows take the reference rounding. One host sync.
+    """
+    limit = 2 ** (53 if acc == torch.float64 else 24)  # every integer up to 2^(mantissa bits + 1) is exact
+    big = torch.stack([t.abs().max().to(torch.int64) for t in tensors if t.numel()])
+    return bool((big <= limit).all())
+
+
 def cuda_projection_forward(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, path: int = 0) -> Tensor:
     """The projection on the GPU: the warp kernel for K <= 1024, the block kernel beyond (``path`` forces one)."""
     y2, b, lo2, hi2 = _rows(y, budget, lo, hi, _acc_dtype(y.dtype))
@@ -188,7 +201,7 @@ def cuda_project_and_round(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tenso
     ``budget``, ``lo`` and ``hi`` hold integers (any dtype). Returns ``(x, t)`` with ``t`` int64.
     """
     k = y.shape[-1]
-    if k > WARP_MAX_K or path == 2:
+    if k > WARP_MAX_K or path == 2 or not ints_exact_in(_acc_dtype(y.dtype), budget, lo, hi):
         x = cuda_projection_forward(ext, y, budget, lo, hi, path=path)
         return x, round_largest_remainder(x, budget.long(), lo.long(), hi.long())
     y2, b, lo2, hi2 = _rows(y, budget, lo, hi, _acc_dtype(y.dtype))
@@ -199,7 +212,7 @@ def cuda_project_and_round(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tenso
 
 def cuda_round(ext, x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """Largest-remainder rounding of a given ``x`` (K <= 1024; beyond, the reference)."""
-    if x.shape[-1] > WARP_MAX_K:
+    if x.shape[-1] > WARP_MAX_K or not ints_exact_in(_acc_dtype(x.dtype), budget, lo, hi):
         return round_largest_remainder(x, budget, lo, hi)
     x2, b, lo2, hi2 = _rows(x, budget, lo, hi, _acc_dtype(x.dtype))
     bi = budget.long().expand(x.shape[:-1]).reshape(-1)

@@ -311,8 +311,15 @@ def _check_rounded(x: Tensor, t: Tensor, budget: Tensor, lo: Tensor, hi: Tensor)
     # its integers afterwards keeps "the sum is the budget, exactly" a guarantee rather than an expectation.
     sums = t.sum(-1)
     miss = sums != budget
-    if bool(miss.any()):
-        _check_deficit(x, budget, lo, hi)  # names the row and the numbers
+    outside = (t < lo) | (t > hi)
+    if bool(miss.any() | outside.any()):
+        # A half-type x far from 0 (bf16 >= 512) can leave more units to place than entries below hi: the reference
+        # path refuses it before rounding; the kernel's result is caught here, naming the row and the numbers.
+        _check_deficit(x, budget, lo, hi)
+        if bool(outside.any()):
+            i = tuple(int(v) for v in outside.nonzero()[0].tolist())
+            lo_b, hi_b = torch.broadcast_to(lo, t.shape), torch.broadcast_to(hi, t.shape)
+            raise ValueError(f"rounding at index {i} gave {int(t[i])}, outside [{int(lo_b[i])}, {int(hi_b[i])}]")
         i = tuple(int(v) for v in miss.nonzero()[0].tolist())
         raise ValueError(f"rounding at row {i} sums to {int(sums[i])}, not the budget {int(budget[i])}")
 

@@ -354,3 +354,19 @@ def test_half_backward_with_bounds_the_dtype_cannot_hold(ext, dtype):
         assert bool((gy[clamped] == 0).all())
         torch.testing.assert_close(gy, gy_ref, rtol=1e-2, atol=1e-2)
         torch.testing.assert_close(gb, gb_ref, rtol=1e-2, atol=1e-2)
+
+
+def test_fused_rounding_of_a_coarse_half_x_is_refused_like_the_reference(ext):
+    # bf16 stores 513.5 as 512: x = [1000, 512, 512] leaves 3 units for the 2 entries below hi. The reference refuses
+    # it before rounding; the kernel's result (which lifts the entry at hi) must be refused too, not returned.
+    y = torch.tensor([[5000.0, 513.5, 513.5]], device=DEV, dtype=torch.bfloat16)
+    for dev in ("cpu", DEV):
+        with pytest.raises(ValueError, match="must go up"):
+            project_and_round(y.to(dev), 2027, 0, 1000)
+
+
+def test_rounding_with_integers_past_float32_matches_the_reference(ext):
+    # hi = 2^24 + 1 is not a float32: such rows take the reference rounding, bit for bit.
+    x = torch.tensor([[16777216.0, 0.0]], device=DEV, dtype=torch.float64).float()
+    b, lo, hi = torch.tensor([16777217], device=DEV), torch.tensor(0, device=DEV), torch.tensor(16777217, device=DEV)
+    assert torch.equal(dispatch.cuda_round(ext, x, b, lo, hi), round_largest_remainder(x, b, lo, hi))

@@ -398,3 +398,28 @@ def test_project_unchecked_equals_the_checked_op(dtype):
     y = (torch.randn(16, 200, generator=g) * 80 + 66).to(dtype)
     x = project_unchecked(y, 13200.0, 64.0, 400.0)
     assert torch.equal(x, capped_simplex_projection(y, 13200.0, 64.0, 400.0))
+
+
+def test_ints_past_the_float_mantissa_take_the_reference_rounding():
+    # The kernel compares its floors with float32 bounds: hi = 2^24 + 1 reads as 2^24 there, and its integers would
+    # differ from the reference's (both summing to the budget). Such rows go to the reference.
+    i64 = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    assert dispatch.ints_exact_in(torch.float32, i64(2 ** 24), i64(0), i64([-(2 ** 24), 5]))
+    assert not dispatch.ints_exact_in(torch.float32, i64(2 ** 24 + 1), i64(0), i64(3))
+    assert not dispatch.ints_exact_in(torch.float32, i64(1), i64(-(2 ** 24) - 1), i64(3))
+    assert dispatch.ints_exact_in(torch.float64, i64(2 ** 24 + 1), i64(0), i64(3))
+
+
+def test_fused_result_is_checked_for_bounds_as_well_as_the_sum():
+    # A bf16 x of [1000, 512, 512] (513.5 stored as 512) leaves 3 units for 2 entries below hi = 1000: the kernel's
+    # selection then lifts the entry at hi too. The sum is exact, so only a bounds check catches it.
+    x = torch.tensor([[1000.0, 512.0, 512.0]], dtype=torch.bfloat16)
+    b, lo, hi = torch.tensor([2027]), torch.tensor(0), torch.tensor(1000)
+    bad = torch.tensor([[1001, 513, 513]])
+    with pytest.raises(ValueError, match="3 unit\\(s\\) must go up, but largest-remainder rounding can move only 2"):
+        ops._check_rounded(x, bad, b, lo, hi)
+    # Out of bounds with a deficit that is fine: named by index.
+    x2 = torch.tensor([[3.5, 3.5]])
+    with pytest.raises(ValueError, match=r"rounding at index \(0, 0\) gave 6, outside \[0, 5\]"):
+        ops._check_rounded(x2, torch.tensor([[6, 1]]), torch.tensor([7]), torch.tensor(0), torch.tensor(5))
+    ops._check_rounded(x2, torch.tensor([[4, 3]]), torch.tensor([7]), torch.tensor(0), torch.tensor(5))  # fine
