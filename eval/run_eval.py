@@ -352,8 +352,8 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
         diff = sorted(k for k in run if k in old and not same(old[k], run[k]))
         if diff:
             raise ResumeMismatchError(f"{out} holds a run with different settings {diff}: "
-                             f"{ {k: old.get(k) for k in diff} } vs { {k: run[k] for k in diff} }; "
-                             f"use another output_dir or resume=false")
+                                      f"{ {k: old.get(k) for k in diff} } vs { {k: run[k] for k in diff} }; "
+                                      f"use another output_dir or resume=false")
     elif pred_path.exists():
         pred_path.unlink()
     _atomic_json(run_path, run)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from models.relevance import soft_cross_entropy
 
-__all__ = ["batch_boxes", "box_patch_mass", "box_patches", "grounding_loss", "normalised_boxes"]
+__all__ = ["batch_boxes", "box_patch_mass", "box_patches", "grounding_loss", "image_size", "normalised_boxes"]
 
 
 def normalised_boxes(boxes: Sequence[Sequence[float] | None], sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
@@ -101,6 +101,11 @@ def grounding_loss(utility: Tensor, target: Tensor, valid: Tensor) -> tuple[Tens
     return torch.where(v, ce, torch.zeros_like(ce)).sum(), v.sum().float()
 
 
+def image_size(img: Any) -> tuple[int, int]:
+    """``(W, H)`` of a PIL image or an HWC array."""
+    return tuple(img.size) if hasattr(img, "size") and not hasattr(img, "shape") else (img.shape[1], img.shape[0])
+
+
 def batch_boxes(rows: Sequence[Any]) -> dict[str, Tensor]:
     """The collator's grounding fields for rows that may carry ``target_box`` (benchmark rows do).
 
@@ -109,9 +114,5 @@ def batch_boxes(rows: Sequence[Any]) -> dict[str, Tensor]:
     """
     if not any("target_box" in r for r in rows):
         return {}
-    sizes = []
-    for r in rows:
-        img = r["image"]
-        sizes.append(img.size if hasattr(img, "size") and not hasattr(img, "shape") else (img.shape[1], img.shape[0]))
-    boxes, valid = normalised_boxes([r.get("target_box") for r in rows], sizes)
+    boxes, valid = normalised_boxes([r.get("target_box") for r in rows], [image_size(r["image"]) for r in rows])
     return {"target_box": boxes, "target_box_valid": valid}

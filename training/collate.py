@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from models.grounding import batch_boxes
+from models.grounding import batch_boxes, image_size
 from models.processing import IGNORE_INDEX, ArrCocProcessor, pad_sequences
 
 __all__ = ["RowDataset", "VqaCollator", "consensus_answer", "move_to"]
@@ -45,11 +45,6 @@ def consensus_answer(answers: Sequence[str] | str) -> str:
     counts = Counter(answers)
     best = max(counts.values())
     return next(a for a in answers if counts[a] == best)
-
-
-def _image_size(img: Any) -> tuple[int, int]:
-    """``(W, H)`` of a PIL image or an HWC array."""
-    return tuple(img.size) if hasattr(img, "size") and not hasattr(img, "shape") else (img.shape[1], img.shape[0])
 
 
 class VqaCollator:
@@ -136,7 +131,7 @@ class VqaCollator:
         if self.train:
             batch["labels"], _ = pad_sequences(labels, IGNORE_INDEX, side)
         boxed = [r for r in rows if r.get("target_box")]
-        if self.train and boxed and not all(p.boxes_exact(_image_size(r["image"])) for r in boxed):
+        if self.train and boxed and not all(p.boxes_exact(image_size(r["image"])) for r in boxed):
             # Boxes are normalised by the image's own size: that is where they land when the image is squashed, or
             # when padding/cropping has nothing to do (the image has the tower's aspect). Grounding needs them exact.
             raise ValueError(f"rows carry target_box region labels of images whose aspect differs from the tower's "

@@ -118,7 +118,8 @@ class BanditAllocator(MCKPAllocator):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, policy={self.policy_name!r}, proj_dim={self.proj_dim}, "
-                f"context_dim={self.context_dim}, utility_weight={self.utility_weight}, eval_policy={self.eval_policy!r}")
+                f"context_dim={self.context_dim}, utility_weight={self.utility_weight}, "
+                f"eval_policy={self.eval_policy!r}")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "proj"
