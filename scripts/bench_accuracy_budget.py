@@ -396,11 +396,12 @@ def _reusable(run: Path, args: Sequence[str]) -> bool:
     """
     from training.train import _check_resume_config, load_train_cfg
 
-    step = _steps(run)[0]
-    if step is None:
+    state = _trainer_state(run)  # read once: the step and the config it was trained with
+    if state.get("step") is None:
         return False
+    step = int(state["step"])
     cfg = load_train_cfg(args[1], [x for x in args[2:] if x != "--resume"])
-    _check_resume_config(_trainer_state(run).get("config"), cfg, run)
+    _check_resume_config(state.get("config"), cfg, run)
     want = cfg.train.max_steps
     if want is not None and step > want:
         raise ValueError(f"{run} holds a checkpoint at step {step}, past the requested train.max_steps={want}; use "
