@@ -370,3 +370,21 @@ def test_rounding_with_integers_past_float32_matches_the_reference(ext):
     x = torch.tensor([[16777216.0, 0.0]], device=DEV, dtype=torch.float64).float()
     b, lo, hi = torch.tensor([16777217], device=DEV), torch.tensor(0, device=DEV), torch.tensor(16777217, device=DEV)
     assert torch.equal(dispatch.cuda_round(ext, x, b, lo, hi), round_largest_remainder(x, b, lo, hi))
+
+
+@pytest.mark.parametrize("k", [8, 200, 1030], ids=["warp_k8", "warp_k200", "block_k1030"])
+@pytest.mark.parametrize("per_element", [False, True], ids=["scalar_lo", "per_element_lo"])
+def test_far_negative_lo_does_not_loosen_the_stopping_rule(ext, k, per_element):
+    # The Newton tolerance scales with |B| + 2 sum|lo|; with lo = -1e6 far from binding that was ~15 on K=8 and
+    # accepted tau = 0.375 with the wrong active set (x summed to 0.4, not 1). A row with a negative lo re-checks the
+    # acceptance on the scale of its own values (newton_tighten).
+    g = torch.Generator().manual_seed(k)
+    y = torch.linspace(4, -3, 8).repeat(4, (k + 7) // 8)[:, :k].contiguous()
+    y[1:] += torch.randn(3, k, generator=g) * 3
+    b = torch.tensor([1.0, 0.0, -2.0, 5.0])
+    lo = torch.full((4, k), -1e6) if per_element else torch.tensor(-1e6)
+    hi = torch.tensor(1.0)
+    x = dispatch.cuda_projection_forward(ext, y.to(DEV), b.to(DEV), lo.to(DEV), hi.to(DEV)).cpu()
+    x64 = projection_forward(y.double(), b.double(), lo.double(), hi.double())
+    assert (x.double().sum(-1) - b.double()).abs().max() <= 1e-3 * b.abs().clamp_min(1).max()
+    torch.testing.assert_close(x.double(), x64, rtol=0, atol=1e-4 * float(x64.abs().max()))

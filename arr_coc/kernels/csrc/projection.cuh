@@ -268,6 +268,18 @@ __device__ __forceinline__ bool newton_step(acc_t s, int nf, acc_t B, acc_t tol,
   return false;
 }
 
+// Called when newton_step accepted |s - B| <= tol on a row with a negative lo. The tolerance's scale |B| + 2 sum|lo|
+// bounds sum|x| at the root, but a negative lo far from binding (lo = -1e6 with values near 0) makes it far larger than
+// the row's own values, and a wrong active set could pass. sn is this evaluation's sum of min(x, 0), so |B| + 2|sn| is
+// the scale of the sum just computed. Returns true (and tightens tol) when r fails that; the caller then steps on.
+template <typename acc_t>
+__device__ __forceinline__ bool newton_tighten(acc_t sn, acc_t B, acc_t r, acc_t& tol) {
+  const acc_t t = acc_t(8) * Lim<acc_t>::eps() * (fabs(B) + acc_t(2) * fabs(sn));
+  if (fabs(r) <= t) return false;
+  tol = t;
+  return true;
+}
+
 // Exact final step on the active set of the last evaluation, kept inside the bracket.
 template <typename acc_t>
 __device__ __forceinline__ acc_t newton_finish(acc_t tau, acc_t r, int nf, acc_t tl, acc_t th) {
@@ -331,28 +343,46 @@ projection_warp_kernel(const ProjArgs<scalar_t> a) {
     sy = warp_sum(sy);
     // sum|lo| sets only the tolerance's scale: K·|lo| for a scalar bound, without a fifth reduction.
     slo = kScalarBounds ? acc_t(K) * fabs(lo0) : warp_sum(slo);
+    bool neg = kScalarBounds && lo0 < acc_t(0);  // some lo < 0: acceptance is re-checked (newton_tighten)
+    if (!kScalarBounds) {
+      bool any = false;
+#pragma unroll
+      for (int j = 0; j < V; ++j) any |= valid[j] && lo[j] < acc_t(0);
+      neg = __any_sync(kFull, any);
+    }
     acc_t tol;
     newton_start(B, tl, th, sy, slo, K, tol, tau);
-    acc_t r = 0;
-    int nf = 0;
+    acc_t r = 0, s = 0;
+    int nf = 0, it = 0;
 #pragma unroll 1
-    for (int it = 0;; ++it) {
-      acc_t s = 0;
-      int f = 0;
+    for (;;) {
+#pragma unroll 1
+      for (;; ++it) {
+        s = 0;
+        int f = 0;
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        if (V <= 8 || j * 32 < K) {  // warp-uniform: slots wholly past the row (V = 16, 32 only) are skipped
-          const acc_t z = y[j] - tau;
-          acc_t c = clampv(z, lo[j], hi[j]);
-          bool fr = z > lo[j] && z < hi[j];
-          if (!valid[j]) { c = acc_t(0); fr = false; }  // padding lanes; folds away for full slots
-          s += c;
-          f += int(fr);
+        for (int j = 0; j < V; ++j) {
+          if (V <= 8 || j * 32 < K) {  // warp-uniform: slots wholly past the row (V = 16, 32 only) are skipped
+            const acc_t z = y[j] - tau;
+            acc_t c = clampv(z, lo[j], hi[j]);
+            bool fr = z > lo[j] && z < hi[j];
+            if (!valid[j]) { c = acc_t(0); fr = false; }  // padding lanes; folds away for full slots
+            s += c;
+            f += int(fr);
+          }
         }
+        s = warp_sum(s);
+        nf = warp_sum_int(f);
+        if (newton_step(s, nf, B, tol, it, tau, tl, th, r)) break;
       }
-      s = warp_sum(s);
-      nf = warp_sum_int(f);
-      if (newton_step(s, nf, B, tol, it, tau, tl, th, r)) break;
+      // Outside the hot loop: a row with a negative lo that stopped on the tolerance is re-checked (newton_tighten).
+      if (!neg || fabs(r) > tol) break;  // no negative lo, or stopped by the bracket or the iteration cap
+      acc_t sn = 0;
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        if (valid[j]) sn += fmin(clampv(y[j] - tau, lo[j], hi[j]), acc_t(0));
+      if (!newton_tighten(warp_sum(sn), B, r, tol) || newton_step(s, nf, B, tol, it, tau, tl, th, r)) break;
+      ++it;
     }
     tau = newton_finish(tau, r, nf, tl, th);
   }
@@ -425,32 +455,45 @@ __global__ void __launch_bounds__(kBlockThreads) projection_block_kernel(const P
   const acc_t* hir = a.hi + row * a.hi_rs;
   const acc_t B = a.budget[row * a.b_s];
   acc_t tl = Lim<acc_t>::inf(), th = -Lim<acc_t>::inf(), sy = 0, slo = 0;
+  int nneg = 0;
   for (int k = threadIdx.x; k < K; k += kBlockThreads) {
     const acc_t yk = static_cast<acc_t>(yr[k]), l = lor[k * a.lo_cs], h = hir[k * a.hi_cs];
     tl = fmin(tl, yk - h);
     th = fmax(th, yk - l);
     sy += yk;
     slo += fabs(l);
+    nneg += int(l < acc_t(0));
   }
   tl = block_reduce<acc_t, kBlockWarps>(tl, sm.v, MinOp());
   th = block_reduce<acc_t, kBlockWarps>(th, sm.v, MaxOp());
   sy = block_reduce<acc_t, kBlockWarps>(sy, sm.v, SumOp());
   slo = block_reduce<acc_t, kBlockWarps>(slo, sm.v, SumOp());
+  // Some lo < 0: acceptance is re-checked (newton_tighten), as on the warp path.
+  const bool neg = block_reduce<int, kBlockWarps>(nneg, sm.n, SumOp()) > 0;
   acc_t tol, tau;
   newton_start(B, tl, th, sy, slo, K, tol, tau);
-  acc_t r = 0;
-  int nf = 0;
-  for (int it = 0;; ++it) {
-    acc_t s = 0;
-    int f = 0;
-    for (int k = threadIdx.x; k < K; k += kBlockThreads) {
-      const acc_t z = static_cast<acc_t>(yr[k]) - tau, l = lor[k * a.lo_cs], h = hir[k * a.hi_cs];
-      s += clampv(z, l, h);
-      f += int(z > l && z < h);
+  acc_t r = 0, s = 0;
+  int nf = 0, it = 0;
+  for (;;) {
+    for (;; ++it) {
+      s = 0;
+      int f = 0;
+      for (int k = threadIdx.x; k < K; k += kBlockThreads) {
+        const acc_t z = static_cast<acc_t>(yr[k]) - tau, l = lor[k * a.lo_cs], h = hir[k * a.hi_cs];
+        s += clampv(z, l, h);
+        f += int(z > l && z < h);
+      }
+      s = block_reduce<acc_t, kBlockWarps>(s, sm.v, SumOp());
+      nf = block_reduce<int, kBlockWarps>(f, sm.n, SumOp());
+      if (newton_step(s, nf, B, tol, it, tau, tl, th, r)) break;
     }
-    s = block_reduce<acc_t, kBlockWarps>(s, sm.v, SumOp());
-    nf = block_reduce<int, kBlockWarps>(f, sm.n, SumOp());
-    if (newton_step(s, nf, B, tol, it, tau, tl, th, r)) break;
+    if (!neg || fabs(r) > tol) break;
+    acc_t sn = 0;
+    for (int k = threadIdx.x; k < K; k += kBlockThreads)
+      sn += fmin(clampv(static_cast<acc_t>(yr[k]) - tau, lor[k * a.lo_cs], hir[k * a.hi_cs]), acc_t(0));
+    sn = block_reduce<acc_t, kBlockWarps>(sn, sm.v, SumOp());
+    if (!newton_tighten(sn, B, r, tol) || newton_step(s, nf, B, tol, it, tau, tl, th, r)) break;
+    ++it;
   }
   tau = newton_finish(tau, r, nf, tl, th);
   for (int k = threadIdx.x; k < K; k += kBlockThreads) {
