@@ -38,7 +38,9 @@ class _MeanPolicy(_StatsPolicy):
         """Per-arm mean reward, ``(A,)``; ``initial_value`` where an arm has no (undiscounted-away) data."""
         seen = self.counts > 0
         fallback = torch.full_like(self.counts, self.initial_value)
-        return torch.where(seen, self.reward_sums / self.counts.clamp_min(1e-12), fallback)
+        # Divide by the count itself however small (a discounted count decays geometrically): a floor such as 1e-12
+        # would shrink the mean of an arm left unplayed for a few hundred steps towards 0.
+        return torch.where(seen, self.reward_sums / torch.where(seen, self.counts, 1.0), fallback)
 
     def _predict_chosen(self, x: Tensor, actions: Tensor) -> Tensor:
         return self.means[actions]

@@ -168,6 +168,9 @@ class _AllocationPolicy:
         _check_nonneg("budget", b)
         return req, b
 
+    # State-dict keys a subclass adds to ``_STATE`` (and restores itself).
+    _extra_state: tuple[str, ...] = ()
+
     # Policies that solve the knapsack (and can therefore solve its LP relaxation) set this and take
     # ``_choose(req, b, divisible=True)``.
     _supports_divisible = False
@@ -256,10 +259,13 @@ class _AllocationPolicy:
         return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Restore counters written by :meth:`state_dict` (shapes must match)."""
+        """Restore counters written by :meth:`state_dict` (shapes must match; unknown keys are refused)."""
         missing = [k for k in _STATE if k not in state]
         if missing:
             raise ValueError(f"state dict is missing {missing}")
+        unknown = sorted(map(str, set(state) - set(_STATE) - set(self._extra_state)))
+        if unknown:
+            raise ValueError(f"state dict has unknown key(s) {unknown} for {type(self).__name__}")
         for k in _STATE:
             if k == "rounds":
                 self.rounds = int(state[k])
@@ -455,6 +461,8 @@ class EpsilonGreedyAlloc(_AllocationPolicy):
 
 class RoundRobinAlloc(_AllocationPolicy):
     """Serve agents cyclically from a moving pointer, skipping those whose request does not fit."""
+
+    _extra_state = ("pointer",)
 
     def __init__(self, n_agents: int, n_resources: int, **kwargs: Any) -> None:
         super().__init__(n_agents, n_resources, **kwargs)

@@ -18,7 +18,7 @@ Python loop over the rows (the Page–Hinkley scan loops only once per alarm rai
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Union
 
 import torch
@@ -81,10 +81,19 @@ def forgetting_from_dict(d: dict[str, Any] | None) -> Forgetting | None:
     """Inverse of the config serialisation used by ``save``: ``{"kind": "Discount", "gamma": 0.99}`` -> ``Discount``."""
     if d is None:
         return None
+    if not isinstance(d, dict):
+        raise ValueError(f"forgetting config must be a dict or None, got {d!r}")
     d = dict(d)
     kind = d.pop("kind", None)
     if kind not in _KINDS:
         raise ValueError(f"unknown forgetting kind {kind!r}; expected one of {sorted(_KINDS)}")
+    known = {f.name: f for f in fields(_KINDS[kind])}
+    unknown = sorted(map(str, set(d) - set(known)))
+    if unknown:
+        raise ValueError(f"unknown {kind} field(s) {unknown}; expected {sorted(known)}")
+    missing = sorted(name for name, f in known.items() if name not in d and f.default is MISSING)
+    if missing:
+        raise ValueError(f"{kind} config is missing {missing}")
     return _KINDS[kind](**d)
 
 

@@ -94,7 +94,11 @@ def _check_logged(rewards: Tensor, actions: Tensor, pscore: Tensor, target_probs
 
 def _bootstrap(num: Tensor, den: Tensor | None, n_boot: int, alpha: float, generator: torch.Generator | None,
                chunk: int) -> tuple[float, float, float]:
-    """Percentile bootstrap of ``mean(num)`` (or ``Σnum / Σden``); returns ``(low, high, std)``."""
+    """Percentile bootstrap of ``mean(num)`` (or ``Σnum / Σden``); returns ``(low, high, std)``.
+
+    A ratio replicate whose resampled ``Σden`` is 0 (every drawn row has zero weight) is undefined, like the estimate
+    itself would be, and is left out of the interval and the standard deviation rather than counted as 0.
+    """
     n_boot = _check_int("n_boot", n_boot, min_value=2)
     alpha = _check_real("alpha", alpha, low=0.0, high=1.0, low_open=True, high_open=True)
     chunk = _check_int("chunk", chunk)
@@ -106,8 +110,14 @@ def _bootstrap(num: Tensor, den: Tensor | None, n_boot: int, alpha: float, gener
         if den is None:
             stats.append(num[idx].mean(1))
         else:
-            stats.append(num[idx].sum(1) / den[idx].sum(1).clamp_min(torch.finfo(num.dtype).tiny))
+            total = den[idx].sum(1)
+            stats.append(torch.where(total > 0, num[idx].sum(1) / total, float("nan")))
     s = torch.cat(stats).double()
+    if den is not None:
+        s = s[~s.isnan()]
+        if s.shape[0] < 2:
+            raise ValueError(f"only {s.shape[0]} of {n_boot} bootstrap replicates drew a row with positive weight; "
+                             "the interval is undefined (too few rows where the target policy acts)")
     q = torch.quantile(s, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=s.dtype, device=s.device))
     return float(q[0]), float(q[1]), float(s.std())
 

@@ -43,7 +43,7 @@ class UCB1(_MeanPolicy):
         total = self.counts.sum().clamp_min(1.0)
         # With discounting, counts fall below 1 but stay positive: treat them as data, never as "unplayed".
         seen = self.counts > 0
-        width = self.c * torch.sqrt(2.0 * torch.log(total) / self.counts.clamp_min(1e-12))
+        width = self.c * torch.sqrt(2.0 * torch.log(total) / torch.where(seen, self.counts, 1.0))
         return torch.where(seen, self.means + width, torch.full_like(self.counts, float("inf")))
 
     def _arm_probs(self) -> Tensor:

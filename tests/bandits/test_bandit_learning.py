@@ -95,3 +95,20 @@ def test_beta_sampler_moments():
     assert torch.allclose(s.mean(0), mean, atol=0.01)
     assert torch.allclose(s.var(0), var, rtol=0.08)
     assert bool(((s >= 0) & (s <= 1)).all())
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_beta_sampler_small_shapes_stay_symmetric(seeded, dtype):
+    """Beta(0.01, 0.01) is symmetric with mean 1/2. Its Gamma variates underflow (about 40% lie below 1e-38), and
+    ``x / (x + y).clamp_min(1e-38)`` pushed those draws towards 0: the mean came out near 0.41."""
+    if seeded:
+        g = torch.Generator().manual_seed(0)
+    else:
+        torch.manual_seed(0)
+        g = None
+    shape = torch.full((100_000,), 0.01, dtype=dtype)
+    s = _sample_beta(shape, shape, g)
+    assert bool(((s >= 0) & (s <= 1)).all())
+    assert abs(float(s.mean()) - 0.5) < 0.01  # std of the mean: about 0.5 / sqrt(1e5) = 0.0016
+    assert abs(float((s < 0.5).float().mean()) - 0.5) < 0.01

@@ -158,3 +158,47 @@ def test_ring_append_keeps_the_newest_rows_in_arrival_order():
         order = torch.arange(m) if len(seen) < size else (int(pos) + torch.arange(size)) % size
         assert bufs[1][order].tolist() == seen[-m:]
         assert torch.equal(bufs[0][order], torch.stack([bufs[1][order], -bufs[1][order]], 1).float())
+
+
+def test_discounted_mean_of_a_long_unplayed_arm_keeps_its_ratio():
+    """D-UCB's mean is Σγ^(t-s) r_s / Σγ^(t-s): however small the discounted count, the ratio stays the sample mean.
+
+    A floor on the count (1e-12) used to shrink arm 0's mean from -1 to -0.019 after 300 steps, so a greedy policy
+    preferred the worse arm.
+    """
+    dt = torch.float64
+    pol = EpsilonGreedy(2, 0.0, forgetting=Discount(0.9), dtype=dt)
+    pol.update(torch.zeros(1, 1, dtype=dt), torch.tensor([0]), torch.tensor([-1.0], dtype=dt))
+    pol.update(torch.zeros(300, 1, dtype=dt), torch.ones(300, dtype=torch.long), torch.full((300,), -0.5, dtype=dt))
+    assert 0 < float(pol.counts[0]) < 1e-12
+    assert torch.allclose(pol.means, torch.tensor([-1.0, -0.5], dtype=dt))
+    assert pol.action_probabilities(torch.zeros(1, 1, dtype=dt))[0].tolist() == [0.0, 1.0]
+
+
+def test_forgetting_from_dict_rejects_bad_configs_with_value_error():
+    """Unknown or missing fields used to escape as a TypeError from the dataclass constructor."""
+    assert ns.forgetting_from_dict({"kind": "Discount", "gamma": 0.5}) == Discount(0.5)
+    assert ns.forgetting_from_dict({"kind": "PageHinkley"}) == PageHinkley()
+    for bad, match in (({"kind": "Discount", "gamma": 0.9, "gama": 1}, r"unknown Discount field\(s\) \['gama'\]"),
+                       ({"kind": "SlidingWindow", "gamma": 0.9}, r"unknown SlidingWindow field\(s\) \['gamma'\]"),
+                       ({"kind": "Discount"}, r"missing \['gamma'\]"),
+                       ("Discount", "must be a dict or None, got 'Discount'")):
+        with pytest.raises(ValueError, match=match):
+            ns.forgetting_from_dict(bad)
+
+
+def test_discounted_ucb_width_uses_tiny_counts_as_they_are():
+    """D-UCB's width sqrt(2 ln n / N_i(γ)) grows as an unplayed arm's discounted count decays. Arm 0 (reward 0) was
+    last played 10 steps before arm 1 (reward 1), so its width is 0.9^-5 ≈ 1.7 times arm 1's, millions apart here; a
+    1e-12 floor on the count made both widths equal and let the mean pick arm 1."""
+    dt = torch.float64
+    pol = UCB1(3, 1.0, forgetting=Discount(0.9), dtype=dt)
+    ctx = torch.zeros(300, 1, dtype=dt)
+    pol.update(ctx[:1], torch.tensor([0]), torch.tensor([0.0], dtype=dt))
+    pol.update(ctx[:10], torch.full((10,), 2), torch.zeros(10, dtype=dt))
+    pol.update(ctx[:1], torch.tensor([1]), torch.tensor([1.0], dtype=dt))
+    pol.update(ctx, torch.full((300,), 2), torch.zeros(300, dtype=dt))
+    assert float(pol.counts[:2].max()) < 1e-12
+    idx = pol.indices()
+    assert idx[0] > idx[1] > 1e6
+    assert pol.select(ctx[:1])[0].tolist() == [0]

@@ -140,3 +140,17 @@ def test_linucb_logged_propensities_are_deterministic_for_ope():
     x = torch.randn(30, 2, dtype=torch.float64)
     a, p = pol.select(x)
     assert bool(((p == 1.0) | (p == 0.5)).all())  # ties at the start split evenly
+
+
+def test_snips_bootstrap_skips_replicates_without_positive_weight():
+    """Every defined SNIPS replicate here is 10 (all rewards are 10); a replicate that drew only zero-weight rows is
+    undefined. It used to count as 0, giving the interval [0, 10] and a standard error of 4.8 around an estimate of 10.
+    """
+    r = torch.full((5,), 10.0)
+    a = torch.tensor([0, 1, 1, 1, 1])
+    target = torch.tensor([[1.0, 0.0]]).expand(5, 2).contiguous()
+    res = snips(r, a, torch.full((5,), 0.5), target, n_boot=2000, generator=torch.Generator().manual_seed(0))
+    assert (res.value, res.ci_low, res.ci_high, res.std_err) == (10.0, 10.0, 10.0, 0.0)
+    with pytest.raises(ValueError, match="bootstrap replicates"):  # almost no replicate can draw row 0
+        snips(torch.ones(400), torch.tensor([0] + [1] * 399), torch.full((400,), 0.5), target[:1].expand(400, 2),
+              n_boot=2, generator=torch.Generator().manual_seed(0))

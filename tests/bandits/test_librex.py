@@ -336,3 +336,14 @@ def test_sequential_fill_is_exact_in_any_units_and_accepts_float_rounding():
     assert GreedyAlloc(3, 1).allocate(np.full((3, 1), 3e-7), [5e-7]).sum() == 1
     assert GreedyAlloc(3, 1).allocate(np.full((3, 1), 3e-7), [6e-7]).sum() == 2
     assert GreedyAlloc(2, 1).allocate([[0.1], [0.2]], [0.3]).tolist() == [1, 1]  # 0.1 + 0.2 > 0.3 in floats
+
+
+def test_load_state_dict_refuses_unknown_keys():
+    """A RoundRobinAlloc state (its extra ``pointer``) or a misspelt key used to load silently into another policy."""
+    rr = RoundRobinAlloc(4, 1)
+    rr.allocate(np.ones((4, 1)), [1.0])
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['pointer'\] for GreedyAlloc"):
+        GreedyAlloc(4, 1).load_state_dict(rr.state_dict())
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['pull'\]"):
+        GreedyAlloc(4, 1).load_state_dict({**GreedyAlloc(4, 1).state_dict(), "pull": torch.ones(4)})
+    RoundRobinAlloc(4, 1).load_state_dict(rr.state_dict())  # its own state still loads
