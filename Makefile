@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all test-gpu-stack bench clean
+.PHONY: setup demo test test-all test-gpu-stack test-lmms bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ test-gpu-stack:
 		accelerate==1.15.0 open_clip_torch==3.3.0 datasets==5.2.0 scipy numpy pytest hypothesis matplotlib \
 		safetensors tqdm pyyaml scikit-learn pillow
 	$(GPU_STACK_VENV)/bin/python -m pytest -q -m "not gpu and not slow"
+
+# lmms-eval (an optional extra of ~80 packages) in its own venv layered on .venv (a .pth file reaches .venv's
+# packages, the constraints keep torch/transformers/datasets at the project's pins): runs the adapter's and the
+# task's tests against the real package, including an `lmms_eval` CLI run compared with eval.run_eval.
+LMMS_VENV ?= .venv-lmms
+test-lmms: setup
+	test -x $(LMMS_VENV)/bin/python || $(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'arr_coc_base.pth')\
+		.write_text(next(pathlib.Path('$(VENV)/lib').glob('python*/site-packages')).resolve().as_posix())"
+	$(LMMS_VENV)/bin/python -m pip install -q -c constraints.txt "lmms-eval>=0.7"
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(LMMS_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/eval/test_lmms_adapter.py tests/eval/test_lmms_task.py
 
 bench: setup
 	$(PY) -m scripts.bench_allocators

@@ -1,0 +1,98 @@
+"""The lmms-eval task writer (always), and a real ``lmms_eval`` run of it against ``eval.run_eval`` (when installed).
+
+lmms-eval is an optional extra (~80 packages); ``make test-lmms`` installs it beside the project's venv and runs this
+file and ``test_lmms_adapter.py`` with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.lmms_adapter import HAS_LMMS_EVAL
+from eval.lmms_task import doc_to_target, doc_to_text, process_results, write_task
+
+needs_lmms = pytest.mark.skipif(not HAS_LMMS_EVAL, reason="lmms-eval is not installed (optional: make test-lmms)")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
+
+    path = tmp_path_factory.mktemp("lmms_bench") / "bench"
+    make_benchmark(path, seed=0, sizes={"train": 2, "test": 6}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
+    return path
+
+
+def test_write_task_files(bench, tmp_path):
+    path = write_task(bench, tmp_path / "task", name="toy_bench", max_new_tokens=5)
+    text = path.read_text()
+    assert path.name == "toy_bench.yaml"
+    assert f"dataset_path: {Path(bench).resolve()}" in text and "load_from_disk: true" in text
+    assert "test_split: test" in text and "max_new_tokens: 5" in text
+    assert "from eval.lmms_task import" in (tmp_path / "task" / "utils.py").read_text()
+
+
+def test_write_task_refuses_bad_input(bench, tmp_path):
+    with pytest.raises(ValueError, match="not a dataset saved"):
+        write_task(tmp_path / "nowhere", tmp_path / "t")
+    with pytest.raises(ValueError, match="no split 'val'"):
+        write_task(bench, tmp_path / "t", split="val")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        write_task(bench, tmp_path / "t", max_new_tokens=0)
+    with pytest.raises(ValueError, match="task name"):
+        write_task(bench, tmp_path / "t", name="a b")
+    import datasets
+
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict({"question": ["q"]})}).save_to_disk(tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['answers', 'image'\]"):
+        write_task(tmp_path / "bad", tmp_path / "t")
+
+
+def test_prompt_and_target():
+    doc = {"question": "what digit is in the red circle?", "answers": ["7", "7", "1"]}
+    assert doc_to_text(doc) == doc["question"]
+    assert doc_to_text(doc, {"pre_prompt": "Q: ", "post_prompt": "\nA:"}) == f"Q: {doc['question']}\nA:"
+    assert doc_to_target(doc) == "7"
+
+
+@needs_lmms
+def test_both_scorings_agree_on_hand_cases():
+    # Ten answers, as VQAv2 has: leave-one-out min(1, matches / 3) averaged over the ten.
+    answers = ["two"] * 2 + ["2"] * 2 + ["three"] * 6
+    for pred, want in (("2", 1.0), ("Two.", 1.0), ("3", 1.0), ("a dog", 0.0), ("the three", 1.0)):
+        got = process_results({"question_id": "q", "answers": answers}, [pred])
+        assert got["vqa_accuracy"] == pytest.approx(want) and got["vqav2_lmms"] == pytest.approx(want), (pred, got)
+    two_of_ten = ["red"] * 2 + ["blue"] * 8
+    got = process_results({"answers": two_of_ten}, ["red"])
+    assert got["vqa_accuracy"] == pytest.approx(0.6) == got["vqav2_lmms"]  # 8 x 2/3 + 2 x 1/3, over 10
+    with pytest.raises(ValueError, match="one generation"):
+        process_results({"answers": ["a"]}, ["a", "b"])
+
+
+@needs_lmms
+def test_lmms_eval_run_matches_run_eval(bench, tmp_path):
+    """The same model, method and questions through lmms-eval's CLI and through eval.run_eval: same predictions."""
+    from eval.lmms_adapter import _main
+    from eval.run_eval import main as run_eval
+
+    write_task(bench, tmp_path / "task", name="toy_bench")
+    out = tmp_path / "lmms_out"
+    _main(["--model", "arr_coc", "--model_args", "model_preset=tiny,method=uniform,token_fraction=0.5,device=cpu",
+           "--tasks", "toy_bench", "--include_path", str(tmp_path / "task"), "--batch_size", "4",
+           "--output_path", str(out), "--log_samples"])
+    samples = [json.loads(line) for f in out.rglob("*samples_toy_bench*.jsonl") for line in f.read_text().splitlines()]
+    assert len(samples) == 6
+    ours_dir = tmp_path / "ours"
+    run_eval(["--config", "configs/eval/tiny.yaml", f"output_dir={ours_dir}", f"data.path={bench}",
+              "data.generate=false", "data.split=test", "method=uniform", "token_fraction=0.5", "batch_size=4"])
+    ours = [json.loads(line) for line in (ours_dir / "predictions.jsonl").read_text().splitlines()]
+    by_question = {r["question"]: r for r in ours}
+    assert len(by_question) == 6
+    for s in samples:
+        r = by_question[s["input"]]
+        pred = s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0]
+        assert pred == r["prediction"]
+        assert s["vqa_accuracy"] == pytest.approx(r["score"]) == pytest.approx(s["vqav2_lmms"])
