@@ -29,6 +29,7 @@ from eval.metrics import vqa_accuracy
 
 __all__ = ["doc_to_target", "doc_to_text", "doc_to_visual", "main", "process_results", "write_task"]
 
+_METRICS = ("vqa_accuracy", "vqav2_lmms")
 _UTILS = '''"""Written by eval.lmms_task: the task's functions live in the ARR-COC repository (run from its root)."""
 from eval.lmms_task import doc_to_target, doc_to_text, doc_to_visual, process_results  # noqa: F401
 '''
@@ -104,7 +105,7 @@ def write_task(data: str | Path, out: str | Path, *, split: str = "test", name: 
         "  do_sample: false",
         "process_results: !function utils.process_results",
         "metric_list:",
-        *[f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true" for m in ("vqa_accuracy", "vqav2_lmms")],
+        *[f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true" for m in _METRICS],
         "metadata:",
         "  - version: 0.0",
         "",
