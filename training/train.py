@@ -174,6 +174,12 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     _number("optim.min_lr_ratio", cfg.optim.min_lr_ratio, lambda v: 0 <= v <= 1, "a number in [0, 1]")
     _number("optim.warmup_steps", cfg.optim.warmup_steps, lambda v: v >= 0, "an integer >= 0", integer=True)
     _number("optim.lr", cfg.optim.lr, lambda v: v > 0, "a number > 0")
+    _number("optim.arr_coc_lr", cfg.optim.arr_coc_lr, lambda v: v > 0, "a number > 0")
+    _number("optim.eps", cfg.optim.eps, lambda v: v > 0, "a number > 0")
+    betas = cfg.optim.betas
+    if (not isinstance(betas, (list, tuple)) or len(betas) != 2 or any(
+            isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1 for b in betas)):
+        raise ValueError(f"optim.betas must be a list of two numbers in [0, 1), got {betas!r}")
     _number("optim.weight_decay", cfg.optim.weight_decay, lambda v: v >= 0, "a number >= 0")
     _number("train.save_every", cfg.train.save_every, lambda v: v >= 1, "an integer >= 1 or null", integer=True,
             nullable=True)
@@ -358,9 +364,18 @@ class TrainRecipe:
         if self.resume:
             path = Path(self.resume) if isinstance(self.resume, str) else find_latest(self.ckpt_dir)
             if path is not None:
-                state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+                # The checkpoint continues the optimizer's state (Adam moments and steps), but its param groups carry
+                # that run's hyperparameters, and `optim` may change on resume: this config's go back in afterwards
+                # and the schedule is rebuilt at the step (loading the old groups ignored a new optim.lr, and failed
+                # when the new values split or merged the groups).
+                hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+                state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=None)
                 _check_resume_config(state.get("config"), cfg, path)
                 self.step = int(state["step"])
+                for group, h in zip(self.optimizer.param_groups, hyper):
+                    group.update(h)
+                self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda,
+                                                                   last_epoch=self.step - 1)
                 self._log(f"resumed from {path} at step {self.step}")
             else:
                 self._log(f"--resume: no checkpoint in {self.ckpt_dir}, starting from scratch")
@@ -805,7 +820,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue from the latest checkpoint in output_dir (or from the given checkpoint folder)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100 model.arr_coc.budget=48")
-    return p.parse_args(argv)
+    # `--resume key=value ...` (the configs' documented `[--resume] [key=value ...]`): argparse would take the first
+    # override for the checkpoint path and refuse the rest; an override is never a checkpoint folder.
+    args, rest = p.parse_known_args(argv)
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        rest.insert(0, args.resume)
+        args.resume = True
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *rest]
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:

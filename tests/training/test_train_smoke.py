@@ -276,6 +276,35 @@ def test_bad_optimisation_settings_are_refused_by_name(override):
         load_train_cfg("configs/train/tiny.yaml", [override])
 
 
+@pytest.mark.parametrize("override,match", [("optim.arr_coc_lr=-1", r"optim\.arr_coc_lr.*-1"),
+                                            ("optim.betas=[0.9]", r"optim\.betas.*\[0\.9\]"),
+                                            ("optim.betas=[0.9, 1.5]", r"optim\.betas"),
+                                            ("optim.eps=-1", r"optim\.eps.*-1")])
+def test_bad_adam_settings_are_refused_by_name(override, match):
+    """A negative ArrCoc learning rate ran gradient ascent on ArrCoc (AdamW checks only its default lr, not a group's);
+    one beta failed with an IndexError in the optimizer."""
+    from training.train import load_train_cfg
+
+    with pytest.raises(ValueError, match=match):
+        load_train_cfg("configs/train/tiny.yaml", [override])
+
+
+def test_resume_takes_overrides_after_it():
+    """`--resume key=value ...` (the configs' documented `[--resume] [key=value ...]`): the overrides are overrides,
+    not a checkpoint path (it read the first as the path and refused the rest)."""
+    from training.train import _parse_args
+
+    args = _parse_args(["--config", "c.yaml", "a=1", "--resume", "train.max_steps=5", "train.seed=1"])
+    assert args.resume is True and args.overrides == ["a=1", "train.max_steps=5", "train.seed=1"]
+    args = _parse_args(["--config", "c.yaml", "--resume", "output_dir=/tmp/x"])
+    assert args.resume is True and args.overrides == ["output_dir=/tmp/x"]
+    args = _parse_args(["--config", "c.yaml", "a=1", "--resume", "ckpt/step_00000002", "b=2"])
+    assert args.resume == "ckpt/step_00000002" and args.overrides == ["a=1", "b=2"]
+    assert _parse_args(["--config", "c.yaml", "--resume"]).resume is True
+    with pytest.raises(SystemExit):
+        _parse_args(["--config", "c.yaml", "--resume", "a=1", "--bogus"])
+
+
 def test_resume_refuses_other_trajectory_settings(bench, tmp_path):
     out = tmp_path / "cfg"
     args = ["--config", "configs/train/tiny.yaml", f"output_dir={out}", f"data.path={bench}", "data.generate=false",
@@ -287,6 +316,37 @@ def test_resume_refuses_other_trajectory_settings(bench, tmp_path):
         main(args + ["train.seed=3", "--resume"])
     rows = main(args[:-2] + ["train.max_steps=3", "train.batch_size=4", "--resume"])  # more steps: allowed
     assert [r["step"] for r in rows] == [3]
+
+
+@pytest.mark.parametrize("first,then", [
+    (["optim.arr_coc_lr=1e-3"], ["optim.lr=1e-5"]),  # still two groups: the old lr was kept silently
+    ([], ["optim.lr=1e-5"]),  # one group (equal lrs) split in two
+    (["optim.arr_coc_lr=1e-3"], ["optim.lr=1e-5", "optim.arr_coc_lr=1e-5"]),  # two groups merged into one
+    (["optim.arr_coc_lr=1e-3"], ["optim.lr=1e-5", "optim.weight_decay=0.1", "optim.schedule=cosine"]),  # two -> three
+])
+def test_resume_applies_the_new_optimiser_settings(bench, tmp_path, first, then):
+    """optim may change on --resume: the new learning rates and decay are used (a same-shaped change was ignored,
+    the checkpoint's own values kept; one that split or merged the param groups failed with KeyError 'betas' or an
+    IndexError in the scheduler). The Adam moments still continue from the checkpoint."""
+    from training.train import load_train_cfg
+
+    common = ["--config", "configs/train/tiny.yaml", f"output_dir={tmp_path / 'run'}", f"data.path={bench}",
+              "data.generate=false", "dist.fsdp=off", "train.batch_size=4"]
+    main(common + first + ["train.max_steps=2"])
+    cfg = load_train_cfg(common[1], common[2:] + then + ["train.max_steps=4"])
+    recipe = TrainRecipe(cfg, resume=True)
+    recipe.setup()
+    assert recipe.step == 2
+    scale = recipe._lr_lambda(2)
+    arr = {id(p) for p in recipe.model.arr_coc.parameters()}
+    for g in recipe.optimizer.param_groups:
+        want = cfg.optim.arr_coc_lr if id(g["params"][0]) in arr else cfg.optim.lr
+        assert g["lr"] == want * scale and g["initial_lr"] == want
+        assert g["weight_decay"] in (0.0, cfg.optim.weight_decay) and tuple(g["betas"]) == tuple(cfg.optim.betas)
+    assert any(recipe.optimizer.state[p] for g in recipe.optimizer.param_groups for p in g["params"])  # moments
+    rows = recipe.train()
+    recipe.cleanup()
+    assert [r["step"] for r in rows] == [3, 4] and all(math.isfinite(r["loss"]) for r in rows)
 
 
 def test_half_precision_model_trains_float32_masters(bench, tmp_path):
