@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -100,6 +101,7 @@ class ArrCocLmms(_LmmsBase):
         self.method = create_method(method, self.model, frac)
         self.processor = copy.copy(processor)
         self.processor.budget = self.method.placeholders
+        self._warned_settings: set[str] = set()
         self._batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         if self._batch_size < 1 or self.max_new_tokens < 1:
@@ -156,6 +158,7 @@ class ArrCocLmms(_LmmsBase):
                 kw["do_sample"] = temp > 0
                 if temp > 0:
                     kw["temperature"] = temp
+                kw.update(self._other_generation_settings(gen, temp > 0))
                 images = [self._image(args[i][2], args[i][3], args[i][4], args[i][5]) for i in idx]
                 batch = self._inputs(images, [str(args[i][0]) for i in idx])
                 res = self.method.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
@@ -172,6 +175,27 @@ class ArrCocLmms(_LmmsBase):
             bar.update(len(chunk))
         bar.close()
         return out
+
+    def _other_generation_settings(self, gen: dict[str, Any], sampling: bool) -> dict[str, Any]:
+        """A task's settings beyond until/max_new_tokens/temperature: one beam only (``ValueError`` otherwise, since
+        beam search would change the answers), ``do_sample`` follows the temperature (as in lmms-eval's own model
+        classes), ``top_p``/``top_k`` apply when sampling; anything else is named in a one-time warning."""
+        gen = dict(gen)
+        beams = gen.pop("num_beams", 1)
+        if beams not in (None, 1):
+            raise ValueError(f"arr_coc generates with one beam, but the task asks for num_beams={beams!r}")
+        gen.pop("do_sample", None)
+        kw = {}
+        for key in ("top_p", "top_k"):
+            v = gen.pop(key, None)
+            if sampling and v is not None:
+                kw[key] = v
+        ignored = sorted(set(gen) - self._warned_settings)
+        if ignored:
+            self._warned_settings.update(ignored)
+            warnings.warn(f"arr_coc ignores the generation setting(s) {ignored} (values {[gen[k] for k in ignored]})",
+                          stacklevel=3)
+        return kw
 
     @torch.no_grad()
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:

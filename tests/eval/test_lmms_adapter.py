@@ -119,3 +119,21 @@ def test_registered_in_the_installed_lmms_eval(tiny):
                      idx=0, metadata={"task": "toy", "doc_id": i, "repeats": 1}) for i in range(2)]
     out = lm.generate_until(reqs)
     assert len(out) == 2 and all(isinstance(s, str) for s in out)
+
+
+def test_generation_settings_beyond_the_basics(tiny, monkeypatch):
+    """num_beams > 1 is refused (it was dropped silently, answering greedily); do_sample follows the temperature;
+    top_p/top_k reach generate only when sampling; any other setting is named in a warning."""
+    lm = _adapter(tiny, batch_size=2)
+    with pytest.raises(ValueError, match="num_beams=3"):
+        lm.generate_until([_gen_request(0, {"max_new_tokens": 2, "num_beams": 3})])
+    seen = []
+    real = lm.method.generate
+    monkeypatch.setattr(lm.method, "generate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    greedy = {"max_new_tokens": 2, "num_beams": 1, "do_sample": False, "top_p": 0.9, "temperature": 0}
+    lm.generate_until([_gen_request(0, greedy)])
+    assert seen[-1]["do_sample"] is False and "top_p" not in seen[-1]
+    lm.generate_until([_gen_request(0, {"max_new_tokens": 2, "temperature": 0.7, "top_p": 0.9, "top_k": 5})])
+    assert seen[-1]["do_sample"] is True and (seen[-1]["top_p"], seen[-1]["top_k"]) == (0.9, 5)
+    with pytest.warns(UserWarning, match=r"ignores the generation setting\(s\) \['image_aspect_ratio'\]"):
+        lm.generate_until([_gen_request(0, {"max_new_tokens": 2, "image_aspect_ratio": "original"})])
