@@ -23,9 +23,12 @@ Deliberate choices where the reference scripts differ from each other (each chan
   only when the 10 answers disagree (its annotation files are pre-normalised); lmms-eval always normalises the
   prediction. Normalising both sides gives the lmms-eval score on pre-normalised answers and stays correct on raw
   ones (e.g. ground truth "two" vs prediction "2").
-- lmms-eval's extra pre-tokenisation of the prediction (deleting "," and "?" outright and splitting "'s" off as
-  " 's") is not applied: here "," and "?" follow the official punctuation rule (a space, so "a,b" -> "a b" where
-  lmms-eval makes "ab"), and the "'s" split, applied to one side only, makes "man's" miss "man's".
+- lmms-eval's VQAv2 task scores exactly as here: on 3,000 random answer sets built from the normalisation's trouble
+  spots the two agree on every one (``tests/eval/test_lmms_task.py``, run by ``make test-lmms`` with lmms-eval
+  0.7.3). Its TextVQA, OK-VQA and VizWiz tasks pre-tokenise the prediction as well (``EvalAIAnswerProcessor``:
+  deleting "," and "?" outright and splitting "'s" off as " 's"); that is not applied here: "," and "?" follow the
+  official punctuation rule (a space, so "a,b" -> "a b" where those tasks make "ab"), and the "'s" split, applied to
+  one side only, makes "man's" miss "man's".
 - The contraction table holds each listed contraction with one of its apostrophes dropped (the official table's
   construction). Forms that are also ordinary words are left alone ("its", "well", "were", "shed", "ill", ...),
   and so are the first-person forms, which the official table keys in upper case ("Im") so that they never fire

@@ -96,3 +96,41 @@ def test_lmms_eval_run_matches_run_eval(bench, tmp_path):
         pred = s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0]
         assert pred == r["prediction"]
         assert s["vqa_accuracy"] == pytest.approx(r["score"]) == pytest.approx(s["vqav2_lmms"])
+
+
+@needs_lmms
+def test_vqa_accuracy_equals_lmms_evals_vqav2_scoring_on_random_answers():
+    """Differential check of eval.metrics.vqa_accuracy against lmms-eval's VQAv2 scorer (its vqav2 task's
+    process_results) on 3,000 random answer sets built from normalisation's trouble spots: number words, articles,
+    contractions, decimals, commas between digits, punctuation at either end, case."""
+    import random
+
+    from lmms_eval.tasks.vqav2.utils import vqav2_process_results
+
+    from eval.metrics import vqa_accuracy
+
+    rng = random.Random(0)
+    words = ["two", "2", "the", "a", "an", "dog", "dogs", "none", "0", "ten", "yes", "no", "3.5", "100,000", "dont",
+             "don't", "it's", "red", "man's", "x-ray", "1:30", "ok.", "hi!", "(a)", "well", "cant", "won't", "three"]
+    punct = list(".;/[]\"{}()=+\\_-><@`!:',?") + [" ", "  "]
+
+    def answer() -> str:
+        out = []
+        for _ in range(rng.randint(1, 3)):
+            w = rng.choice(words)
+            w = w.upper() if rng.random() < 0.15 else w.capitalize() if rng.random() < 0.15 else w
+            w = w + rng.choice(punct) if rng.random() < 0.3 else w
+            out.append(rng.choice(punct) + w if rng.random() < 0.2 else w)
+        return " ".join(out)
+
+    scores = []
+    for _ in range(3000):
+        answers = [answer() for _ in range(rng.choice([3, 10]))]
+        if rng.random() < 0.5:  # repeated answers, as real annotations have
+            answers = [rng.choice(answers) for _ in range(10)]
+        pred = rng.choice([*answers, answer()])
+        records = [{"answer": a, "answer_id": i} for i, a in enumerate(answers)]
+        theirs = vqav2_process_results({"question_id": 0, "answers": records}, [pred])["exact_match"]
+        assert vqa_accuracy(pred, answers) == pytest.approx(theirs, abs=1e-12), (pred, answers)
+        scores.append(theirs)
+    assert 0.2 < sum(s > 0 for s in scores) / len(scores) < 0.9  # both matches and misses were exercised
