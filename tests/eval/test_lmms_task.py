@@ -134,3 +134,35 @@ def test_vqa_accuracy_equals_lmms_evals_vqav2_scoring_on_random_answers():
         assert vqa_accuracy(pred, answers) == pytest.approx(theirs, abs=1e-12), (pred, answers)
         scores.append(theirs)
     assert 0.2 < sum(s > 0 for s in scores) / len(scores) < 0.9  # both matches and misses were exercised
+
+
+@needs_lmms
+def test_anls_equals_lmms_evals_where_the_documented_differences_do_not_apply():
+    """ANLS against lmms-eval's ``anls`` metric on random strings with single spaces and NL != 0.5 (the two documented
+    differences: the threshold's strict inequality, and lmms-eval's raw-string lengths)."""
+    import random
+    from fractions import Fraction
+
+    from lmms_eval.api.metrics import anls as lmms_anls
+
+    from eval.metrics import anls, levenshtein
+
+    rng = random.Random(0)
+
+    def text() -> str:
+        words = ("".join(rng.choice("abcAB12.") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 2)))
+        return " ".join(words)
+
+    checked = 0
+    for _ in range(3000):
+        answers = [text() for _ in range(rng.randint(1, 3))]
+        pred = rng.choice([*answers, text(), text()])
+        if any(Fraction(levenshtein(pred.lower(), a.lower()), max(len(pred), len(a))) == Fraction(1, 2)
+               for a in answers):
+            continue
+        assert anls(pred, answers) == pytest.approx(lmms_anls(answers, [pred])["anls"], abs=1e-12), (pred, answers)
+        checked += 1
+    assert checked > 2500
+    # The documented differences, as numbers.
+    assert anls("A ", ["AB "]) == 0.0 and lmms_anls(["AB "], ["A "])["anls"] == pytest.approx(2 / 3)
+    assert anls("ab", ["abcd"]) == 0.0 and lmms_anls(["abcd"], ["ab"])["anls"] == 0.5
