@@ -36,7 +36,8 @@ Deliberate choices where the reference scripts differ from each other (each chan
 - ANLS follows the paper's strict inequality: ``NL == threshold`` scores 0 (lmms-eval keeps ``1 - NL`` there).
   lmms-eval also divides the distance between the whitespace-collapsed strings by the raw strings' lengths, so
   surrounding or doubled spaces lower its NL ("A " vs "AB ": 1/3 there, 1/2 here); here the lengths are those of the
-  strings the distance is taken on. Elsewhere the two agree (18,468 random cases, ``tests/eval/test_lmms_task.py``).
+  strings the distance is taken on. Elsewhere the two agreed on all of 18,468 random cases (a 3,000-case version
+  runs in ``tests/eval/test_lmms_task.py``).
 """
 
 from __future__ import annotations
