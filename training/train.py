@@ -317,8 +317,8 @@ class TrainRecipe:
           ``allocator.update(rewards)``; skipped cleanly when that allocator is absent;
         - atomic checkpoints (safetensors weights + DCP-sharded model/optimizer + scheduler, step, RNG, data position)
           and exact ``--resume``; ``train.init_from`` starts a new run (a fine-tune) from another run's weights;
-        - tqdm on rank 0 and ``log.csv``: loss, answer accuracy, lr, grad norm, tokens/s, samples/s, budget mean and
-          Gini, peak memory.
+        - tqdm on rank 0 and ``log.csv``: loss, answer accuracy, lr (``optim.lr`` as scheduled), grad norm, tokens/s,
+          samples/s, budget mean and Gini, peak memory.
 
     Args:
         cfg: The run configuration.
@@ -682,7 +682,8 @@ class TrainRecipe:
                     stats[k] = stats.get(k, 0) + v.to(self.device)
             self._sync_replicated()
             grad_norm = self._clip(params)
-            lr = self.scheduler.get_last_lr()[0]
+            # optim.lr as scheduled this step (param group 0 is whichever (lr, decay) sorts first, so not always it).
+            lr = self.cfg.optim.lr * self._lr_lambda(self.step)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -370,3 +370,11 @@ def test_half_precision_model_trains_float32_masters(bench, tmp_path):
         assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
     finally:
         recipe.cleanup()
+
+
+def test_logged_lr_is_optim_lr_as_scheduled(bench, tmp_path):
+    # With arr_coc_lr below lr, param group 0 is ArrCoc's: the log showed its rate, not optim.lr's.
+    rows = main(["--config", "configs/train/tiny.yaml", f"output_dir={tmp_path / 'run'}", f"data.path={bench}",
+                 "data.generate=false", "dist.fsdp=off", "train.max_steps=2", "train.batch_size=4",
+                 "optim.lr=1e-3", "optim.arr_coc_lr=1e-5", "optim.warmup_steps=0", "optim.schedule=constant"])
+    assert [r["lr"] for r in rows] == [1e-3, 1e-3]
