@@ -81,8 +81,13 @@ class ArrCocProcessor:
                  image_std: Sequence[float], image_token: str = "<image>", image_resize: str = "squash",
                  prompt_template: str = "USER: <image>\n{question} ASSISTANT:", answer_template: str = " {answer}",
                  query_tokenizer: Callable[[list[str]], Tensor] | None = None):
-        if budget < 1:
-            raise ValueError(f"budget must be >= 1, got {budget}")
+        if isinstance(budget, bool) or int(budget) != budget or budget < 1:
+            raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+        if len(image_size) != 2 or min(int(v) for v in image_size) < 1:
+            raise ValueError(f"image_size must be two positive ints (H, W), got {tuple(image_size)}")
+        if len(image_mean) != 3 or len(image_std) != 3 or not all(float(v) > 0 for v in image_std):
+            raise ValueError(f"image_mean and image_std must hold 3 values each (one per RGB channel) and the std "
+                             f"must be > 0, got mean {tuple(image_mean)}, std {tuple(image_std)}")
         if image_resize not in _RESIZE:
             raise ValueError(f"image_resize must be one of {_RESIZE}, got {image_resize!r}")
         self.image_resize = image_resize
@@ -117,6 +122,9 @@ class ArrCocProcessor:
         """
         from PIL import Image
 
+        if isinstance(images, (Image.Image, np.ndarray)) or len(images) == 0:
+            what = type(images).__name__ if isinstance(images, (Image.Image, np.ndarray)) else "an empty sequence"
+            raise ValueError(f"images must be a non-empty sequence of images (one per sample), got {what}")
         out = []
         for i, img in enumerate(images):
             if isinstance(img, np.ndarray):
@@ -127,6 +135,10 @@ class ArrCocProcessor:
                 img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img)
             if not isinstance(img, Image.Image):
                 raise ValueError(f"image {i} must be a PIL image or an HWC uint8 array, got {type(img).__name__}")
+            if img.mode in ("I", "F") or img.mode.startswith(("I;", "F;")):
+                # As for arrays: convert("RGB") clips 16/32-bit values to 255 (white) and floats in [0, 1] to black.
+                raise ValueError(f"image {i}: PIL mode {img.mode!r} (16/32-bit integer or float pixels) would be "
+                                 "clipped to 0..255 by convert('RGB'); scale it to 8 bits (mode 'L' or 'RGB') first")
             img = self._fit(img.convert("RGB"))
             out.append(np.asarray(img, dtype=np.uint8))
         x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8, a view
@@ -210,6 +222,13 @@ class ArrCocProcessor:
 
     def __call__(self, images: Sequence[Any], questions: Sequence[str], *, padding_side: str = "left") -> dict:
         """Inputs for generation: prompts only, left-padded (decoder-only generation continues at the right end)."""
+        from PIL import Image
+
+        if isinstance(images, (Image.Image, np.ndarray)):
+            raise ValueError(f"images must be a sequence of images (one per question), got one {type(images).__name__}"
+                             "; wrap it in a list")
+        if isinstance(questions, str):
+            raise ValueError(f"questions must be a sequence of strings (one per image), got the string {questions!r}")
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions")
         ids, mask = pad_sequences([self.encode_prompt(q) for q in questions], int(self.tokenizer.pad_token_id),

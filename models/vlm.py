@@ -200,9 +200,11 @@ class ArrCocLlava(nn.Module):
         feats = self.vision(pixel_values)  # (B, K, h, w, Dv)
         # ArrCoc runs in its own (float32) precision whatever the towers use: it is small, and its scores feed an
         # exact integer allocation that bf16 rounding would make jittery.
+        # Autocast is switched off around it for the same reason (FSDP2's mixed precision leaves it alone too).
         dt = self.arr_coc.knowing.q_proj.weight.dtype
         feats, query = feats.to(dt), query.to(dt)
-        out = self.arr_coc(feats, query=query, pixels=pixel_values.to(dt) if self.use_pixel_entropy else None)
+        with _no_autocast(feats.device.type):
+            out = self.arr_coc(feats, query=query, pixels=pixel_values.to(dt) if self.use_pixel_entropy else None)
         footprint = None
         if self.footprint_embed is not None:
             # Patch k's tokens each average h*w / budgets[b, k] fine cells; padding (patch_index -1) is masked.
@@ -279,6 +281,7 @@ class ArrCocLlava(nn.Module):
                 query_input_ids: Tensor, query_attention_mask: Tensor | None = None, labels: Tensor | None = None,
                 **lm_kwargs: Any) -> ArrCocLlavaOutput:
         """Training / scoring forward: the LLaVA LM over the merged embeddings (HF's shifted loss with ``labels``)."""
+        _check_attention_mask(attention_mask, input_ids)
         embeds, out = self.embed_inputs(pixel_values, input_ids, query_input_ids=query_input_ids,
                                         query_attention_mask=query_attention_mask)
         lm = self.llava(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
@@ -291,14 +294,29 @@ class ArrCocLlava(nn.Module):
                  query_input_ids: Tensor, query_attention_mask: Tensor | None = None, **generate_kwargs: Any) -> Tensor:
         """Greedy/sampled continuation of left-padded prompts; returns only the new tokens, shape (B, N).
 
-        Works on an FSDP2-sharded model too: the root group is gathered for the duration of the call.
+        Works on an FSDP2-sharded model too: the root group is gathered for the duration of the call. Without an
+        ``attention_mask`` it is inferred from ``input_ids`` as HF's ``generate`` infers it (pad tokens masked when
+        the pad id occurs and is not an EOS id): the LLM sees embeddings only, so it could not tell padding otherwise.
         """
+        _check_attention_mask(attention_mask, input_ids)
         with self._unsharded():
             embeds, _ = self.embed_inputs(pixel_values, input_ids, query_input_ids=query_input_ids,
                                           query_attention_mask=query_attention_mask)
             generate_kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id
                                        if getattr(self.config.text_config, "pad_token_id", None) is not None else 0)
+            if attention_mask is None:
+                attention_mask = self._infer_attention_mask(input_ids, generate_kwargs)
             return self.llava.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    def _infer_attention_mask(self, input_ids: Tensor, generate_kwargs: dict[str, Any]) -> Tensor | None:
+        """HF's rule: mask the pad id where it occurs, unless it is also an EOS id (then nothing is masked)."""
+        pad = generate_kwargs.get("pad_token_id")
+        eos = generate_kwargs.get("eos_token_id", getattr(self.llava.generation_config, "eos_token_id", None))
+        eos = [] if eos is None else [int(e) for e in (eos.tolist() if isinstance(eos, Tensor) else
+                                                       eos if isinstance(eos, (list, tuple)) else [eos])]
+        if pad is None or int(pad) in eos or not bool((input_ids == int(pad)).any()):
+            return None
+        return (input_ids != int(pad)).long()
 
     @contextlib.contextmanager
     def _unsharded(self) -> Iterator[None]:
@@ -312,6 +330,25 @@ class ArrCocLlava(nn.Module):
                 self.reshard()
         else:
             yield
+
+
+def _check_attention_mask(attention_mask: Tensor | None, input_ids: Tensor) -> None:
+    """A (B, L) padding mask must match ``input_ids``: HF slices or broadcasts a wrong one silently."""
+    if (isinstance(attention_mask, Tensor) and attention_mask.dim() == 2
+            and tuple(attention_mask.shape) != tuple(input_ids.shape)):
+        raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} must match input_ids' "
+                         f"{tuple(input_ids.shape)}")
+
+
+@contextlib.contextmanager
+def _no_autocast(device_type: str) -> Iterator[None]:
+    """Autocast off for ``device_type`` inside the block (a no-op where it is off or the device has none)."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # device types without autocast (e.g. meta)
+        on = False
+    with torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext():
+        yield
 
 
 def load_state_dict_nonstrict(model: nn.Module, state_dict: dict[str, Tensor]) -> tuple[list[str], list[str]]:
