@@ -396,6 +396,11 @@ def _build_llava(lc: LlmCfg, vision_dim: int | None, image_token_id: int, tokeni
         if len(tokenizer) > llava.get_input_embeddings().num_embeddings:
             llava.resize_token_embeddings(len(tokenizer))
         llava.config.image_token_id = image_token_id
+        # LLaVA-1.5's checkpoints keep pad_token_id (32001) on the top-level config only; ArrCocLlava.generate reads
+        # the text config's, so the processor's pad id goes there when the checkpoint has none (else generate padded
+        # with 0 and could not tell padding in input_ids without a mask).
+        if getattr(llava.config.text_config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+            llava.config.text_config.pad_token_id = int(tokenizer.pad_token_id)
         proj_in = llava.model.multi_modal_projector.linear_1.in_features
         if vision_dim is not None and vision_dim != proj_in:
             raise ValueError(f"the vision tower's width {vision_dim} does not fit the checkpoint's projector input "

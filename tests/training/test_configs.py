@@ -60,23 +60,43 @@ def test_model_preset_builds(name):
         assert model.vision(x).shape[1] == cfg.arr_coc["num_patches"]
 
 
-def _tiny_llava_checkpoint(directory: Path) -> None:
-    """A LLaVA-1.5-shaped checkpoint (HF CLIP tower with a 24x24 token grid, Llama LM), saved locally."""
+def _tiny_llava_checkpoint(directory: Path, text_pad: int | None = 0, tok_pad: str | None = None) -> None:
+    """A LLaVA-1.5-shaped checkpoint (HF CLIP tower with a 24x24 token grid, Llama LM), saved locally; ``tok_pad``
+    adds that token to the tokenizer as its pad token."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from models.processing import build_byte_tokenizer
 
     tok = build_byte_tokenizer()
+    if tok_pad is not None:
+        tok.add_special_tokens({"pad_token": tok_pad})
     vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
                               image_size=48, patch_size=2)
     text = LlamaConfig(vocab_size=264, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                       tie_word_embeddings=False, pad_token_id=0)
+                       tie_word_embeddings=False, pad_token_id=text_pad)
     cfg = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
                       image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2)
     torch.manual_seed(0)
     LlavaForConditionalGeneration(cfg).save_pretrained(directory)
     tok.save_pretrained(directory)
+
+
+def test_checkpoint_without_a_text_pad_id_gets_the_tokenizers(tmp_path):
+    """llava-hf's LLaVA-1.5 config holds pad_token_id only at the top level: generate then padded with 0 and inferred
+    no padding mask; the processor's pad id now fills the text config's."""
+    from PIL import Image
+
+    _tiny_llava_checkpoint(tmp_path, text_pad=None, tok_pad="<pad1>")  # pad id 260, as LLaVA-1.5's is 32001
+    model, processor = build_model("llava15_7b", [f"llm.name_or_path={tmp_path}", "llm.dtype=float32"])
+    pad = processor.tokenizer.pad_token_id
+    assert pad not in (None, 0) and model.config.text_config.pad_token_id == pad
+    batch = processor([Image.new("RGB", (48, 48), c) for c in ("red", "blue")], ["a?", "what colour is it?"])
+    assert not bool(batch["attention_mask"][0].all())
+    kw = {"max_new_tokens": 2, "output_scores": True, "return_dict_in_generate": True}
+    masked = model.generate(**batch, **kw)
+    inferred = model.generate(**{**batch, "attention_mask": None}, **kw)
+    torch.testing.assert_close(inferred.scores[0], masked.scores[0])
 
 
 def test_llava15_7b_preset_builds_from_a_local_checkpoint(tmp_path):
