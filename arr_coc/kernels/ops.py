@@ -24,8 +24,8 @@ from torch import Tensor
 
 from arr_coc._utils import _check_finite, _check_tensor
 from arr_coc.kernels import dispatch
-from arr_coc.kernels.reference import (_acc_dtype, floor_deficit, projection_backward, projection_forward,
-                                      round_largest_remainder)
+from arr_coc.kernels.reference import (_acc_dtype, bounds_as_stored, floor_deficit, projection_backward,
+                                      projection_forward, round_largest_remainder)
 
 __all__ = ["capped_simplex_projection", "project_and_round", "round_to_budget"]
 
@@ -213,6 +213,33 @@ def _backward(ctx, grad: Tensor):
 
 
 _projection_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _setup_context_bwd(ctx, inputs, output) -> None:
+    x, lo, hi, grad = inputs
+    ctx.save_for_backward(x, lo, hi)
+    ctx.grad_dtype = grad.dtype
+
+
+def _backward_bwd(ctx, gg_y: Tensor | None, gg_b: Tensor | None):
+    # Double backward. The VJP is linear in grad, g_y = J grad and g_B = (m/n)·grad with J = m ⊙ (I - m 1ᵀ/n)
+    # symmetric, and its mask is piecewise constant in x (no gradient for x). So its own VJP for grad is
+    # J gg_y + (m/n) gg_B: the projection's backward again, plus the budget's column.
+    x, lo, hi = ctx.saved_tensors
+    g = None
+    if gg_y is not None:
+        g, _ = _projection_backward_op(x, lo, hi, gg_y)
+    if gg_b is not None:
+        acc = _acc_dtype(x.dtype)
+        lo_x, hi_x = bounds_as_stored(lo, hi, x.dtype)
+        m = (x.to(acc) > lo_x) & (x.to(acc) < hi_x)
+        n = m.sum(-1, keepdim=True).clamp_min(1).to(acc)
+        gb = torch.where(m, gg_b.to(acc).unsqueeze(-1) / n, torch.zeros_like(n))
+        g = gb if g is None else g + gb
+    return None, None, None, None if g is None else g.to(ctx.grad_dtype)
+
+
+_projection_backward_op.register_autograd(_backward_bwd, setup_context=_setup_context_bwd)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -48,11 +48,12 @@ def test_opcheck_projection(dtype, per_element, requires_grad):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_opcheck_projection_backward(dtype):
+@pytest.mark.parametrize("requires_grad", [False, True])  # True: the double-backward registration too
+def test_opcheck_projection_backward(dtype, requires_grad):
     y, b, lo, hi = _problem(3, 6, dtype, per_element=True)
     acc = _acc(dtype)
     x = projection_forward(y, b.to(acc), lo.to(acc), hi.to(acc))
-    g = torch.randn_like(x)
+    g = torch.randn_like(x).requires_grad_(requires_grad)
     torch.library.opcheck(torch.ops.arr_coc.capped_simplex_projection_backward.default, (x, lo.to(acc), hi.to(acc), g))
 
 

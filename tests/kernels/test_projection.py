@@ -127,6 +127,27 @@ def test_gradcheck_y_and_budget():
     assert torch.autograd.gradcheck(lambda a, c: capped_simplex_projection(a, c, -0.5, 1.0), (y, b0))
 
 
+def test_gradgradcheck_y_and_budget():
+    # The backward is linear in the incoming gradient with a mask that is piecewise constant in x, so second-order
+    # autograd (Hessian-vector products, gradient penalties) must go through it; it used to raise "no autograd
+    # formula was registered" for arr_coc.capped_simplex_projection_backward.
+    g = torch.Generator().manual_seed(4)
+    y = (torch.randn(3, 7, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    b = torch.tensor([1.3, 2.7, 3.1], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, c: capped_simplex_projection(a, c, 0.0, 1.0), (y, b))
+    lo = -torch.rand(3, 7, generator=g, dtype=torch.float64)
+    hi = lo + torch.rand(3, 7, generator=g, dtype=torch.float64) + 0.2
+    bm = ((lo.sum(-1) + hi.sum(-1)) / 2).requires_grad_()  # per-element bounds
+    assert torch.autograd.gradgradcheck(lambda a, c: capped_simplex_projection(a, c, lo, hi), (y, bm))
+    # The Hessian of |P(y)|^2 is 2 JᵀJ with J = diag(m) - m mᵀ/n on the free set.
+    y0, b0 = y.detach()[:1], b.detach()[:1]
+    hess = torch.autograd.functional.hessian(lambda a: capped_simplex_projection(a, b0, 0.0, 1.0).square().sum(), y0)
+    x = capped_simplex_projection(y0, b0, 0.0, 1.0)[0]
+    m = ((x > 0) & (x < 1)).double()
+    jac = torch.diag(m) - torch.outer(m, m) / m.sum()
+    torch.testing.assert_close(hess.reshape(7, 7), 2 * jac.T @ jac)
+
+
 def test_backward_formula_and_all_bound_row():
     y = torch.tensor([[0.0, 10.0, -10.0, 0.5]], dtype=torch.float64, requires_grad=True)
     b = torch.tensor(1.8, dtype=torch.float64, requires_grad=True)
