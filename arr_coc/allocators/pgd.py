@@ -152,8 +152,10 @@ class PGDAllocator(Allocator):
         return self._round(t)
 
     def relaxed(self, utility: Tensor) -> Tensor:
-        # Solve without a graph, then take one differentiable projected step from the (detached) optimum: at the
-        # fixed point its Jacobian in `utility` is a scaled version of the optimum's, which is what the gate needs.
+        # Solve without a graph, then take one differentiable projected step from the (detached) optimum: a cheap
+        # surrogate of the optimum's Jacobian in `utility`, not that Jacobian itself (measured against finite
+        # differences of the exact optimum: cosine 0.95-0.99, 15-32% residual after the best single scale; its
+        # diagonal is constant where the optimum's varies). Enough for the straight-through gate's direction.
         with torch.no_grad():
             t, _ = self.solve(utility)
         t = t.to(utility.dtype)
