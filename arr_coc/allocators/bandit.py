@@ -214,7 +214,8 @@ class BanditAllocator(MCKPAllocator):
         x = self._features(context, tuple(utility.shape[:2]))
         values = self._values(x, generator)  # (B, K, L)
         if self.utility_weight != 0.0:
-            prior = utility if utility.dim() == 3 else level_values(utility, self.levels)
+            # In the statistics' dtype, as mckp does: a half utility's level values would be rounded to 8 bits.
+            prior = utility if utility.dim() == 3 else level_values(utility.to(values.dtype), self.levels)
             if prior.shape != values.shape:
                 raise ValueError(f"per-level utility has shape {tuple(prior.shape)}, expected {tuple(values.shape)}")
             values = values + self.utility_weight * prior.to(values.dtype)
@@ -227,7 +228,7 @@ class BanditAllocator(MCKPAllocator):
     def _aggregate(self, x: Tensor, choice: Tensor) -> Tensor:
         """Per-sample additive feature ``Φ_b = Σ_k e_{l_k} ⊗ x_k``: ``(B, K, w), (B, K) -> (B, L·w)``."""
         onehot = torch.nn.functional.one_hot(choice, len(self.levels)).to(x.dtype)  # (B, K, L)
-        return torch.einsum("bkl,bkw->blw", onehot, x).reshape(x.shape[0], -1)
+        return torch.einsum("bkl,bkw->blw", onehot, x).reshape(x.shape[0], len(self.levels) * x.shape[-1])  # B=0 too
 
     def update(self, rewards: Tensor, *, context: Tensor | None = None, budgets: Tensor | None = None) -> None:
         """Learn from one reward per sample, credited additively across the sample's patches (module docstring).

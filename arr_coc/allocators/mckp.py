@@ -254,7 +254,9 @@ class MCKPAllocator(Allocator):
             raise ValueError(f"infeasible budget: K·hi = {k}·{self.max_tokens} = {k * self.max_tokens} < budget={b}")
 
     def allocate(self, utility: Tensor, *, context: Tensor | None = None) -> Tensor:
-        values = utility if utility.dim() == 3 else level_values(utility, self.levels)
+        # Level values in float64 (the solvers' precision): formed in a half utility's own dtype, K·softmax rounded to
+        # 8 bits and the knapsack picked other levels than for the same utility in float32/64 (128 tokens apart).
+        values = utility if utility.dim() == 3 else level_values(utility.double(), self.levels)
         sol = solve_mckp(values, self.levels, self.budget, mode=self.mode, method=self.method)
         self.last_info = AllocInfo(slack=sol.slack, extra={"value": sol.value, "choice": sol.choice})
         return sol.tokens

@@ -144,7 +144,7 @@ class PGDAllocator(Allocator):
 
     def allocate(self, utility: Tensor, *, context: Tensor | None = None) -> Tensor:
         t, info = self.solve(utility)
-        worst = float(info.kkt_residual.max())
+        worst = float(info.kkt_residual.max()) if info.kkt_residual.numel() else 0.0  # an empty batch has none
         if worst > self.kkt_tol:
             warnings.warn(f"pgd: KKT residual {worst:.3g} > kkt_tol={self.kkt_tol:g} after "
                           f"{info.extra['iterations']} iterations; raise max_iter", RuntimeWarning, stacklevel=2)

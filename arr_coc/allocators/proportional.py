@@ -26,4 +26,6 @@ class ProportionalAllocator(Allocator):
         return self._project_round(self._targets(utility.double()))
 
     def relaxed(self, utility: Tensor) -> Tensor:
+        # Checked here: NaN fails `total > 0` and -inf makes every share NaN, so both became the uniform share silently.
+        self._check_utility(utility)
         return self._project(self._targets(utility))

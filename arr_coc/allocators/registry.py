@@ -81,8 +81,10 @@ def capped_softmax(utility: Tensor, budget: Tensor | float, lo: float, hi: float
             # one: capping them all at once is safe and needs few rounds.
             capped = capped | grow
     lc = log_c(utility, capped)
-    all_capped = capped.all(-1, keepdim=True)
-    x = lo + torch.exp(utility + torch.where(all_capped, torch.zeros_like(lc), lc))
+    # Capped patches take hi; their exponent is masked *before* exp (so is every exponent of a row with every patch
+    # capped, whose c is undefined): a capped utility more than the dtype's exp range (~88 in float32) above the free
+    # ones overflowed exp to inf, and where's zero gradient times inf made the whole row's gradient NaN.
+    x = lo + torch.exp(torch.where(capped, torch.zeros_like(utility), utility + lc))
     x = torch.where(capped, torch.full_like(x, float(hi)), x)
     # Budget exactly K·lo: nothing is free, every patch sits at lo.
     return torch.where(free_total <= 0, torch.full_like(x, float(lo)), x)

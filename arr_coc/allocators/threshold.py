@@ -34,6 +34,9 @@ class ThresholdAllocator(Allocator):
         return torch.full_like(utility[..., :1], self.threshold)
 
     def allocate(self, utility: Tensor, *, context: Tensor | None = None) -> Tensor:
+        # Compared in float64: a half utility's row mean is rounded to the half type, which moved patches near the
+        # mean across the threshold (not so for the same values in float32/64).
+        utility = utility.double()
         high = utility >= self._thr(utility)
         targets = torch.where(high, float(self.max_tokens), float(self.min_tokens)).double()
         return self._project_round(targets)

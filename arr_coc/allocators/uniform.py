@@ -20,5 +20,6 @@ class UniformAllocator(Allocator):
 
     def relaxed(self, utility: Tensor) -> Tensor:
         # Constant allocation: no gradient flows to the utility, by design. B / K lies in [lo, hi] iff B is feasible.
-        self.check_feasible(utility.shape[1])
+        # The values are unused, but checked as forward checks them (a NaN, integer or bool utility was answered).
+        self._check_utility(utility)
         return torch.full_like(utility, self.budget / utility.shape[1])

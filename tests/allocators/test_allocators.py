@@ -323,3 +323,61 @@ def test_budget_above_every_patch_at_max_is_refused_in_at_most_mode_too():
 def test_uniform_relaxed_checks_feasibility():
     with pytest.raises(ValueError, match="budget=100"):
         create_allocator("uniform", budget=100).relaxed(torch.zeros(1, 200))
+
+
+@pytest.mark.parametrize("name", ["projection", "mckp", "bandit", "hierarchical"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relaxed_gradient_is_finite_when_a_capped_patch_is_far_above_the_rest(name, dtype):
+    """A capped patch's utility beyond exp's range above the free ones (~88 in float32, ~709 in float64): capped_softmax
+    took exp of it before replacing it by hi, exp overflowed to inf and the whole row's gradient was NaN."""
+    kwargs = {"levels": (1, 10), "mode": "at_most"} if name in ("mckp", "bandit") else {}
+    if name == "hierarchical":
+        kwargs = {"patch_grid": (2, 2), "region_size": (1, 1)}
+    alloc = create_allocator(name, budget=20, min_tokens=1, max_tokens=10, **kwargs)
+    u = torch.tensor([[800.0, 0.0, 0.0, 0.0], [100.0, 0.0, 1.0, 0.0]], dtype=dtype, requires_grad=True)
+    r = alloc.relaxed(u)
+    assert torch.allclose(r[0].double(), torch.tensor([10.0, 10 / 3, 10 / 3, 10 / 3], dtype=torch.float64))
+    (r * torch.arange(4.0, dtype=dtype)).sum().backward()
+    assert bool(torch.isfinite(u.grad).all()), u.grad
+    # The free patches share 10 tokens by softmax: d/du of sum_k k·x_k is that of the exact float64 map.
+    ref = torch.tensor([[0.0, -7 / 3, 0.0, 7 / 3]], dtype=torch.float64)
+    assert torch.allclose(u.grad[:1].double(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mckp", "bandit", "threshold", "projection"])
+def test_half_utility_allocates_as_the_same_values_in_float64(name):
+    """A bf16/fp16 utility gets the budgets of the very same values in float64: mckp and bandit formed their level
+    values in the half dtype (K·softmax rounded to 8 bits: 128 tokens moved), threshold compared with a row mean
+    rounded to it (8 tokens moved)."""
+    alloc = create_allocator(name).eval()
+    g = torch.Generator().manual_seed(1)
+    ctx = torch.randn(4, 200, 5, generator=torch.Generator().manual_seed(9))
+    call = (lambda v: alloc(v, context=ctx)) if name == "bandit" else alloc
+    for scale in (3.0, 0.1) * 6:
+        u = torch.randn(4, 200, generator=g) * scale
+        for dtype in (torch.bfloat16, torch.float16):
+            assert torch.equal(call(u.to(dtype)), call(u.to(dtype).double())), (dtype, scale)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_empty_batch_gives_empty_budgets(name):
+    """B=0 gives (0, K) int64 as the pipeline's other stages do; pgd raised a RuntimeError from the max() of its
+    empty KKT residuals and bandit one from reshaping its empty per-sample features."""
+    kwargs = {"levels": (4, 10), "mode": "at_most"} if name in ("mckp", "bandit") else {}
+    if name == "hierarchical":
+        kwargs = {"region_size": (1, 1)}
+    alloc = create_allocator(name, budget=40, min_tokens=4, max_tokens=10, **kwargs)
+    u = torch.zeros(0, 4)
+    t = alloc(u, context=torch.zeros(0, 4, 5)) if name == "bandit" else alloc(u)
+    assert t.shape == (0, 4) and t.dtype == torch.int64
+
+
+@pytest.mark.parametrize("name", ["proportional", "uniform"])
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+def test_relaxed_refuses_non_finite_utility(name, bad):
+    """relaxed() answered a NaN or -inf utility with the uniform allocation (proportional's share fell back to 1/K,
+    uniform never looked); forward refuses it, and so does the relaxation now, naming the value."""
+    u = torch.zeros(1, 200)
+    u[0, 7] = bad
+    with pytest.raises(ValueError, match=r"non-finite.*\(0, 7\)"):
+        create_allocator(name).relaxed(u)
