@@ -49,6 +49,16 @@ class _MeanPolicy(_StatsPolicy):
         """Context-free action distribution, ``(A,)``; subclasses with a closed form override it."""
         raise NotImplementedError
 
+    # Settings that shape the cached action distribution (and ThompsonSampling's Monte Carlo draws): assigning one on
+    # a live policy drops the caches, as an update does (it kept serving the old distribution).
+    _CACHE_SETTINGS = frozenset({"initial_value", "epsilon", "temperature", "c", "n_mc", "prior_mean", "prior_var",
+                                 "noise_var", "alpha0", "beta0"})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in self._CACHE_SETTINGS:
+            self._refresh()
+
     def _refresh(self) -> None:
         self._cache = None  # statistics changed: the cached distribution is stale
 

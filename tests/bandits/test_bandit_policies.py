@@ -266,3 +266,28 @@ def test_runs_on_cuda(name):
     a, p = pol.select(ctx, generator=g)
     pol.update(ctx, a, torch.rand(N, device="cuda"))
     assert a.device.type == "cuda" and p.device.type == "cuda"
+
+
+def test_changing_a_setting_on_a_live_policy_drops_the_cached_distribution():
+    # The action distribution (and TS's Monte Carlo win counts) is cached between updates; assigning epsilon,
+    # temperature, c or n_mc afterwards kept serving the old one.
+    from arr_coc.bandits import EpsilonGreedy, Softmax, ThompsonSampling, UCB1
+
+    x = torch.zeros(1, 1)
+    for make, name, value in ((lambda: EpsilonGreedy(3, 0.1), "epsilon", 1.0),
+                              (lambda: Softmax(3, 0.1), "temperature", 1e6),
+                              (lambda: ThompsonSampling(3, "beta", n_mc=16), "n_mc", 4096)):
+        pol = make()
+        pol.update(x.expand(3, 1), torch.tensor([0, 1, 2]), torch.tensor([1.0, 0.0, 0.0]))
+        before = pol.action_probabilities(x)
+        setattr(pol, name, value)
+        fresh = make()
+        setattr(fresh, name, value)
+        fresh.update(x.expand(3, 1), torch.tensor([0, 1, 2]), torch.tensor([1.0, 0.0, 0.0]))
+        assert torch.equal(pol.action_probabilities(x), fresh.action_probabilities(x)), name
+        assert not torch.equal(pol.action_probabilities(x), before), name
+    ucb = UCB1(2, c=0.0)  # arm 0: one reward of 0.9; arm 1: a hundred of 1.0
+    ucb.update(x.expand(101, 1), torch.tensor([0] + [1] * 100), torch.tensor([0.9] + [1.0] * 100))
+    assert ucb.action_probabilities(x)[0].tolist() == [0.0, 1.0]  # c = 0: the better mean
+    ucb.c = 10.0  # the rarely played arm's wider bonus now wins
+    assert ucb.action_probabilities(x)[0].tolist() == [1.0, 0.0]
