@@ -53,6 +53,17 @@ def build_byte_tokenizer(image_token: str = "<image>"):
 _RESIZE = ("squash", "pad", "crop")
 
 
+def _check_image_batch(images: Any) -> None:
+    """``ValueError`` unless ``images`` is a non-empty sequence (a lone image or array is not a batch)."""
+    from PIL import Image
+
+    if isinstance(images, (Image.Image, np.ndarray)):
+        raise ValueError(f"images must be a non-empty sequence of images (one per sample), got one "
+                         f"{type(images).__name__}; wrap it in a list")
+    if len(images) == 0:
+        raise ValueError("images must be a non-empty sequence of images (one per sample), got an empty sequence")
+
+
 class ArrCocProcessor:
     """Images and prompts → model inputs for ``ArrCocLlava``.
 
@@ -122,9 +133,7 @@ class ArrCocProcessor:
         """
         from PIL import Image
 
-        if isinstance(images, (Image.Image, np.ndarray)) or len(images) == 0:
-            what = type(images).__name__ if isinstance(images, (Image.Image, np.ndarray)) else "an empty sequence"
-            raise ValueError(f"images must be a non-empty sequence of images (one per sample), got {what}")
+        _check_image_batch(images)
         out = []
         for i, img in enumerate(images):
             if isinstance(img, np.ndarray):
@@ -222,11 +231,7 @@ class ArrCocProcessor:
 
     def __call__(self, images: Sequence[Any], questions: Sequence[str], *, padding_side: str = "left") -> dict:
         """Inputs for generation: prompts only, left-padded (decoder-only generation continues at the right end)."""
-        from PIL import Image
-
-        if isinstance(images, (Image.Image, np.ndarray)):
-            raise ValueError(f"images must be a sequence of images (one per question), got one {type(images).__name__}"
-                             "; wrap it in a list")
+        _check_image_batch(images)  # before len(): a single image has none
         if isinstance(questions, str):
             raise ValueError(f"questions must be a sequence of strings (one per image), got the string {questions!r}")
         if len(images) != len(questions):

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from arr_coc._utils import _check_finite, _check_tensor
 from arr_coc.kernels import dispatch
-from arr_coc.kernels.reference import (_acc_dtype, bounds_as_stored, floor_deficit, projection_backward,
-                                      projection_forward, round_largest_remainder)
+from arr_coc.kernels.reference import (_acc_dtype, floor_deficit, free_mask, projection_backward, projection_forward,
+                                      round_largest_remainder)
 
 __all__ = ["capped_simplex_projection", "project_and_round", "round_to_budget"]
 
@@ -231,9 +231,8 @@ def _backward_bwd(ctx, gg_y: Tensor | None, gg_b: Tensor | None):
         g, _ = _projection_backward_op(x, lo, hi, gg_y)
     if gg_b is not None:
         acc = _acc_dtype(x.dtype)
-        lo_x, hi_x = bounds_as_stored(lo, hi, x.dtype)
-        m = (x.to(acc) > lo_x) & (x.to(acc) < hi_x)
-        n = m.sum(-1, keepdim=True).clamp_min(1).to(acc)
+        m, n = free_mask(x, lo, hi)
+        n = n.clamp_min(1).to(acc)
         gb = torch.where(m, gg_b.to(acc).unsqueeze(-1) / n, torch.zeros_like(n))
         g = gb if g is None else g + gb
     return None, None, None, None if g is None else g.to(ctx.grad_dtype)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["bounds_as_stored", "floor_deficit", "projection_forward", "projection_backward", "round_largest_remainder"]
+__all__ = ["bounds_as_stored", "floor_deficit", "free_mask", "projection_forward", "projection_backward",
+           "round_largest_remainder"]
 
 # Every _BISECT_EVERY-th iteration is a plain bisection so the bracket provably shrinks even where Newton cycles.
 _BISECT_EVERY = 8
@@ -92,6 +93,15 @@ def projection_forward(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Ten
     return x.to(y.dtype)
 
 
+def free_mask(x: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """The projection's free set read off its output: ``m`` (entries strictly inside their bounds as ``x``'s dtype
+    stores them, :func:`bounds_as_stored`) and its size per row ``n`` (..., 1)."""
+    xf = x.to(_acc_dtype(x.dtype))
+    lo_x, hi_x = bounds_as_stored(lo, hi, x.dtype)
+    m = (xf > lo_x) & (xf < hi_x)
+    return m, m.sum(-1, keepdim=True)
+
+
 def projection_backward(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     """Vector-Jacobian product of the projection, from its output only.
 
@@ -109,10 +119,8 @@ def projection_backward(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tupl
         returns: g_y (..., K), g_budget (...)
     """
     acc = _acc_dtype(x.dtype)
-    xf, g = x.to(acc), grad.to(acc)
-    lo_x, hi_x = bounds_as_stored(lo, hi, x.dtype)
-    m = (xf > lo_x) & (xf < hi_x)
-    n = m.sum(-1, keepdim=True)
+    g = grad.to(acc)
+    m, n = free_mask(x, lo, hi)
     mean_free = torch.where(m, g, torch.zeros_like(g)).sum(-1, keepdim=True) / n.clamp_min(1).to(acc)
     mean_free = torch.where(n > 0, mean_free, torch.zeros_like(mean_free))
     g_y = torch.where(m, g - mean_free, torch.zeros_like(g))
