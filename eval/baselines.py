@@ -14,12 +14,13 @@ exactly ``T`` tokens per image, without training, and re-uses the model's positi
   feature layer); the rest are *contextual*: evenly spaced targets among them absorb every other remaining token by
   cosine similarity, as averages. The split follows the paper's settings (54 + 10 of 64, i.e. 27/32 dominant).
 - ``fastv``: FastV (Chen et al. 2024, "An Image is Worth 1/2 Tokens After Layer 2"): the LLM sees all ``N`` tokens
-  in its first ``K`` layers; the attention that the last prompt position pays to each image token in layer ``K``
+  in its first ``K`` layers; the attention that the last real prompt position pays to each image token in layer ``K``
   (1-based; heads averaged) ranks them, and layers ``K+1..`` see only the ``T`` best. The attention read works with
-  SDPA and flash kernels: a forward pre-hook on that layer's attention recomputes ``softmax(q_last kᵀ/√d)`` from its
-  own ``q_proj``/``k_proj`` and rotary embedding, so no eager attention or ``output_attentions`` is needed. Later
-  layers drop the tokens through their attention mask (no one attends to them), which is exactly equivalent for every
-  kept and text position and keeps the KV cache layout of HF ``generate``. Tokens before layer ``K`` are not
+  SDPA: a forward pre-hook on that layer's attention recomputes ``softmax(q_last kᵀ/√d)`` from its own
+  ``q_proj``/``k_proj`` and rotary embedding, so no eager attention or ``output_attentions`` is needed. Later
+  layers drop the tokens through their 4-D attention mask (no one attends to them), which is exactly equivalent for
+  every kept and text position and keeps the KV cache layout of HF ``generate`` (flash and flex attention, whose
+  masks cannot hide single keys this way, are refused). Tokens before layer ``K`` are not
   reduced, so FastV's FLOPs fraction is above ``T/N`` (see :mod:`eval.flops`).
 - ``tome``: ToMe bipartite soft matching (Bolya et al. 2023, "Token Merging: Your ViT but Faster"): tokens alternate
   into sets A and B; each A token's most similar (cosine) B token is its edge; the ``r`` strongest edges merge A
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, TypeVar
@@ -250,7 +252,20 @@ class TokenBaseline:
         return f"{type(self).__name__}({self.name!r})"
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_attention(attention: Tensor, features: Tensor, name: str) -> None:
+    """The attention map must cover the features' cells one to one. Shapes (B, K, h, w), (B, K, h, w, D)."""
+    if tuple(attention.shape) != tuple(features.shape[:4]):
+        raise ValueError(f"{name}: attention of shape {tuple(attention.shape)} does not match the features' "
+                         f"(B, K, h, w) = {tuple(features.shape[:4])}")
+
+
 def _check_count(num_tokens: int, n: int, name: str) -> None:
+    if not _is_int(num_tokens):  # a fraction of a token would be rounded somewhere, or crash
+        raise ValueError(f"{name}: num_tokens must be an integer, got {num_tokens!r}")
     if not 1 <= num_tokens <= n:
         raise ValueError(f"{name}: num_tokens={num_tokens} must be in [1, N={n}] (the full token count)")
 
@@ -270,8 +285,8 @@ class AllocatorBaseline(TokenBaseline):
     def __init__(self, utility: str = "norm", min_tokens: int = 1, allocator_kwargs: dict | None = None):
         if utility not in ("norm", "attention"):
             raise ValueError(f"utility must be 'norm' or 'attention', got {utility!r}")
-        if min_tokens < 1:
-            raise ValueError(f"min_tokens must be >= 1 (every patch yields a token), got {min_tokens}")
+        if not _is_int(min_tokens) or min_tokens < 1:
+            raise ValueError(f"min_tokens must be an integer >= 1 (every patch yields a token), got {min_tokens!r}")
         self.utility, self.min_tokens = utility, int(min_tokens)
         self.allocator_kwargs = dict(allocator_kwargs or {})
 
@@ -284,6 +299,7 @@ class AllocatorBaseline(TokenBaseline):
         if self.utility == "attention":
             if attention is None:
                 raise ValueError(f"{self.name} with utility='attention' needs the vision attention")
+            _check_attention(attention, features, self.name)
             return attention.float().mean(dim=(2, 3))
         return features.float().norm(dim=-1).mean(dim=(2, 3))
 
@@ -352,6 +368,7 @@ class VisionZipBaseline(TokenBaseline):
                attention: Tensor | None = None) -> ReducedTokens:
         if attention is None:
             raise ValueError("visionzip needs the vision tower's class-token attention")
+        _check_attention(attention, features, self.name)
         full = full_tokens(features, patch_grid)
         x, pos = full.tokens, full.positions  # (B, N, D), (B, N, 2)
         b, n, d = x.shape
@@ -453,15 +470,15 @@ class FastVBaseline(TokenBaseline):
     Args:
         layer: ``K``: layers ``1..K`` see every image token; layer ``K``'s attention ranks them; later layers see the
             ``T`` best. The paper's default is ``K = 2``; ``None`` uses 2, or 1 for an LLM of at most 2 layers.
-        score: ``"last"``: attention from the last prompt position (what the next token is predicted from);
+        score: ``"last"``: attention from the last real prompt position (what the next token is predicted from);
             ``"mean"``: the mean attention a token receives from all later positions (the paper's ranking).
     """
 
     in_llm = True
 
     def __init__(self, layer: int | None = None, score: str = "last"):
-        if layer is not None and layer < 1:
-            raise ValueError(f"fastv layer must be >= 1 (layers before the drop), got {layer}")
+        if layer is not None and (not _is_int(layer) or layer < 1):
+            raise ValueError(f"fastv layer must be an integer >= 1 (layers before the drop), got {layer!r}")
         if score not in ("last", "mean"):
             raise ValueError(f"fastv score must be 'last' or 'mean', got {score!r}")
         self.layer, self.score = layer, score
@@ -492,35 +509,60 @@ class FastVBaseline(TokenBaseline):
             image_mask: (B, L) bool, image placeholder positions of the prompt (each row holds the same count).
             attention_mask: (B, L) the prompt's padding mask (1 = real token).
             num_tokens: Image tokens to keep per row.
-            score_index: (B,) position whose attention ranks the tokens in ``"last"`` mode (default: the last).
+            score_index: (B,) position whose attention ranks the tokens in ``"last"`` mode (default: the last real
+                position of each row).
 
         Raises:
-            ValueError: ``layer`` not below the number of layers, or rows with fewer image tokens than kept.
+            ValueError: ``layer`` not below the number of layers, rows with fewer image tokens than kept, a
+                ``score_index`` that is not one real position per row, or an attention implementation whose mask
+                cannot hide single keys (flash attention, flex attention).
         """
         k_layer = self.layer_for(len(layers))
         if k_layer >= len(layers):
             raise ValueError(f"fastv layer={k_layer} leaves no layer to prune in an LLM of {len(layers)} layers")
+        impl = str(getattr(getattr(layers[0].self_attn, "config", None), "_attn_implementation", None) or "")
+        if "flash" in impl or "flex" in impl:
+            # Flash kernels take a key-padding mask (or none), flex a BlockMask: the dropped keys need a 4-D mask.
+            raise ValueError(f"fastv hides the dropped tokens through a 4-D attention mask, which "
+                             f"attn_implementation={impl!r} does not take; use 'sdpa' or 'eager'")
         n_img = image_mask.sum(1)
         if bool((n_img < num_tokens).any()):
             raise ValueError(f"fastv: rows hold {n_img.tolist()} image tokens, fewer than num_tokens={num_tokens}")
-        prompt_len = image_mask.shape[1]
+        b_in, prompt_len = image_mask.shape
         valid = attention_mask.bool()
+        if score_index is not None:
+            score_index = torch.as_tensor(score_index, device=image_mask.device)
+            ok = score_index.shape == (b_in,) and not score_index.is_floating_point()
+            if ok and bool(((score_index < 0) | (score_index >= prompt_len)).any()):
+                ok = False
+            if not ok or not bool(valid.gather(1, score_index.long().view(-1, 1)).all()):
+                raise ValueError(f"fastv: score_index={score_index.tolist()} must hold one real (unpadded) position "
+                                 f"in [0, {prompt_len}) for each of the {b_in} rows")
         state: dict[str, Tensor] = {}
+
+        def rows(t: Tensor, n: int) -> Tensor:
+            # generate repeats each prompt in place for beams / num_return_sequences: (B, ...) -> (n, ...).
+            return t if t.shape[0] == n else t.repeat_interleave(n // b_in, dim=0)
 
         def read(module, args, kwargs):
             h = args[0] if args else kwargs["hidden_states"]
             if h.shape[1] != prompt_len or "drop" in state:
                 return None  # decoding steps: the selection was made at prefill
-            scores = _last_scores(module, h, kwargs["position_embeddings"], valid, self.score,
-                                  score_index)  # (B, L)
-            masked = torch.where(image_mask, scores, torch.full_like(scores, float("inf")))
+            n = h.shape[0]
+            if n % b_in:
+                raise ValueError(f"fastv: the LLM runs {n} rows for a batch of {b_in} prompts")
+            img, ok = rows(image_mask, n), rows(valid, n)
+            scores = _last_scores(module, h, kwargs["position_embeddings"], ok, self.score,
+                                  None if score_index is None else rows(score_index, n))  # (n, L)
+            masked = torch.where(img, scores, torch.full_like(scores, float("inf")))
             # Ascending by score, ties to the lower index: the first (n_img - T) image positions are dropped.
             order = torch.sort(masked, dim=1, stable=True).indices
             ranks = torch.arange(prompt_len, device=h.device).expand_as(order)
             rank = torch.empty_like(order).scatter_(1, order, ranks)
-            drop = image_mask & (rank < (n_img - num_tokens).unsqueeze(1))
-            state["drop"] = drop
-            self.last_scores, self.last_keep = scores.detach(), image_mask & ~drop
+            drop = img & (rank < (rows(n_img, n) - num_tokens).unsqueeze(1))
+            state["drop"], state["valid"] = drop, ok
+            # Copies of one prompt select alike: report one row per prompt.
+            self.last_scores, self.last_keep = scores.detach()[:: n // b_in], (img & ~drop)[:: n // b_in]
             return None
 
         def mask_dropped(module, args, kwargs):
@@ -533,7 +575,7 @@ class FastVBaseline(TokenBaseline):
             if mask is None and h.shape[1] != prompt_len and cache is not None:
                 # An unpadded batch's decoding step: keys = what the cache holds before this step + the new query.
                 kv = cache.get_seq_length(getattr(module, "layer_idx", 0)) + h.shape[1]
-            kwargs["attention_mask"] = _mask_keys(mask, state["drop"], valid, h.shape[1], kv)
+            kwargs["attention_mask"] = _mask_keys(mask, state["drop"], state["valid"], h.shape[1], kv)
             return args, kwargs
 
         handles = [layers[k_layer - 1].self_attn.register_forward_pre_hook(read, with_kwargs=True)]
@@ -555,7 +597,7 @@ def _last_scores(attn: nn.Module, h: Tensor, position_embeddings: tuple[Tensor, 
                  mode: str, score_index: Tensor | None = None) -> Tensor:
     """Attention of an HF Llama-style attention module recomputed from its input (heads averaged).
 
-    ``last``: the attention row of the last position (or of ``score_index`` per row; keys after it are masked).
+    ``last``: the attention row of each row's last real position (or of ``score_index``; keys after it are masked).
     ``mean``: the mean attention each key receives from the real
     queries at or after it (FastV's ranking).
 
@@ -566,9 +608,13 @@ def _last_scores(attn: nn.Module, h: Tensor, position_embeddings: tuple[Tensor, 
     """
     b, length, _ = h.shape
     hd = int(attn.head_dim)
-    q = attn.q_proj(h).view(b, length, -1, hd)
-    k = attn.k_proj(h).view(b, length, -1, hd)
-    if hasattr(attn, "q_norm"):  # Qwen3 / OLMo-2 style per-head norms
+    q, k = attn.q_proj(h), attn.k_proj(h)  # (B, L, H·hd), (B, L, Hkv·hd)
+    norm = getattr(getattr(attn, "q_norm", None), "weight", None)
+    whole = norm is not None and norm.shape[-1] == q.shape[-1] != hd
+    if whole:  # OLMo-2 normalises the whole projection, before the head split
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.view(b, length, -1, hd), k.view(b, length, -1, hd)
+    if hasattr(attn, "q_norm") and not whole:  # Qwen3 style per-head norms
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, L, hd), (B, Hkv, L, hd)
     mod = sys.modules.get(type(attn).__module__)
@@ -582,7 +628,10 @@ def _last_scores(attn: nn.Module, h: Tensor, position_embeddings: tuple[Tensor, 
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: each kv head serves a group of query heads
     scale = float(getattr(attn, "scaling", hd ** -0.5))
     if mode == "last":
-        idx = torch.full((b,), length - 1, device=h.device) if score_index is None else score_index.to(h.device)
+        if score_index is None:  # the last unpadded position: right padding leaves pads at the end
+            idx = (length - 1) - valid.flip(1).int().argmax(1)
+        else:
+            idx = score_index.to(h.device).long()
         q_row = q.gather(2, idx.view(b, 1, 1, 1).expand(-1, q.shape[1], 1, hd))  # (B, H, 1, hd)
         logits = (q_row.float() @ k.float().transpose(-1, -2)) * scale  # (B, H, 1, L)
         allowed = valid & (torch.arange(length, device=h.device)[None, :] <= idx[:, None])
@@ -694,7 +743,7 @@ class VisualMethod:
                score_index: Tensor | None = None) -> Tensor:
         """Next-token logits ``(B, L, V)`` of full sequences (for log-likelihood scoring).
 
-        ``score_index`` (B,): the position whose attention ranks FastV's tokens (default: the last one); pass the
+        ``score_index`` (B,): the position whose attention ranks FastV's tokens (default: the last real one); pass the
         last *prompt* position so that the ranking never sees the continuation being scored.
         """
         embeds, _, _ = self.embed(pixel_values, input_ids, query_input_ids=query_input_ids,

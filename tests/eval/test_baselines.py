@@ -234,3 +234,99 @@ def test_mask_keys_rebuilds_the_causal_mask():
     assert step[0, 0, 0].tolist() == [True, False, True, True, True]
     additive = _mask_keys(torch.zeros(1, 1, 1, 5), drop, valid, 1)
     assert additive[0, 0, 0, 1] == torch.finfo(torch.float32).min and additive[0, 0, 0, 0] == 0
+
+
+def _fastv_batch(method, processor, padding_side="left", seed=7):
+    proc = copy.copy(processor)
+    proc.budget = method.placeholders
+    questions = QUESTIONS + ["and the colour?"]
+    images = random_images(3, seed=seed, size=(64, 64))
+    return proc(images, questions, padding_side=padding_side), [proc([im], [q]) for im, q in zip(images, questions)]
+
+
+def test_fastv_ranks_right_padded_rows_from_their_last_real_position():
+    """Without score_index, logits of a right-padded batch rank each row as that row alone (not from a pad)."""
+    model, processor = _build(llm={"text_config": {"num_hidden_layers": 3}})
+    method = create_method("fastv", model, 0.25, layer=2)
+    batch, singles = _fastv_batch(method, processor, "right")
+    assert not bool(batch["attention_mask"].all())  # rows of different lengths: pads at the end
+    logits = method.logits(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    keep = method.baseline.last_keep.clone()
+    for i, one in enumerate(singles):
+        length = one["input_ids"].shape[1]
+        alone = method.logits(one["pixel_values"], one["input_ids"], one["attention_mask"])
+        assert torch.equal(keep[i, :length], method.baseline.last_keep[0])
+        torch.testing.assert_close(logits[i, :length], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_fastv_generates_with_beams_and_several_sequences():
+    """generate repeats each prompt for beams / num_return_sequences: rows must match the prompt generated alone."""
+    model, processor = _build(llm={"text_config": {"num_hidden_layers": 3}})
+    method = create_method("fastv", model, 0.25, layer=2)
+    batch, singles = _fastv_batch(method, processor)
+    kw = {"max_new_tokens": 3, "do_sample": False, "num_beams": 2, "num_return_sequences": 2}
+    out = method.generate(**batch, **kw)
+    assert out.sequences.shape[0] == 6 and out.tokens.tolist() == [16] * 3 and out.positions.shape == (3, 16, 2)
+    for i, one in enumerate(singles):
+        alone = method.generate(**one, **kw)
+        n = alone.sequences.shape[1]
+        assert torch.equal(out.sequences[2 * i: 2 * i + 2, :n], alone.sequences)
+        torch.testing.assert_close(out.positions[i], alone.positions[0])
+
+
+def test_fastv_refuses_attention_it_cannot_mask():
+    model, processor = _build(llm={"text_config": {"num_hidden_layers": 3}})
+    method = create_method("fastv", model, 0.25, layer=2)
+    batch, _ = _fastv_batch(method, processor)
+    model.llava.set_attn_implementation("flex_attention")
+    try:
+        with pytest.raises(ValueError, match="flex_attention"):
+            method.generate(**batch, max_new_tokens=1, do_sample=False)
+    finally:
+        model.llava.set_attn_implementation("sdpa")
+
+
+@pytest.mark.parametrize("index", [[5, 5], [5, 5, 500], [5, 5, 0], [5.0, 5.0, 5.0]])
+def test_fastv_bad_score_index(index):
+    model, processor = _build(llm={"text_config": {"num_hidden_layers": 3}})
+    method = create_method("fastv", model, 0.25, layer=2)
+    batch, _ = _fastv_batch(method, processor)  # left padded: row 1 is padded at position 0
+    assert not bool(batch["attention_mask"][1, 0])
+    with pytest.raises(ValueError, match="score_index"):
+        method.logits(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
+                      score_index=torch.tensor(index))
+
+
+def test_bad_counts_and_shapes_raise(tiny):
+    model, _ = tiny
+    feats, attn = _features(model)
+    grid = tuple(model.vision.patch_grid)
+    for name in PRE_LLM:
+        with pytest.raises(ValueError, match="16.5"):
+            create_baseline(name).reduce(feats.float(), 16.5, patch_grid=grid, attention=attn)
+    # An attention map that does not cover the features cell for cell (a different grid or batch).
+    for bad in (attn[:, :, :, :2], attn[:1]):
+        for baseline in (create_baseline("visionzip"), create_baseline("proportional", utility="attention")):
+            with pytest.raises(ValueError, match=r"attention of shape"):
+                baseline.reduce(feats.float(), 16, patch_grid=grid, attention=bad)
+    with pytest.raises(ValueError, match="1.5"):
+        create_baseline("uniform", min_tokens=1.5)
+    with pytest.raises(ValueError, match="2.5"):
+        create_baseline("fastv", layer=2.5)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "olmo2"])  # q/k norms per head (Qwen3), over the whole width (OLMo-2)
+def test_fastv_read_with_query_key_norms(model_type):
+    model, processor = _build(llm={"text_config": {"num_hidden_layers": 3, "model_type": model_type}})
+    method = create_method("fastv", model, 0.25, layer=2)
+    batch, _ = _fastv_batch(method, processor)
+    method.generate(**batch, max_new_tokens=1, do_sample=False)
+    embeds, _, _ = method.embed(batch["pixel_values"], batch["input_ids"])
+    model.llava.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            att = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                       output_attentions=True).attentions[1]
+    finally:
+        model.llava.set_attn_implementation("sdpa")
+    torch.testing.assert_close(method.baseline.last_scores, att[:, :, -1].mean(1), rtol=1e-4, atol=1e-6)
