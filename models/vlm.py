@@ -20,6 +20,7 @@ load with :func:`load_state_dict_nonstrict`, which tolerates exactly the paramet
 from __future__ import annotations
 
 import contextlib
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -46,6 +47,8 @@ def tokens_for_fraction(model: nn.Module, token_fraction: float) -> int:
     Raises:
         ValueError: a fraction outside (0, 1] or one that rounds to no token.
     """
+    if isinstance(token_fraction, bool) or not isinstance(token_fraction, numbers.Real):
+        raise ValueError(f"token_fraction must be a real number in (0, 1], got {token_fraction!r}")
     f = float(token_fraction)
     if not 0.0 < f <= 1.0:
         raise ValueError(f"token_fraction must be in (0, 1], got {token_fraction!r}")

@@ -330,3 +330,13 @@ def test_fastv_read_with_query_key_norms(model_type):
     finally:
         model.llava.set_attn_implementation("sdpa")
     torch.testing.assert_close(method.baseline.last_scores, att[:, :, -1].mean(1), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["0.5", True, None, [0.5]])
+def test_tokens_for_fraction_refuses_non_numbers(tiny, bad):
+    # "0.5" was parsed by float() and True taken as 1.0 (every token) instead of refused.
+    from models.vlm import tokens_for_fraction
+    model, _ = tiny
+    assert tokens_for_fraction(model, 0.5) == 32
+    with pytest.raises(ValueError, match="token_fraction must be a real number"):
+        tokens_for_fraction(model, bad)
