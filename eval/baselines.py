@@ -25,7 +25,8 @@ exactly ``T`` tokens per image, without training, and re-uses the model's positi
 - ``tome``: ToMe bipartite soft matching (Bolya et al. 2023, "Token Merging: Your ViT but Faster"): tokens alternate
   into sets A and B; each A token's most similar (cosine) B token is its edge; the ``r`` strongest edges merge A
   into B by size-weighted averaging; rounds repeat (``r ≤ |A|`` per round) until exactly ``T`` remain. ToMe merges
-  inside every ViT block; here it runs once on the feature layer's output, as VLM token-reduction studies do.
+  inside every ViT block, matching on the attention keys, with proportional attention; here it runs once on the
+  feature layer's output, so it matches on those output features and no later attention needs the sizes.
 
 Every token keeps a 2-D position: a selected token keeps its own, a pooled or merged one gets the (size-weighted)
 mean of its members, exactly as Realizing positions ARR-COC's tokens, so the learned 2-D position table reads the
