@@ -274,6 +274,20 @@ def _flops_fraction(method: VisualMethod, processor: Any, records: list[Mapping[
                                  n_before=n_before, n_after=n_after)
 
 
+def _check_labelled(answers: Sequence[Sequence[str]], question_ids: Sequence[str], d: EvalDataCfg) -> None:
+    """Refuse questions without a reference answer: an unlabelled split (VQAv2's test-dev and test, DocVQA's test,
+    which a test server scores) leaves ``answers`` empty (``None`` in the source) or blank (TextVQA's test: ten empty
+    strings), so every score would be meaningless. Raises ``ValueError`` naming the split and how many are affected.
+    """
+    blank = [i for i, a in enumerate(answers) if not any(str(x).strip() for x in a)]
+    if blank:
+        raise ValueError(
+            f"data.split={d.split!r} of data.source={d.source!r}: {len(blank)} of {len(answers)} questions have no "
+            f"reference answer (e.g. question_id {question_ids[blank[0]]!r}), so they cannot be scored; an "
+            "unlabelled test split is scored by its test server: evaluate a labelled split (e.g. validation), or "
+            "point data.columns.answers at the column holding the answers")
+
+
 def _check_answer_length(answers: Sequence[Any], processor: Any, max_new_tokens: int) -> None:
     """Refuse a ``max_new_tokens`` too short for the data's consensus answers.
 
@@ -325,7 +339,9 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     from training.data import load_configured
 
     ds = load_configured(cfg.data)
-    _check_answer_length(ds["answers"], proc, cfg.max_new_tokens)
+    answers = ds["answers"]
+    _check_labelled(answers, ds["question_id"], cfg.data)
+    _check_answer_length(answers, proc, cfg.max_new_tokens)
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -391,8 +391,15 @@ def _build_llava(lc: LlmCfg, vision_dim: int | None, image_token_id: int, tokeni
 
     dtype = _DTYPES[lc.dtype]
     if lc.name_or_path:
-        llava = LlavaForConditionalGeneration.from_pretrained(lc.name_or_path, dtype=dtype,
-                                                              attn_implementation=lc.attn_implementation)
+        llava, info = LlavaForConditionalGeneration.from_pretrained(
+            lc.name_or_path, dtype=dtype, attn_implementation=lc.attn_implementation, output_loading_info=True)
+        # from_pretrained initialises weights missing from the checkpoint at random and only logs it: a frozen LLM
+        # with a random layer would then train and evaluate as if it were the checkpoint.
+        missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+        if missing or unexpected:
+            raise ValueError(f"llm.name_or_path={lc.name_or_path!r}: its weights do not fit "
+                             f"LlavaForConditionalGeneration: {len(missing)} missing {missing[:8]}, "
+                             f"{len(unexpected)} unexpected {unexpected[:8]} (is it a llava-hf LLaVA checkpoint?)")
         if len(tokenizer) > llava.get_input_embeddings().num_embeddings:
             llava.resize_token_embeddings(len(tokenizer))
         llava.config.image_token_id = image_token_id

@@ -144,7 +144,13 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
     if compute_dtype is not None:
         cfg = {**cfg, "llm": {**cfg["llm"], "dtype": _dtype_name(compute_dtype)}}
     model, built = build_for_checkpoint(cfg)  # its weights are loaded next
-    result = model.load_state_dict(load_file(str(d / "model.safetensors")), strict=False)
+    state, own = load_file(str(d / "model.safetensors")), model.state_dict()
+    shapes = [f"{k}: {tuple(v.shape)} vs the model's {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    if shapes:  # load_state_dict would raise a RuntimeError for these
+        raise ValueError(f"{str(d)!r}: weights do not fit the model in its config.json (with model_overrides): "
+                         f"{shapes[:4]} ({len(shapes)} mis-shaped)")
+    result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{str(d)!r}: weights do not fit the model in its config.json: missing "
                          f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}")

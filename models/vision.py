@@ -313,7 +313,13 @@ def hf_vision_from_config(kind: str, config: dict[str, Any] | None = None, *, na
         raise ValueError(f"unknown HF vision kind {kind!r}; known: {sorted(classes)}")
     cfg_cls, model_cls = (getattr(transformers, n) for n in classes[kind])
     if name_or_path:
-        model = model_cls.from_pretrained(name_or_path)
+        model, info = model_cls.from_pretrained(name_or_path, output_loading_info=True)
+        # Missing weights would be initialised at random with a log line only. Unexpected ones are expected: a full
+        # CLIP/SigLIP checkpoint (both towers) holds the text tower's too.
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise ValueError(f"vision.model_name={name_or_path!r}: {len(missing)} weights of {model_cls.__name__} "
+                             f"are missing from the checkpoint: {missing[:8]} (is it a {kind} checkpoint?)")
     else:
         model = model_cls(cfg_cls(**(config or {})))
     return HFVision(model, **kwargs)

@@ -204,6 +204,19 @@ def _looks_local(target: str) -> bool:
     return target.startswith((".", "/", "~")) or "\\" in target or target.count("/") != 1
 
 
+def _clone_config(target: str, config: str | None) -> str | None:
+    """``config`` if ``target`` is a local clone of a hub dataset repository that declares it (in its README), else
+    ``None``: a clone holds every config of the repository, as the hub id does."""
+    path = Path(target).expanduser()
+    if config is None or not path.is_dir() or _is_saved_dataset(path):
+        return None
+    try:
+        names = datasets.get_dataset_config_names(str(path))
+    except FileNotFoundError:  # a folder without data files: loading it says so
+        return None
+    return config if config in names else None
+
+
 def _pick_split(obj: datasets.Dataset | datasets.DatasetDict, split: str | None, where: str) -> datasets.Dataset:
     if isinstance(obj, datasets.Dataset):
         return obj
@@ -343,7 +356,8 @@ def to_common_schema(
         if columns.image_id is None or images is None:
             hint = ""
             if columns.image_id:
-                hint = f"; pass images=<table with columns {columns.images_id!r}, {columns.images_image!r}>"
+                hint = (f"; pass images=<table with columns {columns.images_id!r}, {columns.images_image!r}> "
+                        "(data.images in a config)")
             raise ValueError(f"image column {image_column!r} not found; available columns: {ds.column_names}{hint}")
         _feature_at(ds.features, columns.image_id, "image_id")
         ds = _join_images(ds, images, columns, columns.image_id)
@@ -419,11 +433,13 @@ def load_vqa_dataset(
         path: A ``save_to_disk`` directory (``Dataset`` or ``DatasetDict``), a local dataset folder, a single
             parquet/json/csv/arrow file, or a hub id. Defaults to the source's hub id, which needs internet. A path
             that does not exist fails at once, except a bare ``"owner/name"``, which is tried as a hub id.
-        config: Hub/builder config name; defaults to the source's (``None`` for saved directories and files).
+        config: Hub/builder config name; defaults to the source's for its hub id or a local clone of its hub
+            repository that declares it (``None`` for saved directories, files and other folders).
         columns: A full ``ColumnMap``, or a mapping of field -> column name overriding the source's defaults
             (e.g. ``{"question_type": "question_type"}``).
         images: For sources whose images live apart (GQA): a ``Dataset`` or a path/hub id loaded like ``path``
-            (same split). Loaded from ``SOURCES[name].images_config`` when omitted and ``path`` is a hub id.
+            (same split; config ``SOURCES[name].images_config`` for the hub id or a local clone of it). When omitted
+            and ``path`` is the hub id or such a clone, the images come from there.
         keep_columns: Source columns to carry through.
         num_proc: Worker processes for the mapping.
         **load_kwargs: Passed to ``datasets.load_dataset`` (e.g. ``cache_dir``, ``revision``).
@@ -441,8 +457,8 @@ def load_vqa_dataset(
     source = SOURCES[name]
     split = split or source.default_split
     target = os.fspath(path) if path is not None else source.hub_id
-    if config is None and target == source.hub_id:
-        config = source.hub_config
+    if config is None:
+        config = source.hub_config if target == source.hub_id else _clone_config(target, source.hub_config)
 
     if columns is None:
         column_map = source.columns
@@ -458,13 +474,15 @@ def load_vqa_dataset(
     raw = _load_raw(target, config, split, lambda: _how_to_get(source, split, target), **load_kwargs)
     images_ds = None
     if column_map.image not in raw.column_names and column_map.image_id is not None:
-        if images is None and target == source.hub_id and source.images_config:
+
+        def images_config_of(where: str) -> str | None:  # the hub repository or a local clone of it
+            return source.images_config if where == source.hub_id else _clone_config(where, source.images_config)
+
+        if images is None and source.images_config and images_config_of(target):
             images = target
-            images_config: str | None = source.images_config
-        else:
-            images_config = None
         if isinstance(images, (str, os.PathLike)):
             images_target = os.fspath(images)
+            images_config = images_config_of(images_target)
             images_ds = _load_raw(
                 images_target, images_config, split, lambda: _how_to_get(source, split, images_target), **load_kwargs
             )
@@ -519,11 +537,12 @@ def load_configured(d: Any, *, generate_here: bool = True, barrier: Callable[[],
     ``keep_columns`` where it has them. ``d.max_samples`` keeps the first rows.
 
     Raises:
-        ValueError: a benchmark source without ``data.path``, or with VQA-only keys (config, columns, keep_columns).
+        ValueError: a benchmark source without ``data.path``, or with VQA-only keys (config, columns, keep_columns,
+            images).
         DatasetNotFoundError: nothing at the path (the message says how to get it).
     """
     if d.source == "benchmark":
-        for key in ("config", "columns", "keep_columns"):
+        for key in ("config", "columns", "keep_columns", "images"):
             if getattr(d, key, None):
                 raise ValueError(f"data.{key}={getattr(d, key)!r} applies to the VQA sources, not to the benchmark "
                                  "(whose columns are fixed: the schema plus target_box and scene)")

@@ -62,6 +62,7 @@ class DataCfg:
     generate_seed: int = 0  # benchmark seed when generating
     generate_cfg: dict = field(default_factory=dict)  # BenchmarkCfg fields when generating (e.g. image_size)
     max_samples: int | None = None  # use only the first N rows
+    images: str | None = None  # GQA: path of the separate images table
     config: str | None = None  # HF dataset config (e.g. GQA's), for sources that have several
     columns: dict = field(default_factory=dict)  # ColumnMap overrides: schema field -> source column (training/data.py)
     keep_columns: list = field(default_factory=list)  # source columns carried through, e.g. [target_box] for grounding

@@ -220,3 +220,28 @@ def test_eval_configs_leave_room_for_every_benchmark_answer(path):
     cfg = load_eval_cfg(path, [])
     _, processor = build_model(cfg.model_preset)
     _check_answer_length([[c] for c in DEFAULT_COLOURS], processor, cfg.max_new_tokens)
+
+
+@pytest.mark.parametrize("source,unlabelled", [("docvqa", None), ("textvqa", [""] * 10)],
+                         ids=["answers-null", "answers-blank"])
+def test_unlabelled_test_split_is_refused_by_name(tmp_path, source, unlabelled):
+    # Public test splits carry no answers: null in lmms-lab's DocVQA test split, ten empty strings in TextVQA's. They
+    # failed with a training message ("a training row needs at least one answer") or were scored against "".
+    import datasets
+    from PIL import Image
+
+    text = datasets.Value("string")
+    qid, extra = ("questionId", {"question_types": datasets.List(text)}) if source == "docvqa" else ("question_id", {})
+    feats = datasets.Features({qid: text, "question": text, "image": datasets.Image(), "answers": datasets.List(text),
+                               **extra})
+    rows = {qid: ["q1", "q2"], "question": ["what is written?"] * 2, "image": [Image.new("L", (40, 60), 200)] * 2,
+            **{k: [None] * 2 for k in extra}}
+    splits = {"validation": datasets.Dataset.from_dict({**rows, "answers": [["abc"] * 10] * 2}, features=feats),
+              "test": datasets.Dataset.from_dict({**rows, "answers": [unlabelled] * 2}, features=feats)}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "d"))
+    args = ["--config", "configs/eval/tiny.yaml", f"data.source={source}", f"data.path={tmp_path / 'd'}",
+            "data.generate=false", "data.max_samples=null", "batch_size=2"]
+    with pytest.raises(ValueError, match=r"data.split='test' of data.source='%s': 2 of 2 questions have no "
+                                         r"reference answer \(e.g. question_id 'q1'\)" % source):
+        main([*args, f"output_dir={tmp_path / 'test'}", "data.split=test"])
+    assert main([*args, f"output_dir={tmp_path / 'val'}", "data.split=validation"])["n"] == 2

@@ -103,6 +103,9 @@ def test_errors_name_the_problem(tmp_path):
     (tmp_path / "ok2" / "config.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="unexpected"):
         load_pretrained(tmp_path / "ok2")
+    # An override that changes a weight's shape is a ValueError naming it (it was load_state_dict's RuntimeError).
+    with pytest.raises(ValueError, match=r"pos_embed\.table: \(64, 32\) vs the model's \(16, 32\)"):
+        load_pretrained(tmp_path / "ok2", model_overrides={"pos_embed": True, "pos_grid": [4, 4]})
 
 
 def test_export_from_a_training_run_then_trained_demo(tmp_path):

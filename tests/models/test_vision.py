@@ -77,6 +77,27 @@ def test_hf_vision_drops_prefix_and_prunes(kind, prefix):
         hf_vision_from_config("vit", HF_TINY, patch_grid=(4, 4))
 
 
+def test_hf_vision_checkpoint_loads_from_a_full_clip_folder_and_refuses_missing_weights(tmp_path):
+    # A full CLIP checkpoint (both towers, as openai/clip-vit-large-patch14-336) loads its vision tower; a weight
+    # missing from it was initialised at random with a log line only.
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    full = CLIPModel(CLIPConfig(vision_config=HF_TINY, projection_dim=8,
+                                text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                             "num_attention_heads": 2}))
+    full.save_pretrained(tmp_path)
+    vis = hf_vision_from_config("clip", name_or_path=str(tmp_path), patch_grid=(4, 4))
+    torch.testing.assert_close(vis.model.embeddings.patch_embedding.weight,
+                               full.vision_model.embeddings.patch_embedding.weight, rtol=0, atol=0)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    del state["vision_model.pre_layrnorm.weight"]
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"1 weights of CLIPVisionModel are missing .*\['pre_layrnorm\.weight'\]"):
+        hf_vision_from_config("clip", name_or_path=str(tmp_path), patch_grid=(4, 4))
+
+
 def test_open_clip_text_query(clip):
     import copy
 

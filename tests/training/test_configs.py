@@ -117,6 +117,49 @@ def test_llava15_7b_preset_builds_from_a_local_checkpoint(tmp_path):
     assert out.arr_coc.budgets.sum().item() == 576 and torch.isfinite(out.logits).all()
 
 
+def test_llava15_7b_preset_loads_llava_hf_key_names_and_config(tmp_path):
+    """llava-hf's LLaVA-1.5 folders were written by transformers 4.3x: float16 weights under language_model.model.*,
+    language_model.lm_head.*, vision_tower.vision_model.* (this transformers writes vision_tower.* without the
+    vision_model level), multi_modal_projector.*, and torch_dtype in config.json. Every weight lands where it does
+    from the folder this transformers writes."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    _tiny_llava_checkpoint(tmp_path / "new")
+    ref = build_model("llava15_7b", [f"llm.name_or_path={tmp_path / 'new'}", "llm.dtype=float32"])[0].state_dict()
+    _tiny_llava_checkpoint(tmp_path / "old")
+    state = load_file(str(tmp_path / "old" / "model.safetensors"))
+    assert any(k.startswith("language_model.model.layers.") for k in state)
+    save_file({k.replace("vision_tower.", "vision_tower.vision_model.", 1): v.half() for k, v in state.items()},
+              str(tmp_path / "old" / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert "image_token_index" in cfg
+    del cfg["dtype"]
+    cfg.update(torch_dtype="float16", transformers_version="4.39.3")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    model, processor = build_model("llava15_7b", [f"llm.name_or_path={tmp_path / 'old'}", "llm.dtype=float32"])
+    got = model.state_dict()
+    assert model.config.image_token_id == processor.image_token_id and got.keys() == ref.keys()
+    for k in ("vision.model.embeddings.patch_embedding.weight", "llava.model.multi_modal_projector.linear_1.weight",
+              "llava.model.language_model.layers.1.self_attn.q_proj.weight", "llava.lm_head.weight"):
+        torch.testing.assert_close(got[k], ref[k].half().float(), rtol=0, atol=0, msg=k)
+
+
+def test_llava_checkpoint_with_missing_or_unexpected_weights_is_refused_by_name(tmp_path):
+    """from_pretrained initialised a weight missing from the checkpoint at random and only logged it."""
+    from safetensors.torch import load_file, save_file
+
+    _tiny_llava_checkpoint(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    del state["language_model.model.layers.1.self_attn.q_proj.weight"]
+    state["mm_projector.0.weight"] = torch.zeros(2)
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"1 missing \['model\.language_model\.layers\.1\.self_attn\.q_proj\.weight'\]"
+                                         r", 1 unexpected \['mm_projector\.0\.weight'\]"):
+        build_model("llava15_7b", [f"llm.name_or_path={tmp_path}", "llm.dtype=float32"])
+
+
 @pytest.mark.parametrize("override,match", [
     ("train.max_stepz=3", r"train\.max_stepz"),
     ("optimizer.lr=1", r"optimizer"),

@@ -150,6 +150,41 @@ def test_gqa_dotted_override_and_missing_images():
         to_common_schema(_gqa_instructions(), data.GQAColumns(), images=images)
 
 
+def test_gqa_from_a_local_clone_of_the_hub_repository(tmp_path):
+    # A clone of lmms-lab/GQA keeps each config in a folder declared by its README: the instructions config and the
+    # images config are found there as on the hub (the images config could not be named for a clone before).
+    clone = tmp_path / "GQA"
+    for config, ds in (("testdev_balanced_instructions", _gqa_instructions()),
+                       ("testdev_balanced_images", datasets.Dataset.from_dict({"id": ["img1", "img2"],
+                                                                               "image": _images(2)}))):
+        (clone / config).mkdir(parents=True)
+        ds.to_parquet(str(clone / config / "testdev-00000-of-00001.parquet"))
+    header = "".join(f"- config_name: {c}\n  data_files:\n  - split: testdev\n    path: {c}/testdev-*\n"
+                     for c in ("testdev_balanced_images", "testdev_balanced_instructions"))
+    (clone / "README.md").write_text(f"---\nconfigs:\n{header}---\n")
+    cache = {"cache_dir": str(tmp_path / "cache")}
+    for kw in ({}, {"images": clone}, {"config": "testdev_balanced_instructions", "images": str(clone)}):
+        ds = load_vqa_dataset("gqa", path=clone, **kw, **cache)
+        assert ds["question_id"] == ["q7", "q8", "q9"]
+        assert [_pixel(img) for img in ds["image"]] == [30, 10, 30]
+
+
+def test_training_config_names_gqas_images_table(tmp_path):
+    # The error for GQA without images says to pass them; a training config had no data.images to do so with.
+    from training.data import load_configured
+    from training.train import load_train_cfg
+
+    _gqa_instructions().save_to_disk(str(tmp_path / "instr"))
+    datasets.Dataset.from_dict({"id": ["img1", "img2"], "image": _images(2)}).save_to_disk(str(tmp_path / "images"))
+    base = ["data.source=gqa", f"data.path={tmp_path / 'instr'}", "data.generate=false"]
+    with pytest.raises(ValueError, match=r"pass images=.*\(data\.images in a config\)"):
+        load_configured(load_train_cfg("configs/train/tiny.yaml", base).data)
+    ds = load_configured(load_train_cfg("configs/train/tiny.yaml", [*base, f"data.images={tmp_path / 'images'}"]).data)
+    assert [_pixel(img) for img in ds["image"]] == [30, 10, 30]
+    with pytest.raises(ValueError, match="data.images=.*not to the benchmark"):
+        load_configured(load_train_cfg("configs/train/tiny.yaml", [f"data.images={tmp_path / 'images'}"]).data)
+
+
 def test_textvqa_mapping_from_parquet_file(tmp_path):
     # lmms-lab/textvqa layout (facebook/textvqa's columns + ocr_tokens): 10 plain-string answers, no question type.
     source = datasets.Dataset.from_dict(
