@@ -248,6 +248,28 @@ def _load_raw(
         raise DatasetNotFoundError(not_found()) from err
 
 
+def _paths_beside_file(ds: datasets.Dataset, column: str, target: str) -> datasets.Dataset:
+    """Relative image paths in a single json/jsonl/csv/parquet file, resolved against the file's folder (as
+    ``datasets``' own ``metadata.jsonl`` does) where the image exists there; others are left as they are (relative to
+    the working directory, where they were read from before). Without this, a file loaded from another directory
+    loaded fine and failed only when a row was decoded."""
+    path = Path(target).expanduser()
+    if not path.is_file() or column not in ds.column_names:
+        return ds
+    feature = ds.features[column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        return ds
+    base = path.resolve().parent
+
+    def resolve(value: str | None) -> str | None:
+        if not value or "://" in value or os.path.isabs(value):
+            return value
+        beside = base / value
+        return str(beside) if beside.is_file() else value
+
+    return ds.map(lambda v: {column: resolve(v)}, input_columns=[column], desc="image paths")
+
+
 def _feature_at(features: datasets.Features, dotted: str, role: str) -> Any:
     """The feature a (possibly dotted) column name points at; ``ValueError`` listing what exists if none."""
     head, *rest = dotted.split(".")
@@ -472,6 +494,7 @@ def load_vqa_dataset(
         column_map = dataclasses.replace(source.columns, **columns)
 
     raw = _load_raw(target, config, split, lambda: _how_to_get(source, split, target), **load_kwargs)
+    raw = _paths_beside_file(raw, column_map.image, target)
     images_ds = None
     if column_map.image not in raw.column_names and column_map.image_id is not None:
 
@@ -486,6 +509,7 @@ def load_vqa_dataset(
             images_ds = _load_raw(
                 images_target, images_config, split, lambda: _how_to_get(source, split, images_target), **load_kwargs
             )
+            images_ds = _paths_beside_file(images_ds, column_map.images_image, images_target)
         else:
             images_ds = images
     return to_common_schema(raw, column_map, images=images_ds, keep_columns=keep_columns, num_proc=num_proc)

@@ -217,6 +217,23 @@ def test_textvqa_mapping_from_parquet_file(tmp_path):
     assert [_pixel(img) for img in ds["image"]] == [10, 30]
 
 
+def test_relative_image_paths_in_a_json_file_are_read_beside_it(tmp_path, monkeypatch):
+    # A jsonl of questions next to its images, loaded from another working directory: the relative paths used to be
+    # read against the working directory and failed only when a row was decoded. Absolute paths stay as they are.
+    import json
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (4, 4), (10, 10, 10)).save(tmp_path / "imgs" / "a.png")
+    Image.new("RGB", (4, 4), (30, 30, 30)).save(tmp_path / "b.png")
+    rows = [{"question_id": 1, "question": "what?", "answers": ["x"] * 10, "image": "imgs/a.png"},
+            {"question_id": 2, "question": "what?", "answers": ["y"] * 10, "image": str(tmp_path / "b.png")}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ds = load_vqa_dataset("textvqa", path=tmp_path / "q.jsonl", cache_dir=str(tmp_path / "cache"))
+    assert [_pixel(img) for img in ds["image"]] == [10, 30]
+
+
 def test_docvqa_mapping(tmp_path):
     # lmms-lab/DocVQA (config DocVQA) layout: string questionId, a list of question types, several accepted answers.
     source = datasets.Dataset.from_dict(
