@@ -7,6 +7,7 @@ offending value, instead of being clamped or silently broadcast.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable, Generic, Sequence, TypeVar
 
 import torch
@@ -68,12 +69,31 @@ def default_patch_grid(num_patches: int) -> tuple[int, int]:
     return rows, num_patches // rows
 
 
+def _check_int(name: str, v: object, minimum: int | None = None) -> int:
+    """``v`` as an ``int``: an integer (not a bool) or an integral float; else ``ValueError`` naming the value."""
+    if isinstance(v, float) and v.is_integer():
+        out = int(v)
+    else:
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            out = operator.index(v)
+        except TypeError:
+            raise ValueError(f"{name} must be an integer, got {type(v).__name__}: {v!r}") from None
+    if minimum is not None and out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v!r}")
+    return out
+
+
 def _check_patch_grid(patch_grid: Sequence[int] | None, num_patches: int) -> tuple[int, int]:
     if patch_grid is None:
         return default_patch_grid(num_patches)
-    if len(patch_grid) != 2 or patch_grid[0] * patch_grid[1] != num_patches:
+    if isinstance(patch_grid, (str, bytes)) or not hasattr(patch_grid, "__len__") or len(patch_grid) != 2:
+        raise ValueError(f"patch_grid must be two positive ints (rows, cols), got {patch_grid!r}")
+    gh, gw = (_check_int(f"patch_grid {tuple(patch_grid)} entry", v, minimum=1) for v in patch_grid)
+    if gh * gw != num_patches:
         raise ValueError(f"patch_grid {tuple(patch_grid)} does not multiply to num_patches={num_patches}")
-    return int(patch_grid[0]), int(patch_grid[1])
+    return gh, gw
 
 
 class Registry(Generic[_C]):

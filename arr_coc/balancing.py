@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from arr_coc._utils import _check_finite, _check_ndim, _check_same_device
+from arr_coc._utils import _check_finite, _check_float, _check_int, _check_ndim, _check_same_device, _check_tensor
 from arr_coc.knowing import standardize
 
 __all__ = ["Balancing"]
@@ -56,10 +56,22 @@ class Balancing(nn.Module):
                  dtype=None):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
+        num_scores = _check_int("num_scores", num_scores, minimum=1)
         if init_weights is None:
             init_weights = [1.0] * num_scores
+        if isinstance(init_weights, (str, bytes)) or not hasattr(init_weights, "__len__"):
+            raise ValueError(f"init_weights must be a sequence of numbers, got {init_weights!r}")
         if len(init_weights) != num_scores:
             raise ValueError(f"init_weights has {len(init_weights)} entries but num_scores={num_scores}")
+        # A NaN or infinite initial tension made every utility NaN or inf, which only the allocator then reported.
+        for nm, v in [(f"init_weights[{i}]", w) for i, w in enumerate(init_weights)] + [
+                ("init_focus", init_focus), ("init_explore", init_explore), ("init_compress", init_compress)]:
+            try:
+                ok = not isinstance(v, (str, bytes, bool)) and math.isfinite(float(v))
+            except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
+                ok = False
+            if not ok:
+                raise ValueError(f"{nm} must be a finite number, got {v!r}")
         if init_focus <= 0:
             raise ValueError(f"init_focus must be > 0, got {init_focus}")
         self.num_scores = num_scores
@@ -91,12 +103,15 @@ class Balancing(nn.Module):
         return f"num_scores={self.num_scores}"
 
     def forward(self, scores: Tensor, *, uncertainty: Tensor | None = None) -> Tensor:
+        _check_tensor("scores", scores)
         _check_ndim("scores", scores, 3, "(B, K, S)")
+        _check_float("scores", scores)
         if scores.shape[-1] != self.num_scores:
             raise ValueError(f"scores have S={scores.shape[-1]} columns but Balancing(num_scores={self.num_scores})")
         _check_finite("scores", scores)
         u = scores @ self.weights.to(scores.dtype)  # (B, K)
         if uncertainty is not None:
+            _check_tensor("uncertainty", uncertainty)
             if uncertainty.shape != u.shape:
                 raise ValueError(f"uncertainty shape {tuple(uncertainty.shape)} != scores' (B, K) {tuple(u.shape)}")
             _check_same_device(scores=scores, uncertainty=uncertainty)

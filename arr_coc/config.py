@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
 
+from arr_coc._utils import _check_int, _check_patch_grid
 from arr_coc.pipeline import ArrCoc
 
 __all__ = ["ArrCocCfg", "PRESETS", "build_arr_coc", "cfg_from_dict", "apply_overrides", "parse_override",
@@ -46,13 +48,38 @@ PRESETS: dict[str, ArrCocCfg] = {
 
 
 def cfg_from_dict(d: dict[str, Any], base: ArrCocCfg | None = None) -> ArrCocCfg:
-    """Build a config from a dict, rejecting unknown keys (named, with the known ones listed)."""
+    """Build a config from a dict, rejecting unknown keys (named, with the known ones listed) and values of the wrong
+    type (named)."""
     known = {f.name for f in fields(ArrCocCfg)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown ArrCocCfg key(s) {unknown}; known keys: {sorted(known)}")
     # Deep-copy so that the result never shares a mutable field (allocator_kwargs, patch_grid) with base/PRESETS.
-    return dataclasses.replace(copy.deepcopy(base or ArrCocCfg()), **d)
+    return _check_cfg(dataclasses.replace(copy.deepcopy(base or ArrCocCfg()), **d))
+
+
+_INT_FIELDS = ("dim", "query_dim", "num_patches", "budget", "min_tokens", "max_tokens", "attn_dim", "num_prototypes",
+               "hist_bins")
+
+
+def _check_cfg(cfg: ArrCocCfg) -> ArrCocCfg:
+    """Raise ``ValueError`` naming the field and value when a field has the wrong type (a YAML ``no`` or ``"64"``
+    would otherwise be truthy or fail deep inside a constructor with a ``TypeError``)."""
+    for name in _INT_FIELDS:
+        _check_int(name, getattr(cfg, name))
+    for name in ("straight_through", "identity_init"):
+        v = getattr(cfg, name)
+        if not isinstance(v, bool):
+            raise ValueError(f"{name} must be true or false, got {type(v).__name__}: {v!r}")
+    if not isinstance(cfg.allocator, str):
+        raise ValueError(f"allocator must be a registered allocator name, got {type(cfg.allocator).__name__}: "
+                         f"{cfg.allocator!r}")
+    if not isinstance(cfg.allocator_kwargs, Mapping):
+        raise ValueError(f"allocator_kwargs must be a mapping, got {type(cfg.allocator_kwargs).__name__}: "
+                         f"{cfg.allocator_kwargs!r}")
+    if cfg.patch_grid is not None:
+        _check_patch_grid(cfg.patch_grid, _check_int("num_patches", cfg.num_patches))
+    return cfg
 
 
 def parse_override_value(text: str) -> Any:
@@ -98,6 +125,7 @@ def build_arr_coc(cfg: ArrCocCfg | str, *, device=None, dtype=None) -> ArrCoc:
         if cfg not in PRESETS:
             raise ValueError(f"unknown preset {cfg!r}; known presets: {sorted(PRESETS)}")
         cfg = PRESETS[cfg]
+    _check_cfg(cfg)
     return ArrCoc(cfg.dim, cfg.query_dim, num_patches=cfg.num_patches, budget=cfg.budget, min_tokens=cfg.min_tokens,
                   max_tokens=cfg.max_tokens, allocator=cfg.allocator, allocator_kwargs=dict(cfg.allocator_kwargs),
                   patch_grid=cfg.patch_grid, attn_dim=cfg.attn_dim, num_prototypes=cfg.num_prototypes,

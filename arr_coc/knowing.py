@@ -2,8 +2,10 @@
 
 - **propositional**: information content, the Shannon entropy (Shannon 1948) of the patch. With pixels, the entropy
   of its grey-level histogram; without, the entropy of a soft histogram of its tokens over a learned codebook of
-  feature prototypes (a feature-space analogue of the grey-level histogram: a flat patch puts all tokens in one
-  bin and scores 0, a busy one spreads them out).
+  feature prototypes (a feature-space analogue of the grey-level histogram: a flat patch puts all its tokens in the
+  same soft bin and scores that one assignment's entropy, 0 only as the learned codebook temperature sharpens it and
+  about 2.0-2.6 of the 2.77 nats possible with 16 prototypes at initialisation; a busy one spreads them out and scores
+  more).
 - **perspectival**: visual salience as centre–surround contrast (Itti, Koch & Niebur 1998): the distance between a
   patch's mean feature and the mean of its 8-neighbourhood on the patch grid, plus the patch's internal contrast.
 - **participatory**: query ↔ patch relevance, scaled dot-product cross-attention (Vaswani et al. 2017) between a
@@ -23,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from arr_coc._utils import _check_finite, _check_float, _check_ndim, _check_patch_grid, _check_same_device
+from arr_coc._utils import (_check_finite, _check_float, _check_int, _check_ndim, _check_patch_grid,
+                            _check_same_device, _check_tensor)
 
 __all__ = ["Knowing", "standardize", "pixel_entropy"]
 
@@ -39,9 +42,23 @@ def _autocast_enabled(device_type: str) -> bool:
 
 def standardize(s: Tensor, dim: int = -1) -> Tensor:
     """Zero mean, unit variance along ``dim``; a constant row maps to zeros (not NaN)."""
-    mu = s.mean(dim, keepdim=True)
-    sd = s.std(dim, keepdim=True, unbiased=False)
-    return (s - mu) / (sd + _EPS)
+    c = s - s.mean(dim, keepdim=True)
+    # A second pass removes what rounding left of the mean: a constant row whose mean rounds away from its value came
+    # out of the first as 1 ulp everywhere, which the division by sd + eps made a constant far from 0 (244 for 3333.3).
+    c = c - c.mean(dim, keepdim=True)
+    return c / (c.std(dim, keepdim=True, unbiased=False) + _EPS)
+
+
+def _check_pixels(pixels: Tensor, grid: tuple[int, int]) -> None:
+    _check_tensor("pixels", pixels)
+    _check_ndim("pixels", pixels, 4, "(B, C, H, W)")
+    if pixels.shape[1] < 1 or pixels.is_complex():
+        # No channel gave a NaN grey level and every patch an entropy of 0; complex lost its imaginary part.
+        raise ValueError(f"pixels must be real with at least one channel, got shape {tuple(pixels.shape)} "
+                         f"and dtype {pixels.dtype}")
+    if pixels.shape[2] < grid[0] or pixels.shape[3] < grid[1]:
+        # A patch with no pixel row or column would get an empty histogram, scored as entropy 0.
+        raise ValueError(f"pixels {tuple(pixels.shape[2:])} smaller than the patch grid {grid}")
 
 
 def pixel_entropy(pixels: Tensor, patch_grid: tuple[int, int], bins: int = 32) -> Tensor:
@@ -54,8 +71,12 @@ def pixel_entropy(pixels: Tensor, patch_grid: tuple[int, int], bins: int = 32) -
         pixels: (B, C, H, W)
         returns: (B, K) with K = Gh·Gw
     """
+    if isinstance(patch_grid, (str, bytes)) or not hasattr(patch_grid, "__len__") or len(patch_grid) != 2:
+        raise ValueError(f"patch_grid must be two positive ints (rows, cols), got {patch_grid!r}")
+    gh, gw = (_check_int(f"patch_grid {tuple(patch_grid)} entry", v, minimum=1) for v in patch_grid)
+    bins = _check_int("bins", bins, minimum=1)
+    _check_pixels(pixels, (gh, gw))
     b, _, h, w = pixels.shape
-    gh, gw = patch_grid
     grey = pixels.float().mean(1)  # (B, H, W)
     lo = grey.flatten(1).amin(-1)[:, None, None]
     hi = grey.flatten(1).amax(-1)[:, None, None]
@@ -95,10 +116,9 @@ class Knowing(nn.Module):
                  patch_grid: Sequence[int] | None = None, identity_init: bool = False, device=None, dtype=None):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
-        for nm, v in (("dim", dim), ("query_dim", query_dim), ("attn_dim", attn_dim),
-                      ("num_prototypes", num_prototypes), ("hist_bins", hist_bins)):
-            if int(v) < 1:
-                raise ValueError(f"{nm} must be >= 1, got {v}")
+        dim, query_dim, attn_dim, num_prototypes, hist_bins = (
+            _check_int(nm, v, minimum=1) for nm, v in (("dim", dim), ("query_dim", query_dim), ("attn_dim", attn_dim),
+                                                       ("num_prototypes", num_prototypes), ("hist_bins", hist_bins)))
         self.dim, self.query_dim, self.attn_dim = dim, query_dim, attn_dim
         self.hist_bins = hist_bins
         self.patch_grid = tuple(patch_grid) if patch_grid is not None else None
@@ -165,11 +185,16 @@ class Knowing(nn.Module):
         return torch.logsumexp(log_attn, dim=-1)  # (B, K) log attention mass per patch
 
     def forward(self, features: Tensor, *, query: Tensor, pixels: Tensor | None = None) -> Tensor:
+        _check_tensor("features", features)
+        _check_tensor("query", query)
         _check_ndim("features", features, 5, "(B, K, h, w, D)")
         _check_ndim("query", query, 2, "(B, Dq)")
         b, k, h, w, d = features.shape
         if d != self.dim:
             raise ValueError(f"features width D={d} does not match Knowing(dim={self.dim})")
+        if h < 1 or w < 1:
+            # An empty fine grid has no patch mean: the scores came out NaN and were reported as such downstream.
+            raise ValueError(f"features' fine grid must be at least 1x1, got h={h}, w={w}")
         if query.shape != (b, self.query_dim):
             raise ValueError(f"query shape {tuple(query.shape)} does not match (B={b}, Dq={self.query_dim})")
         if query.dtype != features.dtype:
@@ -184,11 +209,9 @@ class Knowing(nn.Module):
         _check_finite("query", query)
         grid = _check_patch_grid(self.patch_grid, k)
         if pixels is not None:
-            _check_ndim("pixels", pixels, 4, "(B, C, H, W)")
+            _check_pixels(pixels, grid)
             if pixels.shape[0] != b:
                 raise ValueError(f"pixels batch {pixels.shape[0]} does not match features batch {b}")
-            if pixels.shape[2] < grid[0] or pixels.shape[3] < grid[1]:
-                raise ValueError(f"pixels {tuple(pixels.shape[2:])} smaller than the patch grid {grid}")
             _check_finite("pixels", pixels)
         scores = torch.stack(
             [self.propositional(features, pixels, grid), self.perspectival(features, grid),

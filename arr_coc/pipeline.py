@@ -4,7 +4,7 @@ Given the fine feature grid of every patch and a query embedding, the layer scor
 balances the scores into one utility (Balancing), gives every patch an integer token budget that sums exactly to the
 total (the registered allocator), and turns each patch's features into exactly that many positioned tokens
 (Realizing). Budgets are integers, so training uses a straight-through gate (Bengio, Léonard & Courville 2013): each
-patch's tokens are multiplied by ``g = 1 + a - stopgrad(a)``, whose value is 1 and whose gradient is that of the
+patch's tokens are multiplied by ``g = 1 + (a - stopgrad(a))``, whose value is 1 and whose gradient is that of the
 allocator's continuous relaxation ``a`` (for ``projection``, the capped-simplex projection with its analytic
 backward), so the loss on the tokens reaches the knowing and balancing parameters.
 """
@@ -12,13 +12,14 @@ backward), so the loss on the tokens reaches the knowing and balancing parameter
 from __future__ import annotations
 
 import contextlib
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from arr_coc._utils import _check_ndim, _check_patch_grid, _check_same_device, _check_tensor
+from arr_coc._utils import _check_int, _check_ndim, _check_patch_grid, _check_same_device, _check_tensor
 from arr_coc.allocators import Allocator, create_allocator
 from arr_coc.balancing import Balancing
 from arr_coc.knowing import Knowing
@@ -94,7 +95,8 @@ class ArrCoc(nn.Module):
                  identity_init: bool = False, device=None, dtype=None):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
-        if min_tokens < 1:
+        num_patches = _check_int("num_patches", num_patches, minimum=1)
+        if _check_int("min_tokens", min_tokens) < 1:
             # Realizing cuts each patch into budgets[k] >= 1 segments; a patch with no tokens would lose its features.
             raise ValueError(f"ArrCoc needs min_tokens >= 1 (every patch yields at least one token), got {min_tokens}")
         self.dim, self.query_dim, self.num_patches = dim, query_dim, num_patches
@@ -117,6 +119,12 @@ class ArrCoc(nn.Module):
             self.attending = create_allocator(allocator, budget=budget, min_tokens=min_tokens, max_tokens=max_tokens,
                                               **kw)
         self.attending.check_feasible(num_patches)
+        if getattr(self.attending, "patch_grid", False) is not False:  # a grid-aware allocator (hierarchical)
+            # Its regions must be regions of the layer's grid: another layout grouped patches that are not neighbours.
+            alloc_grid = _check_patch_grid(self.attending.patch_grid, num_patches)
+            if alloc_grid != self.patch_grid:
+                raise ValueError(f"allocator patch_grid {alloc_grid} differs from ArrCoc's patch_grid "
+                                 f"{self.patch_grid}")
         self.realizing = Realizing(self.patch_grid)
         self.straight_through = straight_through
 
@@ -134,8 +142,14 @@ class ArrCoc(nn.Module):
         Raises:
             ValueError: a non-integer or infeasible budget (outside ``[K·min_tokens, K·max_tokens]``), by value.
         """
-        if isinstance(budget, bool) or not isinstance(budget, (int, torch.Tensor)) or (
-                isinstance(budget, torch.Tensor) and (budget.numel() != 1 or budget.is_floating_point())):
+        # numbers.Integral takes NumPy's integers (an np.int64 was refused as "not an integer"); a bool tensor is
+        # refused like a bool (torch.tensor(True) was spent as a budget of 1).
+        if isinstance(budget, torch.Tensor):
+            ok = budget.numel() == 1 and not (budget.is_floating_point() or budget.is_complex()
+                                              or budget.dtype == torch.bool)
+        else:
+            ok = isinstance(budget, numbers.Integral) and not isinstance(budget, bool)
+        if not ok:
             raise ValueError(f"budget must be an integer, got {budget!r}")
         old = self.attending.budget
         self.attending.budget = int(budget)
@@ -169,11 +183,13 @@ class ArrCoc(nn.Module):
         _check_same_device(features=features, query=query)
         if uncertainty is not None:
             _check_tensor("uncertainty", uncertainty)
-            if uncertainty.dtype != features.dtype:
-                # Balancing would cast it silently (float64 rounded, a half or integer tensor widened): refuse instead.
-                raise ValueError(f"uncertainty has dtype {uncertainty.dtype} but features have dtype "
-                                 f"{features.dtype}; pass uncertainty in the features' dtype")
         scores = self.knowing(features, query=query, pixels=pixels)  # (B, K, 3)
+        if uncertainty is not None and uncertainty.dtype != scores.dtype:
+            # A cast would round float64 or widen a half or integer tensor silently: refuse instead. The dtype wanted is
+            # the scores', which is the features' except under autocast (float32 there, whatever the features).
+            where = "" if scores.dtype == features.dtype else f" under autocast, where the scores are {scores.dtype}"
+            raise ValueError(f"uncertainty has dtype {uncertainty.dtype} but features have dtype {features.dtype}"
+                             f"{where}; pass uncertainty in {scores.dtype}")
         uses_context = getattr(self.attending, "uses_context", False)
         context = self._context(features, query, scores) if uses_context else None
         if uncertainty is None and uses_context and hasattr(self.attending, "uncertainty"):
@@ -183,7 +199,8 @@ class ArrCoc(nn.Module):
         gate, relaxed = None, None
         if self.straight_through and torch.is_grad_enabled() and utility.requires_grad:
             relaxed = self.attending.relaxed(utility)
-            gate = (1 + relaxed - relaxed.detach()).to(features.dtype)
+            # 1 + (a - a) is exactly 1; (1 + a) - a is not once 1 + a rounds (a patch's tokens scaled by 0..2 in bf16).
+            gate = (1 + (relaxed - relaxed.detach())).to(features.dtype)
         r = self.realizing(features, budgets, gate=gate)
         return ArrCocOutput(tokens=r.tokens, mask=r.mask, positions=r.positions, budgets=budgets, scores=scores,
                             utility=utility, patch_index=r.patch_index, cu_seqlens=r.cu_seqlens, relaxed=relaxed,

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._utils import _check_finite, _check_float, _check_ndim, _check_patch_grid, _check_same_device, _check_tensor
+from ._utils import (_check_finite, _check_float, _check_int, _check_ndim, _check_patch_grid, _check_same_device,
+                     _check_tensor)
 
 __all__ = ["Realizing", "RealizingOutput", "hilbert_order"]
 
@@ -137,9 +138,13 @@ class Realizing(nn.Module):
     def __init__(self, patch_grid: tuple[int, int] | None = None, *, device=None, dtype=None) -> None:
         super().__init__()
         if patch_grid is not None:
-            if len(patch_grid) != 2 or min(int(patch_grid[0]), int(patch_grid[1])) < 1:
-                raise ValueError(f"patch_grid must be two positive ints (rows, cols), got {tuple(patch_grid)}")
-            patch_grid = (int(patch_grid[0]), int(patch_grid[1]))
+            # Checked as integers: int() truncated (2.5, 1.6) to (2, 1) and read True and "2" as 1 and 2.
+            try:
+                if isinstance(patch_grid, (str, bytes)) or len(patch_grid) != 2:
+                    raise ValueError
+                patch_grid = tuple(_check_int("patch_grid", v, minimum=1) for v in patch_grid)
+            except (ValueError, TypeError):
+                raise ValueError(f"patch_grid must be two positive ints (rows, cols), got {patch_grid!r}") from None
         self.patch_grid = patch_grid
         # A dict rather than buffers: (h, w) is only known at forward time and may vary between calls, and the order
         # is derived data that must not enter the state dict.
@@ -171,7 +176,7 @@ class Realizing(nn.Module):
             budgets: ``(B, K)`` int64 token counts, each ``>= 1``.
             gate: Optional ``(B, K)`` float straight-through gate. Every token of patch ``k`` is multiplied by
                 ``gate[b, k]``, so build it with value 1 and the gradient you want, e.g. ``x / x.detach()`` or
-                ``1 + x - x.detach()`` for a continuous allocation ``x``; gradients then reach ``x`` as well as
+                ``1 + (x - x.detach())`` for a continuous allocation ``x``; gradients then reach ``x`` as well as
                 ``features``.
 
         Returns:

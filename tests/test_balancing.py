@@ -241,3 +241,29 @@ def test_uncertainty_in_another_dtype_is_refused(scores, uncertainty):
         bal(scores, uncertainty=uncertainty.double())
     with pytest.raises(ValueError, match="uncertainty has dtype torch.int64"):
         bal(scores, uncertainty=uncertainty.long())
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"init_focus": float("nan")}, r"init_focus must be a finite number, got nan"),
+    ({"init_focus": float("inf")}, r"init_focus must be a finite number, got inf"),
+    ({"init_explore": float("nan")}, r"init_explore must be a finite number, got nan"),
+    ({"init_compress": float("inf")}, r"init_compress must be a finite number, got inf"),
+    ({"init_weights": [1.0, float("nan"), 1.0]}, r"init_weights\[1\] must be a finite number, got nan"),
+    ({"init_focus": "1"}, r"init_focus must be a finite number, got '1'"),
+    ({"init_weights": "abc"}, r"init_weights must be a sequence of numbers, got 'abc'"),
+])
+def test_non_finite_or_non_numeric_tensions_are_refused(scores, kw, msg):
+    # They were accepted and made every utility NaN or inf (reported, if at all, by the allocator downstream); a
+    # string focus failed with a TypeError.
+    with pytest.raises(ValueError, match=msg):
+        Balancing(3, **kw)
+
+
+def test_non_tensor_or_integer_inputs_raise_value_error(scores):
+    bal = Balancing(3)
+    with pytest.raises(ValueError, match=r"scores must be a floating-point tensor, got dtype torch.int64"):
+        bal(torch.ones(2, 5, 3, dtype=torch.int64))  # was a RuntimeError from mean()
+    with pytest.raises(ValueError, match=r"scores must be a torch.Tensor, got list"):
+        bal([[[1.0, 2.0, 3.0]]])  # was an AttributeError
+    with pytest.raises(ValueError, match=r"uncertainty must be a torch.Tensor, got list"):
+        bal(scores[:1, :2], uncertainty=[[0.0, 1.0]])

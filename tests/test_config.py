@@ -138,3 +138,29 @@ def test_model_and_layer_overrides_share_one_parser():
     assert apply_model_overrides({"arr_coc": {"budget": 1}}, [" arr_coc.budget = 96"]) == {"arr_coc": {"budget": 96}}
     with pytest.raises(ValueError, match=r"override '=3' is not of the form key=value"):
         apply_model_overrides({}, ["=3"])
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("straight_through", "no", r"straight_through must be true or false, got str: 'no'"),
+    ("identity_init", 1, r"identity_init must be true or false, got int: 1"),
+    ("min_tokens", "4", r"min_tokens must be an integer, got str: '4'"),
+    ("dim", "8", r"dim must be an integer, got str: '8'"),
+    ("attn_dim", 2.5, r"attn_dim must be an integer, got float: 2.5"),
+    ("hist_bins", "7", r"hist_bins must be an integer, got str: '7'"),
+    ("num_patches", True, r"num_patches must be an integer, got bool: True"),
+    ("allocator_kwargs", None, r"allocator_kwargs must be a mapping, got NoneType: None"),
+    ("allocator", 3, r"allocator must be a registered allocator name, got int: 3"),
+    ("patch_grid", [2.5, 1.6], r"patch_grid \(2.5, 1.6\) entry must be an integer, got float: 2.5"),
+    ("patch_grid", [-2, -2], r"patch_grid \(-2, -2\) entry must be >= 1, got -2"),
+    ("patch_grid", "22", r"patch_grid must be two positive ints \(rows, cols\), got '22'"),
+])
+def test_cfg_values_of_the_wrong_type_raise_naming_them(key, value, msg):
+    # A truthy string or a grid of floats was accepted (2.5 x 1.6 "multiplies" to 4 and became a 2x1 grid); a string
+    # number or None failed later with a TypeError from deep inside a constructor.
+    small = {"dim": 8, "query_dim": 8, "num_patches": 4, "budget": 16, "min_tokens": 2, "max_tokens": 8}
+    with pytest.raises(ValueError, match=msg):
+        cfg_from_dict({**small, key: value})
+    with pytest.raises(ValueError, match=msg):
+        build_arr_coc(ArrCocCfg(**{**small, key: value}), device="meta")
+    # Integral floats (a YAML 1.6e1) stay accepted, as the allocators accept them.
+    assert build_arr_coc(cfg_from_dict({**small, "budget": 16.0, "patch_grid": [2.0, 2.0]}), device="meta").budget == 16

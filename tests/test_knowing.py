@@ -50,6 +50,20 @@ def test_standardize_constant_row_is_zero_and_differentiable():
     assert torch.isfinite(s.grad).all()
 
 
+@pytest.mark.parametrize("value,k", [(-2.4849066, 6), (123.456, 200), (3333.3333, 576)])
+def test_standardize_maps_a_constant_row_to_zeros_whatever_its_value(value, k):
+    # These values' row means round away from the value: the rows came out as 0.24, -7.6 and 244 everywhere (3-D: 732).
+    assert torch.equal(standardize(torch.full((2, k), value), dim=1), torch.zeros(2, k))
+    assert torch.equal(standardize(torch.full((2, k, 3), value), dim=1), torch.zeros(2, k, 3))
+
+
+def test_identical_patches_score_zero():
+    # Six identical patches: the participatory column was 0.119 for every patch instead of 0.
+    kn = Knowing(4, 4)
+    feats = torch.randn(1, 1, 2, 2, 4, generator=torch.Generator().manual_seed(0)).expand(2, 6, 2, 2, 4)
+    assert torch.equal(kn(feats, query=_query(dq=4)), torch.zeros(2, 6, 3))
+
+
 def test_single_patch_gives_zero_scores_not_nan():
     kn = Knowing(8, 8)
     s = kn(_features(b=2, k=1), query=_query(b=2))
@@ -310,6 +324,13 @@ def test_constructor_errors():
         Knowing(8, 6, identity_init=True)
     with pytest.raises(ValueError, match=r"attn_dim must be >= 1, got 0"):
         Knowing(8, 8, attn_dim=0)
+    # Non-integers failed with a TypeError deep in nn.Linear (or, for hist_bins, only at the first forward with pixels).
+    with pytest.raises(ValueError, match=r"attn_dim must be an integer, got float: 2.5"):
+        Knowing(8, 8, attn_dim=2.5)
+    with pytest.raises(ValueError, match=r"hist_bins must be an integer, got str: '8'"):
+        Knowing(8, 8, hist_bins="8")
+    with pytest.raises(ValueError, match=r"patch_grid \(-2, -2\) entry must be >= 1, got -2"):
+        Knowing(8, 8, patch_grid=(-2, -2))(_features(k=4), query=_query())
 
 
 def test_autocast_accepts_low_precision_features():
@@ -332,3 +353,37 @@ def test_flat_patch_gives_finite_gradients():
     g.requires_grad_()
     knowing.perspectival(g, (4, 4)).sum().backward()
     assert bool(torch.isfinite(g.grad).all())
+
+
+def test_non_tensor_empty_grid_and_channel_less_pixels_raise_value_error():
+    kn, f, q = Knowing(8, 8), _features(k=4), _query()
+    # Non-tensors raised AttributeError ('list' object has no attribute 'dim').
+    for kw, name in (({"features": [1.0], "query": q}, "features"), ({"features": f, "query": [1.0]}, "query"),
+                     ({"features": f, "query": q, "pixels": [[1.0]]}, "pixels")):
+        feats = kw.pop("features")
+        with pytest.raises(ValueError, match=rf"{name} must be a torch.Tensor, got list"):
+            kn(feats, **kw)
+    # An empty fine grid was reported as "scores contains 24 non-finite value(s)".
+    with pytest.raises(ValueError, match=r"features' fine grid must be at least 1x1, got h=0, w=3"):
+        kn(torch.zeros(2, 4, 0, 3, 8), query=q)
+    # No channel: the grey level was NaN and every patch silently scored an entropy of 0.
+    with pytest.raises(ValueError, match=r"pixels must be real with at least one channel, got shape \(2, 0, 8, 8\)"):
+        kn(f, query=q, pixels=torch.rand(2, 0, 8, 8))
+    with pytest.raises(ValueError, match=r"pixels must be real .* dtype torch.complex64"):
+        kn(f, query=q, pixels=torch.rand(2, 3, 8, 8, dtype=torch.complex64))
+
+
+def test_pixel_entropy_refuses_bad_arguments_by_value():
+    # Called directly (it is public): a grid taller than the image gave its empty patches an entropy of 0 silently;
+    # bins=0 or a zero grid failed with an IndexError-like RuntimeError, bins=2.5 with a TypeError.
+    px = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"pixels \(8, 8\) smaller than the patch grid \(16, 2\)"):
+        pixel_entropy(px, (16, 2))
+    with pytest.raises(ValueError, match=r"bins must be >= 1, got 0"):
+        pixel_entropy(px, (2, 2), 0)
+    with pytest.raises(ValueError, match=r"bins must be an integer, got float: 2.5"):
+        pixel_entropy(px, (2, 2), 2.5)
+    with pytest.raises(ValueError, match=r"patch_grid \(0, 2\) entry must be >= 1, got 0"):
+        pixel_entropy(px, (0, 2))
+    with pytest.raises(ValueError, match=r"pixels must have 4 dims \(B, C, H, W\), got shape \(3, 8, 8\)"):
+        pixel_entropy(px[0], (2, 2))

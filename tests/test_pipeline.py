@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,6 +216,24 @@ def test_no_grad_path_has_no_relaxation():
     torch.testing.assert_close(out_grad.tokens, out.tokens)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_straight_through_gate_is_exactly_one(dtype):
+    # Relaxed allocations near 128 and 256: there (1 + a) - a rounds (in bf16 anywhere from 0 to 2), 1 + (a - a) does
+    # not. The gate must change gradients only: the tokens equal those of the no-grad path bit for bit.
+    torch.manual_seed(0)
+    model = ArrCoc(D, D, num_patches=2, budget=255, min_tokens=1, max_tokens=254, dtype=dtype)
+    feats, query = _inputs(b=8, k=2, d=D, dq=D)
+    feats, query = feats.to(dtype), query.to(dtype)
+    out = model(feats, query=query)
+    assert out.relaxed is not None and out.tokens.requires_grad
+    with torch.no_grad():
+        ref = model(feats, query=query)
+    assert torch.equal(out.budgets, ref.budgets)
+    assert torch.equal(out.tokens, ref.tokens)
+    out.tokens.float().square().mean().backward()
+    assert model.balancing.log_focus.grad is not None and model.balancing.log_focus.grad.abs().sum() > 0
+
 def test_uncertainty_is_passed_to_balancing():
     model = _small("projection")
     with torch.no_grad():
@@ -241,6 +260,25 @@ def test_uncertainty_of_another_dtype_is_refused(dtype):
     # uint8 pixels stay accepted (their conversion is deliberate).
     out = model(feats, query=query, pixels=torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
     assert (out.budgets.sum(-1) == BUDGET).all()
+
+
+
+def test_uncertainty_under_autocast_is_accepted_in_the_scores_dtype():
+    # Under autocast the scores are float32 whatever the features: the pipeline asked for the features' bf16 and
+    # Balancing then for float32, so no uncertainty was accepted at all.
+    model = _small("projection")
+    feats, query = _inputs()
+    unc = torch.rand(2, K, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(feats.bfloat16(), query=query.bfloat16(), uncertainty=unc)
+            assert out.scores.dtype == torch.float32
+            assert (out.budgets.sum(-1) == BUDGET).all()
+            with pytest.raises(ValueError, match=r"uncertainty has dtype torch.bfloat16 but features have dtype "
+                                                 r"torch.bfloat16 under autocast, where the scores are torch.float32"):
+                model(feats.bfloat16(), query=query.bfloat16(), uncertainty=unc.bfloat16())
+            # float32 features under autocast: float32 uncertainty, as without autocast.
+            assert (model(feats, query=query, uncertainty=unc).budgets.sum(-1) == BUDGET).all()
 
 
 def test_float64_pipeline():
@@ -280,6 +318,22 @@ def test_construction_errors():
         ArrCoc(8, 8, allocator=alloc)
     with pytest.raises(ValueError, match=r"allocator_kwargs are only used with an allocator name"):
         ArrCoc(8, 8, allocator=create_allocator("projection"), allocator_kwargs={"x": 1})
+    # hierarchical's regions on another layout than the layer's grouped patches that are not neighbours, silently.
+    small = {"num_patches": 16, "budget": 64, "min_tokens": 1, "max_tokens": 16}
+    with pytest.raises(ValueError, match=r"allocator patch_grid \(2, 8\) differs from ArrCoc's patch_grid \(4, 4\)"):
+        ArrCoc(8, 8, **small, patch_grid=(4, 4), allocator="hierarchical", allocator_kwargs={"patch_grid": (2, 8)})
+    with pytest.raises(ValueError, match=r"allocator patch_grid \(4, 4\) differs from ArrCoc's patch_grid \(2, 8\)"):
+        ArrCoc(8, 8, **small, patch_grid=(2, 8), allocator=create_allocator("hierarchical", 64, 1, 16))
+    alloc = create_allocator("hierarchical", 64, 1, 16, patch_grid=(2, 8))
+    ok = ArrCoc(8, 8, **small, patch_grid=(2, 8), allocator=alloc)
+    assert ok.attending.patch_grid == (2, 8)
+    # A grid of non-integers whose product is K was truncated to another grid ((2.5, 1.6) -> (2, 1) for K=4).
+    with pytest.raises(ValueError, match=r"patch_grid \(2.5, 1.6\) entry must be an integer, got float: 2.5"):
+        ArrCoc(8, 8, num_patches=4, budget=16, min_tokens=2, max_tokens=8, patch_grid=(2.5, 1.6))
+    with pytest.raises(ValueError, match=r"min_tokens must be an integer, got str: '2'"):
+        ArrCoc(8, 8, num_patches=4, budget=16, min_tokens="2", max_tokens=8)
+    with pytest.raises(ValueError, match=r"num_patches must be an integer, got str: '4'"):
+        ArrCoc(8, 8, num_patches="4", budget=16, min_tokens=2, max_tokens=8)
     with pytest.raises(ValueError, match=r"lo > hi: min_tokens=500 > max_tokens=400"):
         ArrCoc(8, 8, min_tokens=500)
     with pytest.raises(ValueError, match=r"identity_init needs query_dim == dim, got 6 != 8"):
@@ -364,3 +418,11 @@ def test_budget_override_spends_another_budget_and_restores():
     with pytest.raises(ValueError, match="budget must be an integer"):
         with layer.budget_override(40.0):
             pass
+    # A NumPy integer is an integer (it was refused as one that is not); a bool tensor is not (it was spent as 1).
+    with layer.budget_override(np.int64(48)):
+        assert layer(feats, query=query).budgets.sum(-1).tolist() == [48, 48]
+    for bad in (torch.tensor(True), np.bool_(True), True):
+        with pytest.raises(ValueError, match="budget must be an integer"):
+            with layer.budget_override(bad):
+                pass
+    assert layer.budget == 32

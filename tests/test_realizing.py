@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -302,6 +304,12 @@ def test_patch_grid_mismatch_raises():
         Realizing(patch_grid=(3, 3))(features, budgets)
     with pytest.raises(ValueError, match=r"patch_grid must be two positive ints"):
         Realizing(patch_grid=(0, 4))
+    # int() truncated (2.5, 1.6) to a (2, 1) grid and read True and "2" as 1 and 2.
+    for grid in ((2.5, 1.6), (True, 2), ("2", "2")):
+        msg = re.escape(f"patch_grid must be two positive ints (rows, cols), got {grid!r}")
+        with pytest.raises(ValueError, match=msg):
+            Realizing(patch_grid=grid)
+    assert Realizing(patch_grid=[2.0, 3.0]).patch_grid == (2, 3)
 
 
 def test_hilbert_order_rejects_empty_grid():
