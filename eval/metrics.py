@@ -13,6 +13,9 @@ way the community scores it, or "% of full-token accuracy" comparisons against p
   articles a/an/the dropped; apostrophes restored in contractions ("dont" -> "don't").
 - ``exact_match`` is the single-answer metric of GQA (Hudson & Manning 2019, "GQA", CVPR) as lmms-eval runs it
   (case- and punctuation-insensitive); here it reuses the VQA normalisation.
+- ``relaxed_accuracy`` is ChartQA's metric (Masry et al. 2022, "ChartQA", ACL Findings, section 5.1, after Methani
+  et al. 2020): a numeric answer is right within 5% of the gold value (a trailing "%" divides by 100), any other
+  answer needs an exact, case-insensitive match.
 - ``anls`` is the Average Normalized Levenshtein Similarity of Biten et al. 2019 ("Scene Text Visual Question
   Answering", ICCV), the DocVQA metric (Mathew et al. 2021, "DocVQA", WACV): ``1 - NL`` of the closest answer, or 0
   when ``NL >= threshold`` (0.5), with case-folded, whitespace-collapsed strings.
@@ -33,6 +36,10 @@ Deliberate choices where the reference scripts differ from each other (each chan
   construction). Forms that are also ordinary words are left alone ("its", "well", "were", "shed", "ill", ...),
   and so are the first-person forms, which the official table keys in upper case ("Im") so that they never fire
   after lower-casing. The official table's reversed entry "somebody'd" -> "somebodyd" is not reproduced.
+- Relaxed accuracy equals lmms-eval's ChartQA ``relaxed_correctness`` except in three corner cases: a gold value of
+  0 needs a prediction of 0 (lmms-eval's relative change is undefined there and it compares the strings, so "0.0"
+  misses "0"); surrounding whitespace is ignored (lmms-eval's string comparison keeps it); and "nan"/"inf" are
+  compared as text, not as numbers. Elsewhere the two agree (``tests/eval/test_lmms_task.py``).
 - ANLS follows the paper's strict inequality: ``NL == threshold`` scores 0 (lmms-eval keeps ``1 - NL`` there).
   lmms-eval also divides the distance between the whitespace-collapsed strings by the raw strings' lengths, so
   surrounding or doubled spaces lower its NL ("A " vs "AB ": 1/3 there, 1/2 here); here the lengths are those of the
@@ -42,11 +49,12 @@ Deliberate choices where the reference scripts differ from each other (each chan
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 from typing import Callable, Sequence
 
-__all__ = ["METRICS", "anls", "exact_match", "levenshtein", "normalize_answer", "vqa_accuracy"]
+__all__ = ["METRICS", "anls", "exact_match", "levenshtein", "normalize_answer", "relaxed_accuracy", "vqa_accuracy"]
 
 # Characters the official evaluation treats as punctuation. "." (handled by its own rule), "'" (possessives,
 # contractions) and ":" (times such as 2:20) are deliberately absent.
@@ -267,9 +275,61 @@ def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> flo
     return best
 
 
+def _relaxed_number(text: str, what: str = "answers") -> float | None:
+    """The number ``text`` spells (``"12%"`` -> 0.12), or ``None`` for text, NaN or infinity."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be strings, got {text!r} ({type(text).__name__})")
+    t = text.strip()
+    percent = t.endswith("%")
+    try:
+        value = float(t.rstrip("%"))
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    return value / 100.0 if percent else value
+
+
+def relaxed_accuracy(prediction: str, answers: Sequence[str], max_relative_change: float = 0.05) -> float:
+    """ChartQA's relaxed accuracy (Masry et al. 2022, after Methani et al. 2020) of one prediction.
+
+    Where both the prediction and an answer are numbers, the prediction is right when it lies within
+    ``max_relative_change`` of the answer, relative to the answer (an answer of 0 needs exactly 0); otherwise it must
+    equal the answer up to case and surrounding whitespace.
+
+    Args:
+        prediction: The model's answer.
+        answers: One or more gold answers (ChartQA has one).
+        max_relative_change: The tolerance; ChartQA uses 0.05.
+
+    Returns:
+        1.0 if the prediction is right against any answer, else 0.0.
+
+    Raises:
+        ValueError: If ``answers`` is empty or a bare string, an element is not a string, or
+            ``max_relative_change`` is negative or not finite.
+    """
+    _check_answers(answers, minimum=1)
+    if not (isinstance(max_relative_change, (int, float)) and math.isfinite(max_relative_change)
+            and max_relative_change >= 0):
+        raise ValueError(f"max_relative_change must be a finite number >= 0, got {max_relative_change!r}")
+    pred_value = _relaxed_number(prediction, "predictions")
+    pred_text = prediction.strip().lower()
+    for answer in answers:
+        gold = _relaxed_number(answer)
+        if pred_value is not None and gold is not None:
+            ok = pred_value == 0 if gold == 0 else abs(pred_value - gold) / abs(gold) <= max_relative_change
+        else:
+            ok = pred_text == answer.strip().lower()
+        if ok:
+            return 1.0
+    return 0.0
+
+
 # Name -> metric, for configs and evaluation loops (all share the ``(prediction, answers)`` call).
 METRICS: dict[str, Callable[[str, Sequence[str]], float]] = {
     "anls": anls,
     "exact_match": exact_match,
+    "relaxed_accuracy": relaxed_accuracy,
     "vqa_accuracy": vqa_accuracy,
 }

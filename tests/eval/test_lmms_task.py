@@ -166,3 +166,48 @@ def test_anls_equals_lmms_evals_where_the_documented_differences_do_not_apply():
     # The documented differences, as numbers.
     assert anls("A ", ["AB "]) == 0.0 and lmms_anls(["AB "], ["A "])["anls"] == pytest.approx(2 / 3)
     assert anls("ab", ["abcd"]) == 0.0 and lmms_anls(["abcd"], ["ab"])["anls"] == 0.5
+
+
+@needs_lmms
+def test_relaxed_accuracy_equals_lmms_evals_chartqa_scoring_where_the_documented_differences_do_not_apply():
+    """relaxed_accuracy against lmms-eval's ChartQA ``relaxed_correctness`` on random numbers (near the 5% boundary,
+    percentages, signs, exponents) and words; the three documented differences (gold 0, surrounding whitespace,
+    nan/inf) are left out of the random cases and checked as numbers."""
+    import random
+
+    from lmms_eval.tasks.chartqa.utils import relaxed_correctness
+
+    from eval.metrics import relaxed_accuracy
+
+    rng = random.Random(0)
+    words = ["Yes", "yes", "no", "Blue", "blue", "2019", "1,000", "12a", "-", "."]
+
+    def number(base: float | None = None) -> str:
+        if base is None:
+            base = rng.choice([1, 3, 12.5, 100, 0.07, -4, 2e6])
+        v = base * (1 + rng.uniform(-0.08, 0.08)) if rng.random() < 0.7 else base
+        text = rng.choice([f"{v:g}", f"{v:.2f}", f"{v:.1e}", str(round(v))])
+        return text + "%" if rng.random() < 0.15 else text
+
+    checked = right = 0
+    for _ in range(4000):
+        gold = number() if rng.random() < 0.7 else rng.choice(words)
+        try:
+            value = float(gold.rstrip("%"))
+        except ValueError:
+            value = None
+        if value == 0:
+            continue  # documented difference: a gold 0
+        if value is not None and rng.random() < 0.7:
+            pred = number(value)  # near the gold value: both sides of the 5% boundary
+        else:
+            pred = number() if rng.random() < 0.5 else rng.choice(words)
+        ours = relaxed_accuracy(pred, [gold])
+        assert ours == float(relaxed_correctness(pred, gold)), (pred, gold)
+        checked += 1
+        right += ours == 1.0
+    assert checked > 3500 and 0.2 < right / checked < 0.8  # both sides of the tolerance were exercised
+    # The documented differences, as numbers.
+    assert relaxed_accuracy("0.0", ["0"]) == 1.0 and not relaxed_correctness("0.0", "0")
+    assert relaxed_accuracy("yes ", ["yes"]) == 1.0 and not relaxed_correctness("yes ", "yes")
+    assert relaxed_accuracy("nan", ["nan"]) == 1.0 and not relaxed_correctness("nan", "nan")

@@ -1,8 +1,8 @@
-"""Hand-derived cases for the VQA accuracy, exact match and ANLS metrics (eval/metrics.py)."""
+"""Hand-derived cases for the VQA accuracy, exact match, ANLS and relaxed accuracy metrics (eval/metrics.py)."""
 
 import pytest
 
-from eval.metrics import METRICS, anls, exact_match, levenshtein, normalize_answer, vqa_accuracy
+from eval.metrics import METRICS, anls, exact_match, levenshtein, normalize_answer, relaxed_accuracy, vqa_accuracy
 
 
 def _ten(matching: str, m: int, other: str = "cat") -> list[str]:
@@ -143,4 +143,42 @@ def test_anls_rejects_bad_input():
 
 def test_metric_registry_names():
     assert METRICS["vqa_accuracy"] is vqa_accuracy
-    assert sorted(METRICS) == ["anls", "exact_match", "vqa_accuracy"]
+    assert METRICS["relaxed_accuracy"] is relaxed_accuracy
+    assert sorted(METRICS) == ["anls", "exact_match", "relaxed_accuracy", "vqa_accuracy"]
+
+
+# ChartQA (Masry et al. 2022, section 5.1): a number is right within 5% of the gold value, relative to the gold value;
+# anything else needs an exact match up to case.
+@pytest.mark.parametrize("prediction, gold, expected", [
+    ("12.6", "12", 1.0),     # |12.6 - 12| / 12 = 0.05: on the boundary, right
+    ("12.61", "12", 0.0),    # 0.0508
+    ("11.4", "12", 1.0),     # 0.05 below
+    ("-10.4", "-10", 1.0),   # relative to |gold|
+    ("10.4", "-10", 0.0),    # the sign is part of the value
+    ("12%", "0.12", 1.0),    # a trailing % divides by 100
+    ("12", "12%", 0.0),      # 12 against 0.12
+    ("0", "0", 1.0),         # a gold 0 needs exactly 0
+    ("0.0", "0", 1.0),
+    ("0.01", "0", 0.0),
+    ("Yes", "yes", 1.0),     # text: case-insensitive exact match
+    ("yes.", "yes", 0.0),    # no punctuation normalisation
+    ("1,000", "1000", 0.0),  # "1,000" is not a number here, so the strings are compared
+    (" 5 ", "5", 1.0),       # surrounding whitespace ignored
+    ("nan", "nan", 1.0),     # not a number: compared as text
+    ("inf", "1e309", 0.0),
+])
+def test_relaxed_accuracy_hand_values(prediction, gold, expected):
+    assert relaxed_accuracy(prediction, [gold]) == expected
+
+
+def test_relaxed_accuracy_any_answer_and_bad_input():
+    assert relaxed_accuracy("7", ["blue", "7.2"]) == 1.0
+    assert relaxed_accuracy("7", ["7.2"], max_relative_change=0.01) == 0.0
+    with pytest.raises(ValueError, match="at least 1"):
+        relaxed_accuracy("7", [])
+    with pytest.raises(ValueError, match="single string"):
+        relaxed_accuracy("7", "7")
+    with pytest.raises(ValueError, match="max_relative_change"):
+        relaxed_accuracy("7", ["7"], max_relative_change=-0.1)
+    with pytest.raises(ValueError, match="predictions must be strings"):
+        relaxed_accuracy(7, ["7"])
