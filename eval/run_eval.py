@@ -60,7 +60,8 @@ class ResumeMismatchError(ValueError):
 class EvalDataCfg:
     """The evaluated dataset."""
 
-    source: str = "benchmark"  # benchmark (training/benchmark.py) | vqav2 | gqa | textvqa | docvqa (training/data.py)
+    # benchmark (training/benchmark.py) | vqav2 | gqa | textvqa | docvqa | chartqa (training/data.py)
+    source: str = "benchmark"
     path: str | None = None  # dataset directory (benchmark: written by scripts/make_benchmark.py)
     split: str = "test"  # split to evaluate
     max_samples: int | None = None  # only the first N rows

@@ -105,7 +105,7 @@ class ColumnMap:
     image: str = "image"  # image column (datasets.Image, or paths / {bytes, path} records that cast to it)
     question: str = "question"  # question text
     answers: str = "answers"  # list of strings, list of {answer_key: ...} records, or a single string
-    question_id: str = "question_id"  # any scalar; stored as str
+    question_id: str | None = "question_id"  # any scalar; stored as str. None: the row's index in the split
     question_type: str | None = "question_type"  # None: every row gets `default_question_type`
     default_question_type: str = ""  # used when `question_type` is None or a row's value is missing
     answer_key: str = "answer"  # key of the answer text when answers are records
@@ -148,6 +148,16 @@ class DocVQAColumns(ColumnMap):
 
 
 @dataclass(frozen=True)
+class ChartQAColumns(ColumnMap):
+    """ChartQA as on ``lmms-lab/ChartQA`` (split ``test``): one answer string, the split (``human_test`` /
+    ``augmented_test``) as the question type, and no question id, so the row index is the id."""
+
+    answers: str = "answer"
+    question_id: str | None = None
+    question_type: str | None = "type"
+
+
+@dataclass(frozen=True)
 class VqaSource:
     """A public VQA dataset: where it lives on the hub and how to map it."""
 
@@ -173,6 +183,7 @@ SOURCES: dict[str, VqaSource] = {
     ),
     "textvqa": VqaSource("textvqa", "lmms-lab/textvqa", None, "validation", TextVQAColumns(), "vqa_accuracy"),
     "docvqa": VqaSource("docvqa", "lmms-lab/DocVQA", "DocVQA", "validation", DocVQAColumns(), "anls"),
+    "chartqa": VqaSource("chartqa", "lmms-lab/ChartQA", None, "test", ChartQAColumns(), "relaxed_accuracy"),
 }  # fmt: skip
 
 
@@ -387,7 +398,9 @@ def to_common_schema(
     if not isinstance(ds.features[image_column], datasets.Image):
         ds = ds.cast_column(image_column, datasets.Image())
 
-    fields = {"question": columns.question, "answers": columns.answers, "question_id": columns.question_id}
+    fields = {"question": columns.question, "answers": columns.answers}
+    if columns.question_id is not None:
+        fields["question_id"] = columns.question_id
     if columns.question_type is not None:
         fields["question_type"] = columns.question_type
     for role, name in fields.items():
@@ -396,7 +409,8 @@ def to_common_schema(
     input_columns = sorted({name.split(".")[0] for name in fields.values()})
     paths = {role: name.split(".")[1:] for role, name in fields.items()}
 
-    def convert(*cols: list[Any]) -> dict[str, list[Any]]:
+    def convert(*cols: Any) -> dict[str, list[Any]]:
+        *cols, indices = cols  # with_indices: the rows' indices come last
         batch = dict(zip(input_columns, cols))
 
         def values(role: str) -> list[Any]:
@@ -407,7 +421,8 @@ def to_common_schema(
         return {
             _TEMP_PREFIX + "question": [str(q) for q in values("question")],
             _TEMP_PREFIX + "answers": [_answer_list(a, columns.answer_key) for a in values("answers")],
-            _TEMP_PREFIX + "question_id": [str(q) for q in values("question_id")],
+            _TEMP_PREFIX + "question_id": [str(q) for q in (values("question_id") if "question_id" in fields
+                                                            else indices)],
             _TEMP_PREFIX + "question_type": [_question_type(t, columns.default_question_type) for t in qtypes],
         }
 
@@ -422,6 +437,7 @@ def to_common_schema(
     out = ds.map(
         convert,
         input_columns=input_columns,
+        with_indices=True,
         batched=True,
         remove_columns=[name for name in ds.column_names if name not in keep],
         features=features,
@@ -450,7 +466,7 @@ def load_vqa_dataset(
     """Load one split of a public VQA dataset in the common schema.
 
     Args:
-        name: One of ``list_sources()``: ``"vqav2"``, ``"gqa"``, ``"textvqa"``, ``"docvqa"``.
+        name: One of ``list_sources()``: ``"vqav2"``, ``"gqa"``, ``"textvqa"``, ``"docvqa"``, ``"chartqa"``.
         split: Split to load; defaults to the source's evaluation split (``SOURCES[name].default_split``).
         path: A ``save_to_disk`` directory (``Dataset`` or ``DatasetDict``), a local dataset folder, a single
             parquet/json/csv/arrow file, or a hub id. Defaults to the source's hub id, which needs internet. A path

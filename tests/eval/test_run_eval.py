@@ -245,3 +245,27 @@ def test_unlabelled_test_split_is_refused_by_name(tmp_path, source, unlabelled):
                                          r"reference answer \(e.g. question_id 'q1'\)" % source):
         main([*args, f"output_dir={tmp_path / 'test'}", "data.split=test"])
     assert main([*args, f"output_dir={tmp_path / 'val'}", "data.split=validation"])["n"] == 2
+
+
+def test_chartqa_layout_is_scored_by_relaxed_accuracy_with_row_index_ids(tmp_path):
+    # lmms-lab/ChartQA's test split: type, question, answer (one string), image; no question id column.
+    import datasets
+    from PIL import Image
+
+    text = datasets.Value("string")
+    feats = datasets.Features({"type": text, "question": text, "answer": text, "image": datasets.Image()})
+    rows = {"type": ["human_test", "augmented_test", "human_test"], "question": ["what is the peak?"] * 3,
+            "answer": ["12.5", "Yes", "40%"], "image": [Image.new("RGB", (50, 30), (i * 60, 0, 0)) for i in range(3)]}
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows, features=feats)}).save_to_disk(str(tmp_path / "c"))
+    args = ["--config", "configs/eval/tiny.yaml", "data.source=chartqa", f"data.path={tmp_path / 'c'}",
+            "data.generate=false", "data.max_samples=null", "batch_size=2", "data.split=test",
+            f"output_dir={tmp_path / 'ev'}"]
+    summary = main(args)
+    recs = _records(tmp_path / "ev" / "predictions.jsonl")
+    assert summary["metric"] == "relaxed_accuracy" and summary["n"] == 3
+    assert [r["question_id"] for r in recs] == ["0", "1", "2"]
+    assert [r["answers"] for r in recs] == [["12.5"], ["Yes"], ["40%"]]
+    assert sorted(summary["by_type"]) == ["augmented_test", "human_test"]
+    from eval.metrics import relaxed_accuracy
+    assert [r["score"] for r in recs] == [relaxed_accuracy(r["prediction"], r["answers"]) for r in recs]
+    assert main(args)["evaluated_now"] == 0  # the row-index ids resume like any other
