@@ -17,11 +17,16 @@ many tokens), then decodes greedily in batches with a tqdm bar and scores every 
 - ``summary.json``: accuracy overall and by question type, mean visual tokens per image, the visual-token FLOPs
   fraction against the full-token model (defined in :mod:`eval.flops`), mean latency per sample, and the mean
   ``target_fraction``;
+- ``submission.json``: ``[{"question_id", "answer"}]`` in the dataset's order (integer ids where the ids are
+  integers), the format of the VQAv2 / TextVQA test servers (EvalAI);
 - ``run.json``: what was evaluated. A rerun with the same settings resumes: questions already in the JSONL are
   skipped (a torn last line from a kill is dropped), and a rerun with different settings is refused unless
   ``resume=false``, which starts over. The settings are the method, budget, metric, data, generation length, the
   model (its checkpoint or preset, the ``model.`` overrides and a fingerprint of its parameter names, shapes and
   dtypes), the device and the batch size (left padding, hence greedy outputs, and latency depend on the last two).
+
+An unlabelled split (VQAv2's test-dev, DocVQA's test: scored by a test server) is refused unless ``predict_only=true``,
+which writes the predictions and ``submission.json`` without scores (``score`` null, accuracy null).
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ class EvalCfg:
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda
     seed: int = 0  # random init of a preset (no checkpoint)
     resume: bool = True  # skip questions already in predictions.jsonl
+    predict_only: bool = False  # no scoring (unlabelled splits, for a test server): score and accuracy null
 
 
 def load_eval_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> EvalCfg:
@@ -111,8 +117,9 @@ def load_eval_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
                                                and not isinstance(cfg.token_fraction, bool)
                                                and 0 < float(cfg.token_fraction) <= 1):
         raise ValueError(f"token_fraction must be in (0, 1] or null, got {cfg.token_fraction!r}")
-    if not isinstance(cfg.resume, bool):
-        raise ValueError(f"resume must be true or false, got {cfg.resume!r}")
+    for name in ("resume", "predict_only"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
     mx = cfg.data.max_samples
     if mx is not None and (not isinstance(mx, int) or isinstance(mx, bool) or mx < 1):
         raise ValueError(f"data.max_samples must be a positive integer or null, got {mx!r}")
@@ -285,8 +292,9 @@ def _check_labelled(answers: Sequence[Sequence[str]], question_ids: Sequence[str
         raise ValueError(
             f"data.split={d.split!r} of data.source={d.source!r}: {len(blank)} of {len(answers)} questions have no "
             f"reference answer (e.g. question_id {question_ids[blank[0]]!r}), so they cannot be scored; an "
-            "unlabelled test split is scored by its test server: evaluate a labelled split (e.g. validation), or "
-            "point data.columns.answers at the column holding the answers")
+            "unlabelled test split is scored by its test server: evaluate a labelled split (e.g. validation), set "
+            "predict_only=true to write predictions for the server, or point data.columns.answers at the column "
+            "holding the answers")
 
 
 def _check_answer_length(answers: Sequence[Any], processor: Any, max_new_tokens: int) -> None:
@@ -340,9 +348,10 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     from training.data import load_configured
 
     ds = load_configured(cfg.data)
-    answers = ds["answers"]
-    _check_labelled(answers, ds["question_id"], cfg.data)
-    _check_answer_length(answers, proc, cfg.max_new_tokens)
+    if not cfg.predict_only:
+        answers = ds["answers"]
+        _check_labelled(answers, ds["question_id"], cfg.data)
+        _check_answer_length(answers, proc, cfg.max_new_tokens)
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -354,7 +363,7 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
            # so a rerun with another model in the same folder is refused rather than mixed into one summary; and
            # where and how it runs (left padding follows the batch size; latency follows the device).
            "model_overrides": cfg.model, "architecture": _architecture(model), "device": str(device),
-           "batch_size": cfg.batch_size}
+           "batch_size": cfg.batch_size, "predict_only": cfg.predict_only}
     if cfg.resume and run_path.is_file() and pred_path.is_file():
         old = json.loads(run_path.read_text())
 
@@ -404,7 +413,8 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
                 answers = batch["answers"][j]
                 rec = {"question_id": batch["question_id"][j], "question": row["question"], "prediction": pred,
                        "answers": answers, "question_type": batch["question_type"][j],
-                       "score": float(metric(pred, answers)), "tokens": int(res.tokens[j]),
+                       "score": None if cfg.predict_only else float(metric(pred, answers)),
+                       "tokens": int(res.tokens[j]),
                        # Tokens in the queried box: boxes map to the tower's image only when it is squashed.
                        "target_fraction": target_fraction(res.positions[j].cpu(), row["target_box"], row["size"])
                        if "target_box" in row and proc.boxes_exact(row["size"]) else None,
@@ -417,12 +427,22 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
             os.fsync(f.fileno())
             bar.update(len(rows))
     bar.close()
+    _write_submission(out / "submission.json", records, ds["question_id"])
     summary = summarize(records, flops_fraction=_flops_fraction(method, proc, records))
     summary.update({"method": cfg.method, "token_fraction": cfg.token_fraction, "num_tokens": method.num_tokens,
                     "full_tokens": method.full_tokens, "metric": metric_name, "evaluated_now": len(todo),
                     "resumed": len(ds) - len(todo), "model": dict(model_info or {})})
     _atomic_json(out / "summary.json", summary)
     return summary
+
+
+def _write_submission(path: Path, records: Sequence[Mapping[str, Any]], order: Sequence[Any]) -> None:
+    """``[{"question_id", "answer"}]`` in the dataset's order, the test servers' format; ids are written as integers
+    when every id is one (VQAv2, TextVQA), else as the strings they are stored as."""
+    by_id = {str(r["question_id"]): r["prediction"] for r in records}
+    ids = [str(q) for q in order if str(q) in by_id]
+    as_int = all(q.lstrip("-").isdigit() for q in ids)
+    _atomic_json(path, [{"question_id": int(q) if as_int else q, "answer": by_id[q]} for q in ids])
 
 
 class _EvalCollate:

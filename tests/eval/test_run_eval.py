@@ -62,6 +62,8 @@ def test_bad_settings_are_rejected():
         load_eval_cfg("configs/eval/tiny.yaml", ["data.max_samples=0"])
     with pytest.raises(ValueError, match="resume.*maybe"):
         load_eval_cfg("configs/eval/tiny.yaml", ["resume=maybe"])
+    with pytest.raises(ValueError, match="predict_only.*'yes please'"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["predict_only=yes please"])
 
 
 def test_evaluate_then_resume_from_a_torn_jsonl(bench, tmp_path):
@@ -245,6 +247,13 @@ def test_unlabelled_test_split_is_refused_by_name(tmp_path, source, unlabelled):
                                          r"reference answer \(e.g. question_id 'q1'\)" % source):
         main([*args, f"output_dir={tmp_path / 'test'}", "data.split=test"])
     assert main([*args, f"output_dir={tmp_path / 'val'}", "data.split=validation"])["n"] == 2
+    # predict_only: predictions for the test server, no scores.
+    summary = main([*args, f"output_dir={tmp_path / 'test'}", "data.split=test", "predict_only=true"])
+    recs = _records(tmp_path / "test" / "predictions.jsonl")
+    assert summary["n"] == 2 and summary["accuracy"] is None and all(r["score"] is None for r in recs)
+    sub = json.loads((tmp_path / "test" / "submission.json").read_text())
+    assert sub == [{"question_id": r["question_id"], "answer": r["prediction"]} for r in recs]
+    assert [r["question_id"] for r in sub] == ["q1", "q2"]  # not integers: kept as stored
 
 
 def test_chartqa_layout_is_scored_by_relaxed_accuracy_with_row_index_ids(tmp_path):
@@ -269,3 +278,5 @@ def test_chartqa_layout_is_scored_by_relaxed_accuracy_with_row_index_ids(tmp_pat
     from eval.metrics import relaxed_accuracy
     assert [r["score"] for r in recs] == [relaxed_accuracy(r["prediction"], r["answers"]) for r in recs]
     assert main(args)["evaluated_now"] == 0  # the row-index ids resume like any other
+    sub = json.loads((tmp_path / "ev" / "submission.json").read_text())
+    assert sub == [{"question_id": i, "answer": r["prediction"]} for i, r in enumerate(recs)]  # integer ids
