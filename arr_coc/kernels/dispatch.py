@@ -25,7 +25,7 @@ from torch import Tensor
 from arr_coc.kernels.reference import _acc_dtype, bounds_as_stored, round_largest_remainder
 
 __all__ = ["HAS_CUDA_KERNEL", "load_kernel", "use_cuda_kernel", "kernel_status", "cuda_kernel_or_none",
-           "ints_exact_in"]
+           "ints_exact_flag", "ints_exact_in"]
 
 # None: not tried yet; True/False after the first attempt.
 HAS_CUDA_KERNEL: bool | None = None
@@ -166,14 +166,29 @@ def cuda_kernel_or_none():
 # Call-through to the extension. Callers (ops.py) have validated shapes and values; these only reshape and cast.
 
 
+def _broadcast_rows(t: Tensor, shape: torch.Size, rows: tuple[int, ...]) -> Tensor:
+    """``t`` broadcast to ``shape`` and viewed as ``rows``, skipping each step where ``t`` has that shape already
+    (a view costs no launch, but it is a dispatch of its own: host time on every call)."""
+    if t.shape != shape:
+        t = t.expand(shape)
+    return t if t.shape == rows else t.reshape(rows)
+
+
 def _rows(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, budget_dtype: torch.dtype):
     k = y.shape[-1]
-    y2 = y.reshape(-1, k)  # (R, K)
+    y2 = y if y.dim() == 2 else y.reshape(-1, k)  # (R, K)
     r, acc = y2.shape[0], _acc_dtype(y.dtype)
-    b = budget.to(budget_dtype).expand(y.shape[:-1]).reshape(r)  # (R,), 0-stride when the budget is a scalar
-    lo2 = lo.to(acc).expand(y.shape).reshape(r, k)  # (R, K) view: strides (0, 0) for a scalar bound
-    hi2 = hi.to(acc).expand(y.shape).reshape(r, k)
+    b = _broadcast_rows(budget.to(budget_dtype), y.shape[:-1], (r,))  # (R,), 0-stride when the budget is a scalar
+    lo2 = _broadcast_rows(lo.to(acc), y.shape, (r, k))  # (R, K) view: strides (0, 0) for a scalar bound
+    hi2 = _broadcast_rows(hi.to(acc), y.shape, (r, k))
     return y2, b, lo2, hi2
+
+
+def ints_exact_flag(acc: torch.dtype, *tensors: Tensor) -> Tensor:
+    """:func:`ints_exact_in` as a 0-d bool tensor on the tensors' device, for a caller that reads it with others."""
+    limit = 2 ** (53 if acc == torch.float64 else 24)  # every integer up to 2^(mantissa bits + 1) is exact
+    big = torch.stack([t.abs().max().to(torch.int64) for t in tensors if t.numel()])
+    return (big <= limit).all()
 
 
 def ints_exact_in(acc: torch.dtype, *tensors: Tensor) -> bool:
@@ -183,41 +198,49 @@ def ints_exact_in(acc: torch.dtype, *tensors: Tensor) -> bool:
     reads as 16,777,216 and an entry that may still go up is passed over (the integers would differ from the
     reference's, summing to the budget all the same). Such rows take the reference rounding. One host sync.
     """
-    limit = 2 ** (53 if acc == torch.float64 else 24)  # every integer up to 2^(mantissa bits + 1) is exact
-    big = torch.stack([t.abs().max().to(torch.int64) for t in tensors if t.numel()])
-    return bool((big <= limit).all())
+    return bool(ints_exact_flag(acc, *tensors))
 
 
 def cuda_projection_forward(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, path: int = 0) -> Tensor:
     """The projection on the GPU: the warp kernel for K <= 1024, the block kernel beyond (``path`` forces one)."""
     y2, b, lo2, hi2 = _rows(y, budget, lo, hi, _acc_dtype(y.dtype))
     x, _ = ext.forward(y2, b, None, lo2, hi2, 0, path)
-    return x.reshape(y.shape)
+    return x if y.dim() == 2 else x.reshape(y.shape)
 
 
-def cuda_project_and_round(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, path: int = 0):
+def cuda_project_and_round(ext, y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, path: int = 0,
+                           exact: bool | None = None):
     """Projection and largest-remainder rounding in one pass (K <= 1024); beyond, the reference rounds the kernel's x.
 
-    ``budget``, ``lo`` and ``hi`` hold integers (any dtype). Returns ``(x, t)`` with ``t`` int64.
+    ``budget``, ``lo`` and ``hi`` hold integers (any dtype). ``exact``: :func:`ints_exact_in` for them if the caller
+    has it (read with its checks), else computed here (one host sync). Returns ``(x, t)`` with ``t`` int64.
     """
     k = y.shape[-1]
-    if k > WARP_MAX_K or path == 2 or not ints_exact_in(_acc_dtype(y.dtype), budget, lo, hi):
+    if exact is None and k <= WARP_MAX_K and path != 2:
+        exact = ints_exact_in(_acc_dtype(y.dtype), budget, lo, hi)
+    if k > WARP_MAX_K or path == 2 or not exact:
         x = cuda_projection_forward(ext, y, budget, lo, hi, path=path)
         return x, round_largest_remainder(x, budget.long(), lo.long(), hi.long())
     y2, b, lo2, hi2 = _rows(y, budget, lo, hi, _acc_dtype(y.dtype))
-    bi = budget.long().expand(y.shape[:-1]).reshape(-1)
+    bi = _broadcast_rows(budget.long(), y.shape[:-1], b.shape)
     x, t = ext.forward(y2, b, bi, lo2, hi2, 1, path)
-    return x.reshape(y.shape), t.reshape(y.shape)
+    return (x, t) if y.dim() == 2 else (x.reshape(y.shape), t.reshape(y.shape))
 
 
-def cuda_round(ext, x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """Largest-remainder rounding of a given ``x`` (K <= 1024; beyond, the reference)."""
-    if x.shape[-1] > WARP_MAX_K or not ints_exact_in(_acc_dtype(x.dtype), budget, lo, hi):
-        return round_largest_remainder(x, budget, lo, hi)
+def cuda_round(ext, x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, exact: bool | None = None,
+               floored: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    """Largest-remainder rounding of a given ``x`` (K <= 1024; beyond, the reference). ``exact`` and ``floored``:
+    :func:`ints_exact_in` and ``floor_deficit`` if the caller has them, for the reference path."""
+    if x.shape[-1] > WARP_MAX_K:
+        return round_largest_remainder(x, budget, lo, hi, floored)
+    if exact is None:
+        exact = ints_exact_in(_acc_dtype(x.dtype), budget, lo, hi)
+    if not exact:
+        return round_largest_remainder(x, budget, lo, hi, floored)
     x2, b, lo2, hi2 = _rows(x, budget, lo, hi, _acc_dtype(x.dtype))
-    bi = budget.long().expand(x.shape[:-1]).reshape(-1)
+    bi = _broadcast_rows(budget.long(), x.shape[:-1], b.shape)
     _, t = ext.forward(x2, b, bi, lo2, hi2, 2, 0)
-    return t.reshape(x.shape)
+    return t if x.dim() == 2 else t.reshape(x.shape)
 
 
 def cuda_projection_backward(ext, x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor, *, path: int = 0):

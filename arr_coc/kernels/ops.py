@@ -18,9 +18,11 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from arr_coc._utils import _check_finite, _check_tensor
 from arr_coc.kernels import dispatch
@@ -82,40 +84,92 @@ def _constant_value(t: Tensor) -> Tensor | None:
     return None
 
 
-def _scalar_values_look_ok(y: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> bool:
-    """:func:`_values_look_ok` for a budget, lo and hi that are one value each (the common call): the same tests on
-    four numbers fetched in one transfer (y's sum, budget, lo, hi), instead of ~60 small tensor ops."""
-    acc = torch.float32 if y.dtype in (torch.float16, torch.bfloat16) else None
-    y_sum, bv, lov, hiv = torch.stack([y.sum(dtype=acc).double(), b.double(), lo.double(), hi.double()]).tolist()
-    if not all(math.isfinite(v) for v in (y_sum, bv, lov, hiv)) or lov > hiv:
+def _half_acc(t: Tensor) -> torch.dtype | None:
+    """The dtype a finiteness sum of ``t`` runs in: float32 for half types (no overflow at 65,504), else its own."""
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
+
+
+class _Fetched(NamedTuple):
+    ok: bool  # every value check passed (False: run the detailed checks, which name the problem)
+    flags: list[bool]  # the caller's extra device flags, in order
+    exact: bool | None  # dispatch.ints_exact_in(exact_in, budget, lo, hi) when exact_in was given
+
+
+def _bounds_look_ok(y: Tensor, vals: list[float], budget_is_float: bool) -> bool:
+    """The value checks on ``[sum(y), min(budget), max(budget), lo, hi]`` for a constant lo and hi: a per-row budget
+    is feasible in every row iff its smallest and largest are (the slack is the same for every row)."""
+    _, b_min, b_max, lov, hiv = vals
+    if not all(math.isfinite(v) for v in vals) or lov > hiv:  # min/max propagate NaN, so this sees any non-finite
         return False
     k = y.shape[-1]
     lo_sum, hi_sum = lov * k, hiv * k  # what _row_sum gives for a constant bound
-    slack = _slack(y, max(abs(lov) * k, abs(hiv) * k), k) if b.is_floating_point() else 0.0
-    return not (bv < lo_sum - slack or bv > hi_sum + slack)
+    slack = _slack(y, max(abs(lov) * k, abs(hiv) * k), k) if budget_is_float else 0.0
+    return not (b_min < lo_sum - slack or b_max > hi_sum + slack)
+
+
+def _ints_exact_host(acc: torch.dtype, vals: list[float]) -> bool | None:
+    """:func:`dispatch.ints_exact_in` on integers read back as float64 (exact up to 2^53): None where that reading is
+    ambiguous (a value that reads as 2^53 against float64's limit may be 2^53 + 1)."""
+    limit = 2 ** (53 if acc == torch.float64 else 24)
+    m = max(abs(v) for v in vals)
+    return None if m == limit == 2 ** 53 else m <= limit
+
+
+def _fetch_checks(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, extra: Sequence[Tensor] = (),
+                  exact_in: torch.dtype | None = None) -> _Fetched:
+    """Every value check of :func:`_check_values`, the caller's ``extra`` flags (0-d bool tensors) and, given
+    ``exact_in``, :func:`dispatch.ints_exact_in` for the budget and bounds, in ONE host sync (a sync per check cost
+    ~0.7 ms per call on an H100).
+
+    With a constant lo and hi (the common call) the checks run on the host on five numbers (sum(y), the budget's
+    min and max, lo, hi) fetched with the flags; otherwise as device-side flags. ``ok`` False sends the caller to
+    the detailed checks, which find and name the problem (or, for a float sum that overflowed with every element
+    finite, pass)."""
+    c_lo, c_hi, c_b = _constant_value(lo), _constant_value(hi), _constant_value(budget)
+    host = bool(y.numel()) and c_lo is not None and c_hi is not None
+    exact_flag = []
+    if host:
+        y_sum = y.sum(dtype=_half_acc(y))
+        b_min, b_max = (c_b, c_b) if c_b is not None else (budget.amin(), budget.amax())
+        # Integers (the rounding ops) are read in float64 as the general path sums them (exact up to 2^53).
+        parts = [y_sum if budget.is_floating_point() else y_sum.double(), b_min, b_max, c_lo, c_hi]
+    else:
+        # Sums of the float tensors (finite iff every element is, unless the sum overflows) and the other checks as
+        # flags; one stack reads them all (promoted to the widest float: exact).
+        parts = [t.sum(dtype=_half_acc(t)) for t in (y, budget, lo, hi) if t.is_floating_point() and t.numel()]
+        too_low, too_high, _, _ = _feasibility(y, budget, lo, hi)
+        parts += [(lo > hi).any(), too_low.any(), too_high.any()]
+        if exact_in is not None:
+            exact_flag = [dispatch.ints_exact_flag(exact_in, budget, lo, hi)]
+    n = len(parts)
+    vals = torch.stack([*parts, *extra, *exact_flag]).tolist()  # all 0-d
+    head, flags = vals[:n], [bool(v) for v in vals[n:]]
+    if host:
+        ok = _bounds_look_ok(y, head, budget.is_floating_point())
+        exact = None
+        if exact_in is not None:
+            exact = _ints_exact_host(exact_in, head[1:])
+            if exact is None:
+                exact = dispatch.ints_exact_in(exact_in, budget, lo, hi)
+    else:
+        n_sums = n - 3
+        ok = all(math.isfinite(v) for v in head[:n_sums]) and not any(head[n_sums:])
+        exact = flags.pop() if exact_in is not None else None
+    return _Fetched(ok, flags, exact)
 
 
 def _values_look_ok(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> bool:
-    """Every value check of :func:`_check_values` as device-side flags and ONE host sync (a sync per check cost
-    ~0.7 ms per call on an H100). False sends the caller to the detailed checks, which find and name the problem (or,
-    for a float sum that overflowed with every element finite, pass)."""
-    consts = [_constant_value(t) for t in (budget, lo, hi)]
-    if y.numel() and all(c is not None for c in consts):
-        return _scalar_values_look_ok(y, *consts)
-    flags = []
-    for t in (y, budget, lo, hi):
-        if t.is_floating_point() and t.numel():
-            acc = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
-            flags.append(~torch.isfinite(t.sum(dtype=acc)))
-    flags.append((lo > hi).any())
-    too_low, too_high, _, _ = _feasibility(y, budget, lo, hi)
-    flags += [too_low.any(), too_high.any()]
-    return not bool(torch.stack([f.reshape(()) for f in flags]).any())
+    """Whether every value check of :func:`_check_values` passes (one host sync; see :func:`_fetch_checks`)."""
+    return _fetch_checks(y, budget, lo, hi).ok
 
 
-def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: str = "y") -> None:
-    if _values_look_ok(y, budget, lo, hi):
-        return
+def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: str = "y", extra: Sequence[Tensor] = (),
+                  exact_in: torch.dtype | None = None) -> _Fetched:
+    """Raise on NaN/inf, lo > hi or an infeasible budget, naming the value; returns :func:`_fetch_checks`' result
+    (the ``extra`` flags and the integers' exactness, read in the same host sync)."""
+    fetched = _fetch_checks(y, budget, lo, hi, extra, exact_in)
+    if fetched.ok:
+        return fetched
     for name, t in ((what, y), ("budget", budget), ("lo", lo), ("hi", hi)):
         if t.is_floating_point():
             _check_finite(name, t)
@@ -133,6 +187,7 @@ def _check_values(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, what: st
                 f"infeasible budget at row {i}: budget={b[i].item():g} but {rel}={bound[i].item():g} "
                 f"(K={k}); need sum(lo) <= budget <= sum(hi)"
             )
+    return fetched
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -155,8 +210,9 @@ def project_unchecked(y: Tensor, budget: float, lo: float, hi: float) -> Tensor:
     """No-grad projection without value checks, for solvers whose iterates are feasible by construction."""
     # Budget and bounds in the accumulation dtype, as the checked op takes them: in a bf16 y's own dtype a budget of
     # 13,200 would become 13,184.
-    t = lambda v: torch.tensor(v, dtype=_acc_dtype(y.dtype), device=y.device)  # noqa: E731
-    return _projection_impl(y, t(budget).expand(y.shape[:-1]), t(lo), t(hi))
+    acc = _acc_dtype(y.dtype)
+    return _projection_impl(y, _constant(budget, acc, y.device).expand(y.shape[:-1]), _constant(lo, acc, y.device),
+                            _constant(hi, acc, y.device))
 
 
 @torch.library.custom_op("arr_coc::capped_simplex_projection", mutates_args=())
@@ -245,35 +301,63 @@ _projection_backward_op.register_autograd(_backward_bwd, setup_context=_setup_co
 # The rounding op (integer output, no gradient).
 
 
-def _check_roundable(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _check_roundable(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, *, exact_in: torch.dtype | None = None
+                     ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], bool | None]:
     """Raise unless ``x`` is a point of the capped simplex that rounds to ``budget`` exactly; returns its
-    :func:`floor_deficit` (the rounding's first step, computed once)."""
-    _check_values(x, budget, lo, hi, what="x")
+    :func:`floor_deficit` (the rounding's first step, computed once) and, given ``exact_in``, whether the integers are
+    exact in that dtype (:func:`dispatch.ints_exact_in`). Every check is a device-side flag read in one host sync with
+    the value checks; the errors are raised in the order the checks are listed."""
+    xd, bd = x.double(), budget.double()
     lo_f, hi_f = lo.to(x.dtype), hi.to(x.dtype)
     # Drift allowance: float32 sums of K ~ 200 values land ~1e-3 off; a point stored in a half type (a bf16 projection)
     # is further off, up to half an ulp per entry: 0.5 * eps(dtype) * sum|x|. Anything further is not a projected x.
     # The allowance is the projection's own acceptance bound (|sum x - B| <= 1e-3 B, issue 4), so any projection that
     # meets its spec rounds; a tighter one would reject a GPU kernel's in-spec output.
     # Per row: a row with a small budget must not inherit the allowance of the batch's largest row.
-    tol_b = torch.maximum(1e-3 * budget.double().abs().clamp_min(1.0),
-                          0.5 * torch.finfo(x.dtype).eps * x.double().abs().sum(-1))
+    tol_b = torch.maximum(1e-3 * bd.abs().clamp_min(1.0), 0.5 * torch.finfo(x.dtype).eps * xd.abs().sum(-1))
     lo_tol = 1e-4 * lo_f.abs().clamp_min(1.0)
     hi_tol = 1e-4 * hi_f.abs().clamp_min(1.0)
     below = x < lo_f - lo_tol
     above = x > hi_f + hi_tol
-    for bad, word in ((below, "below lo"), (above, "above hi")):
-        if bool(bad.any()):
+    x_sum = xd.sum(-1)
+    far = (x_sum - bd).abs() > tol_b + 1e-6 * x.shape[-1]
+    floored = floor_deficit(xd, budget, lo, hi)  # floor_deficit reads x as float64: the same numbers
+    stuck = _deficit_stuck(floored)
+    fetched = _check_values(x, budget, lo, hi, what="x", extra=[below.any(), above.any(), far.any(), stuck.any()],
+                            exact_in=exact_in)
+    any_below, any_above, any_far, any_stuck = fetched.flags
+    for flagged, bad, word in ((any_below, below, "below lo"), (any_above, above, "above hi")):
+        if flagged:
             i = tuple(int(v) for v in bad.nonzero()[0].tolist())
             raise ValueError(f"x is {word} at index {i}: x={x[i].item()}; project x onto the bounds first")
-    gap = x.double().sum(-1) - budget.double()
-    far = gap.abs() > tol_b + 1e-6 * x.shape[-1]
-    if bool(far.any()):
+    if any_far:
         i = tuple(int(v) for v in far.nonzero()[0].tolist())
         raise ValueError(
-            f"x sums to {x.double().sum(-1)[i].item():.6g} at row {i} but budget is {budget.double()[i].item():g}; "
+            f"x sums to {x_sum[i].item():.6g} at row {i} but budget is {bd[i].item():g}; "
             "round_to_budget expects x on the capped simplex (call capped_simplex_projection first)"
         )
-    return _check_deficit(x, budget, lo, hi)
+    if any_stuck:
+        _raise_stuck(xd, budget, floored, stuck)
+    return floored, fetched.exact
+
+
+def _deficit_stuck(floored: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """Rows whose deficit largest-remainder rounding cannot place (see :func:`_check_deficit`)."""
+    _, d, n_up, n_down = floored
+    return (d > n_up) | (-d > n_down)
+
+
+def _raise_stuck(x: Tensor, budget: Tensor, floored: tuple[Tensor, Tensor, Tensor, Tensor], stuck: Tensor) -> None:
+    _, d, n_up, n_down = floored
+    i = tuple(int(v) for v in stuck.nonzero()[0].tolist())
+    di, bi = int(d[i]), int(budget[i])
+    way, movable, which = ("up", int(n_up[i]), "below hi") if di > 0 else ("down", int(n_down[i]), "above lo")
+    raise ValueError(
+        f"x sums to {x.double().sum(-1)[i].item():.6g} at row {i} but budget is {bi}: the floors sum to {bi - di}, "
+        f"so {abs(di)} unit(s) must go {way}, but largest-remainder rounding can move only {movable} unit(s) "
+        f"(one per entry {which}, K={x.shape[-1]}); round_to_budget expects x on the capped simplex "
+        "(call capped_simplex_projection first)"
+    )
 
 
 def _check_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -286,34 +370,26 @@ def _check_deficit(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[T
     rounding it would return a wrong sum. This is the same ``D`` the reference and the CUDA kernel compute.
     """
     floored = floor_deficit(x, budget, lo, hi)
-    _, d, n_up, n_down = floored
-    bad = (d > n_up) | (-d > n_down)
-    if bool(bad.any()):
-        i = tuple(int(v) for v in bad.nonzero()[0].tolist())
-        di, bi = int(d[i]), int(budget[i])
-        way, movable, which = ("up", int(n_up[i]), "below hi") if di > 0 else ("down", int(n_down[i]), "above lo")
-        raise ValueError(
-            f"x sums to {x.double().sum(-1)[i].item():.6g} at row {i} but budget is {bi}: the floors sum to {bi - di}, "
-            f"so {abs(di)} unit(s) must go {way}, but largest-remainder rounding can move only {movable} unit(s) "
-            f"(one per entry {which}, K={x.shape[-1]}); round_to_budget expects x on the capped simplex "
-            "(call capped_simplex_projection first)"
-        )
+    stuck = _deficit_stuck(floored)
+    if bool(stuck.any()):
+        _raise_stuck(x, budget, floored, stuck)
     return floored
 
 
 @torch.library.custom_op("arr_coc::round_to_budget", mutates_args=())
 def _round_op(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    floored = _check_roundable(x, budget, lo, hi)
+    floored, _ = _check_roundable(x, budget, lo, hi)
     return round_largest_remainder(x, budget, lo, hi, floored).contiguous()
 
 
 @_round_op.register_kernel("cuda")
 def _(x: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    floored = _check_roundable(x, budget, lo, hi)
+    # The kernel's exactness test (dispatch.ints_exact_in) rides on the checks' host sync.
+    floored, exact = _check_roundable(x, budget, lo, hi, exact_in=_acc_dtype(x.dtype))
     ext = dispatch.cuda_kernel_or_none()
     if ext is None:
         return round_largest_remainder(x, budget, lo, hi, floored).contiguous()
-    return dispatch.cuda_round(ext, x, budget, lo, hi).contiguous()
+    return dispatch.cuda_round(ext, x, budget, lo, hi, exact=exact, floored=floored).contiguous()
 
 
 @_round_op.register_fake
@@ -359,12 +435,13 @@ def _project_and_round_op(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> 
 
 @_project_and_round_op.register_kernel("cuda")
 def _(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    _check_values(y, budget, lo, hi)
+    # The kernel's exactness test (dispatch.ints_exact_in) rides on the value checks' host sync.
+    exact = _check_values(y, budget, lo, hi, exact_in=_acc_dtype(y.dtype)).exact
     ext = dispatch.cuda_kernel_or_none()
     if ext is None:
         x, t = _project_and_round_ref(y, budget, lo, hi)
         return x.contiguous(), t.contiguous()
-    x, t = dispatch.cuda_project_and_round(ext, y, budget, lo, hi)
+    x, t = dispatch.cuda_project_and_round(ext, y, budget, lo, hi, exact=exact)
     _check_rounded(x, t, budget, lo, hi)
     return x.contiguous(), t.contiguous()
 
@@ -393,6 +470,27 @@ _project_and_round_op.register_autograd(_backward_pr, setup_context=_setup_conte
 # Public wrappers: static checks and argument normalisation (no data-dependent control flow: compile-friendly).
 
 
+# Python-number budgets and bounds as 0-d tensors, kept per (value, dtype, device): on a GPU, torch.tensor(v, device=..)
+# is a blocking host-to-device copy, i.e. a stream sync, and a call took three. Bounded, and never evicted (a kernel
+# still queued may read an entry); made outside inference mode so autograd may save them. Not while tracing (dynamo,
+# fake or proxy tensors under a dispatch mode): those get fresh tensors, as before.
+_CONSTANTS: dict[tuple, Tensor] = {}
+_MAX_CONSTANTS = 256
+
+
+def _constant(v: _Number, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None or device.type == "meta":
+        return torch.tensor(v, dtype=dtype, device=device)
+    key = (float(v).hex() if isinstance(v, float) else int(v), dtype, device)  # hex: -0.0 is not 0.0
+    t = _CONSTANTS.get(key)
+    if t is None:
+        with torch.inference_mode(False):
+            t = torch.tensor(v, dtype=dtype, device=device)
+        if len(_CONSTANTS) < _MAX_CONSTANTS:
+            _CONSTANTS[key] = t
+    return t
+
+
 def _as_tensor(name: str, v: Tensor | _Number, like: Tensor, dtype: torch.dtype) -> Tensor:
     if isinstance(v, Tensor):
         if v.device != like.device:
@@ -400,7 +498,12 @@ def _as_tensor(name: str, v: Tensor | _Number, like: Tensor, dtype: torch.dtype)
         return v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"{name} must be a number or a tensor, got {type(v).__name__}: {v!r}")
-    return torch.tensor(v, dtype=dtype, device=like.device)
+    if not dtype.is_floating_point and not -(2 ** 63) <= v < 2 ** 63:
+        raise ValueError(f"{name}={v!r} does not fit in {dtype}")
+    try:
+        return _constant(v, dtype, like.device)
+    except OverflowError as exc:  # an int past float64's range
+        raise ValueError(f"{name}={v!r} does not fit in {dtype}") from exc
 
 
 def _prepare(y: Tensor, budget, lo, hi, *, name: str, int_bounds: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -527,7 +630,7 @@ def round_to_budget(x: Tensor, budget: Tensor | int, lo: Tensor | int, hi: Tenso
         returns: (..., K) int64
     """
     x, b, lo_t, hi_t = _prepare(x, budget, lo, hi, name="x", int_bounds=True)
-    return torch.ops.arr_coc.round_to_budget(x, b.contiguous(), lo_t, hi_t)
+    return torch.ops.arr_coc.round_to_budget(x, b, lo_t, hi_t)
 
 
 def project_and_round(
@@ -557,4 +660,4 @@ def project_and_round(
         returns: (..., K), (..., K) int64
     """
     y, b, lo_t, hi_t = _prepare(y, budget, lo, hi, name="y", int_bounds=True)
-    return torch.ops.arr_coc.project_and_round(y, b.contiguous(), lo_t, hi_t)
+    return torch.ops.arr_coc.project_and_round(y, b, lo_t, hi_t)

@@ -424,3 +424,225 @@ def test_fused_result_is_checked_for_bounds_as_well_as_the_sum():
     with pytest.raises(ValueError, match=r"rounding at index \(0, 0\) gave 6, outside \[0, 5\]"):
         ops._check_rounded(x2, torch.tensor([[6, 1]]), torch.tensor([7]), torch.tensor(0), torch.tensor(5))
     ops._check_rounded(x2, torch.tensor([[4, 3]]), torch.tensor([7]), torch.tensor(0), torch.tensor(5))  # fine
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The CUDA path's host syncs, counted on CPU: the "cuda" implementations run on CPU tensors with a fake extension, and a
+# dispatch mode records every aten op (on a GPU each is a launch; a scalar read or a blocking copy is a host sync).
+
+
+class _FakeExt:
+    """Stands in for the extension: checks the binding's argument contract and computes with the reference."""
+
+    def __init__(self):
+        self.calls = []
+
+    def forward(self, y, budget, budget_i, lo, hi, mode, path=0):
+        r, k = y.shape
+        acc = _acc(y.dtype)
+        assert budget.shape == (r,) and lo.shape == hi.shape == (r, k)
+        assert budget.dtype == lo.dtype == hi.dtype == acc
+        assert budget_i is None or (budget_i.shape == (r,) and budget_i.dtype == torch.int64)
+        self.calls.append((mode, path))
+        with torch.utils._python_dispatch._disable_current_modes():  # the kernel's work is one launch: not logged
+            x = projection_forward(y, budget, lo, hi) if mode != 2 else None
+            t = round_largest_remainder(y if mode == 2 else x, budget_i, lo.long(), hi.long()) if mode else None
+        return [x, t]
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the aten ops run, inside our custom ops too (their implementations run under the mode), with the
+    composite ops decomposed as they would be on a device."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        self.ops.append(func._opname)
+        if func.namespace == "arr_coc":
+            with self:
+                return torch._library.custom_ops.OPDEFS[func.name().split(".")[0]]._backend_fns[None](*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+@pytest.fixture
+def fake_cuda_path(fresh_dispatch):
+    """The ops' "cuda" implementations serve CPU tensors, with a fake extension; yields the extension."""
+    ext = _FakeExt()
+    fresh_dispatch.setattr(dispatch, "HAS_CUDA_KERNEL", True)
+    fresh_dispatch.setattr(dispatch, "_ext", ext)
+    for op in (ops._projection_op, ops._round_op, ops._project_and_round_op):
+        fresh_dispatch.setitem(op._backend_fns, None, op._backend_fns["cuda"])
+    # The log only observes: it must not count as a tracing mode (which bypasses the cache of Python-number bounds).
+    fresh_dispatch.setattr(ops, "_get_current_dispatch_mode", lambda: None, raising=False)
+    return ext
+
+
+def _logged(fn, monkeypatch):
+    """(aten ops, host syncs) of one call of ``fn``: scalar reads, nonzero, Python-number tensors (a blocking
+    host-to-device copy on a GPU) and .tolist()."""
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append("tolist") or tolist(t))
+    with _OpLog() as log:
+        fn()
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    syncs = [op for op in log.ops if op in ("_local_scalar_dense", "nonzero", "lift_fresh")] + reads
+    return log.ops, syncs
+
+
+@pytest.mark.parametrize("r", [1, 4])
+def test_cuda_path_host_syncs_with_scalar_bounds(fake_cuda_path, monkeypatch, r):
+    # The checks read everything they need in one transfer; the fused op adds the one reading of its result. Before:
+    # 1 / 6 / 3 reads plus three blocking copies of the Python numbers per call (and at R > 1 the rounding ops' scalar
+    # budget was made contiguous, which sent them to the ~40-op elementwise checks).
+    y = torch.randn(r, 200, generator=torch.Generator().manual_seed(0)) * 80 + 66
+    x = capped_simplex_projection(y, 13200.0, 64.0, 400.0)
+    calls = {"capped_simplex_projection": (lambda: capped_simplex_projection(y, 13200.0, 64.0, 400.0), 1),
+             "round_to_budget": (lambda: round_to_budget(x, 13200, 64, 400), 1),
+             "project_and_round": (lambda: project_and_round(y, 13200, 64, 400), 2)}
+    for name, (fn, want) in calls.items():
+        fn()  # first call: the Python numbers' tensors are made (and kept)
+        fake_cuda_path.calls.clear()
+        _, syncs = _logged(fn, monkeypatch)
+        assert len(syncs) == want, (name, syncs)
+        assert len(fake_cuda_path.calls) == 1, name  # and the kernel ran (the integers are exact in float32)
+    # The checks do not grow with the rows: the same ops at R = 4 as at R = 1 (a scalar budget stays one value).
+    if r == 4:
+        y1 = y[:1]
+        x1 = capped_simplex_projection(y1, 13200.0, 64.0, 400.0)
+        for fn4, fn1 in ((lambda: round_to_budget(x, 13200, 64, 400), lambda: round_to_budget(x1, 13200, 64, 400)),
+                         (lambda: project_and_round(y, 13200, 64, 400), lambda: project_and_round(y1, 13200, 64, 400))):
+            assert _logged(fn4, monkeypatch)[0] == _logged(fn1, monkeypatch)[0]
+
+
+def test_cuda_path_results_and_errors_match_the_reference(fake_cuda_path):
+    """Through the "cuda" implementations (fake extension computing with the reference): the same numbers as the CPU
+    ops for transposed y, broadcast bounds and budgets, int32 budgets and half y, and the same errors."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.randn(6, 10, generator=g) * 3 + 4
+    yt = (torch.randn(10, 6, generator=g) * 3 + 4).t()
+    lo_pe = torch.randint(0, 3, (6, 10), generator=g)
+    hi_pe = lo_pe + torch.randint(1, 8, (6, 10), generator=g)
+    bud = lo_pe.sum(-1) + 10
+    row_b = torch.tensor([[30.0], [40.0]])
+    y3 = torch.randn(2, 3, 10, generator=g) * 3 + 4
+    cases = [
+        (capped_simplex_projection, (yt, 40.0, 1.0, 7.0)),
+        (capped_simplex_projection, (y3, row_b, 1.0, 7.0)),
+        (capped_simplex_projection, (y, 40.0, torch.linspace(0, 2, 10), 7.0)),
+        (capped_simplex_projection, (y, torch.full((6,), 40.0), torch.arange(6.0).unsqueeze(1) * 0.1, 7.0)),
+        (capped_simplex_projection, (y.bfloat16(), torch.full((6,), 40.0), 1.0, 7.0)),
+        (project_and_round, (yt, 40, 1, 7)),
+        (project_and_round, (y, bud.int(), lo_pe, hi_pe)),
+        (project_and_round, (y3, row_b.long(), 1, 7)),
+        (project_and_round, (y.double(), 40, 1, 2 ** 53 + 1)),  # past float64's exact integers: reference rounding
+        (round_to_budget, (capped_simplex_projection(y, 40.0, 1.0, 7.0).t().contiguous().t(), 40, 1, 7)),
+        (round_to_budget, (capped_simplex_projection(y, bud.float(), lo_pe.float(), hi_pe.float()), bud, lo_pe,
+                           hi_pe)),
+    ]
+    modes = []
+    for fn, args in cases:
+        fake_cuda_path.calls.clear()
+        got = fn(*args)
+        modes.append([m for m, _ in fake_cuda_path.calls])
+        with _reference_impls():
+            want = fn(*args)
+        for g_, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            assert torch.equal(g_, w), (fn.__name__, [getattr(a, "shape", a) for a in args])
+    # The kernel ran every time: projection (0), fused (1), rounding (2); the integers past 2^53 were rounded by the
+    # reference after the kernel's projection.
+    assert modes == [[0]] * 5 + [[1]] * 3 + [[0]] + [[2]] * 2, modes
+    bad = [
+        (capped_simplex_projection, (torch.where(y > 6, float("nan"), y), 40.0, 1.0, 7.0), "y contains"),
+        (capped_simplex_projection, (y, torch.tensor([40.0, 40, float("nan"), 40, 40, 40]), 1.0, 7.0),
+         r"budget contains 1 non-finite value\(s\); first at index \(2,\)"),
+        (capped_simplex_projection, (y, 40.0, 8.0, 7.0), "lo > hi"),
+        (capped_simplex_projection, (y, torch.tensor([40.0, 40, 40, 80, 40, 40]), 1.0, 7.0),
+         r"infeasible budget at row \(3,\): budget=80 but K·hi = sum\(hi\)=70"),
+        (round_to_budget, (torch.full((2, 5), 0.5), 10, 1, 7), r"x is below lo at index \(0, 0\)"),
+        (round_to_budget, (torch.full((2, 5), 9.0), 10, 1, 7), r"x is above hi at index \(0, 0\)"),
+        (round_to_budget, (torch.full((2, 5), 3.0), 10, 1, 7), r"x sums to 15 at row \(0,\) but budget is 10"),
+        (round_to_budget, (torch.full((2, 5), 3.0), 100, 1, 7), "infeasible budget"),
+        (round_to_budget, (torch.tensor([[1000.0, 512.0, 512.0]], dtype=torch.bfloat16), 2027, 0, 1000),
+         r"3 unit\(s\) must go up"),
+        (project_and_round, (y, 80, 1, 7), "infeasible budget"),
+    ]
+    for fn, args, match in bad:
+        with pytest.raises(ValueError, match=match):
+            fn(*args)
+
+
+class _reference_impls:  # noqa: N801 (used as a context manager)
+    """The ops' default (reference) implementations for the duration, whatever the fixture installed."""
+
+    def __enter__(self):
+        self.saved = [(op, op._backend_fns[None]) for op in (ops._projection_op, ops._round_op,
+                                                               ops._project_and_round_op)]
+        for op, _ in self.saved:
+            op._backend_fns[None] = op._init_fn
+        return self
+
+    def __exit__(self, *exc):
+        for op, fn in self.saved:
+            op._backend_fns[None] = fn
+
+
+def test_per_row_budget_checks_agree_with_the_general_path():
+    # A per-row budget with constant bounds is checked on its min and max on the host: the same answers as the
+    # elementwise flags, a row outside the slack on either side included.
+    k = 200
+    y = torch.randn(3, k, generator=torch.Generator().manual_seed(1))
+    lo, hi = torch.tensor(64.0), torch.tensor(400.0)
+    for rows in ([13200.0, k * 64.0, k * 400.0], [13200.0, k * 64.0 - 1, 13200.0], [13200.0, 13200.0, k * 400.0 + 1],
+                 [13200.0, float("nan"), 13200.0], [float("-inf"), 13200.0, 13200.0]):
+        b = torch.tensor(rows)
+        assert ops._values_look_ok(y, b, lo, hi) == ops._values_look_ok(y, b, lo.expand(k).clone(),
+                                                                         hi.expand(k).clone()), rows
+    b = torch.tensor([1000, 200, 1001])
+    lo_i, hi_i = torch.tensor(1), torch.tensor(5)
+    assert not ops._values_look_ok(y, b, lo_i, hi_i)
+    assert ops._values_look_ok(y[:2], b[:2], lo_i, hi_i) is ops._values_look_ok(y[:2], b[:2], lo_i.expand(k).clone(),
+                                                                            hi_i.expand(k).clone()) is True
+
+
+def test_numbers_past_the_dtype_range_are_named():
+    # torch's own error named no argument ("Overflow when unpacking long long"), or was an OverflowError.
+    x = torch.full((1, 4), 2.5)
+    with pytest.raises(ValueError, match="budget=18446744073709551616 does not fit in torch.int64"):
+        round_to_budget(x, 2 ** 64, 1, 7)
+    with pytest.raises(ValueError, match="lo=-9223372036854775809 does not fit"):
+        project_and_round(x, 10, -(2 ** 63) - 1, 7)
+    with pytest.raises(ValueError, match="budget=1000.* does not fit in torch.float32"):
+        capped_simplex_projection(x, 10 ** 400, 1.0, 7.0)
+
+
+def test_python_number_bounds_are_kept_safely(monkeypatch):
+    """The 0-d tensors made for Python-number budgets and bounds are kept (on a GPU each was a blocking copy): one
+    first made under inference mode must still be savable for backward, -0.0 is not 0.0, and fake tensors made
+    while tracing are never kept."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(ops, "_CONSTANTS", {})
+    y = torch.randn(2, 5, generator=torch.Generator().manual_seed(0)) + 2
+    with torch.inference_mode():
+        capped_simplex_projection(y, 10.0, 1.0, 3.0)
+    assert len(ops._CONSTANTS) == 3
+    yg = y.clone().requires_grad_()
+    capped_simplex_projection(yg, 10.0, 1.0, 3.0).pow(2).sum().backward()  # saves the kept lo and hi
+    assert yg.grad is not None and torch.isfinite(yg.grad).all()
+    neg, pos = ops._constant(-0.0, torch.float32, y.device), ops._constant(0.0, torch.float32, y.device)
+    assert torch.signbit(neg) and not torch.signbit(pos)
+    assert ops._constant(0.5, torch.float32, y.device) is ops._constant(0.5, torch.float32, y.device)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(y)
+        assert capped_simplex_projection(fake, 11.0, 1.5, 3.0).shape == y.shape
+    assert all(type(t) is torch.Tensor and not t.is_inference() for t in ops._CONSTANTS.values())
+    assert ops._constant(11.0, torch.float32, y.device).item() == 11.0  # a real tensor, made after the tracing
