@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -471,10 +472,12 @@ _project_and_round_op.register_autograd(_backward_pr, setup_context=_setup_conte
 
 
 # Python-number budgets and bounds as 0-d tensors, kept per (value, dtype, device): on a GPU, torch.tensor(v, device=..)
-# is a blocking host-to-device copy, i.e. a stream sync, and a call took three. Bounded, and never evicted (a kernel
-# still queued may read an entry); made outside inference mode so autograd may save them. Not while tracing (dynamo,
-# fake or proxy tensors under a dispatch mode): those get fresh tensors, as before.
-_CONSTANTS: dict[tuple, Tensor] = {}
+# is a blocking host-to-device copy, i.e. a stream sync, and a call took three. The least recently used entry goes
+# when the cache is full (a long run meets many budgets); dropping it while a queued kernel still reads it is safe, as
+# for any tensor freed on its own stream (the caching allocator reuses the block only for work queued after). Made
+# outside inference mode so autograd may save them. Not while tracing (dynamo, fake or proxy tensors under a
+# dispatch mode): those get fresh tensors, as before.
+_CONSTANTS: OrderedDict[tuple, Tensor] = OrderedDict()
 _MAX_CONSTANTS = 256
 
 
@@ -483,11 +486,14 @@ def _constant(v: _Number, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.tensor(v, dtype=dtype, device=device)
     key = (float(v).hex() if isinstance(v, float) else int(v), dtype, device)  # hex: -0.0 is not 0.0
     t = _CONSTANTS.get(key)
-    if t is None:
-        with torch.inference_mode(False):
-            t = torch.tensor(v, dtype=dtype, device=device)
-        if len(_CONSTANTS) < _MAX_CONSTANTS:
-            _CONSTANTS[key] = t
+    if t is not None:
+        _CONSTANTS.move_to_end(key)
+        return t
+    with torch.inference_mode(False):
+        t = torch.tensor(v, dtype=dtype, device=device)
+    _CONSTANTS[key] = t
+    while len(_CONSTANTS) > _MAX_CONSTANTS:
+        _CONSTANTS.popitem(last=False)
     return t
 
 

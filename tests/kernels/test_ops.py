@@ -630,7 +630,9 @@ def test_python_number_bounds_are_kept_safely(monkeypatch):
     while tracing are never kept."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    monkeypatch.setattr(ops, "_CONSTANTS", {})
+    from collections import OrderedDict
+
+    monkeypatch.setattr(ops, "_CONSTANTS", OrderedDict())
     y = torch.randn(2, 5, generator=torch.Generator().manual_seed(0)) + 2
     with torch.inference_mode():
         capped_simplex_projection(y, 10.0, 1.0, 3.0)
@@ -646,3 +648,12 @@ def test_python_number_bounds_are_kept_safely(monkeypatch):
         assert capped_simplex_projection(fake, 11.0, 1.5, 3.0).shape == y.shape
     assert all(type(t) is torch.Tensor and not t.is_inference() for t in ops._CONSTANTS.values())
     assert ops._constant(11.0, torch.float32, y.device).item() == 11.0  # a real tensor, made after the tracing
+    # Full: the least recently used entry goes, so a long run that meets many budgets keeps its current ones (a cache
+    # that stopped growing when full left every later budget a blocking copy per call).
+    monkeypatch.setattr(ops, "_MAX_CONSTANTS", 4)
+    keep = ops._constant(0.5, torch.float32, y.device)
+    for v in range(100):
+        ops._constant(float(v), torch.float32, y.device)
+        assert ops._constant(0.5, torch.float32, y.device) is keep  # used every step: never the oldest
+    assert len(ops._CONSTANTS) == 4
+    assert ops._constant(99.0, torch.float32, y.device) is ops._constant(99.0, torch.float32, y.device)
