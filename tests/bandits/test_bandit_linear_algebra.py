@@ -134,3 +134,32 @@ def test_hybrid_matches_joint_ridge():
     want = torch.stack([(phi(q[:, arm], arm) @ w) + 1.3 * torch.sqrt(
         torch.einsum("np,pq,nq->n", phi(q[:, arm], arm), ginv, phi(q[:, arm], arm))) for arm in range(a)], 1)
     assert torch.allclose(pol.scores(q), want, atol=1e-9)
+
+
+def test_hybrid_page_hinkley_residual_uses_the_full_posterior_mean():
+    # Page–Hinkley watches r - prediction; the prediction must include the shared part zᵀβ, not only xᵀθ_a.
+    a, d, k = 3, 2, 2
+    g = torch.Generator().manual_seed(7)
+    ctx = torch.randn(40, a, d + k, generator=g, dtype=torch.float64)
+    acts = torch.randint(0, a, (40,), generator=g)
+    r = ctx[torch.arange(40), acts, d:].sum(-1) + torch.randn(40, generator=g, dtype=torch.float64)
+    pol = HybridLinUCB(a, d, k, alpha=0.0, dtype=torch.float64)
+    pol.update(ctx, acts, r)
+    assert float(pol.beta.abs().max()) > 0.1
+    q = torch.randn(9, a, d + k, generator=g, dtype=torch.float64)
+    qa = torch.randint(0, a, (9,), generator=g)
+    want = pol.scores(q).gather(1, qa[:, None])[:, 0]  # alpha = 0: the posterior mean
+    assert torch.allclose(pol._predict_chosen(q[torch.arange(9), qa], qa), want, atol=1e-12)
+
+
+def test_lints_select_draws_with_the_posterior_standard_deviation():
+    # The action draw is mean + v·sqrt(xᵀA⁻¹x)·ε, ε the generator's first (N, A) standard normals.
+    a, d, v = 3, 2, 0.7
+    x, acts, r = _data(30, a, d)
+    pol = LinTS(a, d, v=v, dtype=torch.float64)
+    pol.update(x, acts, r)
+    q = torch.randn(200, d, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    eps = torch.randn(200, a, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    want = (pol.expected_reward(q) + v * pol.uncertainty(q) * eps).argmax(1)
+    got, _ = pol.select(q, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(got, want)

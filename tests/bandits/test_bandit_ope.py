@@ -154,3 +154,91 @@ def test_snips_bootstrap_skips_replicates_without_positive_weight():
     with pytest.raises(ValueError, match="bootstrap replicates"):  # almost no replicate can draw row 0
         snips(torch.ones(400), torch.tensor([0] + [1] * 399), torch.full((400,), 0.5), target[:1].expand(400, 2),
               n_boot=2, generator=torch.Generator().manual_seed(0))
+
+
+def _tiny_log():
+    r = torch.tensor([1.0, 0.0, 2.0, 1.0], dtype=torch.float64)
+    a = torch.tensor([0, 1, 0, 1])
+    p = torch.tensor([0.5, 0.5, 0.25, 0.5], dtype=torch.float64)
+    pt = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    return r, a, p, pt
+
+
+def test_estimators_hand_values():
+    # Weights pi(a_i|x_i) / p_i = [2, 1, 0, 0]; rewards [1, 0, 2, 1].
+    r, a, p, pt = _tiny_log()
+    assert ips(r, a, p, pt, n_boot=10).value == pytest.approx(2 / 4)  # mean of w·r = [2, 0, 0, 0]
+    assert snips(r, a, p, pt, n_boot=10).value == pytest.approx(2 / 3)  # Σ w·r / Σ w
+    # DR with q̂ = [1, 2] on every row: Σ_a π q̂ = [1, 1.5, 2, 1]; w·(r - q̂(a_i)) = [0, -2, 0, 0].
+    q = torch.tensor([[1.0, 2.0]], dtype=torch.float64).expand(4, 2)
+    assert dr(r, a, p, pt, q, n_boot=10).value == pytest.approx(3.5 / 4)
+
+
+def test_bootstrap_std_err_and_interval_width_match_the_normal_approximation():
+    g = torch.Generator().manual_seed(5)
+    n = 400
+    r = torch.randn(n, generator=g, dtype=torch.float64)
+    a = torch.zeros(n, dtype=torch.long)
+    p = torch.ones(n, dtype=torch.float64)
+    pt = torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand(n, 2)
+    res = ips(r, a, p, pt, n_boot=4000, alpha=0.05, generator=g)
+    se = float(r.std(unbiased=False)) / n**0.5  # the bootstrap standard error of a mean
+    assert res.std_err == pytest.approx(se, rel=0.1)
+    assert res.ci_high - res.ci_low == pytest.approx(2 * 1.96 * se, rel=0.1)  # 95%, not 90% (1.645)
+
+
+def test_bootstrap_result_does_not_depend_on_the_chunk_size():
+    r, a, p, pt = _tiny_log()
+    results = [ips(r, a, p, pt, n_boot=50, chunk=c, generator=torch.Generator().manual_seed(1)) for c in (7, 50, 64)]
+    assert results[0] == results[1] == results[2]
+
+
+def test_ope_validation_edges():
+    r, a, p, pt = _tiny_log()
+    assert ips(r, a, torch.ones(4, dtype=torch.float64), pt, n_boot=10).n == 4  # a propensity of exactly 1 is fine
+    with pytest.raises(ValueError, match="pscore must lie in"):
+        ips(r, a, torch.full((4,), 1.01, dtype=torch.float64), pt)
+    with pytest.raises(ValueError, match="negative entries"):
+        ips(r, a, p, torch.tensor([[1.5, -0.5]] * 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="sums to"):
+        ips(r, a, p, pt * 1.01)
+    with pytest.raises(ValueError, match="SNIPS is undefined"):
+        snips(r, a, p, torch.tensor([[0.0, 1.0], [1.0, 0.0]] * 2, dtype=torch.float64))
+
+
+def test_snips_bootstrap_needs_two_defined_replicates():
+    # Two rows, one with positive weight; n_boot=2. Pick a seed where exactly one replicate draws that row: one
+    # defined replicate gives no interval and no standard deviation, so it must raise, not return NaN.
+    r = torch.ones(2)
+    a = torch.tensor([0, 1])
+    target = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    for seed in range(50):
+        idx = torch.randint(0, 2, (2, 2), generator=torch.Generator().manual_seed(seed))
+        if int((idx == 0).any(1).sum()) == 1:
+            break
+    else:
+        pytest.fail("no seed draws exactly one defined replicate")
+    with pytest.raises(ValueError, match="only 1 of 2"):
+        snips(r, a, torch.full((2,), 0.5), target, n_boot=2, generator=torch.Generator().manual_seed(seed))
+
+
+def test_fit_reward_model_cross_fits_and_penalises():
+    g = torch.Generator().manual_seed(6)
+    n = 12
+    x = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    a = torch.tensor([0, 1] * 6)
+    r = torch.randn(n, generator=g, dtype=torch.float64)
+    r2 = r.clone()
+    r2[0] += 100.0
+    for folds in (2, n):  # n folds (leave-one-out) is allowed
+        q = fit_reward_model(x, a, r, 2, n_folds=folds, generator=torch.Generator().manual_seed(0))
+        q2 = fit_reward_model(x, a, r2, 2, n_folds=folds, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(q[0], q2[0], atol=1e-12)  # row 0's prediction never saw row 0's reward
+        assert not torch.allclose(q, q2)
+    # In-sample ridge with intercept, penalty lam on every coefficient, by hand for arm 0.
+    lam = 5.0
+    q = fit_reward_model(x, a, r, 2, lam=lam, n_folds=1)
+    f = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], 1)
+    m = a == 0
+    coef = torch.linalg.solve(f[m].T @ f[m] + lam * torch.eye(3, dtype=torch.float64), f[m].T @ r[m])
+    assert torch.allclose(q[:, 0], f @ coef, atol=1e-12)

@@ -150,7 +150,7 @@ def test_metric_registry_names():
 # ChartQA (Masry et al. 2022, section 5.1): a number is right within 5% of the gold value, relative to the gold value;
 # anything else needs an exact match up to case.
 @pytest.mark.parametrize("prediction, gold, expected", [
-    ("12.6", "12", 1.0),     # |12.6 - 12| / 12 = 0.05: on the boundary, right
+    ("12.6", "12", 1.0),     # 0.05 up to rounding (just under in floats; the exact boundary, 105 vs 100, below)
     ("12.61", "12", 0.0),    # 0.0508
     ("11.4", "12", 1.0),     # 0.05 below
     ("-10.4", "-10", 1.0),   # relative to |gold|
@@ -182,3 +182,37 @@ def test_relaxed_accuracy_any_answer_and_bad_input():
         relaxed_accuracy("7", ["7"], max_relative_change=-0.1)
     with pytest.raises(ValueError, match="predictions must be strings"):
         relaxed_accuracy(7, ["7"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # A mark with a space on one side only is removed everywhere in the answer, not only there.
+        ("x -y-z", "x yz"),
+        # Newlines and tabs count as spaces for that test (they become spaces first).
+        ("x-\ny-z", "x yz"),
+        ("x-\ty-z", "x yz"),
+        # A comma after a digit but not before one is ordinary punctuation.
+        ("5,red", "5 red"),
+    ],
+)
+def test_normalize_answer_punctuation_rules(raw, expected):
+    assert normalize_answer(raw) == expected
+
+
+def test_exact_match_without_normalisation_strips_the_answers_too():
+    assert exact_match("Red", [" Red\n"], normalize=False) == 1.0
+
+
+def test_anls_takes_the_best_answer_wherever_it_is():
+    assert anls("abcd", ["abce", "xyz"]) == pytest.approx(0.75)
+    assert anls("abcd", ["abcd", "abce"]) == 1.0  # a later, worse match does not replace the best one
+
+
+def test_relaxed_accuracy_exact_boundary_and_zero_tolerance():
+    # 5 / 100 is exactly the float 0.05: on the boundary, right.
+    assert relaxed_accuracy("105", ["100"]) == 1.0
+    assert relaxed_accuracy("95", ["100"]) == 1.0
+    # A tolerance of 0 is allowed (only negative ones are refused) and needs the exact value.
+    assert relaxed_accuracy("7.0", ["7"], max_relative_change=0) == 1.0
+    assert relaxed_accuracy("7.01", ["7"], max_relative_change=0.0) == 0.0

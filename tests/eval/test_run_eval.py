@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from eval.flops import visual_flops, visual_flops_fraction
+from eval.flops import layer_dims, visual_flops, visual_flops_fraction
 from eval.run_eval import load_eval_cfg, main, summarize, target_fraction
 from models.builders import build_model
 
@@ -183,6 +184,30 @@ def test_flops_fraction_definition():
     assert visual_flops(tc, 1) == pytest.approx(2 * per_layer)
     with pytest.raises(ValueError, match="3 entries"):
         visual_flops(tc, [1, 2, 3])
+
+
+def test_flops_by_hand_on_a_config_with_distinct_widths():
+    # hidden 8, q = 2 heads x head_dim 3 = 6 (head_dim set explicitly, not hidden // heads), kv = 1 x 3, ffn 20.
+    tc = SimpleNamespace(hidden_size=8, num_attention_heads=2, head_dim=3, num_key_value_heads=1,
+                         intermediate_size=20, num_hidden_layers=2)
+    assert layer_dims(tc) == {"hidden": 8, "q": 6, "kv": 3, "ffn": 20, "layers": 2}
+    # Per visual token: 2·(8·6 + 2·8·3 + 6·8) + 6·8·20 = 288 + 960 = 1248.
+    # [2 text][3 image][4 text]: pairs 3·2 + 3·4/2 + 4·3 = 24, attention 4·6·24 = 576; a layer 3·1248 + 576.
+    layer = 3 * 1248 + 576
+    assert visual_flops(tc, 3, n_before=2, n_after=4) == 2 * layer
+    assert visual_flops(tc, [3, 0], n_before=2, n_after=4) == layer  # a layer without visual tokens costs nothing
+    # Full model, 6 tokens: 6·1248 + 4·6·(6·2 + 21 + 4·6).
+    full = 2 * (6 * 1248 + 4 * 6 * (12 + 21 + 24))
+    assert visual_flops_fraction(tc, 3, 6, n_before=2, n_after=4) == pytest.approx(2 * layer / full)
+    # Without head_dim / num_key_value_heads: head_dim = hidden // heads and kv = q.
+    plain = SimpleNamespace(hidden_size=8, num_attention_heads=2, intermediate_size=20, num_hidden_layers=1)
+    assert layer_dims(plain) == {"hidden": 8, "q": 8, "kv": 8, "ffn": 20, "layers": 1}
+    with pytest.raises(ValueError, match="n_before=-1"):
+        visual_flops(tc, 3, n_before=-1)
+    with pytest.raises(ValueError, match="n_after=-2"):
+        visual_flops(tc, 3, n_after=-2)
+    with pytest.raises(ValueError, match="full_tokens"):
+        visual_flops_fraction(tc, 0, 0)
 
 
 def test_loader_workers_give_the_same_predictions(bench, tmp_path):

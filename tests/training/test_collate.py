@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from models.builders import build_model
-from training.collate import RowDataset, VqaCollator, move_to
+from training.collate import RowDataset, VqaCollator, consensus_answer, move_to
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,57 @@ def test_random_budget_per_batch_is_deterministic_and_expands_the_placeholders(p
         VqaCollator(processor, train=True, budgets=[0, 16])
     with pytest.raises(ValueError, match="budget must be >= 1"):
         processor.encode_prompt("what?", 0)
+
+
+def test_consensus_answer_takes_the_most_frequent_and_the_earliest_on_ties():
+    assert consensus_answer(["a", "b", "b", "c"]) == "b"
+    assert consensus_answer(["c", "b", "c", "b", "a"]) == "c"  # tie between "c" and "b": the earliest wins
+    assert consensus_answer("two dogs") == "two dogs"  # a bare string is one answer, not its characters
+    with pytest.raises(ValueError, match="at least one answer"):
+        consensus_answer([])
+
+
+def test_train_batch_masks_the_prompt_and_pads_right_eval_batch_pads_left(processor):
+    from models.processing import IGNORE_INDEX
+
+    rows = _rows(2, (20, 20))
+    rows[0]["question"] = "what is it?"
+    rows[1]["question"] = "what is the colour of the largest object in the picture?"
+    rows[0]["answers"] = ["red", "blue", "blue"]
+    rows[1]["answers"] = "yes"  # a bare string is the row's only answer
+    del rows[0]["question_id"], rows[1]["question_id"]
+    pad = processor.tokenizer.pad_token_id
+    b = VqaCollator(processor, train=True)(rows)
+    assert b["question_id"] == ["0", "1"] and b["answers"] == [["red", "blue", "blue"], ["yes"]]
+    assert b["attention_mask"].dtype == torch.int64
+    for i, (r, answer) in enumerate(zip(rows, ["blue", "yes"])):
+        prompt = processor.encode_prompt(r["question"], None)
+        target = processor.encode_answer(answer)
+        n = len(prompt) + len(target)
+        assert b["input_ids"][i, :n].tolist() == prompt + target
+        width = b["labels"].shape[1]
+        assert b["labels"][i].tolist() == [IGNORE_INDEX] * len(prompt) + target + [IGNORE_INDEX] * (width - n)
+        assert b["attention_mask"][i].tolist() == [1] * n + [0] * (b["input_ids"].shape[1] - n)
+        assert bool((b["input_ids"][i, n:] == pad).all())
+    e = VqaCollator(processor, train=False)(rows)
+    assert "labels" not in e
+    short = processor.encode_prompt(rows[0]["question"], None)
+    width = e["input_ids"].shape[1]
+    assert width > len(short) and e["input_ids"][0, width - len(short):].tolist() == short
+    assert e["attention_mask"][0].tolist() == [0] * (width - len(short)) + [1] * len(short)
+
+
+def test_max_length_is_inclusive_and_empty_batches_are_refused(processor):
+    rows = _rows(1, (20, 20))
+    longest = VqaCollator(processor, train=True)(rows)["input_ids"].shape[1]
+    assert VqaCollator(processor, train=True, max_length=longest)(rows)["input_ids"].shape[1] == longest
+    with pytest.raises(ValueError, match=f"max_length={longest - 1}"):
+        VqaCollator(processor, train=True, max_length=longest - 1)(rows)
+    with pytest.raises(ValueError, match="empty batch"):
+        VqaCollator(processor)([])
+
+
+def test_row_dataset_length_follows_the_indices():
+    ds = [{"i": i} for i in range(5)]
+    assert len(RowDataset(ds, [4, 0, 2])) == 3
+    assert len(torch.utils.data.DataLoader(RowDataset(ds, [1, 3]), batch_size=None)) == 2
