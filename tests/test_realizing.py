@@ -56,6 +56,14 @@ def test_hilbert_order_steps_between_neighbours_on_power_of_two_grids(side):
     assert int(order[0]) == 0
 
 
+def test_hilbert_order_uses_the_smallest_enclosing_grid():
+    # The cells are ranked on the smallest enclosing 2^m x 2^m grid, as documented. A grid twice as large ranks them
+    # by its first quadrant, a transposed curve: still a permutation of 4-neighbour steps, but another order.
+    assert hilbert_order(2, 2).tolist() == [0, 2, 3, 1]
+    assert hilbert_order(4, 4).tolist() == [0, 1, 5, 4, 8, 12, 13, 9, 10, 14, 15, 11, 7, 6, 2, 3]
+    assert hilbert_order(2, 3).tolist() == [0, 1, 4, 3, 5, 2]
+
+
 # --------------------------------------------------------------------------------------------------------------- counts
 
 
@@ -230,6 +238,16 @@ def test_half_precision_keeps_dtype_and_float32_positions():
     out = Realizing()(feats, torch.tensor([[2, 11]]))
     assert out.tokens.dtype == torch.bfloat16 and out.positions.dtype == torch.float32
     torch.testing.assert_close(_patch_means(out, 2).float(), feats.float().mean(dim=(2, 3)), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype, half_ulp", [(torch.bfloat16, 2 ** -8), (torch.float16, 2 ** -11)])
+def test_half_precision_accumulates_in_float32(dtype, half_ulp):
+    # One token pools a 24 x 24 patch: accumulated in float32 it is the true mean (in [1, 2)) rounded once to the half
+    # type, within half an ulp; accumulated in the half type itself it drifts further.
+    feats = (1 + torch.rand(1, 1, 24, 24, 16, generator=torch.Generator().manual_seed(0))).to(dtype)
+    out = Realizing()(feats, torch.tensor([[1]]))
+    want = feats.double().mean(dim=(2, 3))[0]
+    assert (out.tokens[0, :1].double() - want).abs().max() <= half_ulp * (1 + 1e-3)
 
 
 # ------------------------------------------------------------------------------------------------------------ gradients

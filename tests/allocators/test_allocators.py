@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from arr_coc import create_allocator, list_allocators
 from arr_coc.allocators.mckp import level_values, solve_mckp
+from arr_coc.allocators.registry import capped_softmax
 from _solvers import mckp_brute, waterfill_log_f64
 
 # Every registered allocator is checked for the invariants; the bandit (which learns from rewards, tested further in
@@ -244,6 +245,8 @@ def test_mckp_lagrangian_is_feasible_and_close_to_dp():
     assert (lag.value >= 0.99 * dp.value).all()  # close, not just feasible (measured: within 0.2%)
     with pytest.raises(ValueError, match="at_most"):
         create_allocator("mckp", method="lagrangian", mode="exact")
+    with pytest.raises(ValueError, match="supports mode='at_most' only, got 'exact'"):
+        solve_mckp(v, [64, 128, 256, 400], 14000, mode="exact", method="lagrangian")
 
 
 def test_mckp_level_validation():
@@ -251,6 +254,80 @@ def test_mckp_level_validation():
         create_allocator("mckp", levels=(64, 64, 400))
     with pytest.raises(ValueError, match=r"within \[min_tokens=64"):
         create_allocator("mckp", levels=(32, 400))
+    with pytest.raises(ValueError, match=r"levels must be >= 0, got \[-4, 16\]"):
+        solve_mckp(torch.zeros(1, 2, 2), [-4, 16], 20)
+
+
+def test_mckp_level_values_with_a_zero_level():
+    # log(c / c0) has no c0 = 0: the zero level is worth 0 and the others log(c), times w = K * softmax(u).
+    u = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    v = level_values(u, [0, 4, 16])
+    w = 2 * torch.softmax(u, -1)
+    assert torch.allclose(v, w[..., None] * torch.tensor([0.0, 4.0, 16.0]).clamp_min(1).log().double())
+
+
+@pytest.mark.parametrize("method", ["dp", "lagrangian"])
+def test_mckp_budget_exactly_k_times_the_cheapest_level(method):
+    # K * c0 == budget is feasible (every patch at the cheapest level); only K * c0 > budget is not.
+    v = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sol = solve_mckp(v, [4, 8, 16], 12, mode="at_most", method=method)
+    assert sol.tokens.tolist() == [[4, 4, 4]] * 2 and sol.slack.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="infeasible"):
+        solve_mckp(v, [4, 8, 16], 11, mode="at_most", method=method)
+
+
+def test_capped_softmax_caps_in_as_many_rounds_as_needed():
+    # Shares of 24 for weights (10, 8, 1, 1) are (12, 9.6, 1.2, 1.2): capping the first at 10 hands its excess to the
+    # rest in proportion, (11.2, 1.4, 1.4), which pushes the second over the cap too. Result: (10, 10, 2, 2).
+    u = torch.tensor([[10.0, 8.0, 1.0, 1.0]], dtype=torch.float64).log()
+    x = capped_softmax(u, 24.0, 0.0, 10.0)
+    torch.testing.assert_close(x, torch.tensor([[10.0, 10.0, 2.0, 2.0]], dtype=torch.float64))
+
+
+def test_capped_softmax_budget_at_the_floor_puts_every_patch_at_lo():
+    # Budget K·lo leaves nothing free: exactly lo everywhere (with lo = 0 a tiny c·exp(u) would show), no gradient.
+    u = torch.tensor([[3.0, 0.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    x = capped_softmax(u, 0.0, 0.0, 10.0)
+    assert torch.equal(x, torch.zeros_like(x))
+    (x * torch.arange(3.0, dtype=torch.float64)).sum().backward()
+    assert torch.equal(u.grad, torch.zeros_like(u))
+
+
+def test_mckp_lagrangian_repair_fills_the_room():
+    # Every patch values levels (1, 2, 4) at (0, 1, 1.9): the multiplier settles all three on 2 (6 tokens), then the
+    # greedy repair upgrades two of them to 4, which spends the budget of 10 exactly and matches the DP's optimum.
+    v = torch.tensor([0.0, 1.0, 1.9], dtype=torch.float64).expand(1, 3, 3).contiguous()
+    lag = solve_mckp(v, [1, 2, 4], 10, mode="at_most", method="lagrangian")
+    dp = solve_mckp(v, [1, 2, 4], 10, mode="at_most")
+    assert lag.slack.tolist() == [0] and sorted(lag.tokens[0].tolist()) == [2, 4, 4]
+    assert lag.value.item() == pytest.approx(4.8) and dp.value.item() == pytest.approx(4.8)
+
+
+def test_capped_softmax_budget_at_the_ceiling_has_finite_gradients():
+    # Budget K·hi: here rounding caps every patch, which leaves log(0) for the free tokens and an empty logsumexp
+    # (found by a random search; the last patch usually stays free, exactly at hi). The gradients, to the budget too,
+    # must stay finite.
+    u = torch.tensor([[-0.6719761460112996, -3.139972225453657, 2.463000797642189, 2.7892635443476923]],
+                     dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(1600.0, dtype=torch.float64, requires_grad=True)
+    x = capped_softmax(u, b, 64.0, 400.0)
+    assert torch.equal(x, torch.full_like(x, 400.0))
+    (x * torch.arange(4.0, dtype=torch.float64)).sum().backward()
+    assert torch.isfinite(u.grad).all() and torch.isfinite(b.grad)
+
+
+def test_mckp_feasibility_edges():
+    # exact: K * max(level) == budget is reachable (every patch at the top level); one token more is not.
+    alloc = create_allocator("mckp", budget=4 * 400)
+    alloc.check_feasible(4)
+    assert alloc(torch.zeros(1, 4)).tolist() == [[400] * 4]
+    with pytest.raises(ValueError, match="K·max\\(level\\)"):
+        create_allocator("mckp", budget=4 * 400 + 16).check_feasible(4)
+    # at_most: a budget beyond K * max_tokens is refused too, though the levels alone would leave slack.
+    with pytest.raises(ValueError, match="K·hi = 4·400 = 1600 < budget=1616"):
+        create_allocator("mckp", budget=1616, mode="at_most").check_feasible(4)
+    with pytest.raises(ValueError, match="relaxed\\(\\) needs a \\(B, K\\) utility"):
+        create_allocator("mckp").relaxed(torch.zeros(1, 4, 4))
 
 
 def test_hierarchical_regions_then_patches():

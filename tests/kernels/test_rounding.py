@@ -51,6 +51,19 @@ def test_negative_deficit_from_drift_is_repaired():
     assert t[0, 0] == 65 and t[0, -1] == 67 and (t[0, 1:-1] == 66).all()
 
 
+def test_drift_never_moves_an_entry_past_its_bound():
+    # With ties on the remainder, the lowest index would win, but an entry already at its bound cannot move: the
+    # unit taken back skips the entry at lo, the unit given skips the entry at hi.
+    x = torch.full((1, 200), 66.0, dtype=torch.float64)
+    x[0, 0], x[0, -1] = 64.0, 67.2
+    t = round_to_budget(x, 13198, 64, 400)
+    assert t[0, 0] == 64 and t[0, 1] == 65 and t[0, -1] == 67 and (t[0, 2:-1] == 66).all()
+    x = torch.full((1, 200), 66.0, dtype=torch.float64)
+    x[0, 0] = 400.0
+    t = round_to_budget(x, 13535, 64, 400)  # x sums to 13534: one unit to give
+    assert t[0, 0] == 400 and t[0, 1] == 67 and (t[0, 2:] == 66).all()
+
+
 def test_floor_below_lo_from_drift():
     x = torch.tensor([[63.9999999, 66.0000001]], dtype=torch.float64)
     t = round_to_budget(x, 130, 64, 400)
