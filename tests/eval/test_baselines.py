@@ -123,6 +123,18 @@ def test_tome_merges_the_most_similar_pair_first():
     torch.testing.assert_close(out_pos[0, merged], (pos[0, 0] + pos[0, 1]) / 2)
 
 
+def _eager_attentions(model, method, batch):
+    """Every LLM layer's eager attention probabilities (B, H, L, L) on the method's full-token prompt embeddings."""
+    embeds, _, _ = method.embed(batch["pixel_values"], batch["input_ids"])
+    model.llava.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                        output_attentions=True).attentions
+    finally:
+        model.llava.set_attn_implementation("sdpa")
+
+
 @pytest.mark.parametrize("name", list_methods())
 def test_generate_end_to_end(tiny, name):
     model, processor = tiny
@@ -155,14 +167,7 @@ def test_fastv_drops_the_tokens_with_the_lowest_measured_attention():
     fv = method.baseline
     scores, keep = fv.last_scores, fv.last_keep
     # Measured: eager attention probabilities of layer 2 (index 1) for the last prompt position, heads averaged.
-    embeds, _, _ = method.embed(batch["pixel_values"], batch["input_ids"])
-    model.llava.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            att = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                                       output_attentions=True).attentions[1]
-    finally:
-        model.llava.set_attn_implementation("sdpa")
+    att = _eager_attentions(model, method, batch)[1]
     measured = att[:, :, -1].mean(1)  # (B, L)
     torch.testing.assert_close(scores, measured, rtol=1e-4, atol=1e-6)
     image = batch["input_ids"] == model.image_token_id
@@ -321,14 +326,7 @@ def test_fastv_read_with_query_key_norms(model_type):
     method = create_method("fastv", model, 0.25, layer=2)
     batch, _ = _fastv_batch(method, processor)
     method.generate(**batch, max_new_tokens=1, do_sample=False)
-    embeds, _, _ = method.embed(batch["pixel_values"], batch["input_ids"])
-    model.llava.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            att = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                                       output_attentions=True).attentions[1]
-    finally:
-        model.llava.set_attn_implementation("sdpa")
+    att = _eager_attentions(model, method, batch)[1]
     torch.testing.assert_close(method.baseline.last_scores, att[:, :, -1].mean(1), rtol=1e-4, atol=1e-6)
 
 
