@@ -19,6 +19,7 @@ layer costs O(K·D) per image, negligible next to the LLM, so neither enters the
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Sequence
 
 __all__ = ["layer_dims", "visual_flops", "visual_flops_fraction"]
@@ -63,7 +64,12 @@ def visual_flops(text_config: Any, visual_per_layer: Sequence[int] | int, *, n_b
         ValueError: a per-layer list whose length differs from the layer count, or a negative count.
     """
     dims = layer_dims(text_config)
-    counts = [int(visual_per_layer)] * dims["layers"] if isinstance(visual_per_layer, int) else list(visual_per_layer)
+    if isinstance(visual_per_layer, numbers.Integral):  # NumPy integers too (list() of one raised a TypeError)
+        counts = [int(visual_per_layer)] * dims["layers"]
+    elif hasattr(visual_per_layer, "__iter__") and not isinstance(visual_per_layer, str):
+        counts = [int(v) for v in visual_per_layer]
+    else:
+        raise ValueError(f"visual_per_layer must be an integer or one integer per layer, got {visual_per_layer!r}")
     if len(counts) != dims["layers"]:
         raise ValueError(f"visual_per_layer has {len(counts)} entries but the LLM has {dims['layers']} layers")
     if min(counts + [n_before, n_after]) < 0:

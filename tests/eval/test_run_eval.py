@@ -208,6 +208,11 @@ def test_flops_by_hand_on_a_config_with_distinct_widths():
         visual_flops(tc, 3, n_after=-2)
     with pytest.raises(ValueError, match="full_tokens"):
         visual_flops_fraction(tc, 0, 0)
+    import numpy as np
+    assert visual_flops(tc, np.int64(3), n_before=2, n_after=4) == 2 * layer  # was a TypeError from list()
+    assert visual_flops(tc, torch.tensor([3, 0]), n_before=2, n_after=4) == layer
+    with pytest.raises(ValueError, match="visual_per_layer must be an integer.*2.5"):
+        visual_flops(tc, 2.5)
 
 
 def test_loader_workers_give_the_same_predictions(bench, tmp_path):
