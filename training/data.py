@@ -243,6 +243,9 @@ def _load_raw(
     path = Path(target).expanduser()
     if path.exists():
         if _is_saved_dataset(path):
+            if config is not None:  # a saved folder holds one config: another name would be ignored silently
+                raise ValueError(f"config={config!r} applies to a hub id or a local clone of its repository, not to "
+                                 f"the save_to_disk folder {target!r}; leave data.config unset")
             return _pick_split(datasets.load_from_disk(str(path)), split, target)
         if path.is_file():
             builder = _FILE_BUILDERS.get(path.suffix.lower())

@@ -291,6 +291,8 @@ def test_bad_requests_raise_value_errors(tmp_path):
         load_vqa_dataset("coco", path=path)
     with pytest.raises(ValueError, match="split 'train'.*validation"):
         load_vqa_dataset("vqav2", path=path, split="train")
+    with pytest.raises(ValueError, match="config='other'.*save_to_disk folder"):  # was ignored silently
+        load_vqa_dataset("vqav2", path=path, config="other")
     with pytest.raises(ValueError, match="unknown column-map field.*'qtype'"):
         load_vqa_dataset("vqav2", path=path, columns={"qtype": "x"})
     with pytest.raises(ValueError, match="'query' not found; available columns: .*'question'"):
