@@ -502,6 +502,8 @@ def _as_tensor(name: str, v: Tensor | _Number, like: Tensor, dtype: torch.dtype)
         if v.device != like.device:
             raise ValueError(f"{name} is on {v.device} but y is on {like.device}")
         return v
+    if not isinstance(v, (bool, int, float)) and isinstance(v, numbers.Real):  # NumPy scalars (np.float32 was refused)
+        v = int(v) if isinstance(v, numbers.Integral) else float(v)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"{name} must be a number or a tensor, got {type(v).__name__}: {v!r}")
     if not dtype.is_floating_point and not -(2 ** 63) <= v < 2 ** 63:

@@ -657,3 +657,16 @@ def test_python_number_bounds_are_kept_safely(monkeypatch):
         assert ops._constant(0.5, torch.float32, y.device) is keep  # used every step: never the oldest
     assert len(ops._CONSTANTS) == 4
     assert ops._constant(99.0, torch.float32, y.device) is ops._constant(99.0, torch.float32, y.device)
+
+
+def test_numpy_scalars_are_numbers():
+    # np.float32 budgets and bounds were refused as "not a number" (np.float64 passed, being a float subclass).
+    np = pytest.importorskip("numpy")
+    y = torch.randn(3, 200, generator=torch.Generator().manual_seed(0)) * 80 + 66
+    want = capped_simplex_projection(y, 13200.0, 64.0, 400.0)
+    got = capped_simplex_projection(y, np.float32(13200), np.float32(64), np.int64(400))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.equal(round_to_budget(got, np.int64(13200), np.int32(64), np.int16(400)),
+                       round_to_budget(want, 13200, 64, 400))
+    with pytest.raises(ValueError, match="budget must be a number or a tensor"):
+        capped_simplex_projection(y, np.bool_(True), 64.0, 400.0)
