@@ -508,6 +508,14 @@ def _as_tensor(name: str, v: Tensor | _Number, like: Tensor, dtype: torch.dtype)
         raise ValueError(f"{name} must be a number or a tensor, got {type(v).__name__}: {v!r}")
     if not dtype.is_floating_point and not -(2 ** 63) <= v < 2 ** 63:
         raise ValueError(f"{name}={v!r} does not fit in {dtype}")
+    if dtype.is_floating_point:
+        big = torch.finfo(dtype).max
+        try:
+            too_big = math.isfinite(v) and abs(v) > big  # an int past float64's range raises OverflowError here
+        except OverflowError:
+            too_big = True
+        if too_big:  # it would become inf and be reported as "non-finite inf", not as the number given
+            raise ValueError(f"{name}={v!r} does not fit in {dtype} (max {big:g})")
     try:
         return _constant(v, dtype, like.device)
     except OverflowError as exc:  # an int past float64's range

@@ -622,6 +622,10 @@ def test_numbers_past_the_dtype_range_are_named():
         project_and_round(x, 10, -(2 ** 63) - 1, 7)
     with pytest.raises(ValueError, match="budget=1000.* does not fit in torch.float32"):
         capped_simplex_projection(x, 10 ** 400, 1.0, 7.0)
+    # A float past float32's range became inf and was reported as "non-finite inf", not as the number given.
+    with pytest.raises(ValueError, match=r"hi=1e\+39 does not fit in torch.float32"):
+        capped_simplex_projection(x, 10.0, 1.0, 1e39)
+    assert capped_simplex_projection(x.double(), 10.0, 1.0, 1e39).dtype == torch.float64  # fits in float64
 
 
 def test_python_number_bounds_are_kept_safely(monkeypatch):
