@@ -85,12 +85,18 @@ def _check_int(name: str, v: object, minimum: int | None = None) -> int:
     return out
 
 
-def _check_patch_grid(patch_grid: Sequence[int] | None, num_patches: int) -> tuple[int, int]:
-    if patch_grid is None:
-        return default_patch_grid(num_patches)
+def _grid_pair(patch_grid: Sequence[int]) -> tuple[int, int]:
+    """``patch_grid`` as two positive ints (rows, cols); ``ValueError`` naming it or its offending entry."""
     if isinstance(patch_grid, (str, bytes)) or not hasattr(patch_grid, "__len__") or len(patch_grid) != 2:
         raise ValueError(f"patch_grid must be two positive ints (rows, cols), got {patch_grid!r}")
     gh, gw = (_check_int(f"patch_grid {tuple(patch_grid)} entry", v, minimum=1) for v in patch_grid)
+    return gh, gw
+
+
+def _check_patch_grid(patch_grid: Sequence[int] | None, num_patches: int) -> tuple[int, int]:
+    if patch_grid is None:
+        return default_patch_grid(num_patches)
+    gh, gw = _grid_pair(patch_grid)
     if gh * gw != num_patches:
         raise ValueError(f"patch_grid {tuple(patch_grid)} does not multiply to num_patches={num_patches}")
     return gh, gw

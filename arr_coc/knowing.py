@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arr_coc._utils import (_check_finite, _check_float, _check_int, _check_ndim, _check_patch_grid,
-                            _check_same_device, _check_tensor)
+                            _check_same_device, _check_tensor, _grid_pair)
 
 __all__ = ["Knowing", "standardize", "pixel_entropy"]
 
@@ -71,9 +71,7 @@ def pixel_entropy(pixels: Tensor, patch_grid: tuple[int, int], bins: int = 32) -
         pixels: (B, C, H, W)
         returns: (B, K) with K = Gh·Gw
     """
-    if isinstance(patch_grid, (str, bytes)) or not hasattr(patch_grid, "__len__") or len(patch_grid) != 2:
-        raise ValueError(f"patch_grid must be two positive ints (rows, cols), got {patch_grid!r}")
-    gh, gw = (_check_int(f"patch_grid {tuple(patch_grid)} entry", v, minimum=1) for v in patch_grid)
+    gh, gw = _grid_pair(patch_grid)
     bins = _check_int("bins", bins, minimum=1)
     _check_pixels(pixels, (gh, gw))
     b, _, h, w = pixels.shape

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._utils import (_check_finite, _check_float, _check_int, _check_ndim, _check_patch_grid, _check_same_device,
-                     _check_tensor)
+from ._utils import (_check_finite, _check_float, _check_ndim, _check_patch_grid, _check_same_device, _check_tensor,
+                     _grid_pair)
 
 __all__ = ["Realizing", "RealizingOutput", "hilbert_order"]
 
@@ -140,10 +140,8 @@ class Realizing(nn.Module):
         if patch_grid is not None:
             # Checked as integers: int() truncated (2.5, 1.6) to (2, 1) and read True and "2" as 1 and 2.
             try:
-                if isinstance(patch_grid, (str, bytes)) or len(patch_grid) != 2:
-                    raise ValueError
-                patch_grid = tuple(_check_int("patch_grid", v, minimum=1) for v in patch_grid)
-            except (ValueError, TypeError):
+                patch_grid = _grid_pair(patch_grid)
+            except ValueError:
                 raise ValueError(f"patch_grid must be two positive ints (rows, cols), got {patch_grid!r}") from None
         self.patch_grid = patch_grid
         # A dict rather than buffers: (h, w) is only known at forward time and may vary between calls, and the order

@@ -516,10 +516,7 @@ def _as_tensor(name: str, v: Tensor | _Number, like: Tensor, dtype: torch.dtype)
             too_big = True
         if too_big:  # it would become inf and be reported as "non-finite inf", not as the number given
             raise ValueError(f"{name}={v!r} does not fit in {dtype} (max {big:g})")
-    try:
-        return _constant(v, dtype, like.device)
-    except OverflowError as exc:  # an int past float64's range
-        raise ValueError(f"{name}={v!r} does not fit in {dtype}") from exc
+    return _constant(v, dtype, like.device)
 
 
 def _prepare(y: Tensor, budget, lo, hi, *, name: str, int_bounds: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
