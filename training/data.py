@@ -215,9 +215,12 @@ def _looks_local(target: str) -> bool:
     return target.startswith((".", "/", "~")) or "\\" in target or target.count("/") != 1
 
 
-def _clone_config(target: str, config: str | None) -> str | None:
-    """``config`` if ``target`` is a local clone of a hub dataset repository that declares it (in its README), else
-    ``None``: a clone holds every config of the repository, as the hub id does."""
+def _source_config(source: VqaSource, target: str, config: str | None) -> str | None:
+    """``config`` (one of ``source``'s hub configs) where ``target`` is the source's hub id or a local clone of its
+    hub repository that declares it (in its README), else ``None``: a clone holds every config of the repository, as
+    the hub id does."""
+    if target == source.hub_id:
+        return config
     path = Path(target).expanduser()
     if config is None or not path.is_dir() or _is_saved_dataset(path):
         return None
@@ -499,7 +502,7 @@ def load_vqa_dataset(
     split = split or source.default_split
     target = os.fspath(path) if path is not None else source.hub_id
     if config is None:
-        config = source.hub_config if target == source.hub_id else _clone_config(target, source.hub_config)
+        config = _source_config(source, target, source.hub_config)
 
     if columns is None:
         column_map = source.columns
@@ -516,15 +519,15 @@ def load_vqa_dataset(
     raw = _paths_beside_file(raw, column_map.image, target)
     images_ds = None
     if column_map.image not in raw.column_names and column_map.image_id is not None:
-
-        def images_config_of(where: str) -> str | None:  # the hub repository or a local clone of it
-            return source.images_config if where == source.hub_id else _clone_config(where, source.images_config)
-
-        if images is None and source.images_config and images_config_of(target):
-            images = target
+        images_config = None
+        if images is None:  # the images config of the same hub repository (or local clone of it), if it has one
+            images_config = _source_config(source, target, source.images_config)
+            if images_config:
+                images = target
         if isinstance(images, (str, os.PathLike)):
             images_target = os.fspath(images)
-            images_config = images_config_of(images_target)
+            if images_config is None:
+                images_config = _source_config(source, images_target, source.images_config)
             images_ds = _load_raw(
                 images_target, images_config, split, lambda: _how_to_get(source, split, images_target), **load_kwargs
             )
