@@ -74,6 +74,7 @@ def pixel_entropy(pixels: Tensor, patch_grid: tuple[int, int], bins: int = 32) -
     gh, gw = _grid_pair(patch_grid)
     bins = _check_int("bins", bins, minimum=1)
     _check_pixels(pixels, (gh, gw))
+    _check_finite("pixels", pixels)  # a NaN or inf made the image's range NaN: every patch scored 0, silently
     b, _, h, w = pixels.shape
     grey = pixels.float().mean(1)  # (B, H, W)
     lo = grey.flatten(1).amin(-1)[:, None, None]

@@ -104,6 +104,16 @@ def test_particularize_weight_is_expm1_and_learnable(scores):
     assert Balancing(3, init_compress=4.77).compress_weight().item() == pytest.approx(4.77)
 
 
+def test_a_large_compress_weight_keeps_finite_gradients(scores):
+    # The particularize branch exp(c) - 1 overflows for c > 88 in float32; where() gives that branch a zero gradient,
+    # but 0 · inf is NaN, so the branch must never see a large c.
+    bal = Balancing(3, init_compress=100.0)
+    bal(scores).square().sum().backward()
+    for name in ("weights", "log_focus", "compress"):  # explore has no gradient without an uncertainty
+        assert torch.isfinite(bal.get_parameter(name).grad).all(), name
+    assert bal.compress.grad.abs().item() > 0
+
+
 # -- directions, measured through the projection allocator -------------------------------------------------------------
 # log_focus = -1.5 keeps every patch below max_tokens, so only the tension under test changes the allocation. The
 # tests further below repeat the checks at the default focus, where patches saturate.
@@ -251,6 +261,8 @@ def test_uncertainty_in_another_dtype_is_refused(scores, uncertainty):
     ({"init_weights": [1.0, float("nan"), 1.0]}, r"init_weights\[1\] must be a finite number, got nan"),
     ({"init_focus": "1"}, r"init_focus must be a finite number, got '1'"),
     ({"init_weights": "abc"}, r"init_weights must be a sequence of numbers, got 'abc'"),
+    ({"init_focus": True}, r"init_focus must be a finite number, got True"),
+    ({"init_weights": [1.0, False, 1.0]}, r"init_weights\[1\] must be a finite number, got False"),
 ])
 def test_non_finite_or_non_numeric_tensions_are_refused(scores, kw, msg):
     # They were accepted and made every utility NaN or inf (reported, if at all, by the allocator downstream); a

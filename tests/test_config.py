@@ -103,7 +103,8 @@ def test_apply_overrides_parses_types():
 
 @pytest.mark.parametrize("text,want", [
     ("576", 576), ("-3", -3), ("0.5", 0.5), ("1e3", 1000.0), ("true", True), ("False", False), ("null", None),
-    ("None", None), ("mckp", "mckp"), (" projection ", "projection"), ("[1, 2]", [1, 2]), ('"42"', "42"),
+    ("None", None), ("none", None), ("mckp", "mckp"), (" projection ", "projection"), ("[1, 2]", [1, 2]),
+    ('"42"', "42"),
     ('{"a": [1]}', {"a": [1]}), ("a=b", "a=b"),
 ])
 def test_parse_override_value(text, want):

@@ -177,6 +177,17 @@ def test_feature_entropy_of_a_flat_patch_tends_to_zero_with_a_sharp_codebook():
     assert torch.all(raw[0, 1:] > 0.3)  # 16 random tokens over 8 sharp bins occupy several
 
 
+def test_feature_entropy_uses_only_the_prototype_directions():
+    # Each prototype is scaled to norm sqrt(D) before the assignment, so rescaling one prototype changes nothing.
+    torch.manual_seed(0)
+    kn = Knowing(8, 8, num_prototypes=5)
+    f = _features(b=2, k=4, h=2, w=2, d=8)
+    before = kn.propositional(f, None, (2, 2))
+    with torch.no_grad():
+        kn.prototypes.mul_(torch.tensor([0.1, 1.0, 3.0, 7.0, 0.5])[:, None])
+    torch.testing.assert_close(kn.propositional(f, None, (2, 2)), before, atol=1e-6, rtol=0)
+
+
 # -- perspectival: centre-surround salience ----------------------------------------------------------------------------
 
 
@@ -203,6 +214,17 @@ def test_perspectival_counts_within_patch_contrast():
     assert int(raw[0].argmax()) == 6
     torch.testing.assert_close(raw[0, 6], torch.tensor(2.0), atol=1e-6, rtol=0)  # rms distance to the mean: sqrt(4)
     assert torch.all(raw[0, torch.arange(9) != 6] == 0)
+
+
+def test_perspectival_neighbours_follow_the_row_major_grid_layout():
+    # On a 2x4 grid patch 3 (row 0, col 3) has neighbours 2, 6 and 7: only they and patch 3 see any contrast. Read as
+    # a 4x2 layout, patch 3 would sit at (1, 1), next to 0, 1, 2, 4, 5, 6, 7.
+    f = torch.zeros(1, 8, 2, 2, 4)
+    f[0, 3] = 1.0
+    raw = Knowing(4, 4).perspectival(f, (2, 4))
+    assert (raw[0] > 0).nonzero().flatten().tolist() == [2, 3, 6, 7]
+    torch.testing.assert_close(raw[0, 3], torch.tensor(2.0), atol=1e-6, rtol=0)  # |1 - 0| over D=4
+    torch.testing.assert_close(raw[0, 2], torch.tensor(2.0 / 5), atol=1e-6, rtol=0)  # 1 of its 5 neighbours is odd
 
 
 # -- participatory: query cross-attention ------------------------------------------------------------------------------
@@ -232,6 +254,16 @@ def test_participatory_identity_init_with_wider_attention():
     f = pf[:, :, None, None, :].expand(1, 6, 2, 2, d).contiguous()
     kn = Knowing(d, d, attn_dim=20, identity_init=True)
     assert int(kn(f, query=pf[:, 4])[0, :, PART].argmax()) == 4
+
+
+def test_participatory_is_the_log_of_scaled_dot_product_attention():
+    # One fine token per patch and identity projections: the score is log softmax_k(f_k . q / sqrt(attn_dim)).
+    d = 8
+    g = torch.Generator().manual_seed(0)
+    f, q = torch.randn(2, 5, 1, 1, d, generator=g), torch.randn(2, d, generator=g)
+    kn = Knowing(d, d, attn_dim=d, identity_init=True)
+    want = torch.log_softmax((f[:, :, 0, 0] @ q[:, :, None])[..., 0] / math.sqrt(d), dim=-1)
+    torch.testing.assert_close(kn.participatory(f, q), want, atol=1e-5, rtol=0)
 
 
 # -- gradients ---------------------------------------------------------------------------------------------------------
@@ -366,6 +398,8 @@ def test_non_tensor_empty_grid_and_channel_less_pixels_raise_value_error():
     # An empty fine grid was reported as "scores contains 24 non-finite value(s)".
     with pytest.raises(ValueError, match=r"features' fine grid must be at least 1x1, got h=0, w=3"):
         kn(torch.zeros(2, 4, 0, 3, 8), query=q)
+    with pytest.raises(ValueError, match=r"features' fine grid must be at least 1x1, got h=3, w=0"):
+        kn(torch.zeros(2, 4, 3, 0, 8), query=q)  # was NaN scores throughout
     # No channel: the grey level was NaN and every patch silently scored an entropy of 0.
     with pytest.raises(ValueError, match=r"pixels must be real with at least one channel, got shape \(2, 0, 8, 8\)"):
         kn(f, query=q, pixels=torch.rand(2, 0, 8, 8))
@@ -387,3 +421,9 @@ def test_pixel_entropy_refuses_bad_arguments_by_value():
         pixel_entropy(px, (0, 2))
     with pytest.raises(ValueError, match=r"pixels must have 4 dims \(B, C, H, W\), got shape \(3, 8, 8\)"):
         pixel_entropy(px[0], (2, 2))
+    # One NaN or inf pixel made the image's range NaN and every patch of it scored an entropy of 0, silently.
+    for value in (float("nan"), float("inf")):
+        bad = px.clone()
+        bad[0, 1, 2, 3] = value
+        with pytest.raises(ValueError, match=r"pixels contains 1 non-finite value\(s\); first at index \(0, 1, 2, 3\)"):
+            pixel_entropy(bad, (2, 2))

@@ -327,6 +327,8 @@ def test_construction_errors():
     alloc = create_allocator("hierarchical", 64, 1, 16, patch_grid=(2, 8))
     ok = ArrCoc(8, 8, **small, patch_grid=(2, 8), allocator=alloc)
     assert ok.attending.patch_grid == (2, 8)
+    # By name, hierarchical takes the layer's grid (its own default would be the most square (4, 4)).
+    assert ArrCoc(8, 8, **small, patch_grid=(2, 8), allocator="hierarchical").attending.patch_grid == (2, 8)
     # A grid of non-integers whose product is K was truncated to another grid ((2.5, 1.6) -> (2, 1) for K=4).
     with pytest.raises(ValueError, match=r"patch_grid \(2.5, 1.6\) entry must be an integer, got float: 2.5"):
         ArrCoc(8, 8, num_patches=4, budget=16, min_tokens=2, max_tokens=8, patch_grid=(2.5, 1.6))
@@ -399,6 +401,46 @@ def test_output_carries_the_bandit_context():
     assert out.context is not None and out.context.shape == (2, K, D + D + 3)
     assert not out.context.requires_grad
     assert _small("projection")(feats, query=query).context is None
+    # [query; patch mean feature; scores], in that order, and detached with gradients on as well.
+    torch.testing.assert_close(out.context[..., :D], query[:, None, :].expand(2, K, D))
+    torch.testing.assert_close(out.context[..., D:2 * D], feats.mean(dim=(2, 3)))
+    torch.testing.assert_close(out.context[..., 2 * D:], out.scores)
+    assert not model(feats.requires_grad_(), query=query).context.requires_grad
+
+
+def test_an_explicit_uncertainty_is_not_replaced_by_the_bandit_width():
+    model = _small("bandit")
+    with torch.no_grad():
+        model.balancing.explore.fill_(2.0)
+    feats, query = _inputs()
+    unc = torch.rand(2, K, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        out = model(feats, query=query, uncertainty=unc)
+        torch.testing.assert_close(out.utility, model.balancing(out.scores, uncertainty=unc))
+        own = model.balancing(out.scores, uncertainty=model.attending.uncertainty(out.context))
+        assert not torch.allclose(out.utility, own)  # the check above can tell the two apart
+
+
+def test_a_frozen_layer_skips_the_relaxation():
+    # Nothing upstream can learn: the straight-through gate and its relaxation are not computed (relaxed is None).
+    model = _small("projection").requires_grad_(False)
+    feats, query = _inputs()
+    out = model(feats, query=query)
+    assert out.relaxed is None and not out.tokens.requires_grad
+    assert model(feats.requires_grad_(), query=query).relaxed is not None
+
+
+def test_packed_drops_the_padding():
+    # Sample 0 has 2 real tokens and one pad, sample 1 has 3: packed() keeps the 5 real ones, in order.
+    tokens, positions = torch.arange(18.0).view(2, 3, 3), torch.arange(12.0).view(2, 3, 2)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    out = arr_coc.ArrCocOutput(tokens=tokens, mask=mask, positions=positions, budgets=torch.tensor([[2], [3]]),
+                               scores=torch.zeros(2, 1, 3), utility=torch.zeros(2, 1),
+                               patch_index=torch.where(mask, 0, -1), cu_seqlens=torch.tensor([0, 2, 5]))
+    t, pos, cu = out.packed()
+    assert torch.equal(t, torch.cat([tokens[0, :2], tokens[1]]))
+    assert torch.equal(pos, torch.cat([positions[0, :2], positions[1]]))
+    assert cu.tolist() == [0, 2, 5]
 
 
 def test_budget_override_spends_another_budget_and_restores():
@@ -421,7 +463,8 @@ def test_budget_override_spends_another_budget_and_restores():
     # A NumPy integer is an integer (it was refused as one that is not); a bool tensor is not (it was spent as 1).
     with layer.budget_override(np.int64(48)):
         assert layer(feats, query=query).budgets.sum(-1).tolist() == [48, 48]
-    for bad in (torch.tensor(True), np.bool_(True), True):
+    # A float tensor was truncated (48.5 -> 48), a two-element one failed with a RuntimeError from int().
+    for bad in (torch.tensor(True), np.bool_(True), True, torch.tensor(48.5), torch.tensor([48, 48])):
         with pytest.raises(ValueError, match="budget must be an integer"):
             with layer.budget_override(bad):
                 pass
