@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arr_coc.bandits import knapsack_dp, knapsack_greedy, max_min_fair, multidim_knapsack
+from arr_coc.bandits.classic import _fit_fractions, _solve_milp
 
 
 def _brute(values, req, budget):
@@ -102,3 +103,41 @@ def test_classic_validation():
         max_min_fair(1.0, [1.0], [0.0])
     with pytest.raises(ValueError, match="capacity"):
         max_min_fair(float("inf"), [1.0])
+
+
+def test_max_min_fair_capacity_equal_to_total_demand_serves_everyone():
+    assert max_min_fair(4.0, [1.0, 3.0]).tolist() == [1.0, 3.0]
+    assert max_min_fair(6.0, [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_knapsack_ties_and_exact_fits():
+    # knapsack_dp: equal-value packings go to the one found first (the earlier item)
+    take, best = knapsack_dp([1.0, 1.0], [1.0, 1.0], 1)
+    assert take.tolist() == [True, False] and best == 1.0
+    # knapsack_greedy: an item that fills the capacity exactly is taken
+    take, val = knapsack_greedy([1.0, 1.0], [1.0, 1.0], 2.0)
+    assert take.tolist() == [True, True] and val == 2.0
+    # multidim_knapsack: requests that fit up to the float rounding of their sum are served (0.1 + 0.2 > 0.3)
+    assert multidim_knapsack([1.0, 1.0], [[0.1], [0.2]], [0.3]).tolist() == [True, True]
+
+
+def test_solver_tolerance_repair_drops_the_least_valuable_item():
+    """HiGHS accepts both items (an overrun of 1e-7, inside its tolerance); the exact check must drop the cheaper."""
+    req, b = np.array([[0.5], [0.5]]), np.array([1 - 1e-7])
+    assert _solve_milp(np.array([1.0, 2.0]), req, b).tolist() == [False, True]
+    assert _solve_milp(np.array([2.0, 1.0]), req, b).tolist() == [True, False]
+
+
+def test_fit_fractions_scales_by_the_most_overrun_resource():
+    x = _fit_fractions(np.array([1.0, 1.0]), np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([0.5, 4.0]))
+    assert x.tolist() == [0.5, 0.5]
+
+
+def test_multidim_knapsack_shape_mismatch_and_forced_blocked_item_are_named():
+    with pytest.raises(ValueError, match="requests has 3 rows but values has 2 items"):
+        multidim_knapsack([1.0, 1.0], [[1.0]] * 3, [1.0])
+    with pytest.raises(RuntimeError, match="item 0 is forced but needs a resource whose budget is 0"):
+        _solve_milp(np.array([1.0]), np.array([[1.0]]), np.array([0.0]), forced=np.array([True]))
+    # the exact budget check after the solver keeps forced items, dropping an unforced one even if it is worth more
+    req, b = np.array([[0.5], [0.5]]), np.array([1 - 1e-7])
+    assert _solve_milp(np.array([1.0, 2.0]), req, b, forced=np.array([True, False])).tolist() == [True, False]

@@ -112,3 +112,13 @@ def test_beta_sampler_small_shapes_stay_symmetric(seeded, dtype):
     assert bool(((s >= 0) & (s <= 1)).all())
     assert abs(float(s.mean()) - 0.5) < 0.01  # std of the mean: about 0.5 / sqrt(1e5) = 0.0016
     assert abs(float((s < 0.5).float().mean()) - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_beta_sampler_mean_with_a_boosted_shape(seeded):
+    """Shapes below 1 are boosted, G(a + 1) U^(1/a), on both the seeded and torch's native sampling path."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0) if seeded else None
+    shape = torch.full((100_000,), 0.3, dtype=torch.float64)
+    s = _sample_beta(shape, 1.0 - shape, g)
+    assert abs(float(s.mean()) - 0.3) < 0.01  # std of the mean: sqrt(0.21 / 2 / 1e5) = 0.001

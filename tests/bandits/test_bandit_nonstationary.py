@@ -202,3 +202,46 @@ def test_discounted_ucb_width_uses_tiny_counts_as_they_are():
     idx = pol.indices()
     assert idx[0] > idx[1] > 1e6
     assert pol.select(ctx[:1])[0].tolist() == [0]
+
+
+def test_discounted_batch_weights_the_newest_row_most_and_equals_sequential_updates():
+    assert ns._discount_weights(3, 0.5, torch.float64, torch.device("cpu")).tolist() == [0.25, 0.5, 1.0]
+    dt = torch.float64
+    batch, seq = (EpsilonGreedy(2, 0.0, forgetting=Discount(0.5), dtype=dt) for _ in range(2))
+    actions, rewards = torch.tensor([0, 1, 0, 0]), torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=dt)
+    batch.update(torch.zeros(4, 1, dtype=dt), actions, rewards)
+    for a, r in zip(actions, rewards):
+        seq.update(torch.zeros(1, 1, dtype=dt), a[None], r[None])
+    assert torch.allclose(batch.counts, seq.counts) and torch.allclose(batch.reward_sums, seq.reward_sums)
+    assert batch.reward_sums.tolist() == [1 * 0.125 + 3 * 0.5 + 4, 2 * 0.25]
+
+
+def test_page_hinkley_alarm_needs_the_threshold_exceeded_and_min_samples_reached():
+    """Residuals (0, 2) of one arm with delta 0: the upward statistic is exactly 1 at the second residual."""
+    state = {k: torch.zeros(1, dtype=torch.float64) for k in ns._PH_FIELDS}
+    signal, actions = torch.tensor([0.0, 2.0], dtype=torch.float64), torch.zeros(2, dtype=torch.long)
+    _, alarmed, _ = ns._page_hinkley_scan(state, signal, actions, 1, PageHinkley(0.0, 1.0, 1))
+    assert not bool(alarmed[0])  # equal to the threshold is not above it
+    keep, alarmed, _ = ns._page_hinkley_scan(state, signal, actions, 1, PageHinkley(0.0, 0.5, 2))
+    assert bool(alarmed[0]) and keep.tolist() == [False, False]  # two residuals are min_samples=2
+    _, alarmed, _ = ns._page_hinkley_scan(state, signal, actions, 1, PageHinkley(0.0, 0.5, 3))
+    assert not bool(alarmed[0])
+
+
+def test_forgetting_parameter_ranges():
+    with pytest.raises(ValueError, match=r"Discount.gamma must be a finite number in \(0, 1\], got 0.0"):
+        Discount(0.0)
+    with pytest.raises(ValueError, match="PageHinkley.delta must be a finite number >= 0, got -0.1"):
+        PageHinkley(delta=-0.1)
+    assert Discount(1.0).gamma == 1.0 and PageHinkley(delta=0.0).delta == 0.0
+
+
+def test_page_hinkley_minimum_carries_over_between_batches():
+    """Residuals (1, 0) then (1): the running minimum of the upward sum (-0.5) is reached in the first batch."""
+    cfg = PageHinkley(0.0, 10.0, 1)
+    state = {k: torch.zeros(1, dtype=torch.float64) for k in ns._PH_FIELDS}
+    _, _, state = ns._page_hinkley_scan(state, torch.tensor([1.0, 0.0], dtype=torch.float64), torch.zeros(2).long(),
+                                        1, cfg)
+    _, _, state = ns._page_hinkley_scan(state, torch.tensor([1.0], dtype=torch.float64), torch.zeros(1).long(), 1, cfg)
+    assert state["up"].tolist() == pytest.approx([-1 / 6]) and state["up_min"].tolist() == [-0.5]
+    assert state["dn_max"].tolist() == [0.0]

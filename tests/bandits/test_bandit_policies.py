@@ -291,3 +291,46 @@ def test_changing_a_setting_on_a_live_policy_drops_the_cached_distribution():
     assert ucb.action_probabilities(x)[0].tolist() == [0.0, 1.0]  # c = 0: the better mean
     ucb.c = 10.0  # the rarely played arm's wider bonus now wins
     assert ucb.action_probabilities(x)[0].tolist() == [1.0, 0.0]
+
+
+def test_thompson_posterior_parameters_and_draws():
+    x = torch.zeros(3, 1, dtype=torch.float64)
+    beta = ThompsonSampling(2, "beta", alpha0=1.0, beta0=1.0, dtype=torch.float64)
+    beta.update(x, torch.tensor([0, 0, 0]), torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64))
+    alpha, b = beta.posterior()
+    assert alpha.tolist() == [3.0, 1.0] and b.tolist() == [2.0, 1.0]  # successes and failures separately
+    assert beta.means.tolist() == pytest.approx([0.6, 0.5])
+    gauss = ThompsonSampling(2, "gaussian", prior_mean=1.0, prior_var=2.0, noise_var=0.5, dtype=torch.float64)
+    gauss.update(x[:1], torch.tensor([0]), torch.tensor([3.0], dtype=torch.float64))
+    mean, var = gauss.posterior()
+    assert mean.tolist() == pytest.approx([2.6, 1.0])  # (1/2 + 3/0.5) / (1/2 + 1/0.5); the prior mean
+    assert var.tolist() == pytest.approx([0.4, 2.0])
+    draws = gauss._draw((20000,), torch.Generator().manual_seed(0))
+    assert draws.std(0).tolist() == pytest.approx([0.4**0.5, 2.0**0.5], rel=0.03)  # sd, not variance
+
+
+def test_thompson_probabilities_follow_a_dtype_change():
+    pol = ThompsonSampling(3, "beta", n_mc=64)
+    pol.action_probabilities(torch.zeros(1, 1))  # builds the float32 Monte Carlo cache
+    pol.to(torch.float64)
+    probs = pol.action_probabilities(torch.zeros(2, 1, dtype=torch.float64))
+    assert probs.dtype == torch.float64 and torch.allclose(probs.sum(1), torch.ones(2, dtype=torch.float64))
+
+
+def test_thompson_propensity_pools_the_row_draw_with_the_cached_ones():
+    """p̂ = (wins among the n_mc cached draws + 1) / (n_mc + 1): an arm that never won in the cache gets 1/(S+1)."""
+    pol = ThompsonSampling(2, "beta", n_mc=8)
+    actions, props = pol.select(torch.zeros(400, 1), generator=torch.Generator().manual_seed(0))
+    wins = pol._win_counts()
+    assert torch.allclose(props, (wins[actions] + 1) / 9)
+    assert set(actions.tolist()) == {0, 1} and wins.sum() == 8
+
+
+def test_ucb1_unplayed_arm_outranks_any_reward_scale():
+    """Arms without data have index +inf, so they come first even when rewards are in the millions."""
+    from arr_coc.bandits import UCB1
+
+    pol = UCB1(2, 1.0, dtype=torch.float64)
+    pol.update(torch.zeros(1, 1, dtype=torch.float64), torch.tensor([0]), torch.tensor([2e6], dtype=torch.float64))
+    assert pol.indices()[1] == float("inf")
+    assert pol.action_probabilities(torch.zeros(1, 1, dtype=torch.float64))[0].tolist() == [0.0, 1.0]

@@ -347,3 +347,73 @@ def test_load_state_dict_refuses_unknown_keys():
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['pull'\]"):
         GreedyAlloc(4, 1).load_state_dict({**GreedyAlloc(4, 1).state_dict(), "pull": torch.ones(4)})
     RoundRobinAlloc(4, 1).load_state_dict(rr.state_dict())  # its own state still loads
+
+
+def test_posterior_mean_and_draws_follow_the_conjugate_updates():
+    """Beta: (α0 + Σr) / (α0 + β0 + n); Gaussian: precision-weighted prior mean and data, draws of sd 1/sqrt(prec)."""
+    pol = ConstrainedThompsonSampling(2, 1, alpha0=2.0, beta0=3.0, seed=0)
+    pol.update(np.array([0, 0, 0]), np.array([1.0, 0.0, 1.0]))
+    assert pol.posterior_mean().tolist() == pytest.approx([0.5, 0.4])
+    g = ConstrainedThompsonSampling(2, 1, prior="gaussian", prior_mean=1.0, prior_var=2.0, noise_var=0.5, seed=0)
+    g.update(0, 3.0)
+    assert g.posterior_mean().tolist() == pytest.approx([2.6, 1.0])  # (1/2 + 3/0.5) / (1/2 + 1/0.5); prior mean
+    # Draws: 50 successes in 50 pulls -> Beta(51, 1), mean 51/52; Gaussian with 99 pulls -> sd 1/sqrt(1 + 99) = 0.1.
+    b = ConstrainedThompsonSampling(1, 1, seed=1)
+    b.update(np.zeros(50, dtype=np.int64), np.ones(50))
+    assert np.mean([b._sample()[0] for _ in range(2000)]) == pytest.approx(51 / 52, abs=0.01)
+    g = ConstrainedThompsonSampling(1, 1, prior="gaussian", seed=1)
+    g.update(np.zeros(99, dtype=np.int64), np.zeros(99))
+    assert np.std([g._sample()[0] for _ in range(2000)]) == pytest.approx(0.1, rel=0.1)
+
+
+def _trained(pol):
+    """Agent 0: 50 failures, agent 1: 50 successes, agent 2: unobserved (posterior means 1/52, 51/52, 1/2)."""
+    pol.update(np.repeat([0, 1], 50), np.repeat([0.0, 1.0], 50))
+    return pol
+
+
+def test_sequential_baselines_rank_agents_as_documented():
+    ones = np.ones((3, 1))
+    assert _trained(GreedyAlloc(3, 1)).allocate(ones, [1.0]).tolist() == [0, 1, 0]  # highest posterior mean first
+    eps0 = _trained(EpsilonGreedyAlloc(3, 1, 0.0, seed=0))  # ε = 0: always the knapsack on the posterior means
+    assert all(eps0.allocate(ones, [1.0]).tolist() == [0, 1, 0] for _ in range(20))
+    prop = _trained(ProportionalAlloc(3, 1, seed=0))  # first served with probability ∝ posterior mean
+    served = np.array([prop.allocate(ones, [1.0]).numpy() for _ in range(300)]).sum(0) / 300
+    assert served.tolist() == pytest.approx(np.array([1 / 52, 51 / 52, 1 / 2]) / (1.5 + 1 / 52), abs=0.08)
+    rr = RoundRobinAlloc(4, 1)  # room for two: the next round starts after the last agent served
+    assert [np.nonzero(rr.allocate(np.ones((4, 1)), [2.0]).numpy())[0].tolist() for _ in range(3)] == [
+        [0, 1], [2, 3], [0, 1]]
+
+
+def test_proportional_fairness_strength_is_the_exponent():
+    """fairness_strength s weights draws by (c + 1)^-s: s = 0 is the plain knapsack, draw for draw."""
+    rng = np.random.default_rng(0)
+    plain = ConstrainedThompsonSampling(N_AGENTS, R, seed=4)
+    prop0 = ConstrainedThompsonSampling(N_AGENTS, R, "proportional", seed=4, fairness_strength=0.0)
+    for _ in range(15):
+        req = rng.uniform(0.2, 1.0, (N_AGENTS, R))
+        x = plain.allocate(req, [1.5, 1.5])
+        assert torch.equal(x, prop0.allocate(req, [1.5, 1.5]))
+        served = np.nonzero(x.numpy())[0]
+        r = (rng.random(served.size) < 0.7).astype(float)
+        plain.update(served, r)
+        prop0.update(served, r)
+
+
+def test_constrained_ucb1_index_scale_and_unobserved_agents():
+    """c = 0 ranks by the empirical mean alone; c > 0 adds the width; an unobserved agent outranks every index."""
+    ucb = ConstrainedUCB1(3, 1, c=0.0)
+    ucb.update(np.array([0] + [1] * 100), np.array([0.9] + [1.0] * 100))
+    ones = np.ones((3, 1))
+    assert ucb.allocate(ones, [2.0]).tolist() == [0, 1, 1]  # agent 2 (unobserved) and the best mean
+    ucb.c = 1.0  # agent 0's single pull now gives it the widest index: 0.9 + sqrt(2 ln 101) > 1 + sqrt(2 ln 101 / 100)
+    assert ucb.allocate(ones, [2.0]).tolist() == [1, 0, 1]
+
+
+def test_load_state_dict_checks_shapes_and_the_pointer_range():
+    state = GreedyAlloc(4, 1).state_dict()
+    with pytest.raises(ValueError, match=r"'pulls' has shape \(3,\), expected \(4,\)"):
+        GreedyAlloc(4, 1).load_state_dict({**state, "pulls": torch.zeros(3, dtype=torch.float64)})
+    rr = RoundRobinAlloc(4, 1).state_dict()
+    with pytest.raises(ValueError, match=r"'pointer' is 4, outside \[0, 4\)"):
+        RoundRobinAlloc(4, 1).load_state_dict({**rr, "pointer": torch.tensor(4)})
