@@ -100,8 +100,8 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: nn.Module
     tmp = root / f".{_PREFIX}{step:08d}.tmp"
     if _rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for stale in root.glob(f".{_PREFIX}*.tmp"):  # crashed writes, of this step or of any other
+            shutil.rmtree(stale)
         (tmp / "rng").mkdir(parents=True)
     _barrier()
 

@@ -94,3 +94,26 @@ def test_cli_prints_means_and_onset(tmp_path, capsys):
     assert main([str(tmp_path), "--window", "100", "--threshold", "0.35"]) == 0
     out = capsys.readouterr().out
     assert "last step 200" in out and "0.200 0.500" in out and "onset (>= 0.35): 100-200" in out
+
+
+def test_truncated_row_raises_value_error_naming_its_line(tmp_path):
+    # A run killed mid-write leaves a short last row: csv gives None for its missing fields (float(None) is a
+    # TypeError, not a ValueError); the message names the file's line (header = line 1).
+    (tmp_path / "log.csv").write_text("step,accuracy\n50,0.1\n100,0.2\n150\n")
+    with pytest.raises(ValueError, match=r"line 4: step='150', accuracy=None is not a number"):
+        read_curve(tmp_path)
+    _write_log(tmp_path / "log.csv", [50, 50], [0.1, 0.2])
+    with pytest.raises(ValueError, match="line 3: step 50 does not follow"):
+        read_curve(tmp_path)
+
+
+def test_cli_threshold_zero_still_reports_an_onset(tmp_path, capsys):
+    _write_log(tmp_path / "log.csv", [50, 100], [0.0, 0.0])
+    assert main([str(tmp_path), "--window", "100", "--threshold", "0"]) == 0
+    assert "onset (>= 0): 0-100" in capsys.readouterr().out
+
+
+def test_cli_bad_window_raises(tmp_path):
+    _write_log(tmp_path / "log.csv", [50, 100], [0.0, 0.0])
+    with pytest.raises(ValueError, match="window must be a positive integer number of steps, got 0"):
+        main([str(tmp_path), "--window", "0"])

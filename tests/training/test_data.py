@@ -224,14 +224,35 @@ def test_relative_image_paths_in_a_json_file_are_read_beside_it(tmp_path, monkey
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (4, 4), (10, 10, 10)).save(tmp_path / "imgs" / "a.png")
     Image.new("RGB", (4, 4), (30, 30, 30)).save(tmp_path / "b.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (4, 4), (50, 50, 50)).save(elsewhere / "c.png")  # not beside the file: read as before
     rows = [{"question_id": 1, "question": "what?", "answers": ["x"] * 10, "image": "imgs/a.png"},
-            {"question_id": 2, "question": "what?", "answers": ["y"] * 10, "image": str(tmp_path / "b.png")}]
+            {"question_id": 2, "question": "what?", "answers": ["y"] * 10, "image": str(tmp_path / "b.png")},
+            {"question_id": 3, "question": "what?", "answers": ["z"] * 10, "image": "c.png"}]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(elsewhere)
+    ds = load_vqa_dataset("textvqa", path=tmp_path / "q.jsonl", cache_dir=str(tmp_path / "cache"))
+    assert [_pixel(img) for img in ds["image"]] == [10, 30, 50]
+
+
+def test_relative_image_paths_in_a_separate_images_file_are_read_beside_it(tmp_path, monkeypatch):
+    # GQA-style questions and an images table, both json files: the table's relative paths are read beside the table.
+    import json
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (4, 4), (10, 10, 10)).save(tmp_path / "imgs" / "one.png")
+    Image.new("RGB", (4, 4), (30, 30, 30)).save(tmp_path / "imgs" / "two.png")
+    questions = [{"id": "q1", "imageId": "img2", "question": "what?", "answer": "x"},
+                 {"id": "q2", "imageId": "img1", "question": "what?", "answer": "y"}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in questions))
+    table = [{"id": "img1", "image": "imgs/one.png"}, {"id": "img2", "image": "imgs/two.png"}]
+    (tmp_path / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in table))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    ds = load_vqa_dataset("textvqa", path=tmp_path / "q.jsonl", cache_dir=str(tmp_path / "cache"))
-    assert [_pixel(img) for img in ds["image"]] == [10, 30]
+    ds = load_vqa_dataset("gqa", path=tmp_path / "q.jsonl", images=tmp_path / "images.jsonl",
+                          columns={"question_type": None}, cache_dir=str(tmp_path / "cache"))
+    assert [_pixel(img) for img in ds["image"]] == [30, 10]
 
 
 def test_docvqa_mapping(tmp_path):
@@ -361,7 +382,85 @@ def test_generation_leaves_out_empty_splits(tmp_path):
     assert len(load_configured(cfg.data)) == 6
     cfg.data.max_samples = 2
     assert len(load_configured(cfg.data)) == 2
+    cfg.data.max_samples = 100  # more than there are: all of them
+    assert len(load_configured(cfg.data)) == 6
     for bad in (0, -3, 1.5):  # an empty or fractional selection was silently taken (-3 gave 0 rows)
         cfg.data.max_samples = bad
         with pytest.raises(ValueError, match=f"data.max_samples must be a positive integer or null, got {bad}"):
             load_configured(cfg.data)
+
+
+def test_a_missing_bare_folder_name_is_not_tried_on_the_hub(monkeypatch):
+    # Only "owner/name" can be a hub id: a missing folder name without a slash fails at once, offline.
+    def hub(*args, **kwargs):
+        raise AssertionError(f"tried the hub: {args}")
+
+    monkeypatch.setattr(data.datasets, "load_dataset", hub)
+    with pytest.raises(DatasetNotFoundError, match="'no_such_vqav2_folder'"):
+        load_vqa_dataset("vqav2", path="no_such_vqav2_folder")
+
+
+def test_single_file_suffix_is_case_insensitive(tmp_path):
+    file = tmp_path / "VAL.PARQUET"
+    datasets.Dataset.from_dict({"image": _images(1), "question": ["q?"], "answers": [["a"]],
+                                "question_id": [4]}).to_parquet(str(file))
+    ds = load_vqa_dataset("textvqa", path=file, cache_dir=str(tmp_path / "cache"))
+    assert ds["question_id"] == ["4"] and ds["answers"] == [["a"]]
+
+
+def test_unlabelled_rows_empty_type_lists_and_row_index_ids():
+    # Test splits without answers get [], an empty list of question types the default, and without a question-id
+    # column the id is the row's index in the whole split (the mapping runs in batches of 1000 rows).
+    n = 1001
+    source = datasets.Dataset.from_dict(
+        {"image": [f"img{i}.png" for i in range(n)], "question": ["q"] * n, "answers": [None] * n,
+         "types": [[]] * (n - 1) + [["a", "b"]]},
+        features=datasets.Features({"image": datasets.Value("string"), "question": datasets.Value("string"),
+                                    "answers": datasets.List(datasets.Value("string")),
+                                    "types": datasets.List(datasets.Value("string"))}),
+    )
+    ds = to_common_schema(source, ColumnMap(question_id=None, question_type="types", default_question_type="other"))
+    assert ds["answers"] == [[]] * n
+    assert ds["question_type"] == ["other"] * (n - 1) + ["a|b"]
+    assert ds["question_id"] == [str(i) for i in range(n)]
+
+
+def test_bad_answer_records_and_images_table_raise_value_errors():
+    columnwise = datasets.Dataset.from_dict(
+        {"image": _images(1), "question": ["q"], "answers": [{"answer": ["red"]}], "question_id": [3]},
+        features=datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                    "answers": datasets.Sequence({"answer": datasets.Value("string")}),
+                                    "question_id": datasets.Value("int64")}),
+    )
+    with pytest.raises(ValueError, match="answer records have no key 'text'; keys: \\['answer'\\]"):
+        to_common_schema(columnwise, ColumnMap(answer_key="text", question_type=None))
+    images = datasets.Dataset.from_dict({"key": ["img1", "img2"], "image": _images(2)})
+    with pytest.raises(ValueError, match="images table has no column 'id'; available columns: \\['key', 'image'\\]"):
+        to_common_schema(_gqa_instructions(), data.GQAColumns(), images=images)
+
+
+def test_column_overrides_keep_the_sources_other_defaults(tmp_path):
+    # columns={...} overrides fields of the source's map (GQA: answer, id, imageId), not of a bare ColumnMap.
+    _gqa_instructions().save_to_disk(str(tmp_path / "instr"))
+    datasets.Dataset.from_dict({"id": ["img1", "img2"], "image": _images(2)}).save_to_disk(str(tmp_path / "images"))
+    ds = load_vqa_dataset("gqa", path=tmp_path / "instr", images=tmp_path / "images",
+                          columns={"question_type": "types.detailed"})
+    assert ds["question_type"] == ["verifyAttr", "relS", "positionQuery"]
+    assert ds["answers"] == [["no"], ["laptop"], ["left"]] and ds["question_id"] == ["q7", "q8", "q9"]
+
+
+def test_benchmark_without_its_extra_columns_is_refused(tmp_path):
+    ds = datasets.Dataset.from_dict({"image": _images(1), "question": ["q"], "answers": [["a"]],
+                                     "question_id": ["0"], "question_type": ["count"]})
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "b"))
+    with pytest.raises(ValueError, match=r"benchmark split 'train' .* lacks columns \['target_box', 'scene'\]"):
+        load_benchmark(tmp_path / "b")
+
+
+def test_plain_local_folder_gets_no_hub_config(tmp_path):
+    # DocVQA's hub config "DocVQA" is not passed to a local folder of data files that does not declare it.
+    (tmp_path / "doc").mkdir()
+    datasets.Dataset.from_dict({"image": _images(1), "question": ["q?"], "answers": [["a"]], "questionId": ["7"],
+                                "question_types": [["form"]]}).to_parquet(str(tmp_path / "doc" / "validation.parquet"))
+    ds = load_vqa_dataset("docvqa", path=tmp_path / "doc", cache_dir=str(tmp_path / "cache"))
+    assert ds["question_id"] == ["7"] and ds["question_type"] == ["form"]

@@ -378,3 +378,217 @@ def test_logged_lr_is_optim_lr_as_scheduled(bench, tmp_path):
                  "data.generate=false", "dist.fsdp=off", "train.max_steps=2", "train.batch_size=4",
                  "optim.lr=1e-3", "optim.arr_coc_lr=1e-5", "optim.warmup_steps=0", "optim.schedule=constant"])
     assert [r["lr"] for r in rows] == [1e-3, 1e-3]
+
+
+def _linear_and_adam(seed: int, steps: int = 1, lr: float = 0.1):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        model(torch.randn(4, 3)).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    return model, opt
+
+
+def test_checkpoint_pruning_and_find_latest_by_hand(tmp_path):
+    """keep_last keeps exactly the newest of this trajectory; find_latest follows `latest` only to a complete
+    checkpoint, else takes the highest-numbered complete one; a stale .tmp folder is replaced, never kept."""
+    from training.checkpoint import find_latest, save_checkpoint
+
+    model, opt = _linear_and_adam(0)
+    root = tmp_path / "ckpt"
+    assert find_latest(root) is None
+    (root / ".step_00000002.tmp" / "rng").mkdir(parents=True)  # a crash mid-write left this behind
+    (root / ".step_00000002.tmp" / "stale.txt").write_text("x")
+
+    def save(step, keep_last):
+        return save_checkpoint(root, step, model=model, optimizer=opt, scheduler=None,
+                               trainer_state={"step": step}, keep_last=keep_last)
+
+    def names():
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    save(1, 2)
+    assert not (save(2, 2) / "stale.txt").exists() and names() == ["step_00000001", "step_00000002"]
+    save(3, 2)
+    save(4, 2)
+    assert names() == ["step_00000003", "step_00000004"]
+    assert find_latest(root).name == "step_00000004"
+    (root / "latest").write_text("step_00000009\n")  # points at nothing complete: the newest complete one counts
+    (root / "step_00000007").mkdir()  # incomplete (no trainer_state.json): never counts
+    (root / ".step_00000008.tmp").mkdir()
+    (root / ".step_00000008.tmp" / "trainer_state.json").write_text("{}")
+    assert find_latest(root).name == "step_00000004"
+    (root / "latest").unlink()
+    assert find_latest(root).name == "step_00000004"
+    save(5, 1)  # keep_last=1: only the one just written of this trajectory (the higher step_00000007 is left alone)
+    assert names() == ["step_00000005", "step_00000007"]
+    assert find_latest(root).name == "step_00000005"
+
+
+def test_load_checkpoint_restores_weights_moments_and_rng(tmp_path):
+    import random
+
+    import numpy as np
+
+    from training.checkpoint import load_checkpoint, save_checkpoint
+
+    model, opt = _linear_and_adam(0)
+    path = save_checkpoint(tmp_path, 1, model=model, optimizer=opt, scheduler=None,
+                           trainer_state={"step": 1, "note": "x"})
+    want_draws = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    want_w = {k: v.clone() for k, v in model.state_dict().items()}
+    want_m = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+
+    model2, opt2 = _linear_and_adam(5, steps=3, lr=0.5)  # another trajectory entirely
+    state = load_checkpoint(path, model=model2, optimizer=opt2)
+    assert state == {"step": 1, "note": "x"}
+    assert all(torch.equal(model2.state_dict()[k], v) for k, v in want_w.items())
+    assert all(torch.equal(opt2.state[p]["exp_avg"], m) for p, m in zip(model2.parameters(), want_m))
+    assert all(float(opt2.state[p]["step"]) == 1 for p in model2.parameters())
+    assert opt2.param_groups[0]["lr"] == 0.1  # the optimizer's whole state dict, its param groups too
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == want_draws
+
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "trainer_state.json").write_text("{}")  # no dcp/: a copy cut short
+    with pytest.raises(ValueError, match="is not a complete checkpoint"):
+        load_checkpoint(tmp_path / "partial", model=model2, optimizer=opt2)
+
+
+def test_load_model_weights_skip_ignores_the_files_keys_under_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from training.checkpoint import load_model_weights, resolve_checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    # The file's "1." keys are another layer entirely (another shape, an extra key): with skip=("1.",) unread.
+    weights = {"0.weight": torch.ones(2, 2), "0.bias": torch.full((2,), 2.0), "1.weight": torch.zeros(3, 3),
+               "1.extra": torch.zeros(1)}
+    (tmp_path / "w").mkdir()
+    save_file(weights, tmp_path / "w" / "model.safetensors")
+    assert load_model_weights(model, tmp_path / "w", skip=("1.",)) == tmp_path / "w" / "model.safetensors"
+    got = model.state_dict()
+    assert torch.equal(got["0.weight"], weights["0.weight"]) and torch.equal(got["0.bias"], weights["0.bias"])
+    assert torch.equal(got["1.weight"], fresh["1.weight"]) and torch.equal(got["1.bias"], fresh["1.bias"])
+
+    # A run whose latest checkpoint has no model.safetensors holds no weights: refused by name, not returned.
+    (tmp_path / "run" / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step_00000001" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds no model.safetensors"):
+        resolve_checkpoint(tmp_path / "run")
+
+
+def test_save_removes_stale_tmp_folders_of_any_step(tmp_path):
+    """The module's promise: a crash mid-write leaves a .tmp folder that the next save removes, whichever step it
+    was for (only a save of that same step removed it: a resumed run that saved other steps kept it, a full copy of
+    the model, forever)."""
+    from training.checkpoint import save_checkpoint
+
+    model, opt = _linear_and_adam(0)
+    (tmp_path / ".step_00000008.tmp" / "dcp").mkdir(parents=True)
+    save_checkpoint(tmp_path, 5, model=model, optimizer=opt, scheduler=None, trainer_state={"step": 5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000005"]
+
+
+def test_lr_schedule_by_hand():
+    """Linear warmup to the peak over warmup_steps, then cosine from the peak to min_lr_ratio at max_steps."""
+    from training.train import load_train_cfg
+
+    cfg = load_train_cfg("configs/train/tiny.yaml", ["optim.warmup_steps=2", "optim.schedule=cosine",
+                                                     "optim.min_lr_ratio=0.2", "train.max_steps=6"])
+    lam = TrainRecipe(cfg)._lr_lambda
+    # steps 0, 1: warmup 1/2, 2/2; steps 2..6: progress (s - 2) / 4 -> 0.2 + 0.8 * (1 + cos(pi p)) / 2.
+    assert [lam(s) for s in range(7)] == pytest.approx([0.5, 1.0, 1.0, 0.2 + 0.4 * (1 + math.sqrt(0.5)), 0.6,
+                                                        0.2 + 0.4 * (1 - math.sqrt(0.5)), 0.2])
+    assert lam(9) == pytest.approx(0.2)  # past max_steps (a resume with fewer steps): the floor, not back up
+    cfg.optim.schedule = "constant"
+    assert [lam(s) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_param_groups_decay_only_matrices_outside_arr_coc():
+    from training.train import load_train_cfg
+
+    cfg = load_train_cfg("configs/train/tiny.yaml", ["optim.weight_decay=0.1", "optim.lr=1e-4",
+                                                     "optim.arr_coc_lr=1e-3"])
+    recipe = TrainRecipe(cfg)
+    recipe.device = torch.device("cpu")
+    torch.manual_seed(0)
+    recipe.model, _ = build_model("tiny")
+    opt = recipe._optimizer()
+    arr = {id(p) for p in recipe.model.arr_coc.parameters()}
+    hyper = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    trainable = [p for p in recipe.model.parameters() if p.requires_grad]
+    assert len(hyper) == len(trainable)
+    assert any(p.dim() >= 2 for p in recipe.model.arr_coc.parameters())  # else the arr_coc check below is vacuous
+    for p in trainable:
+        if id(p) in arr:
+            assert hyper[id(p)] == (1e-3, 0.0)
+        else:
+            assert hyper[id(p)] == (1e-4, 0.1 if p.dim() >= 2 else 0.0)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("optim.grad_clip=0", r"optim\.grad_clip.*got 0"),  # 0 switched clipping off silently
+    ("optim.betas=[0.9, 1.0]", r"optim\.betas"),
+    ("train.seed=4294967296", r"train\.seed.*4294967296"),
+    ("optim.lr=Infinity", r"optim\.lr.*got inf"),
+    ("optim.weight_decay=-0.1", r"optim\.weight_decay.*-0\.1"),
+    ("train.budget_fractions=[0]", r"train\.budget_fractions.*\[0\]"),
+    ("train.relevance_layer=0", r"train\.relevance_layer.*got 0"),
+    ("train.max_steps=0", r"train\.max_steps.*got 0"),
+])
+def test_boundary_settings_are_refused_by_name(override, match):
+    from training.train import load_train_cfg
+
+    with pytest.raises(ValueError, match=match):
+        load_train_cfg("configs/train/tiny.yaml", [override])
+
+
+def test_boundary_settings_inside_the_ranges_are_accepted():
+    from training.train import load_train_cfg
+
+    cfg = load_train_cfg("configs/train/tiny.yaml", ["optim.min_lr_ratio=0", "train.seed=4294967295",
+                                                     "optim.betas=[0, 0.999]", "optim.grad_clip=null",
+                                                     "optim.weight_decay=0", "train.budget_fractions=[1]",
+                                                     "train.relevance_layer=1"])
+    assert (cfg.optim.min_lr_ratio, cfg.train.seed, cfg.optim.betas, cfg.optim.grad_clip) == (0, 2**32 - 1, [0, 0.999],
+                                                                                             None)
+    assert (cfg.optim.weight_decay, cfg.train.budget_fractions, cfg.train.relevance_layer) == (0, [1], 1)
+    assert load_train_cfg("configs/train/tiny.yaml", ["optim.min_lr_ratio=1"]).optim.min_lr_ratio == 1
+
+
+def test_too_few_rows_for_one_batch_and_gini_of_zeros():
+    from training.train import _RankBatches
+
+    with pytest.raises(ValueError, match="the dataset has 3 rows, fewer than one global batch \\(4\\)"):
+        _RankBatches(3, seed=0, global_batch=4, world=1, rank=0, accum=1, start_step=0, max_steps=1)
+    torch.testing.assert_close(gini(torch.zeros(2, 4)), torch.zeros(2, dtype=torch.float64))  # no 0/0
+
+
+def test_every_trajectory_setting_is_compared_on_resume(tmp_path):
+    import copy
+
+    from models.builders import dataclass_to_dict
+    from training.train import _check_resume_config, load_train_cfg
+
+    cfg = load_train_cfg("configs/train/tiny.yaml")
+    saved = dataclass_to_dict(cfg)
+    changes = {"model_preset": "bench", "model": {"arr_coc": {"budget": 8}}, "train.seed": 5, "train.batch_size": 4,
+               "train.grad_accum": 2, "train.budget_fractions": [0.5], "train.grounding_weight": 1.0,
+               "train.relevance_weight": 1.0, "train.relevance_layer": 1, "data.source": "vqav2",
+               "data.split": "val", "data.max_samples": 3}
+    for key, value in changes.items():
+        other = copy.deepcopy(saved)
+        *parents, last = key.split(".")
+        d = other
+        for part in parents:
+            d = d[part]
+        d[last] = value
+        with pytest.raises(ValueError, match=rf"{key}: "):
+            _check_resume_config(other, cfg, tmp_path)
+    other = copy.deepcopy(saved)
+    other["train"]["max_steps"], other["optim"]["lr"], other["train"]["keep_last"] = 99, 0.5, 1
+    _check_resume_config(other, cfg, tmp_path)  # max_steps, optim, checkpointing may change
