@@ -22,6 +22,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from arr_coc._utils import _check_int
 from arr_coc.allocators.registry import AllocInfo, Allocator, register_allocator
 from arr_coc.kernels.ops import project_unchecked
 
@@ -43,8 +44,10 @@ class PGDAllocator(Allocator):
         super().__init__(budget, min_tokens, max_tokens)
         if self.min_tokens <= 0:
             raise ValueError(f"pgd maximises sum w·log(t) and needs min_tokens > 0, got {self.min_tokens}")
-        if max_iter < 1 or tol <= 0 or kkt_tol <= 0:
-            raise ValueError(f"need max_iter >= 1, tol > 0, kkt_tol > 0; got {max_iter}, {tol}, {kkt_tol}")
+        max_iter = _check_int("max_iter", max_iter, minimum=1)
+        # `not x > 0` also refuses NaN: a NaN tol never stopped early, a NaN kkt_tol never warned.
+        if not tol > 0 or not kkt_tol > 0:
+            raise ValueError(f"need tol > 0 and kkt_tol > 0; got tol={tol}, kkt_tol={kkt_tol}")
         self.max_iter, self.tol, self.kkt_tol = max_iter, tol, kkt_tol
 
     @staticmethod

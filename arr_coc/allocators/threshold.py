@@ -4,6 +4,8 @@ every unsaturated patch) and rounded, which makes the baseline budget-exact with
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -24,8 +26,10 @@ class ThresholdAllocator(Allocator):
     def __init__(self, budget: int = 13200, min_tokens: int = 64, max_tokens: int = 400, *,
                  threshold: float | None = None, temperature: float = 0.1, device=None, dtype=None):
         super().__init__(budget, min_tokens, max_tokens)
-        if temperature <= 0:
+        if not temperature > 0:  # NaN too: it made every relaxed() value NaN
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if threshold is not None and not math.isfinite(threshold):  # a NaN threshold put every patch at min_tokens
+            raise ValueError(f"threshold must be finite or None, got {threshold}")
         self.threshold, self.temperature = threshold, temperature
 
     def _thr(self, utility: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -421,7 +422,7 @@ def test_relaxed_gradient_is_finite_when_a_capped_patch_is_far_above_the_rest(na
     assert torch.allclose(u.grad[:1].double(), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["mckp", "bandit", "threshold", "projection"])
+@pytest.mark.parametrize("name", ["mckp", "bandit", "threshold", "projection", "hierarchical"])
 def test_half_utility_allocates_as_the_same_values_in_float64(name):
     """A bf16/fp16 utility gets the budgets of the very same values in float64: mckp and bandit formed their level
     values in the half dtype (K·softmax rounded to 8 bits: 128 tokens moved), threshold compared with a row mean
@@ -458,3 +459,198 @@ def test_relaxed_refuses_non_finite_utility(name, bad):
     u[0, 7] = bad
     with pytest.raises(ValueError, match=r"non-finite.*\(0, 7\)"):
         create_allocator(name).relaxed(u)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(min_tokens=0), "needs min_tokens > 0, got 0"),
+    (dict(max_iter=0), "max_iter must be >= 1, got 0"),
+    (dict(tol=0.0), r"tol > 0.*tol=0\.0"),
+    (dict(kkt_tol=0.0), r"kkt_tol > 0.*kkt_tol=0\.0"),
+    (dict(kkt_tol=-1e-4), r"kkt_tol=-0\.0001"),
+])
+def test_pgd_refuses_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_allocator("pgd", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_iter=2.5), "max_iter must be an integer, got float: 2.5"),
+    (dict(tol=float("nan")), "tol=nan"),
+    (dict(kkt_tol=float("nan")), "kkt_tol=nan"),
+])
+def test_pgd_refuses_nan_tolerances_and_fractional_max_iter(kwargs, match):
+    """A NaN tol never stopped the loop early and a NaN kkt_tol never warned (`nan <= 0` is False, so both passed the
+    check); max_iter=2.5 raised a bare TypeError from range() at the first call."""
+    with pytest.raises(ValueError, match=match):
+        create_allocator("pgd", **kwargs)
+
+
+def test_pgd_kkt_certificate_on_hand_made_points():
+    # Row 0: a patch at lo whose marginal utility w/t = 6 beats the free patches' ν = 2: violation (6 - 2) / 2 = 2.
+    # Row 1: a patch at hi with w/t = 0.2 below ν = 4: violation (4 - 0.2) / 4 = 0.95 (relative to ν, not absolute).
+    # Row 2: a free patch 0.05 above lo with w/t = 1 against 2 for the others: ν = 5/3, violation (2/3) / (5/3) = 0.4
+    # (counted as "at lo", where w/t < ν is allowed, it would pass unnoticed).
+    alloc = create_allocator("pgd", budget=11, min_tokens=1, max_tokens=10)
+    w = torch.tensor([[6.0, 10.0, 10.0], [2.0, 20.0, 20.0], [1.05, 10.0, 10.0]], dtype=torch.float64)
+    t = torch.tensor([[1.0, 5.0, 5.0], [10.0, 5.0, 5.0], [1.05, 5.0, 5.0]], dtype=torch.float64)
+    nu, resid = alloc._kkt(w, t)
+    torch.testing.assert_close(nu, torch.tensor([2.0, 4.0, 5 / 3], dtype=torch.float64))
+    torch.testing.assert_close(resid, torch.tensor([2.0, 0.95, 0.4], dtype=torch.float64))
+
+
+def test_pgd_shadow_price_with_every_patch_at_a_bound():
+    # w = 2·softmax(log 3, 0) = (1.5, 0.5), budget 3 in [1, 2]: the optimum (2, 1) has no free patch; any ν between
+    # the bound groups' marginal utilities 0.5 (at lo) and 0.75 (at hi) certifies it, and the midpoint is reported.
+    alloc = create_allocator("pgd", budget=3, min_tokens=1, max_tokens=2)
+    t, info = alloc.solve(torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64))
+    assert t.tolist() == [[2.0, 1.0]]
+    torch.testing.assert_close(info.shadow_price, torch.tensor([0.625], dtype=torch.float64))
+    assert info.kkt_residual.tolist() == [0.0]
+
+
+def test_pgd_warns_exactly_above_kkt_tol():
+    u = torch.randn(3, 64, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 3
+    alloc = create_allocator("pgd", budget=1280, min_tokens=4, max_tokens=100, max_iter=3)
+    worst = float(alloc.solve(u)[1].kkt_residual.max())
+    alloc.kkt_tol = 0.9 * worst
+    with pytest.warns(RuntimeWarning, match="KKT residual"):
+        alloc(u)
+    alloc.kkt_tol = 1.1 * worst
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        alloc(u)
+
+
+def test_pgd_relaxed_equals_the_optimum_it_steps_from():
+    # At the optimum w/t is one ν on the free patches, so the projected step P(t + η·w/t) lands on t again: the
+    # relaxation's value is the continuous optimum (its gradient is the cheap surrogate).
+    u = torch.randn(3, 64, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 3
+    alloc = create_allocator("pgd", budget=1280, min_tokens=4, max_tokens=100)
+    t, _ = alloc.solve(u)
+    torch.testing.assert_close(alloc.relaxed(u), t, rtol=0, atol=1e-6)
+
+
+def test_hierarchical_region_utility_is_a_soft_maximum():
+    # Two 1x4 regions. Row 0: one very relevant patch (2.5) against four neutral ones; a mean would rank the neutral
+    # region first (-6.9 < 0), log-sum-exp ranks it second (2.5 > log 4). Row 1: four patches at 1 against one at 2;
+    # a hard maximum would rank the single patch first, log-sum-exp ranks the four (1 + log 4 > 2).
+    alloc = create_allocator("hierarchical", budget=160, min_tokens=1, max_tokens=100, patch_grid=(1, 8),
+                             region_size=(1, 4))
+    u = torch.tensor([[2.5, -10, -10, -10, 0, 0, 0, 0], [1, 1, 1, 1, 2, -10, -10, -10]], dtype=torch.float64)
+    regions = alloc(u).view(2, 2, 4).sum(-1)
+    assert (regions[:, 0] > regions[:, 1]).all(), regions
+
+
+def test_hierarchical_one_region_is_the_capped_softmax_with_its_gradient():
+    # A single region holds the whole budget, so the patch stage alone decides: t = lo + (B - K·lo)·softmax(u) =
+    # 10 + 40·(0.75, 0.25), and the relaxation carries that map's gradient (40·s(1 - s) = 7.5 for d t_0 / d u_0).
+    alloc = create_allocator("hierarchical", budget=60, min_tokens=10, max_tokens=100, patch_grid=(1, 2),
+                             region_size=(1, 2))
+    u = torch.tensor([[math.log(3.0), 0.0]], dtype=torch.float64, requires_grad=True)
+    assert alloc(u).tolist() == [[40, 20]]
+    r = alloc.relaxed(u)
+    torch.testing.assert_close(r.detach(), torch.tensor([[40.0, 20.0]], dtype=torch.float64))
+    (grad,) = torch.autograd.grad(r[0, 0], u)
+    torch.testing.assert_close(grad, torch.tensor([[7.5, -7.5]], dtype=torch.float64))
+
+
+def test_hierarchical_region_must_tile_both_grid_sides():
+    with pytest.raises(ValueError, match=r"region_size \(2, 2\) does not tile the patch grid \(4, 5\)"):
+        create_allocator("hierarchical", budget=20 * 10, min_tokens=1, max_tokens=30, patch_grid=(4, 5))(
+            torch.zeros(1, 20))
+
+
+@pytest.mark.parametrize("region_size, match", [
+    ((0, 2), r"entry must be >= 1, got 0"),
+    ((2,), r"two positive ints, got \(2,\)"),
+    ((1.5, 2), r"entry must be an integer, got float: 1.5"),
+    ((True, 2), r"entry must be an integer, got bool: True"),
+    ("ab", r"two positive ints, got 'ab'"),
+])
+def test_hierarchical_refuses_a_bad_region_size(region_size, match):
+    """region_size (1.5, 2) was truncated to (1, 2) and (True, 2) taken as (1, 2) silently; 'ab' raised a TypeError."""
+    with pytest.raises(ValueError, match=match):
+        create_allocator("hierarchical", region_size=region_size)
+
+
+@pytest.mark.parametrize("budget, lo, hi, k, rows, scale, seed", [(13200, 64, 400, 200, 4, 3.0, 1),
+                                                                   (64 * 50, 1, 3000, 64, 4, 1.5, 1)])
+def test_pgd_stops_at_the_optimum_within_max_iter(budget, lo, hi, k, rows, scale, seed):
+    # The default preset: the ascent test's rounding slack must stay ~eps (a slack 1e6 times larger let non-ascent
+    # steps through and the moves never fell below tol: all 500 iterations ran). The wide-range case has free
+    # patches with weights e^±4 apart: without momentum (FISTA, restarted only when f drops) 500 iterations ended
+    # ~6 tokens off; with it about 300 (measured) reach the optimum.
+    u = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
+    alloc = create_allocator("pgd", budget=budget, min_tokens=lo, max_tokens=hi)
+    t, info = alloc.solve(u)
+    ref = waterfill_log_f64((k * torch.softmax(u, -1)).numpy(), float(budget), float(lo), float(hi))
+    np.testing.assert_allclose(t.numpy(), ref, rtol=0, atol=1e-3)
+    assert info.extra["iterations"] < alloc.max_iter and (info.kkt_residual < 1e-6).all()
+
+
+def test_base_checks_name_the_offending_value():
+    with pytest.raises(ValueError, match="min_tokens must be >= 0, got -1"):
+        create_allocator("uniform", min_tokens=-1)
+    with pytest.raises(ValueError, match="budget must be an integer, got True"):
+        create_allocator("uniform", budget=True)
+    # lo == hi is allowed (every patch fixed); only lo > hi is not.
+    assert create_allocator("uniform", budget=8, min_tokens=2, max_tokens=2)(torch.zeros(1, 4)).tolist() == [[2] * 4]
+    # Only level-based allocators take a (B, K, L) utility.
+    with pytest.raises(ValueError, match=r"expects utility of shape \(B, K\), got \(1, 200, 4\)"):
+        create_allocator("projection")(torch.zeros(1, 200, 4))
+    # Two non-finite values: the count and the first one are named.
+    u = torch.zeros(1, 200)
+    u[0, 7], u[0, 9] = float("inf"), float("nan")
+    with pytest.raises(ValueError, match=r"2 non-finite value\(s\); first at \(0, 7\): inf"):
+        create_allocator("projection")(u)
+
+
+def test_threshold_default_is_the_row_mean():
+    # Row mean 2.5 (resp. 3): only the 10 (resp. 9) clears it; a median would lift the others too.
+    alloc = create_allocator("threshold", budget=40, min_tokens=5, max_tokens=20)
+    t = alloc(torch.tensor([[0.0, 0.0, 0.0, 10.0], [0.0, 1.0, 2.0, 9.0]]))
+    assert t.tolist() == [[7, 7, 6, 20]] * 2
+
+
+def test_threshold_relaxed_sharpens_with_a_small_temperature():
+    alloc = create_allocator("threshold", budget=40, min_tokens=5, max_tokens=20, threshold=0.0, temperature=0.01)
+    torch.testing.assert_close(alloc.relaxed(torch.tensor([[1.0, -1.0, 2.0, -3.0]])),
+                               torch.tensor([[15.0, 5.0, 15.0, 5.0]]))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=0.0), "temperature must be > 0, got 0.0"),
+    (dict(temperature=float("nan")), "temperature must be > 0, got nan"),
+    (dict(threshold=float("nan")), "threshold must be finite or None, got nan"),
+])
+def test_threshold_refuses_bad_settings(kwargs, match):
+    """A NaN temperature passed `<= 0` and made every relaxed() value NaN; a NaN threshold put every patch low."""
+    with pytest.raises(ValueError, match=match):
+        create_allocator("threshold", **kwargs)
+
+
+def test_proportional_shares_the_free_tokens_above_the_row_minimum():
+    # w = u - min(u) = (0, 1, 3): the 24 free tokens split (0, 6, 18) on top of lo = 2.
+    alloc = create_allocator("proportional", budget=30, min_tokens=2, max_tokens=30)
+    u = torch.tensor([[0.0, 1.0, 3.0]])
+    assert alloc(u).tolist() == [[2, 8, 20]]
+    torch.testing.assert_close(alloc.relaxed(u), torch.tensor([[2.0, 8.0, 20.0]]))
+
+
+@pytest.mark.parametrize("grid, region, hot", [((4, 4), (2, 2), [(0, 2), (0, 3), (1, 2), (1, 3)]),
+                                               ((2, 6), (2, 2), [(0, 2), (0, 3), (1, 2), (1, 3)]),
+                                               ((4, 6), (2, 3), [(2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2)])])
+def test_hierarchical_regions_are_contiguous_tiles(grid, region, hot):
+    # Every patch of one tile is relevant: that tile is a region, so it gets the largest total and its patches
+    # (equal utility) the most tokens each, wherever the tile sits in the grid.
+    k = grid[0] * grid[1]
+    alloc = create_allocator("hierarchical", budget=k * 10, min_tokens=2, max_tokens=40, patch_grid=grid,
+                             region_size=region)
+    u = torch.zeros(1, k, dtype=torch.float64)
+    for r, c in hot:
+        u[0, r * grid[1] + c] = 3.0
+    t = alloc(u).view(*grid)
+    mask = torch.zeros(grid, dtype=torch.bool)
+    for r, c in hot:
+        mask[r, c] = True
+    assert int(t[mask].min()) > int(t[~mask].max()), t

@@ -7,7 +7,7 @@ import torch
 
 from arr_coc import ArrCoc, create_allocator, list_allocators
 from arr_coc.allocators.bandit import BanditAllocator
-from arr_coc.allocators.mckp import solve_mckp
+from arr_coc.allocators.mckp import level_values, solve_mckp
 from arr_coc.bandits import Discount
 from _bandit_helpers import _single_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
 
@@ -222,3 +222,95 @@ def test_errors():
         create_allocator("bandit", policy="greedy")
     with pytest.raises(ValueError, match="proj_dim"):
         create_allocator("bandit", proj_dim=0)
+
+
+def _trained(policy="ucb", alpha=2.0, **extra):
+    kw = dict(budget=20, min_tokens=2, max_tokens=8, levels=(2, 4, 8), mode="at_most", context_dim=4, policy=policy,
+              alpha=alpha, **extra)
+    alloc = create_allocator("bandit", **kw)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(5):
+        alloc(torch.randn(16, 5, generator=g), context=torch.randn(16, 5, 4, generator=g))
+        alloc.update(torch.rand(16, generator=g))
+    return alloc, g
+
+
+def _width_ref(alloc, x):
+    """sqrt(x_kᵀ (A⁻¹)_{ll} x_k) from the full A⁻¹ by slicing its diagonal blocks: (B, K, w) -> (B, K, L)."""
+    w = x.shape[-1]
+    a_inv = alloc.policy.A_inv[0]
+    return torch.stack([torch.einsum("bkp,pq,bkq->bk", x, a_inv[l * w:(l + 1) * w, l * w:(l + 1) * w], x).sqrt()
+                        for l in range(len(alloc.levels))], -1)
+
+
+def test_fresh_ucb_values_are_alpha_times_the_ridge_width():
+    # No data: θ = 0 and A = lam·I, so v[k, l] = alpha·|x_k|/sqrt(lam) for every level, x_k = [c_k @ proj; 1].
+    alloc = create_allocator("bandit", budget=20, min_tokens=2, max_tokens=8, levels=(2, 4, 8), mode="at_most",
+                             context_dim=4, alpha=3.0, lam=4.0)
+    c = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.cat([c @ alloc.proj, torch.ones(2, 5, 1, dtype=torch.float64)], -1)
+    want = (3.0 * x.norm(dim=-1) / 2.0)[..., None].expand(2, 5, 3)
+    torch.testing.assert_close(alloc.bandit_values(c), want)
+
+
+def test_ts_draw_has_the_posterior_covariance():
+    # θ̃ = θ + v·Lε with LLᵀ = A⁻¹: over many samples v[k, l] has mean θ_lᵀx_k and variance v²·x_kᵀ(A⁻¹)_{ll}x_k.
+    alloc, g = _trained(policy="ts", alpha=2.0)
+    c = torch.randn(1, 5, 4, generator=g)
+    x = alloc._features(c)
+    v = alloc.bandit_values(c.expand(20000, 5, 4), generator=torch.Generator().manual_seed(0))
+    want_var = 4.0 * _width_ref(alloc, x)[0] ** 2
+    ratio = v.var(0) / want_var
+    assert bool(((ratio > 0.9) & (ratio < 1.1)).all()), ratio  # measured: within 3% of 1
+    mean = torch.einsum("bkw,lw->bkl", x, alloc._blocks()[0])[0]
+    assert bool(((v.mean(0) - mean).abs() < 0.1 * want_var.sqrt()).all())
+
+
+def test_uncertainty_is_the_width_averaged_over_levels():
+    alloc, g = _trained()
+    c = torch.randn(3, 5, 4, generator=g)
+    torch.testing.assert_close(alloc.uncertainty(c), _width_ref(alloc, alloc._features(c)).mean(-1).float())
+
+
+def test_knapsack_values_add_the_weighted_utility_prior():
+    # The knapsack sees bandit value + utility_weight · level_values(utility) (or the per-level utility itself).
+    alloc, g = _trained(utility_weight=0.5)
+    alloc.eval()  # UCB in eval mode: deterministic values
+    c, u = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, generator=g)
+    alloc(u, context=c)
+    want = alloc.bandit_values(c) + 0.5 * level_values(u.double(), alloc.levels)
+    torch.testing.assert_close(alloc.last_info.extra["bandit_values"], want)
+    per_level = torch.randn(3, 5, 3, generator=g)
+    alloc(per_level, context=c)
+    want = alloc.bandit_values(c) + 0.5 * per_level.double()
+    torch.testing.assert_close(alloc.last_info.extra["bandit_values"], want)
+
+
+@pytest.mark.parametrize("n_levels", [1, 2])
+def test_per_level_utility_must_have_one_value_per_level(n_levels):
+    # (B, K, 1) broadcast silently over the three levels without this check.
+    alloc, g = _trained()
+    with pytest.raises(ValueError, match=rf"per-level utility has shape \(3, 5, {n_levels}\), expected \(3, 5, 3\)"):
+        alloc(torch.randn(3, 5, n_levels, generator=g), context=torch.randn(3, 5, 4, generator=g))
+
+
+def test_update_consumes_the_pending_allocation():
+    # One forward, one update: a second update() would credit the same allocation twice.
+    alloc, g = _trained()
+    alloc(torch.randn(2, 5, generator=g), context=torch.randn(2, 5, 4, generator=g))
+    alloc.update(torch.ones(2))
+    with pytest.raises(ValueError, match="before any forward"):
+        alloc.update(torch.ones(2))
+    with pytest.raises(ValueError, match="pass both context and budgets"):
+        alloc.update(torch.ones(2), context=torch.randn(2, 5, 4, generator=g))
+
+
+def test_defaults_and_construction_checks():
+    alloc = create_allocator("bandit", context_dim=400)
+    # float64 statistics by default (the docstring's reason: float32 round-off outgrew lam in a long run).
+    assert alloc.policy.dtype == torch.float64 and alloc.proj.dtype == torch.float64
+    # Gaussian projection entries of variance 1/C: projected features stay on the raw ones' scale.
+    assert abs(float(alloc.proj.std()) * 400**0.5 - 1.0) < 0.05
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="utility_weight must be a finite number"):
+            create_allocator("bandit", utility_weight=bad)
