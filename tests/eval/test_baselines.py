@@ -338,3 +338,170 @@ def test_tokens_for_fraction_refuses_non_numbers(tiny, bad):
     assert tokens_for_fraction(model, 0.5) == 32
     with pytest.raises(ValueError, match="token_fraction must be a real number"):
         tokens_for_fraction(model, bad)
+
+
+# -- tests added from a mutation audit of eval/baselines.py -----------------------------------------------------------
+@pytest.mark.parametrize("num_tokens", [0, -3])
+def test_zero_or_negative_token_counts_are_refused(tiny, num_tokens):
+    # visionzip returned 1 token for num_tokens=0 and tome crashed if the lower bound of the check slipped.
+    model, _ = tiny
+    feats, attn = _features(model)
+    grid = tuple(model.vision.patch_grid)
+    for name in PRE_LLM:
+        with pytest.raises(ValueError, match=f"num_tokens={num_tokens} must be in"):
+            create_baseline(name).reduce(feats.float(), num_tokens, patch_grid=grid, attention=attn)
+
+
+def test_open_clip_attention_is_the_class_token_row(tiny):
+    """The recomputed attention equals what the block's own nn.MultiheadAttention reports: class-token row (query 0),
+    heads averaged, over the spatial keys only, resampled into the patch layout like the features."""
+    model, _ = tiny
+    vision = model.vision
+    block = vision.visual.transformer.resblocks[vision.layer_index]
+    seen = {}
+    hook = block.register_forward_pre_hook(lambda m, a, k: seen.update(x=a[0] if a else k["q_x"]), with_kwargs=True)
+    pixels = torch.randn(2, 3, *vision.image_size, generator=torch.Generator().manual_seed(1))
+    try:
+        with torch.no_grad():
+            _, attn = vision_features_and_attention(vision, pixels)
+    finally:
+        hook.remove()
+    hg, wg = vision.token_grid
+    y = block.ln_1(seen["x"])
+    assert y.shape[1] == hg * wg + 1  # one class token in front
+    with torch.no_grad():
+        _, probs = block.attn(y, y, y, need_weights=True, average_attn_weights=True)  # (B, L, L)
+    want = vision.to_patches(probs[:, 0, 1:].reshape(-1, 1, hg, wg))[..., 0]
+    torch.testing.assert_close(attn, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["hf_clip", "hf_siglip"])
+def test_hf_attention_matches_eager_attentions(backend):
+    """HF towers: the feature layer's attention, as HF's eager kernel reports it (CLIP: class-token row; SigLIP, no
+    class token: the mean over queries). Unpruned, so that a read of the wrong layer would show."""
+    hf = ('vision.hf_config={"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 3, '
+          '"num_attention_heads": 2, "image_size": 64, "patch_size": 8}')
+    torch.manual_seed(0)
+    model, _ = build_model("tiny", [f"vision.backend={backend}", hf, "vision.prune=false"])
+    vision = model.vision
+    assert len(vision._layers(vision.model)) > vision.hidden_index
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, attn = vision_features_and_attention(vision, pixels)
+        vision.model.set_attn_implementation("eager")
+        probs = vision.model(pixel_values=pixels, output_attentions=True).attentions[vision.hidden_index - 1].mean(1)
+    hg, wg = vision.token_grid
+    row = probs[:, 0] if vision.num_prefix_tokens else probs.mean(1)
+    want = vision.to_patches(row[:, -hg * wg:].reshape(-1, 1, hg, wg))[..., 0]
+    torch.testing.assert_close(attn, want, rtol=1e-5, atol=1e-7)
+
+
+def test_norm_utility_is_the_mean_norm_of_the_cells():
+    # Patch 0's cells alternate +v / -v: large norms that cancel in the mean. Its utility is |v|, not 0.
+    feats = torch.zeros(1, 2, 2, 2, 3)
+    feats[0, 0, 0, 0], feats[0, 0, 0, 1] = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([-3.0, 0.0, -4.0])
+    feats[0, 0, 1, 0], feats[0, 0, 1, 1] = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([-3.0, 0.0, -4.0])
+    feats[0, 1] = torch.tensor([0.0, 1.0, 0.0])
+    utility = create_baseline("proportional").patch_utility(feats, None)
+    torch.testing.assert_close(utility, torch.tensor([[5.0, 1.0]]))
+
+
+def test_allocator_kwargs_reach_the_allocator(tiny):
+    model, _ = tiny
+    feats, _ = _features(model, 1)
+    grid = tuple(model.vision.patch_grid)
+    # The row-mean threshold splits the patches; a threshold above every utility leaves them all low: uniform.
+    split = create_baseline("threshold").reduce(feats.float(), 16, patch_grid=grid)
+    flat = create_baseline("threshold", allocator_kwargs={"threshold": 1e9}).reduce(feats.float(), 16, patch_grid=grid)
+    assert sorted(set(split.sizes[0].tolist())) != [4.0]
+    assert flat.sizes[0].tolist() == [4.0] * 16
+
+
+def test_visionzip_keeps_one_dominant_token_at_a_tiny_fraction(tiny):
+    model, _ = tiny
+    feats, _ = _features(model, 1)
+    grid = tuple(model.vision.patch_grid)
+    attn = torch.rand(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.01
+    attn[0, 0, 0, 0] = 5.0  # the cell at (0.5 / 8, 0.5 / 8)
+    red = create_baseline("visionzip", dominant_fraction=0.05).reduce(feats.float(), 8, patch_grid=grid,
+                                                                        attention=attn)  # round(0.4) = 0 dominant
+    assert red.sizes[0, 0] == 1.0
+    torch.testing.assert_close(red.positions[0, 0], torch.tensor([0.5 / 8, 0.5 / 8]))
+
+
+def test_visionzip_contextual_tokens_join_their_most_similar_target():
+    # Patches 0-1 hold positive multiples of e0, patches 2-3 of e1. One dominant token (in patch 1); the two
+    # contextual targets are the first and last remaining tokens (patch 0 and patch 3), so each group is one direction.
+    scale = torch.rand(1, 4, 4, 4, 1, generator=torch.Generator().manual_seed(0)) + 0.5
+    feats = torch.zeros(1, 4, 4, 4, 2)
+    feats[:, :2, ..., 0:1], feats[:, 2:, ..., 1:2] = scale[:, :2], scale[:, 2:]
+    attn = torch.zeros(1, 4, 4, 4)
+    attn[0, 1, 2, 2] = 1.0
+    red = create_baseline("visionzip", dominant_fraction=1 / 3).reduce(feats, 3, patch_grid=(2, 2), attention=attn)
+    assert red.sizes[0].tolist() == [1.0, 31.0, 32.0]
+    assert red.tokens[0, 1, 1] == 0 and red.tokens[0, 2, 0] == 0  # pure e0 / pure e1 means
+    torch.testing.assert_close(red.tokens[0, 1, 0], scale[0, :2].sum() / 31 - scale[0, 1, 2, 2, 0] / 31)
+    torch.testing.assert_close(red.tokens[0, 2, 1], scale[0, 2:].mean())
+
+
+def test_tome_keeps_unmerged_tokens_in_their_original_order():
+    # A = tokens 0, 2, 4, 6; their edges to B are strongest for 6, then 2, then 4, then 0 (orthogonal).
+    e = torch.eye(8)
+    x = e.clone()
+    x[7], x[3], x[5] = e[6] + 0.1 * e[7], e[2] + 0.5 * e[3], e[4] + 1.0 * e[5]
+    x[6], x[2], x[4] = e[6], e[2], e[4]
+    out, _, size = ToMeBaseline.merge_round(x[None], torch.rand(1, 8, 2), torch.ones(1, 8), 1)
+    torch.testing.assert_close(out[0, :3], x[[0, 2, 4]])  # unmerged A, original order
+    assert size[0].tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0]  # 6 merged into 7
+
+
+def test_tome_small_max_ratio_still_merges_every_round(tiny):
+    # int(n · max_ratio) = 0 here: a round must still merge one token (r = 0 would loop forever).
+    model, _ = tiny
+    feats, _ = _features(model, 1)
+    tome = ToMeBaseline(max_ratio=0.01)
+    rounds = []
+
+    def counted(x, pos, size, r):
+        assert r >= 1, "a merge round that merges nothing"
+        rounds.append(r)
+        return ToMeBaseline.merge_round(x, pos, size, r)
+
+    tome.merge_round = counted
+    red = tome.reduce(feats.float(), 60, patch_grid=tuple(model.vision.patch_grid))
+    assert rounds == [1, 1, 1, 1] and red.tokens.shape[1] == 60
+
+
+def test_fastv_mean_score_is_the_mean_attention_from_later_real_queries():
+    model, processor = _build(llm={"text_config": {"num_hidden_layers": 3}})
+    method = create_method("fastv", model, 0.25, layer=2, score="mean")
+    batch, _ = _fastv_batch(method, processor)  # left padded
+    method.generate(**batch, max_new_tokens=1, do_sample=False)
+    att = _eager_attentions(model, method, batch)[1].mean(1)  # (B, L, L) query x key
+    real = batch["attention_mask"].bool()
+    length = real.shape[1]
+    later = torch.ones(length, length, dtype=torch.bool).tril()[None] & real[:, :, None]  # real query i >= key j
+    want = (att * later).sum(1) / later.sum(1).clamp_min(1)
+    torch.testing.assert_close(method.baseline.last_scores[real], want[real], rtol=1e-4, atol=1e-6)
+
+
+def test_fastv_score_index_past_the_prompt_is_refused():
+    model, processor = _build(llm={"text_config": {"num_hidden_layers": 3}})
+    method = create_method("fastv", model, 0.25, layer=2)
+    batch, _ = _fastv_batch(method, processor)
+    length = batch["input_ids"].shape[1]
+    with pytest.raises(ValueError, match="score_index"):
+        method.logits(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
+                      score_index=torch.tensor([length - 1, length - 1, length]))
+
+
+def test_fastv_read_with_grouped_query_attention():
+    # 4 query heads over 2 kv heads: query heads 0-1 use kv head 0, heads 2-3 kv head 1 (the tiny preset has 1 kv head,
+    # where any head mapping agrees).
+    model, processor = _build(llm={"text_config": {"num_hidden_layers": 3, "num_attention_heads": 4,
+                                                   "num_key_value_heads": 2}})
+    method = create_method("fastv", model, 0.25, layer=2)
+    batch, _ = _fastv_batch(method, processor)
+    method.generate(**batch, max_new_tokens=1, do_sample=False)
+    att = _eager_attentions(model, method, batch)[1]
+    torch.testing.assert_close(method.baseline.last_scores, att[:, :, -1].mean(1), rtol=1e-4, atol=1e-6)

@@ -133,3 +133,16 @@ def test_vlm_footprint_table_trains_and_width_is_checked(tiny_fp):
     plain, _ = build_model("tiny")
     assert plain.footprint_embed is None
     assert not any("footprint" in k for k in plain.state_dict())
+
+
+def test_range_may_start_or_end_at_one_cell():
+    # lo = 0 (no sub-cell footprints) and hi = 0 are valid ends of the range.
+    up = FootprintEmbedding(2, (0, 3), init_std=1.0)
+    t = up.table.detach()
+    out = up(torch.tensor([[1.0, 8.0, 0.5]])).detach()
+    assert float(out[0, 0].abs().max()) == 0.0
+    torch.testing.assert_close(out[0, 1], t[3] - t[0])
+    assert float(out[0, 2].abs().max()) == 0.0  # below the lower end node: saturates at f = 1
+    down = FootprintEmbedding(2, (-2, 0), init_std=1.0)
+    t = down.table.detach()
+    torch.testing.assert_close(down(torch.tensor([[0.25]])).detach()[0, 0], t[0] - t[2])

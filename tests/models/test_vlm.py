@@ -204,3 +204,22 @@ def test_alloc_context_is_the_bandit_allocators_context(tiny):
     ctx = out.alloc_context
     assert ctx is not None and ctx is out.arr_coc.context and not ctx.requires_grad
     assert ctx.shape[:2] == (2, 16)
+
+
+def test_position_embedding_saturates_at_the_image_borders():
+    # Positions outside the outermost cell centres read the border entries (no wrap-around to the opposite side).
+    pe = PositionEmbedding2d(3, (2, 4), init_std=1.0)
+    table = pe.table.detach().view(2, 4, 3)
+    corners = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.1, 0.0]]])
+    want = torch.stack([table[0, 0], table[1, 3], table[0, 3], table[1, 0], table[0, 0]])[None]
+    torch.testing.assert_close(pe(corners).detach(), want)
+
+
+def test_position_embedding_refuses_bad_sizes_and_shapes():
+    for dim, grid in [(3, (0, 4)), (3, (2, 0)), (0, (2, 2)), (3, (2,))]:
+        with pytest.raises(ValueError, match="PositionEmbedding2d needs"):
+            PositionEmbedding2d(dim, grid)
+    pe = PositionEmbedding2d(3, (2, 2))
+    for shape in [(1, 2, 3), (2, 2)]:
+        with pytest.raises(ValueError, match="positions must have shape"):
+            pe(torch.rand(*shape))
