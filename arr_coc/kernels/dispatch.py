@@ -187,8 +187,10 @@ def _rows(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor, budget_dtype: torch
 def ints_exact_flag(acc: torch.dtype, *tensors: Tensor) -> Tensor:
     """:func:`ints_exact_in` as a 0-d bool tensor on the tensors' device, for a caller that reads it with others."""
     limit = 2 ** (53 if acc == torch.float64 else 24)  # every integer up to 2^(mantissa bits + 1) is exact
-    big = torch.stack([t.abs().max().to(torch.int64) for t in tensors if t.numel()])
-    return (big <= limit).all()
+    maxima = [t.abs().max().to(torch.int64) for t in tensors if t.numel()]
+    if not maxima:  # nothing to round (no rows): vacuously exact; torch.stack would refuse an empty list
+        return torch.ones((), dtype=torch.bool, device=tensors[0].device)
+    return (torch.stack(maxima) <= limit).all()
 
 
 def ints_exact_in(acc: torch.dtype, *tensors: Tensor) -> bool:

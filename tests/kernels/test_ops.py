@@ -674,3 +674,162 @@ def test_numpy_scalars_are_numbers():
                        round_to_budget(want, 13200, 64, 400))
     with pytest.raises(ValueError, match="budget must be a number or a tensor"):
         capped_simplex_projection(y, np.bool_(True), 64.0, 400.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Added by mutation testing: each test below fails on a small edit of ops.py / dispatch.py that the suite missed.
+
+
+def test_float_budget_slack_is_a_few_ulps_on_both_check_paths():
+    # sum(lo) = 12,800: the slack is 4 ulps of float32 times max(sum|lo|, sum|hi|) = 80,000 (~0.04); a budget 0.1
+    # below sum(lo), or 0.1 above sum(hi), is ~100 ulps out and must be refused by the host and the flag checks alike.
+    y = torch.randn(1, 200, generator=torch.Generator().manual_seed(0))
+    lo, hi = torch.tensor(64.0), torch.tensor(400.0)
+    for bv in (12800.0 - 0.1, 80000.0 + 0.1):
+        b = torch.tensor([bv])
+        assert not ops._values_look_ok(y, b, lo, hi), bv
+        assert not ops._values_look_ok(y, b, lo.expand(200).clone(), hi.expand(200).clone()), bv
+        with pytest.raises(ValueError, match="infeasible budget"):
+            capped_simplex_projection(y, bv, 64.0, 400.0)
+    for bv in (12800.0, 80000.0):
+        assert ops._values_look_ok(y, torch.tensor([bv]), lo.expand(200).clone(), hi.expand(200).clone())
+
+
+def test_per_element_lo_above_hi_is_named():
+    # Per-element bounds take the elementwise flags; lo > hi in one entry must be refused even when the sums are
+    # feasible (sum(lo) = 3 <= 5 <= sum(hi) = 10).
+    lo = torch.tensor([0.0, 0.0, 0.0, 0.0, 3.0])
+    with pytest.raises(ValueError, match=r"lo > hi at index \(4,\): lo=3.0, hi=2.0"):
+        capped_simplex_projection(torch.zeros(2, 5), 5.0, lo, 2.0)
+
+
+def test_cached_constants_are_kept_per_dtype():
+    # 0.1 in float32 is not 0.1 in float64: a cache keyed without the dtype handed float64 callers the float32 value.
+    c32 = ops._constant(0.1, torch.float32, torch.device("cpu"))
+    c64 = ops._constant(0.1, torch.float64, torch.device("cpu"))
+    assert c32.dtype == torch.float32 and c64.dtype == torch.float64 and c64.item() == 0.1
+    x = capped_simplex_projection(torch.tensor([[-5.0, -5.0, -5.0, 9.0]], dtype=torch.float64), 1.0, 0.1, 0.7)
+    assert x.dtype == torch.float64 and x.min().item() == 0.1
+
+
+def test_numbers_at_the_edge_of_the_dtype_range():
+    x = torch.full((1, 4), 2.5)
+    with pytest.raises(ValueError, match="budget=9223372036854775808 does not fit in torch.int64"):
+        round_to_budget(x, 2 ** 63, 1, 7)
+    big = torch.finfo(torch.float32).max  # fits exactly: accepted
+    assert capped_simplex_projection(x, 10.0, 1.0, big).sum().item() == pytest.approx(10.0)
+
+
+def test_hi_that_requires_grad_is_refused():
+    hi = torch.tensor(7.0, requires_grad=True)
+    with pytest.raises(ValueError, match="hi requires grad"):
+        capped_simplex_projection(torch.randn(2, 5), 10.0, 1.0, hi)
+
+
+def test_fused_result_below_lo_is_named():
+    x = torch.tensor([[3.5, 3.5]])
+    with pytest.raises(ValueError, match=r"rounding at index \(0, 0\) gave -1, outside \[0, 10\]"):
+        ops._check_rounded(x, torch.tensor([[-1, 8]]), torch.tensor([7]), torch.tensor(0), torch.tensor(10))
+
+
+def test_kernel_status_before_any_load(fresh_dispatch):
+    assert dispatch.kernel_status() == "CUDA kernel not loaded yet (loads on first CUDA call)"
+
+
+def test_forced_cuda_keeps_the_build_error_as_cause(fresh_dispatch):
+    fresh_dispatch.setattr(dispatch, "_build", _no_compiler)
+    fresh_dispatch.setenv("ARR_COC_KERNEL", "cuda")
+    with pytest.raises(RuntimeError) as info:
+        dispatch.load_kernel()
+    assert isinstance(info.value.__cause__, RuntimeError) and "simulated" in str(info.value.__cause__)
+
+
+def test_cuda_home_needs_headers_and_nvcc(tmp_path, monkeypatch):
+    from torch.utils import cpp_extension
+
+    only_headers, full = tmp_path / "a", tmp_path / "b"
+    for home in (only_headers, full):
+        (home / "include").mkdir(parents=True)
+        (home / "include" / "cuda_runtime.h").write_text("")
+    (full / "bin").mkdir()
+    (full / "bin" / "nvcc").write_text("")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(only_headers))
+    monkeypatch.setenv("CUDA_HOME", str(full))
+    assert dispatch._cuda_home() == str(full)  # the headers-only root is passed over
+    assert cpp_extension.CUDA_HOME == str(full)  # and cpp_extension builds with the root found
+
+
+def test_sources_are_the_cu_and_cpp_files():
+    names = [os.path.basename(p) for p in dispatch._sources()]
+    assert "binding.cpp" in names and "projection.cu" in names
+    assert all(n.endswith((".cu", ".cpp")) for n in names) and names == sorted(names)
+
+
+def test_build_arguments(tmp_path, monkeypatch):
+    # The build is mocked at cpp_extension.load: what it is asked to compile, with which flags and arch list.
+    from torch.utils import cpp_extension
+
+    seen = []
+
+    def load(**kwargs):
+        seen.append(dict(kwargs, arch=os.environ.get("TORCH_CUDA_ARCH_LIST")))
+        return "ext"
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dispatch, "_cuda_home", lambda: "/cuda")
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.delenv("ARR_COC_KERNEL_VERBOSE", raising=False)
+    assert dispatch._build(require_gpu=False) == "ext"
+    monkeypatch.setenv("ARR_COC_KERNEL_VERBOSE", "1")
+    dispatch._build(require_gpu=False)
+    assert [s["verbose"] for s in seen] == [False, True]
+    kw = seen[0]
+    assert kw["name"] == "arr_coc_cuda" and kw["sources"] == dispatch._sources() and kw["arch"] == "9.0+PTX"
+    assert not any("fast_math" in f for f in kw["extra_cflags"] + kw["extra_cuda_cflags"])  # bit-exact rounding
+    assert "TORCH_CUDA_ARCH_LIST" not in os.environ
+    monkeypatch.setattr(dispatch, "_CSRC", tmp_path)  # no sources: a clear error, not a build of nothing
+    with pytest.raises(RuntimeError, match="no CUDA sources"):
+        dispatch._build(require_gpu=False)
+    assert len(seen) == 2
+
+
+def test_cuda_path_takes_the_kernel_rounding_exactly_where_it_is_exact(fake_cuda_path):
+    # The fused/rounding kernel is used up to the float's exact integers (|v| <= 2^24 for float32, inclusive) and for
+    # K <= 1024 (inclusive); beyond either, the reference rounds (after the kernel's projection for the fused op).
+    g = torch.Generator().manual_seed(6)
+    y = torch.randn(2, 10, generator=g) * 3 + 4
+    cases = [((y, 40, 1, 2 ** 24), [1], [2]), ((y, 40, 1, 2 ** 24 + 1), [0], []),
+             ((y.double(), 40, 1, 2 ** 24 + 1), [1], [2])]
+    yk = torch.rand(1, 1024, generator=g)
+    cases += [((yk, 100, 0, 1), [1], [2]), ((torch.rand(1, 1025, generator=g), 100, 0, 1), [0], [])]
+    for args, fused, rounding in cases:
+        fake_cuda_path.calls.clear()
+        x, t = project_and_round(*args)
+        assert [m for m, _ in fake_cuda_path.calls] == fused, (args[0].shape, args[3])
+        fake_cuda_path.calls.clear()
+        assert torch.equal(round_to_budget(x, *args[1:]), t)
+        assert [m for m, _ in fake_cuda_path.calls] == rounding, (args[0].shape, args[3])
+
+
+def test_cuda_path_with_no_rows(fake_cuda_path):
+    # No rows is valid input (the CPU ops return empty results); the exactness test of the CUDA path had no value to
+    # read when the budget and bounds were all empty too and raised "stack expects a non-empty TensorList".
+    y, b = torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64)
+    lo, hi = torch.zeros(0, 5, dtype=torch.int64), torch.ones(0, 5, dtype=torch.int64)
+    for bounds in ((1, 7), (lo, hi)):
+        x, t = project_and_round(y, b, *bounds)
+        assert x.shape == t.shape == (0, 5) and t.dtype == torch.int64
+        assert round_to_budget(x, b, *bounds).shape == (0, 5)
+    assert dispatch.ints_exact_in(torch.float32, b, lo, hi)
+
+
+def test_bounds_broadcast_along_one_dim_are_not_one_value():
+    # A (2, 1) budget expands to the (2, 3) rows with strides (1, 0), and a (K,) lo expanded to (R, K) has strides
+    # (0, 1): some strides are 0 but the values differ, so the one-value host checks must not take them.
+    with pytest.raises(ValueError, match=r"infeasible budget at row \(1, 0\): budget=100"):
+        capped_simplex_projection(torch.zeros(2, 3, 10), torch.tensor([[30.0], [100.0]]), 1.0, 7.0)
+    lo = torch.tensor([0.0, 0.0, 0.0, 0.0, 3.0]).expand(2, 5)
+    with pytest.raises(ValueError, match=r"lo > hi at index \(0, 4\)"):
+        capped_simplex_projection(torch.zeros(2, 5), 5.0, lo, 2.0)

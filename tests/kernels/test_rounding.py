@@ -200,3 +200,30 @@ def test_fused_kernel_output_is_checked_after_the_fact():
         ops._check_rounded(x, torch.tensor([[2, 1], [3, 2]]), b, lo, hi)
     with pytest.raises(ValueError, match=r"at row \(0,\).*13 unit\(s\) must go up"):
         ops._check_rounded(torch.tensor([[13187.0]]), torch.tensor([[13188]]), torch.tensor([13200]), lo, hi + 20000)
+
+
+def test_sum_allowance_is_a_thousandth_of_the_budget():
+    # |sum(x) - budget| <= 1e-3·budget (issue 4): 0.05 off a budget of 100 rounds, 0.5 off is refused by name.
+    t = round_to_budget(torch.full((1, 5), 20.01, dtype=torch.float64), 100, 0, 50)
+    assert t.tolist() == [[20] * 5]
+    with pytest.raises(ValueError, match=r"x sums to 100.5 at row \(0,\) but budget is 100"):
+        round_to_budget(torch.full((1, 5), 20.1, dtype=torch.float64), 100, 0, 50)
+
+
+def test_bound_allowance_is_a_ten_thousandth():
+    # An entry 5e-5 below lo = 1 is drift and rounds; 5e-4 below is not a projected point.
+    assert round_to_budget(torch.tensor([[0.99995, 2.00005]], dtype=torch.float64), 3, 1, 5).tolist() == [[1, 2]]
+    with pytest.raises(ValueError, match=r"x is below lo at index \(0, 0\)"):
+        round_to_budget(torch.tensor([[0.9995, 2.0005]], dtype=torch.float64), 3, 1, 5)
+    with pytest.raises(ValueError, match=r"x is above hi at index \(0, 1\)"):
+        round_to_budget(torch.tensor([[0.998, 5.002]], dtype=torch.float64), 6, 0, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_half_projection_takes_the_budget_in_float32(dtype):
+    # 13,200 is not a bf16 value (13,184 / 13,248): the fused op must project onto the float32 budget, as the
+    # projection op does, and round to it exactly.
+    y = (torch.randn(4, 200, generator=torch.Generator().manual_seed(0)) * 80 + 66).to(dtype)
+    x, t = project_and_round(y, 13200, 64, 400)
+    assert torch.equal(x, capped_simplex_projection(y, 13200.0, 64.0, 400.0))
+    assert (t.sum(-1) == 13200).all()
