@@ -1,5 +1,6 @@
 """The generated VQA benchmark: schema, determinism, correct answers and glyphs inside the target box."""
 
+import dataclasses
 import io
 import json
 import re
@@ -12,11 +13,15 @@ from PIL import Image
 from scripts.make_benchmark import main as make_benchmark_main
 from training.benchmark import (
     BENCHMARK_VERSION,
+    DEFAULT_COLOURS,
     DEFAULT_SHAPES,
+    _MARGIN,
     BenchmarkCfg,
     Scene,
+    SceneObject,
     _digits,
     _glyph_pools,
+    _ink_for,
     generate_rows,
     make_benchmark,
     make_question,
@@ -169,6 +174,11 @@ def test_make_benchmark_saves_splits_and_manifests(tmp_path):
         assert split_manifest["question_type_counts"] == {
             t: list(ds["question_type"]).count(t) for t in set(ds["question_type"])
         }
+        types = ds["question_type"]
+        per_type = {t: [a[0] for a, q in zip(ds["answers"], types) if q == t] for t in set(types)}
+        assert split_manifest["majority_baseline"] == {
+            t: max(map(answers.count, answers)) / len(answers) for t, answers in per_type.items()
+        }
     assert load_benchmark(out, split="val")["question"] == result["val"]["question"]
     manifest = read_manifest(out)
     assert manifest["version"] == BENCHMARK_VERSION and manifest["seed"] == 4
@@ -240,6 +250,10 @@ def test_make_benchmark_rejects_bad_arguments(tmp_path, kwargs, match):
         ({"questions_per_image": 1.5}, r"questions_per_image=1.5: need an integer"),
         ({"shape_size": (48.5, 64)}, r"shape_size=\(48.5, 64\): need two integers"),
         ({"glyph_pool_fractions": (0.999, 0.0005, 0.0005)}, r"leaves the val split no handwritten 0"),
+        # Found by mutation testing: one pair must stay absent for "no" answers; a 1x1 grid is refused even when
+        # max_objects would fit it.
+        ({"shapes": ("circle",), "colours": ("red", "blue"), "min_objects": 1, "max_objects": 2}, r"<= 1 \(10 digits"),
+        ({"image_size": 100, "min_objects": 1, "max_objects": 1}, r"image_size=100: too small"),
     ],
 )
 def test_cfg_rejects_bad_values(kwargs, match):
@@ -276,3 +290,102 @@ def test_make_question_about_each_object():
     if other not in scene.objects:
         with pytest.raises(ValueError, match="not one of the scene's objects"):
             make_question_about(scene, other, rng, cfg, "digit")
+
+
+# Tests below were added by a mutation-testing review: each kills a small plausible bug the tests above let through.
+
+
+def test_splits_differ_in_layout_not_only_in_handwriting(rows):
+    # The split id is part of each image's seed: val image i is not train image i with other handwriting.
+    other_split = generate_rows(CFG, seed=11, split="val", start=0, stop=8)
+    layout = [[o["box"] for o in json.loads(r["scene"])["objects"]] for r in other_split]
+    assert layout != [[o["box"] for o in json.loads(r["scene"])["objects"]] for r in rows[:8]]
+
+
+def test_glyph_pools_are_disjoint_and_cover_every_digit_image():
+    _, labels = _digits()
+    pools = _glyph_pools(CFG.glyph_pool_fractions)
+    flat = {split: np.concatenate(parts).tolist() for split, parts in pools.items()}
+    assert sum(len(v) for v in flat.values()) == len(set().union(*map(set, flat.values()))) == len(labels)
+    for split, parts in pools.items():
+        assert [set(labels[p].tolist()) for p in parts] == [{d} for d in range(10)], split
+
+
+def test_distractors_and_shapes_keep_their_split_handwriting_and_cell_margins():
+    pools = _glyph_pools(CFG.glyph_pool_fractions)
+    test_pool = set(np.concatenate(pools["test"]).tolist())
+    edges = np.linspace(0, CFG.image_size, CFG.grid + 1).round().astype(int)
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        scene = sample_scene(rng, CFG, "test")
+        assert all(d.glyph_index in test_pool for d in scene.distractors), "distractor handwriting from another split"
+        for obj in scene.objects:
+            # Each shape sits in one grid cell, at least _MARGIN px clear of the cell's border on every side.
+            x0, y0, x1, y1 = obj.box
+            col, row = np.searchsorted(edges, x0, side="right") - 1, np.searchsorted(edges, y0, side="right") - 1
+            assert edges[col] + _MARGIN <= x0 and x1 <= edges[col + 1] - _MARGIN, obj
+            assert edges[row] + _MARGIN <= y0 and y1 <= edges[row + 1] - _MARGIN, obj
+
+
+def test_shapes_are_drawn_inside_their_boxes_and_around_their_glyphs():
+    rng = np.random.default_rng(8)
+    triangles = 0
+    for _ in range(12):
+        scene = sample_scene(rng, CFG, "val")
+        bare = render_scene(dataclasses.replace(scene, objects=()), CFG).astype(np.int16)
+        drawn = render_scene(scene, CFG, glyphs=False).astype(np.int16)
+        changed = np.abs(drawn - bare).max(axis=-1) > 0
+        inside = np.zeros_like(changed)
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            inside[y0:y1, x0:x1] = True
+            # The box is tight: the shape reaches its first and last row and column.
+            assert changed[y0:y1, x0].any() and changed[y0:y1, x1 - 1].any(), obj
+            assert changed[y0, x0:x1].any() and changed[y1 - 1, x0:x1].any(), obj
+            # The glyph sits on the shape's fill, not on the background.
+            gx0, gy0, gx1, gy1 = obj.glyph_box
+            assert changed[gy0:gy1, gx0:gx1].mean() >= 0.9, obj
+            triangles += obj.shape == "triangle"
+        assert not (changed & ~inside).any(), "a shape is drawn outside its [x0, y0, x1, y1) box"
+    assert triangles >= 3
+
+
+def test_colour_question_uses_the_right_article():
+    obj = SceneObject("circle", "orange", 8, 0, (0, 0, 48, 48), (16, 16, 32, 32))
+    scene = Scene(448, 0, (obj,))
+    q = make_question(scene, np.random.default_rng(0), CFG, "colour")
+    assert q.question == "what colour is the shape holding an 8?" and q.answer == "orange"
+    seven = dataclasses.replace(obj, digit=7)
+    q = make_question(dataclasses.replace(scene, objects=(seven,)), np.random.default_rng(0), CFG, "colour")
+    assert q.question == "what colour is the shape holding a 7?"
+
+
+def test_cli_options_reach_the_generator(tmp_path):
+    out = tmp_path / "o"
+    args = ["--out", str(out), "--train-size", "4", "--val-size", "0", "--test-size", "0", "--workers", "1",
+            "--image-size", "64", "--min-objects", "2", "--max-objects", "3", "--question-types", "count, yesno",
+            "--questions-per-image", "2", "--image-format", "png", "--jpeg-quality", "70", "--noise", "0",
+            "--set", "shape_size=[16,20]", "glyph_size=[6,8]"]
+    assert make_benchmark_main(args) == 0
+    gen = BenchmarkCfg.from_dict(read_manifest(out)["generator"])
+    assert (gen.question_types, gen.questions_per_image, gen.image_format, gen.jpeg_quality, gen.noise_amplitude) == (
+        ("count", "yesno"), 2, "png", 70, 0)
+    train = load_benchmark(out, "train").cast_column("image", datasets.Image(decode=False))
+    assert train[0]["image"] == train[1]["image"] != train[2]["image"]
+    assert set(train["question_type"]) <= {"count", "yesno"}
+
+
+def test_cli_refuses_negative_split_sizes(tmp_path):
+    with pytest.raises(ValueError, match=r"split sizes must be >= 0.*'val': -1"):
+        make_benchmark_main(["--out", str(tmp_path / "n"), "--train-size", "1", "--val-size", "-1", "--test-size", "0",
+                             "--workers", "1"])
+    assert not (tmp_path / "n").exists()
+
+
+def test_glyph_ink_contrasts_with_every_fill():
+    def luma(rgb):
+        return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+    # Black ink on light fills, white on dark ones: the digit stays legible on every colour.
+    for name, fill in DEFAULT_COLOURS.items():
+        assert abs(luma(_ink_for(fill)) - luma(fill)) >= 120, name
