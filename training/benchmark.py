@@ -695,8 +695,9 @@ def make_benchmark(
             raise ValueError(f"size of split {split!r} must be a positive integer, got {size!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    workers = int(workers)  # a NumPy integer, as sizes and seed accept (it was refused as not a positive integer)
     out = Path(out_dir).expanduser()
     if out.exists() and not overwrite:
         raise ValueError(f"output directory {str(out)!r} exists; pass overwrite=True (--overwrite) to replace it")

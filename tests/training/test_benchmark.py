@@ -234,6 +234,12 @@ def test_make_benchmark_rejects_bad_arguments(tmp_path, kwargs, match):
         make_benchmark(tmp_path / "x", **kwargs)
 
 
+def test_make_benchmark_takes_numpy_integers_for_every_count(tmp_path):
+    # sizes and seed took NumPy integers; workers refused np.int64(1) as "not a positive integer".
+    ds = make_benchmark(tmp_path / "np", seed=np.int64(3), sizes={"train": np.int64(2)}, workers=np.int64(1))
+    assert ds["train"].num_rows >= 2
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
