@@ -50,6 +50,7 @@ Deliberate choices where the reference scripts differ from each other (each chan
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from fractions import Fraction
 from typing import Callable, Sequence
@@ -258,12 +259,12 @@ def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> flo
         The similarity in [0, 1].
 
     Raises:
-        ValueError: If ``answers`` is empty or a bare string, an element is not a string, or ``threshold`` is not in
-            (0, 1].
+        ValueError: If ``answers`` is empty or a bare string, an element is not a string, or ``threshold`` is not a
+            number (a bool is not) in (0, 1].
     """
     _check_answers(answers, minimum=1)
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")  # True was taken as 1
     pred = _anls_normalize(prediction)
     best = 0.0
     for answer in answers:
@@ -307,11 +308,11 @@ def relaxed_accuracy(prediction: str, answers: Sequence[str], max_relative_chang
 
     Raises:
         ValueError: If ``answers`` is empty or a bare string, an element is not a string, or
-            ``max_relative_change`` is negative or not finite.
+            ``max_relative_change`` is negative, not finite or a bool.
     """
     _check_answers(answers, minimum=1)
-    if not (isinstance(max_relative_change, (int, float)) and math.isfinite(max_relative_change)
-            and max_relative_change >= 0):
+    if not (isinstance(max_relative_change, numbers.Real) and not isinstance(max_relative_change, bool)
+            and math.isfinite(max_relative_change) and max_relative_change >= 0):
         raise ValueError(f"max_relative_change must be a finite number >= 0, got {max_relative_change!r}")
     pred_value = _relaxed_number(prediction, "predictions")
     pred_text = prediction.strip().lower()

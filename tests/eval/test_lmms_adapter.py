@@ -137,3 +137,80 @@ def test_generation_settings_beyond_the_basics(tiny, monkeypatch):
     assert seen[-1]["do_sample"] is True and (seen[-1]["top_p"], seen[-1]["top_k"]) == (0.9, 5)
     with pytest.warns(UserWarning, match=r"ignores the generation setting\(s\) \['image_aspect_ratio'\]"):
         lm.generate_until([_gen_request(0, {"max_new_tokens": 2, "image_aspect_ratio": "original"})])
+
+
+def test_constructor_arguments_as_lmms_eval_passes_them(tiny):
+    """lmms-eval passes every value as a string and some arguments (max_length, ...) to every model."""
+    model, processor = tiny
+    lm = ArrCocLmms(model=model, processor=processor, device="cpu", token_fraction="None", batch_size="2",
+                    max_length=2048, device_map="auto", seed=None)
+    assert lm.method.num_tokens == 32 and lm.batch_size == 2  # "None": the trained budget
+    assert ArrCocLmms(model=model, processor=processor, device="cpu", method="uniform",
+                      token_fraction="0.25").method.num_tokens == 16
+    with pytest.raises(ValueError, match="batch_size and max_new_tokens must be >= 1, got 0, 16"):
+        ArrCocLmms(model=model, processor=processor, device="cpu", batch_size="0")
+
+
+def test_first_image_flattens_nested_visuals_and_converts_to_rgb():
+    from eval.lmms_adapter import _first_image
+
+    grey = Image.new("L", (8, 6), 90)
+    img = _first_image(["not an image", (grey,)], "toy/test doc 0")  # one level of nesting
+    assert img.mode == "RGB" and img.size == (8, 6)
+
+
+def test_one_generate_call_per_generation_setting(tiny, monkeypatch):
+    """Requests of one batch with different settings are generated apart, each with its own max_new_tokens (the
+    adapter's own when the task gives none); num_beams=None counts as one beam; an ignored setting warns once."""
+    import warnings
+
+    lm = _adapter(tiny, batch_size=3)
+    seen = []
+    real = lm.method.generate
+    monkeypatch.setattr(lm.method, "generate", lambda *a, **kw: seen.append((len(a[0]), kw)) or real(*a, **kw))
+    out = lm.generate_until([_gen_request(0, {"max_new_tokens": 1}), _gen_request(1, {"max_new_tokens": 3}),
+                             _gen_request(2, {"max_new_tokens": 1, "num_beams": None})])
+    assert len(out) == 3
+    assert sorted((n, kw["max_new_tokens"]) for n, kw in seen) == [(1, 1), (1, 1), (1, 3)]
+    seen.clear()
+    lm.generate_until([_gen_request(0, {}), _gen_request(1, {})])
+    assert [(n, kw["max_new_tokens"]) for n, kw in seen] == [(2, 4)]
+    with pytest.warns(UserWarning, match="'foo'"):
+        lm.generate_until([_gen_request(0, {"max_new_tokens": 1, "foo": 1})])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm.generate_until([_gen_request(0, {"max_new_tokens": 1, "foo": 2})])  # named once only
+
+
+def test_loglikelihood_by_hand_on_set_logits(tiny, monkeypatch):
+    """Known logits: the log-probability of each continuation token, summed; greedy only when every token is the
+    argmax; a callable target is applied to the doc; an empty continuation is refused."""
+    lm = _adapter(tiny)
+    tok = lm.processor.tokenizer
+    prompt = lm.processor.encode_prompt(QUESTIONS[1])
+    cont = tok(" 7", add_special_tokens=False)["input_ids"]
+    assert len(cont) == 2
+
+    def logits_for(first_is_argmax: bool, second_is_argmax: bool):
+        z = torch.zeros(1, len(prompt) + len(cont), 264)
+        z[0, len(prompt) - 1, cont[0] if first_is_argmax else (cont[0] + 1) % 264] = 5.0
+        z[0, len(prompt), cont[1] if second_is_argmax else (cont[1] + 1) % 264] = 5.0
+        return z
+
+    target = lambda doc: " 7" if doc is lm.task_dict["toy"]["test"][1] else "x"  # noqa: E731 (doc_to_target)
+    req = SimpleNamespace(args=(QUESTIONS[1], target, lambda d: [d["image"]], 1, "toy", "test"))
+    norm = float(torch.log(torch.tensor(263.0) + torch.exp(torch.tensor(5.0))))
+    for first, second in ((True, True), (True, False), (False, True)):
+        monkeypatch.setattr(lm.method, "logits", lambda *a, f=first, s=second, **kw: logits_for(f, s))
+        (logprob, greedy), = lm.loglikelihood([req])
+        assert logprob == pytest.approx(5.0 * first + 5.0 * second - 2 * norm, abs=1e-5)
+        assert greedy is (first and second)
+    empty = SimpleNamespace(args=(QUESTIONS[1], "", lambda d: [d["image"]], 1, "toy", "test"))
+    with pytest.raises(ValueError, match="toy/test doc 1: the continuation '' has no tokens"):
+        lm.loglikelihood([empty])
+
+
+def test_a_bare_until_string_is_one_stop_not_its_characters(tiny, monkeypatch):
+    lm = _adapter(tiny)
+    monkeypatch.setattr(lm.processor, "batch_decode", lambda seqs: ["12 apples. More"][: len(seqs)])
+    assert lm.generate_until([_gen_request(0, {"max_new_tokens": 4, "until": "ple"})]) == ["12 ap"]

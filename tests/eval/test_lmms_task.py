@@ -211,3 +211,55 @@ def test_relaxed_accuracy_equals_lmms_evals_chartqa_scoring_where_the_documented
     assert relaxed_accuracy("0.0", ["0"]) == 1.0 and not relaxed_correctness("0.0", "0")
     assert relaxed_accuracy("yes ", ["yes"]) == 1.0 and not relaxed_correctness("yes ", "yes")
     assert relaxed_accuracy("nan", ["nan"]) == 1.0 and not relaxed_correctness("nan", "nan")
+
+
+def test_doc_to_visual_gives_rgb():
+    from PIL import Image
+
+    from eval.lmms_task import doc_to_visual
+
+    (img,) = doc_to_visual({"image": Image.new("L", (5, 4), 7)})
+    assert img.mode == "RGB" and img.size == (5, 4)
+
+
+def test_process_results_hands_lmms_eval_numbered_answer_records(monkeypatch):
+    """What reaches lmms-eval's VQAv2 scorer (a stand-in here): the question id, every answer with its own answer_id
+    (ten identical answers are ten records), the one generation; its exact_match becomes vqav2_lmms."""
+    import sys
+    import types
+
+    seen = []
+    fake = types.ModuleType("lmms_eval.tasks.vqav2.utils")
+    fake.vqav2_process_results = lambda doc, results: seen.append((doc, results)) or {"exact_match": 0.25}
+    for name in ("lmms_eval", "lmms_eval.tasks", "lmms_eval.tasks.vqav2"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "lmms_eval.tasks.vqav2.utils", fake)
+    got = process_results({"question_id": "q7", "answers": ["7", "7", "1"]}, ["7"])
+    assert got == {"vqa_accuracy": pytest.approx(4 / 9), "vqav2_lmms": 0.25}  # (1/3 + 1/3 + 2/3) / 3
+    assert seen == [({"question_id": "q7", "answers": [{"answer": "7", "answer_id": 0}, {"answer": "7", "answer_id": 1},
+                                                       {"answer": "1", "answer_id": 2}]}, ["7"])]
+    with pytest.raises(ValueError, match="one generation per question, got 0"):
+        process_results({"answers": ["7", "7"]}, [])
+    # A bare string is one answer (not one per character), which VQA accuracy cannot score.
+    with pytest.raises(ValueError, match="at least 2 reference answer"):
+        process_results({"answers": "yes"}, ["yes"])
+
+
+def test_write_task_yaml_fields(bench, tmp_path, monkeypatch):
+    # A relative data path is written resolved (lmms-eval reads it from its own working directory).
+    monkeypatch.chdir(Path(bench).parent)
+    path = write_task(Path(bench).name, tmp_path / "task", split="train")
+    text = path.read_text()
+    assert f"dataset_path: {Path(bench).resolve()}\n" in text and "test_split: train\n" in text
+    assert "  do_sample: false\n" in text and "  max_new_tokens: 8\n" in text
+    assert "  - metric: vqa_accuracy\n" in text and "  - metric: vqav2_lmms\n" in text
+
+
+def test_cli_passes_every_option(bench, tmp_path):
+    from eval.lmms_task import main
+
+    path = main(["--data", str(bench), "--out", str(tmp_path / "t"), "--split", "train", "--name", "my_task",
+                 "--max-new-tokens", "3"])
+    text = path.read_text()
+    assert path == tmp_path / "t" / "my_task.yaml" and (tmp_path / "t" / "utils.py").is_file()
+    assert "task: my_task\n" in text and "test_split: train\n" in text and "  max_new_tokens: 3\n" in text

@@ -1,5 +1,6 @@
 """Hand-derived cases for the VQA accuracy, exact match, ANLS and relaxed accuracy metrics (eval/metrics.py)."""
 
+import numpy as np
 import pytest
 
 from eval.metrics import METRICS, anls, exact_match, levenshtein, normalize_answer, relaxed_accuracy, vqa_accuracy
@@ -137,6 +138,11 @@ def test_anls_hand_values():
 def test_anls_rejects_bad_input():
     with pytest.raises(ValueError, match="threshold"):
         anls("a", ["a"], threshold=0.0)
+    # True was taken as a threshold of 1 (any partial match scored), a string raised TypeError.
+    for bad in (True, "0.5"):
+        with pytest.raises(ValueError, match=f"threshold must be a number in \\(0, 1\\], got {bad!r}"):
+            anls("ab", ["xy"], threshold=bad)
+    assert anls("ab", ["ac"], threshold=np.float32(0.6)) == pytest.approx(0.5)  # NumPy numbers are numbers
     with pytest.raises(ValueError, match="at least 1"):
         anls("a", [])
 
@@ -216,3 +222,22 @@ def test_relaxed_accuracy_exact_boundary_and_zero_tolerance():
     # A tolerance of 0 is allowed (only negative ones are refused) and needs the exact value.
     assert relaxed_accuracy("7.0", ["7"], max_relative_change=0) == 1.0
     assert relaxed_accuracy("7.01", ["7"], max_relative_change=0.0) == 0.0
+
+
+def test_relaxed_accuracy_whitespace_case_and_partial_text():
+    assert relaxed_accuracy("12% ", ["0.12"]) == 1.0  # whitespace around a percentage
+    assert relaxed_accuracy(" 12%", ["0.12"]) == 1.0
+    assert relaxed_accuracy("yes ", ["yes"]) == 1.0  # text: whitespace ignored on either side
+    assert relaxed_accuracy("Yes", [" yES\n"]) == 1.0
+    assert relaxed_accuracy("ye", ["yes"]) == 0.0  # a part of the answer is not the answer
+    with pytest.raises(ValueError, match="max_relative_change.*nan"):
+        relaxed_accuracy("7", ["7"], max_relative_change=float("nan"))
+    with pytest.raises(ValueError, match="max_relative_change.*inf"):
+        relaxed_accuracy("7", ["7"], max_relative_change=float("inf"))
+
+
+def test_relaxed_accuracy_refuses_a_bool_tolerance():
+    # True is an int to Python: it was taken as a tolerance of 100%, so 1.9 counted as right against 1.
+    with pytest.raises(ValueError, match="max_relative_change.*True"):
+        relaxed_accuracy("1.9", ["1"], max_relative_change=True)
+    assert relaxed_accuracy("1.04", ["1"], max_relative_change=np.float32(0.05)) == 1.0  # NumPy numbers are numbers

@@ -310,3 +310,124 @@ def test_chartqa_layout_is_scored_by_relaxed_accuracy_with_row_index_ids(tmp_pat
     assert main(args)["evaluated_now"] == 0  # the row-index ids resume like any other
     sub = json.loads((tmp_path / "ev" / "submission.json").read_text())
     assert sub == [{"question_id": i, "answer": r["prediction"]} for i, r in enumerate(recs)]  # integer ids
+
+
+def test_boundary_settings_are_rejected():
+    # token_fraction is in (0, 1]; batch_size and max_new_tokens are positive integers.
+    with pytest.raises(ValueError, match=r"token_fraction.*\b0\b"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["token_fraction=0"])
+    assert load_eval_cfg("configs/eval/tiny.yaml", ["token_fraction=1"]).token_fraction == 1
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["batch_size=0"])
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer, got 0"):
+        load_eval_cfg("configs/eval/tiny.yaml", ["max_new_tokens=0"])
+
+
+def test_target_fraction_box_edges_and_a_non_square_image():
+    pos = torch.tensor([[0.25, 0.5]])  # (row, col): x = W/2, y = H/4, exact in binary
+    # [x0, y0, x1, y1): a centre on x0 or y0 is inside, one on x1 or y1 outside.
+    assert target_fraction(pos, [50, 0, 100, 100], (100, 100)) == 1.0
+    assert target_fraction(pos, [0, 0, 50, 100], (100, 100)) == 0.0
+    assert target_fraction(pos, [0, 25, 100, 100], (100, 100)) == 1.0
+    assert target_fraction(pos, [0, 0, 100, 25], (100, 100)) == 0.0
+    # image_size is (W, H): in a 200 x 100 image the token centre is at x = 100, y = 25.
+    assert target_fraction(pos, [90, 20, 110, 30], (200, 100)) == 1.0
+    assert target_fraction(pos, [40, 40, 60, 60], (200, 100)) == 0.0
+    # No tokens (or no box): no share, rather than NaN.
+    assert target_fraction(torch.zeros(0, 2), [0, 0, 10, 10], (10, 10)) is None
+    assert target_fraction(pos, None, (10, 10)) is None
+
+
+def test_summary_fields_by_hand():
+    recs = [{"score": 1.0, "question_type": "a", "tokens": 4, "latency_s": 0.1, "target_fraction": 0.5},
+            {"score": 0.0, "question_type": "b", "tokens": 6, "latency_s": 0.3, "target_fraction": None},
+            {"score": 0.5, "question_type": "b", "tokens": 8, "latency_s": 0.5, "target_fraction": 0.25}]
+    s = summarize(recs, flops_fraction=0.3)
+    assert s["n"] == 3 and s["accuracy"] == 0.5 and s["mean_visual_tokens"] == 6
+    assert s["latency_s_per_sample"] == pytest.approx(0.3) and s["visual_flops_fraction"] == 0.3
+    assert s["target_fraction"] == 0.375  # the record without a box does not count
+    assert s["by_type"] == {"a": {"n": 1, "accuracy": 1.0, "target_fraction": 0.5},
+                            "b": {"n": 2, "accuracy": 0.25, "target_fraction": 0.25}}
+    unscored = summarize([{"score": None, "tokens": 4}])  # predict_only
+    assert unscored["accuracy"] is None and unscored["by_type"][""]["accuracy"] is None
+
+
+def test_read_done_cuts_an_unterminated_last_line_even_when_it_parses(tmp_path):
+    from eval.run_eval import _read_done
+
+    p = tmp_path / "predictions.jsonl"
+    p.write_text('{"question_id": "a"}\n{"question_id": "b"}\n{"question_id": "c"}')  # killed before its newline
+    assert [r["question_id"] for r in _read_done(p)] == ["a", "b"]
+    assert p.read_text() == '{"question_id": "a"}\n{"question_id": "b"}\n'  # the next record starts its own line
+    assert _read_done(tmp_path / "missing.jsonl") == []
+
+
+def test_submission_order_and_id_types(tmp_path):
+    from eval.run_eval import _write_submission
+
+    # Dataset order, not record order; ids without a record are left out; one non-integer id keeps them all strings.
+    recs = [{"question_id": "q2", "prediction": "b"}, {"question_id": "1", "prediction": "a"}]
+    _write_submission(tmp_path / "s.json", recs, ["1", "q2", "q3"])
+    assert json.loads((tmp_path / "s.json").read_text()) == [{"question_id": "1", "answer": "a"},
+                                                             {"question_id": "q2", "answer": "b"}]
+    _write_submission(tmp_path / "t.json", [{"question_id": "-3", "prediction": "x"}, {"question_id": 7,
+                                                                                       "prediction": "y"}], [7, "-3"])
+    assert json.loads((tmp_path / "t.json").read_text()) == [{"question_id": 7, "answer": "y"},
+                                                             {"question_id": -3, "answer": "x"}]
+
+
+def test_a_blank_among_other_answers_is_still_labelled():
+    from eval.run_eval import EvalDataCfg, _check_labelled
+
+    d = EvalDataCfg(source="textvqa", split="validation")
+    _check_labelled([["a", "", "a"], ["b"]], ["q1", "q2"], d)  # one annotator left it blank: still scorable
+    with pytest.raises(ValueError, match=r"1 of 2 questions have no reference answer \(e.g. question_id 'q2'\)"):
+        _check_labelled([["a"], ["", " "]], ["q1", "q2"], d)
+
+
+def test_flops_fraction_uses_the_mean_text_after_the_image():
+    from eval.baselines import create_method
+    from eval.run_eval import _flops_fraction
+
+    torch.manual_seed(0)
+    model, processor = build_model("tiny")
+    method = create_method("uniform", model, 0.25)
+    first = processor.encode_prompt("x").index(processor.image_token_id)
+    assert first > 0  # text (BOS) before the image, so n_before matters
+    recs = [{"prompt_text_tokens": first + 4}, {"prompt_text_tokens": first + 8}]  # 4 and 8 after the image: 6
+    want = visual_flops_fraction(model.config.text_config, method.visual_per_layer(), method.full_tokens,
+                                 n_before=first, n_after=6)
+    assert _flops_fraction(method, processor, recs) == pytest.approx(want)
+    assert _flops_fraction(method, processor, []) is None
+
+
+def test_records_carry_their_own_tokens_latency_and_prompt_length(bench, tmp_path, monkeypatch):
+    """Per-row fields: each row's token count, the batch's time over its size, the prompt's text tokens."""
+    import dataclasses
+    import itertools
+
+    import eval.run_eval as run_eval
+
+    real_create = run_eval.create_method
+
+    def create(*args, **kwargs):
+        method = real_create(*args, **kwargs)
+        real_generate = method.generate
+
+        def generate(*a, **kw):  # distinct token counts per row: 32, 31, 30
+            res = real_generate(*a, **kw)
+            return dataclasses.replace(res, tokens=res.tokens - torch.arange(len(res.tokens)))
+
+        method.generate = generate
+        return method
+
+    monkeypatch.setattr(run_eval, "create_method", create)
+    ticks = itertools.count(step=6.0)  # every batch takes 6 "seconds"
+    monkeypatch.setattr(run_eval, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    main(_args(tmp_path / "ev", bench))  # 7 questions in batches of 3, 3, 1
+    recs = _records(tmp_path / "ev" / "predictions.jsonl")
+    assert [r["tokens"] for r in recs] == [32, 31, 30, 32, 31, 30, 32]
+    assert [r["latency_s"] for r in recs] == [2.0] * 6 + [6.0]
+    _, processor = build_model("tiny")
+    assert [r["prompt_text_tokens"] for r in recs] == [len(processor.encode_prompt(r["question"])) - processor.budget
+                                                       for r in recs]
