@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from arr_coc._utils import _check_int
+
 __all__ = ["ArrCocProcessor", "IGNORE_INDEX", "build_byte_tokenizer", "pad_sequences"]
 
 #: Label value ignored by the loss (prompt, image and padding positions).
@@ -94,8 +96,10 @@ class ArrCocProcessor:
                  query_tokenizer: Callable[[list[str]], Tensor] | None = None):
         if isinstance(budget, bool) or int(budget) != budget or budget < 1:
             raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
-        if len(image_size) != 2 or min(int(v) for v in image_size) < 1:
-            raise ValueError(f"image_size must be two positive ints (H, W), got {tuple(image_size)}")
+        if isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__") or len(image_size) != 2:
+            raise ValueError(f"image_size must be two positive ints (H, W), got {image_size!r}")
+        # Each entry an integer: int() truncated (8.5, 8) to (8, 8) and took True for 1.
+        image_size = [_check_int(f"image_size {tuple(image_size)} entry", v, minimum=1) for v in image_size]
         if len(image_mean) != 3 or len(image_std) != 3 or not all(float(v) > 0 for v in image_std):
             raise ValueError(f"image_mean and image_std must hold 3 values each (one per RGB channel) and the std "
                              f"must be > 0, got mean {tuple(image_mean)}, std {tuple(image_std)}")
@@ -198,14 +202,15 @@ class ArrCocProcessor:
         """Replace the single image placeholder id by ``budget`` copies (default: the processor's ``budget``).
 
         Raises:
-            ValueError: if ``ids`` hold no placeholder or more than one (one image per sample), or ``budget < 1``.
+            ValueError: if ``ids`` hold no placeholder or more than one (one image per sample), or ``budget`` is not
+                an integer >= 1.
         """
         n = sum(1 for t in ids if t == self.image_token_id)
         if n != 1:
             raise ValueError(f"a prompt must hold exactly one {self.image_token!r} placeholder, found {n}")
+        if budget is not None and (isinstance(budget, bool) or int(budget) != budget or budget < 1):
+            raise ValueError(f"budget must be >= 1 image token (an integer), got {budget!r}")
         count = self.budget if budget is None else int(budget)
-        if count < 1:
-            raise ValueError(f"budget must be >= 1 image token, got {budget}")
         out: list[int] = []
         for t in ids:
             out.extend([t] * count if t == self.image_token_id else [t])

@@ -10,7 +10,7 @@ from _images import random_images
 from PIL import Image
 
 from models.builders import build_model
-from models.processing import ArrCocProcessor, build_byte_tokenizer
+from models.processing import ArrCocProcessor, build_byte_tokenizer, pad_sequences
 
 QUESTIONS = ["a?", "what colour is the shape holding a 7?"]  # different lengths: row 0 is left-padded
 
@@ -91,8 +91,14 @@ def test_processor_misuse_is_a_value_error_naming_the_value():
         _processor(image_std=(0.0,) * 3)
     with pytest.raises(ValueError, match=r"3 values each.*mean \(0.5, 0.5\)"):
         _processor(image_mean=(0.5, 0.5))
-    with pytest.raises(ValueError, match=r"image_size must be two positive ints \(H, W\), got \(0, 8\)"):
+    with pytest.raises(ValueError, match=r"image_size \(0, 8\) entry must be >= 1, got 0"):
         _processor(image_size=(0, 8))
+    # Non-integer entries were truncated ((8.5, 8) -> (8, 8)) and True taken as 1.
+    for bad, name in [(8.5, "float: 8.5"), (True, "bool: True")]:
+        with pytest.raises(ValueError, match=rf"image_size \({bad}, 8\) entry must be an integer, got {name}"):
+            _processor(image_size=(bad, 8))
+    with pytest.raises(ValueError, match=r"image_size must be two positive ints \(H, W\), got \(8, 8, 3\)"):
+        _processor(image_size=(8, 8, 3))
     p, img = _processor(), random_images(1)[0]
     with pytest.raises(ValueError, match="got one Image; wrap it in a list"):
         p(img, ["q"])
@@ -100,3 +106,83 @@ def test_processor_misuse_is_a_value_error_naming_the_value():
         p([img], "q")
     with pytest.raises(ValueError, match="non-empty sequence of images"):
         p([], [])
+
+
+def test_processor_refuses_zero_budgets_and_templates_with_two_images():
+    with pytest.raises(ValueError, match="budget must be an integer >= 1, got 0"):
+        _processor(budget=0)
+    with pytest.raises(ValueError, match="exactly one '<image>'"):
+        _processor(prompt_template="<image><image>{question}")
+    p = _processor()
+    ids = p.tokenizer("<image> a", add_special_tokens=False)["input_ids"]
+    assert p.expand_image_tokens(ids, budget=2).count(p.image_token_id) == 2
+    with pytest.raises(ValueError, match=r"budget must be >= 1 image token.*, got 0"):
+        p.expand_image_tokens(ids, budget=0)
+    with pytest.raises(ValueError, match="got 2 images but 1 questions"):
+        p(random_images(2), ["q"])
+
+
+def test_prompt_has_bos_and_answer_ends_with_eos():
+    p = _processor()
+    tok = p.tokenizer
+    prompt = p.encode_prompt("hi")
+    assert prompt[0] == tok.bos_token_id and prompt.count(p.image_token_id) == 4
+    ans = p.encode_answer("7")
+    assert ans[-1] == tok.eos_token_id and tok.decode(ans[:-1]) == " 7"
+    assert p.batch_decode([[tok.bos_token_id] + ans + [tok.pad_token_id]]) == ["7"]  # special tokens dropped
+
+
+def test_left_padding_masks_the_left():
+    ids, mask = pad_sequences([[5, 6, 7], [8]], 0, "left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[True] * 3, [False, False, True]]
+    ids, mask = pad_sequences([[5, 6, 7], [8]], 0, "right")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[True] * 3, [True, False, False]]
+
+
+def test_normalize_uses_mean_and_std_per_channel():
+    p = _processor(image_mean=(0.5, 0.25, 0.0), image_std=(0.5, 0.25, 2.0))
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2).contiguous()
+    torch.testing.assert_close(p.normalize(x)[0, :, 0], torch.tensor([[-1.0, 1.0], [-1.0, 3.0], [0.0, 0.5]]))
+
+
+def test_single_channel_arrays_are_grey_images():
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    p = _processor()
+    assert torch.equal(p.preprocess_images([grey[..., None]]), p.preprocess_images([grey]))
+
+
+def test_tokenizer_without_pad_or_image_token_is_completed():
+    tok = build_byte_tokenizer("<img>")
+    tok.pad_token = None
+    p = ArrCocProcessor(tok, budget=4, image_size=(8, 8), image_mean=(0.0,) * 3, image_std=(1.0,) * 3)
+    assert tok.pad_token == tok.eos_token
+    assert tok.convert_ids_to_tokens(p.image_token_id) == "<image>" and p.image_token_id >= 260
+    batch = p(random_images(2), ["a?", "longer?"])
+    assert (batch["input_ids"] == p.image_token_id).sum(1).tolist() == [4, 4]
+    assert batch["input_ids"][0, 0] == tok.eos_token_id and not batch["attention_mask"][0, 0]
+
+
+def test_resize_modes_keep_the_aspect_for_a_non_square_tower():
+    # image_size is (H, W) = (32, 48): a tall image cropped loses its top and bottom; pad reaches the target aspect
+    # even when it is not a whole number of pixels (it rounds the canvas up, never stretching the image).
+    a = np.zeros((64, 32, 3), np.uint8)
+    a[..., 0] = 255
+    a[:4] = (0, 255, 0)  # a green band along the top of a tall image
+    crop = _processor(image_size=(32, 48), image_resize="crop").preprocess_images([a], normalize=False)[0]
+    assert crop.shape == (3, 32, 48)
+    assert not ((crop[1] > 200) & (crop[0] < 60)).any()  # the centre crop dropped the top band
+    red = np.zeros((33, 50, 3), np.uint8)
+    red[..., 0] = 255  # 50 x 33 needs a canvas 50 x 34 (33.3 rounded up) to reach 3:2
+    pad = _processor(image_size=(32, 48), image_resize="pad", image_mean=(0.0, 0.0, 1.0)).preprocess_images(
+        [red], normalize=False)[0]
+    assert int(pad[2, -1].min()) > 100  # the bottom row is the (blue) fill
+    p = _processor(image_size=(32, 48), image_resize="pad")
+    assert p.boxes_exact((96, 64)) and not p.boxes_exact((64, 96))  # boxes_exact takes (W, H)
+
+
+@pytest.mark.parametrize("bad", [2.5, True, "3"])
+def test_expand_image_tokens_refuses_non_integer_budgets(bad):
+    # 2.5 gave 2 placeholders, True 1 and "3" 3, silently, where the processor's own budget refuses them.
+    p = _processor()
+    with pytest.raises(ValueError, match=rf"budget must be >= 1 image token \(an integer\), got {bad!r}"):
+        p.encode_prompt("q", bad)

@@ -6,10 +6,11 @@ import pytest
 import torch
 from _images import random_images
 
+from arr_coc import ArrCoc
 from models.builders import build_model
 from models.position import PositionEmbedding2d
 from models.processing import IGNORE_INDEX, pad_sequences
-from models.vlm import ArrCocLlava, load_state_dict_nonstrict
+from models.vlm import ArrCocLlava, full_token_count, load_state_dict_nonstrict, tokens_for_fraction
 
 QUESTIONS = ["what digit is in the red circle?", "how many triangles?"]
 ANSWERS = ["7", "3"]
@@ -223,3 +224,150 @@ def test_position_embedding_refuses_bad_sizes_and_shapes():
     for shape in [(1, 2, 3), (2, 2)]:
         with pytest.raises(ValueError, match="positions must have shape"):
             pe(torch.rand(*shape))
+
+
+def test_tokens_for_fraction_rounds_and_bounds(tiny):
+    model, _ = tiny
+    assert full_token_count(model) == 64
+    assert tokens_for_fraction(model, 1.0) == 64  # the full-token count itself is allowed
+    assert tokens_for_fraction(model, 0.305) == 20  # round(19.52), not floor
+    for bad in (0.0, 1.5, -0.25):
+        with pytest.raises(ValueError, match=rf"in \(0, 1\], got {bad}"):
+            tokens_for_fraction(model, bad)
+    with pytest.raises(ValueError, match="token_fraction=0.005 of N=64 full tokens rounds to 0 tokens"):
+        tokens_for_fraction(model, 0.005)
+
+
+def test_patch_grid_must_agree(tiny):
+    model, _ = tiny
+    a = model.arr_coc
+    wide = ArrCoc(a.dim, a.query_dim, num_patches=16, budget=32, min_tokens=1, max_tokens=6, patch_grid=(2, 8),
+                  attn_dim=16, num_prototypes=8)
+    with pytest.raises(ValueError, match=r"vision patch grid \(4, 4\) \(K=16\) differs from ArrCoc's \(2, 8\)"):
+        ArrCocLlava(model.llava, model.vision, wide)
+
+
+def test_project_visual_masks_padding_positions():
+    """Padding tokens (mask False) get neither a position nor a footprint embedding; real ones get both."""
+    torch.manual_seed(0)
+    model, _ = build_model("tiny", ["footprint_embed=true"])
+    with torch.no_grad():
+        model.pos_embed.table.normal_()
+        model.footprint_embed.table.normal_()
+        tokens, positions = torch.randn(2, 3, model.arr_coc.dim), torch.rand(2, 3, 2)
+        mask = torch.tensor([[True, True, False], [True, False, True]])
+        footprint = torch.full((2, 3), 4.0)
+        out = model.project_visual(tokens, positions, mask, footprint=footprint)
+        no_fp = model.project_visual(tokens, positions, mask)
+        bare = model.projector(tokens)
+    torch.testing.assert_close(out[~mask], bare[~mask])
+    assert float((out[mask] - no_fp[mask]).abs().min()) > 0 and float((no_fp[mask] - bare[mask]).abs().min()) > 0
+
+
+def test_scatter_visual_counts_masked_tokens_and_names_the_first_bad_sample(tiny):
+    model, processor = tiny
+    batch = _train_batch(processor, random_images(2), QUESTIONS, ANSWERS)
+    ids, n, e = batch["input_ids"].clone(), model.budget, model.config.text_config.hidden_size
+    embeds = torch.randn(2, n, e)
+    with pytest.raises(ValueError, match=rf"mask of shape \(2, {n - 1}\) must match image_embeds' .* \(2, {n}\)"):
+        model.scatter_visual(ids, embeds, torch.ones(2, n - 1, dtype=torch.bool))
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[0, 3] = False  # sample 0 has one padding token: it needs one placeholder fewer
+    with pytest.raises(ValueError, match=rf"sample 0: input_ids hold {n} image tokens .* produced {n - 1} visual"):
+        model.scatter_visual(ids, embeds, mask)
+    short = ids.clone()
+    short[0, (ids[0] == processor.image_token_id).nonzero()[-1, 0]] = processor.tokenizer.pad_token_id
+    with torch.no_grad():
+        out = model.scatter_visual(short, embeds, mask)
+    torch.testing.assert_close(out[short == processor.image_token_id], embeds[mask])
+    for row, k in ((0, 1), (1, 2)):  # both samples short of placeholders: the first is named
+        where = (ids[row] == processor.image_token_id).nonzero()[:k, 0]
+        ids[row, where] = processor.tokenizer.pad_token_id
+    with pytest.raises(ValueError, match=rf"sample 0: input_ids hold {n - 1} image tokens .* produced {n} visual"):
+        model.scatter_visual(ids, embeds)
+
+
+def test_embed_inputs_names_the_batch_mismatch(tiny):
+    model, processor = tiny
+    batch = _train_batch(processor, random_images(2), QUESTIONS, ANSWERS)
+    with pytest.raises(ValueError, match=r"input_ids must be \(B, L\) with B = pixel_values' batch 1"):
+        model.embed_inputs(batch["pixel_values"][:1], batch["input_ids"], query_input_ids=batch["query_input_ids"][:1])
+
+
+def test_inferred_attention_mask_follows_hf_pad_and_eos_rule(tiny):
+    model, _ = tiny
+    ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 6]])
+    torch.testing.assert_close(model._infer_attention_mask(ids, {"pad_token_id": 0}),
+                               torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]))
+    assert model._infer_attention_mask(ids, {"pad_token_id": 0, "eos_token_id": [2, 0]}) is None  # pad is an EOS
+    assert model._infer_attention_mask(ids, {"pad_token_id": 3}) is None  # pad never occurs
+    gc = model.llava.generation_config
+    old = gc.eos_token_id
+    gc.eos_token_id = 0  # the EOS may come from the generation config
+    try:
+        assert model._infer_attention_mask(ids, {"pad_token_id": 0}) is None
+    finally:
+        gc.eos_token_id = old
+
+
+def test_state_dict_missing_keys_are_refused_unless_tolerated(tiny):
+    model, _ = tiny
+    torch.manual_seed(1)
+    fresh, _ = build_model("tiny")
+    sd = dict(model.state_dict())
+    del sd["arr_coc.knowing.q_proj.weight"]
+    with pytest.raises(ValueError, match=r"missing \['arr_coc.knowing.q_proj.weight'\] \(1 total\)"):
+        load_state_dict_nonstrict(fresh, sd)
+
+
+def test_position_table_is_in_the_projector_group(tiny):
+    model, _ = tiny
+    groups = model.parameter_groups()
+    assert [n for n, _ in groups["projector"] if n.startswith("pos_embed.")] == ["pos_embed.table"]
+    others = [n for part in ("vision", "arr_coc", "query", "llm") for n, _ in groups[part]]
+    assert not any(n.startswith("pos_embed.") for n in others)
+
+
+def test_footprint_counts_the_cells_of_a_non_square_fine_grid():
+    # Each token of patch k averages h * w / budgets[b, k] fine cells: with h != w, both sides count.
+    torch.manual_seed(0)
+    model, processor = build_model("tiny", ["footprint_embed=true", "vision.fine_grid=[4,2]"])
+    seen = {}
+    hook = model.footprint_embed.register_forward_pre_hook(lambda mod, args: seen.update(fp=args[0]))
+    pixels = processor.preprocess_images(random_images(2))
+    q_ids, q_mask = processor.encode_queries(QUESTIONS)
+    try:
+        with torch.no_grad():
+            _, out = model.visual_tokens(pixels, model.encode_query(q_ids, q_mask))
+    finally:
+        hook.remove()
+    per_token = out.budgets.gather(1, out.patch_index.clamp(min=0)).float()
+    torch.testing.assert_close(seen["fp"][out.mask], (8.0 / per_token)[out.mask])
+
+
+def test_llm_query_ignores_the_padding_of_shorter_questions(tiny):
+    model, processor = tiny
+    q_ids, q_mask = processor.encode_queries(QUESTIONS)
+    assert not bool(q_mask[1].all())  # the second question is right-padded in the batch
+    alone = processor.encode_queries(QUESTIONS[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_query(q_ids, q_mask)[1], model.encode_query(*alone)[0])
+
+
+def test_wrapping_drops_llavas_own_vision_tower(tiny):
+    model, _ = tiny
+    llava = model.llava
+    llava.model.vision_tower = torch.nn.Linear(2, 2)  # as a LLaVA checkpoint loads it
+    try:
+        ArrCocLlava(llava, model.vision, model.arr_coc)
+        assert llava.model.vision_tower is None  # one owner: its weights would otherwise train and save twice
+    finally:
+        llava.model.vision_tower = None
+
+
+def test_position_embedding_interpolates_between_rows():
+    pe = PositionEmbedding2d(3, (2, 4), init_std=1.0)
+    table = pe.table.detach().view(2, 4, 3)
+    between = torch.tensor([[[0.5, 0.125], [0.5, 0.75]]])  # halfway between rows 0 and 1; the second also between
+    corners = (table[0, 2] + table[0, 3] + table[1, 2] + table[1, 3]) / 4  # columns 2 and 3
+    torch.testing.assert_close(pe(between)[0], torch.stack([(table[0, 0] + table[1, 0]) / 2, corners]))
