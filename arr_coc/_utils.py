@@ -85,12 +85,13 @@ def _check_int(name: str, v: object, minimum: int | None = None) -> int:
     return out
 
 
-def _grid_pair(patch_grid: Sequence[int]) -> tuple[int, int]:
-    """``patch_grid`` as two positive ints (rows, cols); ``ValueError`` naming it or its offending entry."""
-    if isinstance(patch_grid, (str, bytes)) or not hasattr(patch_grid, "__len__") or len(patch_grid) != 2:
-        raise ValueError(f"patch_grid must be two positive ints (rows, cols), got {patch_grid!r}")
-    gh, gw = (_check_int(f"patch_grid {tuple(patch_grid)} entry", v, minimum=1) for v in patch_grid)
-    return gh, gw
+def _grid_pair(pair: Sequence[int], name: str = "patch_grid", axes: str = "(rows, cols)") -> tuple[int, int]:
+    """``pair`` as two positive ints (a patch grid, a region or an image size); ``ValueError`` naming ``name`` or its
+    offending entry (a float or a bool entry is refused, not truncated)."""
+    if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+        raise ValueError(f"{name} must be two positive ints {axes}, got {pair!r}")
+    first, second = (_check_int(f"{name} {tuple(pair)} entry", v, minimum=1) for v in pair)
+    return first, second
 
 
 def _check_patch_grid(patch_grid: Sequence[int] | None, num_patches: int) -> tuple[int, int]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from arr_coc._utils import _check_int
+from arr_coc._utils import _grid_pair
 
 __all__ = ["ArrCocProcessor", "IGNORE_INDEX", "build_byte_tokenizer", "pad_sequences"]
 
@@ -96,10 +96,8 @@ class ArrCocProcessor:
                  query_tokenizer: Callable[[list[str]], Tensor] | None = None):
         if isinstance(budget, bool) or int(budget) != budget or budget < 1:
             raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
-        if isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__") or len(image_size) != 2:
-            raise ValueError(f"image_size must be two positive ints (H, W), got {image_size!r}")
         # Each entry an integer: int() truncated (8.5, 8) to (8, 8) and took True for 1.
-        image_size = [_check_int(f"image_size {tuple(image_size)} entry", v, minimum=1) for v in image_size]
+        image_size = _grid_pair(image_size, "image_size", "(H, W)")
         if len(image_mean) != 3 or len(image_std) != 3 or not all(float(v) > 0 for v in image_std):
             raise ValueError(f"image_mean and image_std must hold 3 values each (one per RGB channel) and the std "
                              f"must be > 0, got mean {tuple(image_mean)}, std {tuple(image_std)}")

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from arr_coc._utils import _check_int, _check_patch_grid
+from arr_coc._utils import _check_patch_grid, _grid_pair
 from arr_coc.allocators.registry import Allocator, capped_softmax, register_allocator
 from arr_coc.kernels import capped_simplex_projection, round_to_budget
 
@@ -34,12 +34,9 @@ class HierarchicalAllocator(Allocator):
     def __init__(self, budget: int = 13200, min_tokens: int = 64, max_tokens: int = 400, *,
                  patch_grid: Sequence[int] | None = None, region_size: Sequence[int] = (2, 2), device=None, dtype=None):
         super().__init__(budget, min_tokens, max_tokens)
-        if isinstance(region_size, (str, bytes)) or not hasattr(region_size, "__len__") or len(region_size) != 2:
-            raise ValueError(f"region_size must be two positive ints, got {region_size!r}")
-        # Each entry checked as an integer: int() truncated (1.5, 2) to (1, 2) and took True for 1.
-        rh, rw = (_check_int(f"region_size {tuple(region_size)} entry", v, minimum=1) for v in region_size)
         self.patch_grid = tuple(patch_grid) if patch_grid is not None else None
-        self.region_size = (rh, rw)
+        # Each entry checked as an integer: int() truncated (1.5, 2) to (1, 2) and took True for 1.
+        self.region_size = _grid_pair(region_size, "region_size", "(rows, cols)")
 
     def _to_regions(self, u: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
         """(B, K) → (B, R, m) with regions in row-major order, plus the grid geometry."""

@@ -562,10 +562,10 @@ def test_hierarchical_region_must_tile_both_grid_sides():
 
 @pytest.mark.parametrize("region_size, match", [
     ((0, 2), r"entry must be >= 1, got 0"),
-    ((2,), r"two positive ints, got \(2,\)"),
+    ((2,), r"two positive ints \(rows, cols\), got \(2,\)"),
     ((1.5, 2), r"entry must be an integer, got float: 1.5"),
     ((True, 2), r"entry must be an integer, got bool: True"),
-    ("ab", r"two positive ints, got 'ab'"),
+    ("ab", r"two positive ints \(rows, cols\), got 'ab'"),
 ])
 def test_hierarchical_refuses_a_bad_region_size(region_size, match):
     """region_size (1.5, 2) was truncated to (1, 2) and (True, 2) taken as (1, 2) silently; 'ab' raised a TypeError."""
