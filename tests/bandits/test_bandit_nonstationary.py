@@ -245,3 +245,11 @@ def test_page_hinkley_minimum_carries_over_between_batches():
     _, _, state = ns._page_hinkley_scan(state, torch.tensor([1.0], dtype=torch.float64), torch.zeros(1).long(), 1, cfg)
     assert state["up"].tolist() == pytest.approx([-1 / 6]) and state["up_min"].tolist() == [-0.5]
     assert state["dn_max"].tolist() == [0.0]
+
+
+def test_page_hinkley_on_a_mean_policy_does_not_alarm_on_a_stationary_arm():
+    # The residual is the reward minus the arm's mean (not its reward sum, which grows with every update).
+    pol = EpsilonGreedy(2, 0.0, initial_value=1.0, forgetting=PageHinkley(0.01, 2.0, 3))
+    for _ in range(5):
+        pol.update(torch.zeros(10, 1), torch.zeros(10, dtype=torch.long), torch.ones(10))
+    assert pol.resets.tolist() == [0, 0] and pol.means.tolist() == [1.0, 1.0]

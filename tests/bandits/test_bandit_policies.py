@@ -15,6 +15,7 @@ from arr_coc.bandits import (
     LinUCB,
     PageHinkley,
     SlidingWindow,
+    Softmax,
     ThompsonSampling,
 )
 from _bandit_helpers import POLICIES as ALL
@@ -334,3 +335,35 @@ def test_ucb1_unplayed_arm_outranks_any_reward_scale():
     pol.update(torch.zeros(1, 1, dtype=torch.float64), torch.tensor([0]), torch.tensor([2e6], dtype=torch.float64))
     assert pol.indices()[1] == float("inf")
     assert pol.action_probabilities(torch.zeros(1, 1, dtype=torch.float64))[0].tolist() == [0.0, 1.0]
+
+
+def test_unplayed_arms_use_initial_value_and_assigning_it_drops_the_cache():
+    pol = EpsilonGreedy(3, 0.0, initial_value=2.0)
+    x = torch.zeros(1, 1)
+    pol.update(x, torch.tensor([0]), torch.tensor([1.0]))
+    assert pol.means.tolist() == [1.0, 2.0, 2.0]
+    assert pol.action_probabilities(x)[0].tolist() == [0.0, 0.5, 0.5]  # optimistic unplayed arms win
+    pol.initial_value = 0.0  # now the played arm (mean 1) is the best
+    assert pol.action_probabilities(x)[0].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_mean_policy_probabilities_follow_a_dtype_change():
+    pol = EpsilonGreedy(3, 0.3)
+    pol.action_probabilities(torch.zeros(1, 1))  # builds the float32 cache
+    pol.to(torch.float64)
+    probs = pol.action_probabilities(torch.zeros(2, 1, dtype=torch.float64))
+    assert probs.dtype == torch.float64
+
+
+def test_select_never_draws_a_zero_probability_arm_at_the_top_of_the_uniform_range(monkeypatch):
+    # Softmax probabilities whose float32 CDF ends below 1; arm 3 has probability 0. A uniform draw just below 1
+    # must still land on a positive-probability arm (u is scaled by the CDF total).
+    pol = Softmax(4, 1.0)
+    means = torch.tensor([0.4485998749732971, 0.513896107673645, 0.4568655490875244, -1e3])
+    pol.update(torch.zeros(4, 1), torch.arange(4), means)
+    probs = pol.action_probabilities(torch.zeros(1, 1))[0]
+    assert probs[3] == 0 and float(probs.cumsum(0)[-1]) < 1 - 2 ** -24
+    top = 1 - 2 ** -24  # the largest float32 below 1
+    monkeypatch.setattr(torch, "rand", lambda n, **kw: torch.full((n,), top, dtype=kw.get("dtype")))
+    actions, props = pol.select(torch.zeros(5, 1))
+    assert (actions != 3).all() and (props > 0).all()

@@ -146,3 +146,29 @@ def test_range_may_start_or_end_at_one_cell():
     down = FootprintEmbedding(2, (-2, 0), init_std=1.0)
     t = down.table.detach()
     torch.testing.assert_close(down(torch.tensor([[0.25]])).detach()[0, 0], t[0] - t[2])
+
+
+def test_read_interpolates_at_a_quarter_step_and_in_full_precision():
+    fe = FootprintEmbedding(3, (-2, 3), init_std=1.0)
+    t = fe.table.detach()
+    out = fe(torch.tensor([[2 ** 0.75, 2 ** -0.25]])).detach()  # log2 f = 0.75 and -0.25: not halfway
+    torch.testing.assert_close(out[0, 0], 0.25 * t[2] + 0.75 * t[3] - t[2])
+    torch.testing.assert_close(out[0, 1], 0.25 * t[1] + 0.75 * t[2] - t[2])
+    # A half-precision footprint (exact small integers) is read in float32, not on the bf16 log2 grid.
+    fp = torch.tensor([[3.0, 5.0, 12.0]])
+    torch.testing.assert_close(fe(fp.bfloat16()).detach(), fe(fp).detach())
+
+
+def test_validation_reads_only_each_samples_own_real_tokens():
+    fe = FootprintEmbedding(2, init_std=1.0)
+    fp = torch.tensor([[4.0, 2.0], [0.0, 8.0]])  # sample 1 pads column 0, where sample 0 has a real token
+    mask = torch.tensor([[True, True], [False, True]])
+    out = fe(fp, mask).detach()
+    assert torch.isfinite(out).all() and float(out[1, 0].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="finite and > 0"):
+        fe(fp, torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_zero_width_is_refused():
+    with pytest.raises(ValueError, match="dim >= 1"):
+        FootprintEmbedding(0)

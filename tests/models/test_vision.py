@@ -120,3 +120,39 @@ def test_llm_embedding_query_is_masked_mean():
 def test_unknown_open_clip_model():
     with pytest.raises(ValueError, match="unknown open_clip model"):
         create_open_clip("no-such-model")
+
+
+def test_masked_mean_without_a_mask_averages_each_row_over_the_sequence():
+    x = torch.randn(2, 3, 4)
+    out = masked_mean(x, None)
+    assert out.shape == (2, 4)
+    torch.testing.assert_close(out, x.mean(1))
+
+
+def test_llm_embedding_query_refuses_a_2d_input_and_a_batch_mismatch():
+    with pytest.raises(ValueError, match=r"\(B, L, E\)"):
+        LlmEmbeddingQuery()(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="attention_mask shape"):  # same L, wrong B: would broadcast silently
+        LlmEmbeddingQuery()(torch.randn(2, 4, 3), torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_open_clip_text_normalizes_and_drops_the_contrastive_head(clip):
+    import copy
+
+    text = OpenClipText(copy.deepcopy(clip), open_clip.get_tokenizer("arr-coc-tiny-vit"), normalize=True)
+    q = text(text.tokenize(["what digit is in the red circle?", "how many triangles?"]))
+    torch.testing.assert_close(q.norm(dim=-1), torch.ones(2))
+    assert text.clip.logit_scale is None
+    assert not any("logit_" in k for k in text.state_dict())
+
+
+def test_open_clip_text_width_is_the_projection_output_width():
+    class Stub(torch.nn.Module):  # a non-square projection: (text width 8) -> (embedding width 5)
+        def __init__(self):
+            super().__init__()
+            self.text_projection = torch.nn.Parameter(torch.zeros(8, 5))
+
+        def encode_text(self, ids, normalize=False):
+            return torch.zeros(ids.shape[0], 5)
+
+    assert OpenClipText(Stub()).output_dim == 5
