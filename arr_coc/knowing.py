@@ -211,7 +211,7 @@ class Knowing(nn.Module):
             _check_pixels(pixels, grid)
             if pixels.shape[0] != b:
                 raise ValueError(f"pixels batch {pixels.shape[0]} does not match features batch {b}")
-            _check_finite("pixels", pixels)
+            # NaN/inf pixels are refused by pixel_entropy, the next thing to read them (one scan, not two).
         scores = torch.stack(
             [self.propositional(features, pixels, grid), self.perspectival(features, grid),
              self.participatory(features, query)], dim=-1)  # (B, K, 3)
