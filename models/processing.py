@@ -25,6 +25,15 @@ from arr_coc._utils import _grid_pair
 
 __all__ = ["ArrCocProcessor", "IGNORE_INDEX", "build_byte_tokenizer", "pad_sequences"]
 
+
+def _token_count(budget: Any, requirement: str) -> int:
+    """``budget`` as an int >= 1; ``ValueError`` ("budget must be <requirement>, got ...") for a bool, a number that
+    is not whole (2.5 was truncated to 2) or one below 1."""
+    if isinstance(budget, bool) or int(budget) != budget or budget < 1:
+        raise ValueError(f"budget must be {requirement}, got {budget!r}")
+    return int(budget)
+
+
 #: Label value ignored by the loss (prompt, image and padding positions).
 IGNORE_INDEX = -100
 
@@ -94,8 +103,7 @@ class ArrCocProcessor:
                  image_std: Sequence[float], image_token: str = "<image>", image_resize: str = "squash",
                  prompt_template: str = "USER: <image>\n{question} ASSISTANT:", answer_template: str = " {answer}",
                  query_tokenizer: Callable[[list[str]], Tensor] | None = None):
-        if isinstance(budget, bool) or int(budget) != budget or budget < 1:
-            raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+        budget = _token_count(budget, "an integer >= 1")
         # Each entry an integer: int() truncated (8.5, 8) to (8, 8) and took True for 1.
         image_size = _grid_pair(image_size, "image_size", "(H, W)")
         if len(image_mean) != 3 or len(image_std) != 3 or not all(float(v) > 0 for v in image_std):
@@ -114,7 +122,7 @@ class ArrCocProcessor:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
-        self.budget = int(budget)
+        self.budget = budget
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
@@ -206,9 +214,7 @@ class ArrCocProcessor:
         n = sum(1 for t in ids if t == self.image_token_id)
         if n != 1:
             raise ValueError(f"a prompt must hold exactly one {self.image_token!r} placeholder, found {n}")
-        if budget is not None and (isinstance(budget, bool) or int(budget) != budget or budget < 1):
-            raise ValueError(f"budget must be >= 1 image token (an integer), got {budget!r}")
-        count = self.budget if budget is None else int(budget)
+        count = self.budget if budget is None else _token_count(budget, ">= 1 image token (an integer)")
         out: list[int] = []
         for t in ids:
             out.extend([t] * count if t == self.image_token_id else [t])
