@@ -253,3 +253,30 @@ def test_page_hinkley_on_a_mean_policy_does_not_alarm_on_a_stationary_arm():
     for _ in range(5):
         pol.update(torch.zeros(10, 1), torch.zeros(10, dtype=torch.long), torch.ones(10))
     assert pol.resets.tolist() == [0, 0] and pol.means.tolist() == [1.0, 1.0]
+
+
+def test_base_page_hinkley_resets_only_the_alarmed_arm_and_keeps_rows_after_the_alarm():
+    pol = EpsilonGreedy(2, 0.0, forgetting=PageHinkley(0.01, 2.0, 3), dtype=torch.float64)
+    ctx = torch.zeros(40, 1, dtype=torch.float64)
+    pol.update(ctx[:20], torch.arange(20) % 2, torch.zeros(20, dtype=torch.float64))
+    # Arm 0 jumps to 1 for 30 rows; arm 1 stays at 0 (its 10 rows interleaved after every third arm-0 row).
+    actions = torch.tensor(([0, 0, 0, 1] * 10)[:40])
+    pol.update(ctx, actions, (actions == 0).double())
+    assert pol.resets.tolist() == [1, 0] and int(pol.steps) == 60
+    assert pol.counts[1].item() == 20  # arm 1 keeps its statistics
+    assert 0 < pol.counts[0].item() < 30 and pol.means[0].item() == 1.0  # arm 0 only counts rows after its alarm
+
+
+def test_base_page_hinkley_watches_the_residual_not_the_raw_reward():
+    """r = 5x with a stationary model; only the contexts shift (x = ±1 alternating, then x = +1 throughout). The raw
+    reward jumps from mean 0 to 5, the prediction residual stays near 0: no change point."""
+    dt = torch.float64
+    pol = LinUCB(1, 1, alpha=0.0, lam=1.0, forgetting=PageHinkley(0.0, 20.0, 1), dtype=dt)
+    a = torch.zeros(2, dtype=torch.long)
+    for _ in range(20):
+        x = torch.tensor([[-1.0], [1.0]], dtype=dt)
+        pol.update(x, a, 5 * x[:, 0])
+    for _ in range(10):
+        x = torch.ones(2, 1, dtype=dt)
+        pol.update(x, a, 5 * x[:, 0])
+    assert pol.resets.tolist() == [0] and pol.counts.tolist() == [60.0]

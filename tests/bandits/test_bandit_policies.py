@@ -367,3 +367,122 @@ def test_select_never_draws_a_zero_probability_arm_at_the_top_of_the_uniform_ran
     monkeypatch.setattr(torch, "rand", lambda n, **kw: torch.full((n,), top, dtype=kw.get("dtype")))
     actions, props = pol.select(torch.zeros(5, 1))
     assert (actions != 3).all() and (props > 0).all()
+
+
+def test_ucb1_indices_follow_the_formula_with_and_without_discounting(tmp_path):
+    """index = mean_a + c * sqrt(2 ln n / n_a), n the total count floored at 1; +inf for an arm without data."""
+    from arr_coc.bandits import UCB1
+
+    dt = torch.float64
+    pol = UCB1(3, c=0.7, dtype=dt)
+    assert pol.means.tolist() == [0.0, 0.0, 0.0]  # UCB1 has no initial_value setting: unplayed means are 0
+    pol.update(torch.zeros(4, 1, dtype=dt), torch.tensor([0, 0, 0, 1]), torch.tensor([1.0, 0.0, 0.5, 2.0], dtype=dt))
+    expected = [0.5 + 0.7 * math.sqrt(2 * math.log(4) / 3), 2.0 + 0.7 * math.sqrt(2 * math.log(4) / 1), math.inf]
+    assert pol.indices().tolist() == pytest.approx(expected, rel=1e-12)
+    # Discount(0.5) over two rows: counts (0.5, 1), total 1.5; the width uses log(1.5) as it is.
+    disc = UCB1(2, c=2.0, forgetting=Discount(0.5), dtype=dt)
+    disc.update(torch.zeros(2, 1, dtype=dt), torch.tensor([0, 1]), torch.tensor([1.0, 0.0], dtype=dt))
+    assert disc.counts.tolist() == [0.5, 1.0]
+    width = [2.0 * math.sqrt(2 * math.log(1.5) / n) for n in (0.5, 1.0)]
+    assert disc.indices().tolist() == pytest.approx([1.0 + width[0], 0.0 + width[1]], rel=1e-12)
+    # c survives a save / load (a default of 1.0 would hide a config that drops it)
+    pol.save(tmp_path / "ucb.safetensors")
+    loaded = BanditPolicy.load(tmp_path / "ucb.safetensors")
+    assert loaded.c == 0.7 and torch.equal(loaded.indices(), pol.indices())
+
+
+def test_base_input_checks_name_the_first_offender():
+    pol = LinUCB(3, 2)
+    x, a, r = torch.zeros(2, 2), torch.tensor([0, 1]), torch.ones(2)
+    with pytest.raises(ValueError, match="at least one row"):
+        pol.select(torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="actions are on meta"):
+        pol.update(x, a.to("meta"), r)
+    with pytest.raises(ValueError, match="rewards are on meta"):
+        pol.update(x, a, r.to("meta"))
+    with pytest.raises(ValueError, match="rewards must be real"):  # .to(float) would drop the imaginary part
+        pol.update(x, a, torch.ones(2, dtype=torch.complex64))
+    x3 = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match=r"action 5 at row 1 is out of range \[0, 3\)"):
+        pol.update(x3, torch.tensor([0, 5, -1]), torch.ones(3))
+    with pytest.raises(ValueError, match="rewards contain 2 non-finite value.*first at row 1: inf"):
+        pol.update(x3, torch.tensor([0, 1, 2]), torch.tensor([0.0, float("inf"), float("nan")]))
+    bad = x3.clone()
+    bad[1, 0], bad[2, 1] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match=r"contexts contain 2 non-finite value.*first at \(1, 0\): nan"):
+        pol.select(bad)
+    assert int(pol.steps) == 0  # nothing was recorded by the rejected updates
+
+
+def test_base_accepts_every_integer_action_dtype_and_casts_rewards():
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    a, r = torch.tensor([0, 1, 2, 1]), torch.tensor([1.0, 0.0, 2.0, 1.0])
+    ref = LinUCB(3, 2)
+    ref.update(x, a, r)
+    for dt in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        pol = LinUCB(3, 2)
+        pol.update(x, a.to(dt), r)
+        assert torch.equal(pol.counts, ref.counts), dt
+    for rewards in (r.double(), r.long()):  # cast to the policy's float32
+        pol = LinUCB(3, 2)
+        pol.update(x, a, rewards)
+        assert torch.equal(pol.theta, ref.theta), rewards.dtype
+
+
+@pytest.mark.parametrize("u, probs, expected", [
+    (1 - 2 ** -24, [0.3, 0.3, 0.3, 0.0], 2),  # the top uniform, scaled by the row total 0.9, stays below it
+    (0.0, [0.0, 0.5, 0.5], 1),  # u = 0 lies on the zero-probability arm's CDF step: it belongs to the next arm
+])
+def test_base_inverse_cdf_sampling_skips_zero_probability_arms(monkeypatch, u, probs, expected):
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, u, dtype=kw.get("dtype")))
+    p = torch.tensor([probs])
+    actions, props = BanditPolicy._sample(p, None)
+    assert actions.tolist() == [expected] and props.tolist() == [p[0, expected].item()]
+
+
+def test_base_argmax_select_breaks_ties_uniformly():
+    scores = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]]).expand(3000, -1)
+    actions, props = BanditPolicy._argmax_select(scores, torch.Generator().manual_seed(0))
+    freq = torch.bincount(actions, minlength=5).float() / 3000
+    assert freq[[0, 3]].tolist() == [0.0, 0.0]
+    assert torch.allclose(freq[[1, 2, 4]], torch.full((3,), 1 / 3), atol=0.04)
+    assert torch.allclose(props, torch.full((3000,), 1 / 3))
+
+
+def test_base_load_rejects_an_unknown_class(tmp_path):
+    from arr_coc.bandits._io import _save_tensors
+
+    path = tmp_path / "odd.safetensors"
+    meta = {"class": "Nope", "config": {}, "dtype": "float32"}
+    _save_tensors(path, {"steps": torch.zeros((), dtype=torch.long)}, meta)
+    with pytest.raises(ValueError, match="unknown policy class 'Nope'"):
+        BanditPolicy.load(path)
+
+
+def test_base_load_state_dict_refreshes_cached_distributions_and_repr_lists_the_config():
+    src = EpsilonGreedy(3, 0.0)
+    src.update(torch.zeros(1, 1), torch.tensor([2]), torch.tensor([1.0]))
+    dst = EpsilonGreedy(3, 0.0)
+    x = torch.zeros(1, 1)
+    assert dst.action_probabilities(x)[0].tolist() == pytest.approx([1 / 3] * 3)  # builds the cache
+    dst.load_state_dict(src.state_dict())  # the post-load hook must drop it
+    assert dst.action_probabilities(x)[0].tolist() == [0.0, 0.0, 1.0]
+    assert "solver='cholesky'" in repr(LinUCB(3, 2))
+
+
+def test_io_roundtrip_of_shared_storage_and_foreign_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from arr_coc.bandits._io import _load_tensors, _save_tensors
+
+    w = torch.arange(6.0).reshape(2, 3)
+    path = tmp_path / "shared.safetensors"
+    _save_tensors(path, {"w": w, "row": w[0]}, {"k": [1, 2]})  # aliased storage: cloned on save
+    tensors, cfg = _load_tensors(path)
+    assert cfg == {"k": [1, 2]} and torch.equal(tensors["row"], torch.arange(3.0))
+    moved, _ = _load_tensors(path, device="meta")
+    assert {t.device.type for t in moved.values()} == {"meta"}
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(1)}, str(plain))  # no metadata at all
+    with pytest.raises(ValueError, match="not an arr_coc bandit file"):
+        BanditPolicy.load(plain)

@@ -111,3 +111,20 @@ def test_check_helpers_bounds():
         _check_real("p", float("nan"))
     with pytest.raises(ValueError, match="inf"):
         _check_real("p", float("inf"), low=0.0)
+
+
+def test_check_real_message_for_each_kind_of_bound():
+    from arr_coc.bandits._validate import _check_positive, _check_seed
+
+    for kw, what, value in ((dict(high=1.0), "<= 1", 2.0), (dict(high=1.0, high_open=True), "< 1", 1.0),
+                            (dict(low=0.0), ">= 0", -1.0), (dict(low=0.0, low_open=True), "> 0", 0.0),
+                            (dict(low=0.0, high=1.0), "in [0, 1]", 1.5), ({}, "", float("nan"))):
+        message = f"p must be a finite number{' ' + what if what else ''}, got {value!r}"
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            _check_real("p", value, **kw)
+    assert _check_positive("c", 0.0, allow_zero=True) == 0.0
+    with pytest.raises(ValueError, match="c must be a finite number > 0, got 0.0"):
+        _check_positive("c", 0.0)
+    assert _check_seed("seed", None) is None and _check_seed("seed", 0) == 0
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
+        _check_seed("seed", -1)
