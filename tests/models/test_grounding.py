@@ -205,3 +205,47 @@ def test_box_patches_marks_the_cells_a_pixel_box_overlaps():
     touched = box_patches([[8, 0, 24, 8], []], [(64, 32), (64, 32)], (2, 4))
     assert touched.dtype == torch.bool
     assert touched[0].nonzero().flatten().tolist() == [0, 1] and not touched[1].any()
+
+
+def test_normalised_boxes_checks_every_coordinate_against_its_own_side():
+    # A 8x4 (W x H) image: y is bounded by H, x by W; the far edges themselves are inside ([x0, x1) pixel boxes).
+    b, valid = normalised_boxes([[0, 0, 8, 4]], [(8, 4)])
+    torch.testing.assert_close(b[0], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert valid.tolist() == [True]
+    for bad in ([0, 0, 4, 6], [0, 3, 4, 3], [0, -1, 4, 2], [-1, 0, 4, 2], [0, 0, 4, 5]):
+        with pytest.raises(ValueError, match=r"row 0: box .* is empty or outside the 8x4 image"):
+            normalised_boxes([bad], [(8, 4)])
+    with pytest.raises(ValueError, match=r"row 0: box .* is not finite"):
+        normalised_boxes([[0, 0, 4, math.nan]], [(8, 4)])
+    with pytest.raises(ValueError, match=r"row 0: a box is \[x0, y0, x1, y1\], got \[0, 0, 4, 2, 1\]"):
+        normalised_boxes([[0, 0, 4, 2, 1]], [(8, 4)])
+
+
+def test_box_patch_mass_of_a_box_inside_one_cell_and_a_batched_input():
+    # Strictly inside cell (0, 0) of a 2x2 grid: the other cells get nothing (negative overlaps do not multiply up).
+    m = box_patch_mass(torch.tensor([[0.05, 0.05, 0.1, 0.1], [0.6, 0.1, 0.9, 0.2]]), (2, 2))
+    torch.testing.assert_close(m, torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"boxes must have shape \(B, 4\), got \(2, 4, 4\)"):
+        box_patch_mass(torch.zeros(2, 4, 4), (2, 2))
+
+
+def test_grounding_loss_refuses_a_broadcastable_target_and_ignores_rows_without_a_box():
+    with pytest.raises(ValueError, match="disagree in shape"):  # (1, 3) would broadcast over the batch silently
+        grounding_loss(torch.zeros(2, 3), torch.ones(1, 3) / 3, torch.ones(2, dtype=torch.bool))
+    # A row without a box never enters the sum, even where its cross-entropy is not finite.
+    u = torch.tensor([[0.0, 0.0], [-math.inf, 0.0]])
+    total, rows = grounding_loss(u, torch.tensor([[0.5, 0.5], [0.0, 0.0]]), torch.tensor([True, False]))
+    torch.testing.assert_close(total, torch.log(torch.tensor(2.0)))
+    assert rows.item() == 1
+
+
+def test_batch_boxes_sizes_arrays_and_keeps_rows_missing_the_column():
+    import numpy as np
+
+    from models.grounding import image_size
+
+    img = np.zeros((32, 64, 3), np.uint8)  # H x W x C
+    assert image_size(img) == (64, 32)
+    out = batch_boxes([{"image": img, "target_box": [16, 8, 32, 16]}, {"image": img}])
+    torch.testing.assert_close(out["target_box"], torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]))
+    assert out["target_box_valid"].tolist() == [True, False]

@@ -7,7 +7,8 @@ import csv
 import pytest
 import torch
 
-from models.relevance import last_prompt_index, patch_relevance, read_attention, relevance_loss
+from models.relevance import (default_layer, last_prompt_index, patch_relevance, read_attention, relevance_loss,
+                              soft_cross_entropy)
 
 
 def test_last_prompt_index_and_its_errors():
@@ -95,3 +96,85 @@ def test_recipe_trains_with_relevance_distillation(tmp_path):
         load_train_cfg("configs/train/tiny.yaml", ["train.relevance_weight=-1"])
     with pytest.raises(ValueError, match=r"train.relevance_layer=5 must be in 1..2"):
         main(base + [f"output_dir={tmp_path / 'bad'}", "train.relevance_weight=1.0", "train.relevance_layer=5"])
+
+
+def test_default_layer_is_the_middle_one_and_at_least_the_first():
+    assert [default_layer(n) for n in (1, 2, 3, 4, 5, 32)] == [1, 1, 1, 2, 2, 16]
+
+
+def test_last_prompt_index_honours_ignore_index_and_names_the_row_without_a_prompt():
+    labels = torch.tensor([[9, 9, 2, 9], [9, 0, 1, 9]])  # 9 ignored; 0..2 supervised (below the ignore index)
+    assert last_prompt_index(labels, torch.ones_like(labels), ignore_index=9).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="row 1 is supervised from position 0"):  # row 0 has a prompt
+        last_prompt_index(torch.tensor([[-100, 3], [4, 5]]), torch.ones(2, 2))
+
+
+def test_patch_relevance_edge_rows_and_half_precision():
+    attention = torch.tensor([[0.1, 0.4, 0.2, 0.1, 0.2], [1.0, 0.0, 0.0, 0.0, 0.0]])
+    image_mask = torch.tensor([[False, True, True, True, False]] * 2)
+    patch_index = torch.tensor([[0, 0, 0, -1]] * 2)
+    token_mask = torch.tensor([[True, True, True, False]] * 2)
+    # One patch takes all the relevance; a row whose visual tokens receive no attention is zero, not NaN.
+    p = patch_relevance(attention, image_mask, patch_index, token_mask, 1)
+    torch.testing.assert_close(p, torch.tensor([[1.0], [0.0]]))
+    # Half-precision attention is accumulated in float32.
+    patch_index = torch.tensor([[0, 1, 1, -1]] * 2)
+    half = patch_relevance(attention.bfloat16(), image_mask, patch_index, token_mask, 2)
+    assert half.dtype == torch.float32
+    ref = patch_relevance(attention.bfloat16().float(), image_mask, patch_index, token_mask, 2)
+    torch.testing.assert_close(half, ref)
+
+
+def test_soft_cross_entropy_is_float32_stable_and_leaves_the_target_alone():
+    u = torch.tensor([[0.0, 200.0], [1.0, 2.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.0], [0.25, 0.75]], requires_grad=True)
+    ce = soft_cross_entropy(u, target)
+    expect = -(target.detach() * torch.log_softmax(u.detach(), -1)).sum(-1)
+    torch.testing.assert_close(ce, expect)
+    assert ce[0].item() == pytest.approx(200.0)  # far beyond where softmax underflows to 0 in float32
+    loss = relevance_loss(u, target)
+    torch.testing.assert_close(loss, expect.mean())  # the mean over rows, not the sum
+    loss.backward()
+    assert target.grad is None and u.grad is not None
+    low = soft_cross_entropy(u.detach().bfloat16(), target.detach())
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, soft_cross_entropy(u.detach().bfloat16().float(), target.detach()))
+
+
+def _decoder_layer():
+    import transformers
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1)
+    layer, rope = LlamaDecoderLayer(cfg, layer_idx=0), LlamaRotaryEmbedding(cfg)
+
+    def run(h):
+        pos = torch.arange(h.shape[1])[None].expand(h.shape[0], -1)
+        return layer(h, attention_mask=None, position_ids=pos, position_embeddings=rope(h, pos))
+
+    return layer, run
+
+
+def test_read_attention_keeps_the_first_full_length_forward_without_gradient_then_unhooks():
+    layer, run = _decoder_layer()
+    mask, idx = torch.ones(2, 5, dtype=torch.long), torch.tensor([4, 2])
+    first, second = torch.randn(2, 5, 16, requires_grad=True), torch.randn(2, 5, 16)
+    with read_attention(layer, idx, mask) as ref:
+        run(first)
+    with read_attention(layer, idx, mask) as other:
+        run(second)
+    assert not torch.allclose(ref["attention"], other["attention"])
+    with read_attention(layer, idx, mask) as state:
+        run(first[:, :3])  # a shorter forward (a decoding step) is not the prompt's
+        assert "attention" not in state
+        run(first)
+        run(second)  # a later forward does not overwrite the read
+    torch.testing.assert_close(state["attention"], ref["attention"])
+    assert not state["attention"].requires_grad
+    torch.testing.assert_close(state["attention"].sum(1), torch.ones(2))
+    assert state["attention"][1, 3:].abs().sum() == 0  # row 1 reads position 2: later keys are masked
+    state.clear()
+    run(first)  # outside the context nothing is read
+    assert state == {}

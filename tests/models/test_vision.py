@@ -156,3 +156,127 @@ def test_open_clip_text_width_is_the_projection_output_width():
             return torch.zeros(ids.shape[0], 5)
 
     assert OpenClipText(Stub()).output_dim == 5
+
+
+def test_create_open_clip_takes_slash_names_and_an_image_size_override():
+    # open_clip spells ``ViT-B/32`` as ``ViT-B-32``; the override resizes the tower's input (and its token grid).
+    model = create_open_clip("arr-coc/tiny-vit", image_size=32)
+    assert tuple(model.visual.image_size) == (32, 32) and tuple(model.visual.grid_size) == (4, 4)
+
+
+def test_layouts_that_cannot_be_cut_are_refused(clip):
+    import copy
+
+    from models.vision import default_pos_grid
+
+    visual = copy.deepcopy(clip.visual)  # an 8x8 token grid
+    for bad in ((0, 2), (2,), (2, 2, 2)):
+        with pytest.raises(ValueError, match="patch_grid must be two positive ints"):
+            OpenClipVision(visual, patch_grid=bad, fine_grid=(2, 2), prune=False)
+    for bad in ((0, 2), (2,)):
+        with pytest.raises(ValueError, match="fine_grid must be two positive ints"):
+            OpenClipVision(visual, patch_grid=(2, 2), fine_grid=bad, prune=False)
+    with pytest.raises(ValueError, match="does not divide"):  # rows do not divide, columns do
+        OpenClipVision(visual, patch_grid=(3, 4), prune=False)
+    vis = OpenClipVision(visual, patch_grid=(2, 4), prune=False)
+    assert vis.num_patches == 8 and vis.fine_grid == (4, 2) and default_pos_grid(vis) == (8, 8)
+
+
+def test_open_clip_resampling_is_bilinear_half_pixel_and_antialiased_only_when_shrinking(clip):
+    import copy
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    grid = torch.randn(1, 32, 8, 8)
+    for patch_grid, fine_grid, shrink in (((2, 4), (2, 4), True),  # (4, 16): rows shrink, columns grow
+                                          ((4, 2), (3, 2), True),  # (12, 4): rows grow, columns shrink
+                                          ((5, 5), (2, 2), False)):  # (10, 10): both grow
+        vis = OpenClipVision(copy.deepcopy(clip.visual), patch_grid=patch_grid, fine_grid=fine_grid, prune=False)
+        size = (patch_grid[0] * fine_grid[0], patch_grid[1] * fine_grid[1])
+        ref = F.interpolate(grid, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+        gh, gw = patch_grid
+        h, w = fine_grid
+        expect = ref.reshape(1, 32, gh, h, gw, w).permute(0, 2, 4, 3, 5, 1).reshape(1, gh * gw, h, w, 32)
+        torch.testing.assert_close(vis.to_patches(grid), expect)
+
+
+def test_open_clip_tower_checks_its_input_and_reads_the_configured_block(clip):
+    import copy
+
+    with pytest.raises(ValueError, match="needs an open_clip VisionTransformer, got Linear"):
+        OpenClipVision(torch.nn.Linear(2, 2), patch_grid=(2, 2))
+    vis = OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(4, 4))
+    with pytest.raises(ValueError, match=r"B, 3, H, W\), got \(1, 4, 64, 64\)"):
+        vis(torch.randn(1, 4, 64, 64))
+    # The default is the penultimate block (LLaVA's); 0 is the first block, not the last; 2 is past the end.
+    assert vis.layer_index == 0 and len(vis.fsdp_blocks()) == 1
+    with pytest.raises(ValueError, match="feature_layer=2 out of range"):
+        OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(4, 4), feature_layer=2)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        pruned = OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(4, 4), feature_layer=0)(x)
+        full = OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(4, 4), feature_layer=0, prune=False)
+        assert full.layer_index == 0 and len(full.fsdp_blocks()) == 2
+        torch.testing.assert_close(full(x), pruned)  # the unpruned tower still reads block 0, not its last block
+
+
+def test_open_clip_pruning_drops_the_head_norm_and_pooling_weights(clip):
+    import copy
+
+    visual = copy.deepcopy(clip.visual)
+    visual.attn_pool = torch.nn.Linear(32, 32)  # as an attentional-pool tower (CoCa) carries
+    vis = OpenClipVision(visual, patch_grid=(4, 4))
+    assert vis.visual.attn_pool is None and vis.visual.proj is None
+    assert not any(k.startswith(("visual.ln_post", "visual.attn_pool", "visual.proj")) for k in vis.state_dict())
+
+
+def test_open_clip_normalisation_follows_the_towers_preprocess_config(clip):
+    import copy
+
+    visual = copy.deepcopy(clip.visual)
+    visual.preprocess_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    vis = OpenClipVision(visual, patch_grid=(4, 4), prune=False)
+    assert vis.image_mean == (0.5, 0.5, 0.5) and vis.image_std == (0.25, 0.25, 0.25)
+    vis = OpenClipVision(visual, patch_grid=(4, 4), prune=False, image_mean=(0.1, 0.2, 0.3), image_std=(1, 2, 3))
+    assert vis.image_mean == (0.1, 0.2, 0.3) and vis.image_std == (1.0, 2.0, 3.0)
+
+
+def test_open_clip_tower_in_bf16_takes_float32_pixels(clip):
+    import copy
+
+    vis = OpenClipVision(copy.deepcopy(clip.visual).to(torch.bfloat16), patch_grid=(4, 4))
+    with torch.no_grad():
+        feats = vis(torch.randn(1, 3, 64, 64))
+    assert feats.dtype == torch.bfloat16 and feats.shape == (1, 16, 2, 2, 32)
+
+
+def test_hf_vision_defaults_layer_range_and_token_count():
+    clip_tower = hf_vision_from_config("clip", HF_TINY, patch_grid=(4, 4), prune=False)
+    siglip = hf_vision_from_config("siglip", HF_TINY, patch_grid=(4, 4), prune=False)
+    assert siglip.image_mean == (0.5,) * 3 and siglip.image_std == (0.5,) * 3
+    assert clip_tower.image_mean != (0.5,) * 3
+    # hidden_states holds 4 entries for 3 blocks: indices 0..3 and -4..-1.
+    assert hf_vision_from_config("clip", HF_TINY, patch_grid=(4, 4), feature_layer=3).hidden_index == 3
+    for bad in (4, -5):
+        with pytest.raises(ValueError, match=f"feature_layer={bad} out of range for hidden_states of length 4"):
+            hf_vision_from_config("clip", HF_TINY, patch_grid=(4, 4), feature_layer=bad)
+    # A prefix count that leaves the wrong number of spatial tokens is refused, not reshaped into a wrong grid.
+    bad = HFVision(clip_tower.model, patch_grid=(4, 4), num_prefix_tokens=0, prune=False)
+    with pytest.raises(ValueError, match=r"returned 65 spatial tokens, expected 8x8=64"):
+        bad(torch.randn(1, 3, 32, 32))
+
+
+def test_hf_vision_prunes_a_tower_nested_under_vision_model():
+    # Some wrappers (a LLaVA vision tower, older transformers layouts) hold the encoder under ``vision_model``.
+    class Nested(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.vision_model, self.config = inner, inner.config
+
+        def forward(self, **kwargs):
+            return self.vision_model(**kwargs)
+
+    inner = hf_vision_from_config("clip", HF_TINY, patch_grid=(4, 4), prune=False).model
+    vis = HFVision(Nested(inner), patch_grid=(4, 4), feature_layer=-2)
+    assert len(vis.fsdp_blocks()) == 2 and len(inner.encoder.layers) == 2
