@@ -225,3 +225,89 @@ def test_demo_without_weights_says_so_and_shows_the_untrained_layer(tmp_path, mo
     assert (tmp_path / "demo" / "budgets_image0.png").is_file()
     with pytest.raises(ValueError, match="--token-fraction 0.5 needs trained weights"):
         demo_mod.main(["--out", str(tmp_path / "demo2"), "--images", "1", "--token-fraction", "0.5"])
+
+
+def test_export_dtypes_name_torch_dtypes_and_keep_integer_buffers(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    cfg = dataclass_to_dict(load_model_cfg("tiny", ["arr_coc.allocator=bandit",
+                                                    'arr_coc.allocator_kwargs={"levels": [1, 2, 4, 6]}']))
+    model, processor = build_model(cfg)
+    save_pretrained(model, processor, cfg, tmp_path / "f16", dtype=torch.float16)  # a torch dtype works too
+    assert json.loads((tmp_path / "f16" / "config.json").read_text())["dtype"] == "float16"
+    saved = load_file(str(tmp_path / "f16" / "model.safetensors"))
+    assert saved["llava.lm_head.weight"].dtype == torch.float16
+    assert saved["arr_coc.attending.policy.steps"].dtype == torch.int64  # counts are never cast
+    assert saved["arr_coc.attending.policy.gram"].dtype == torch.float64
+
+
+def test_load_compute_dtype_and_eval_mode(tmp_path):
+    model, processor, cfg = _tiny()
+    model.train()
+    save_pretrained(model, processor, cfg, tmp_path / "m", dtype="bfloat16")
+    loaded, _ = load_pretrained(tmp_path / "m")
+    assert not loaded.training and loaded.llava.lm_head.weight.dtype == torch.float32
+    half, _ = load_pretrained(tmp_path / "m", compute_dtype=torch.bfloat16)
+    assert half.llava.lm_head.weight.dtype == torch.bfloat16
+    assert half.arr_coc.knowing.q_proj.weight.dtype == torch.float32  # ArrCoc keeps computing in float32
+    cfg16 = json.loads(json.dumps(cfg))
+    cfg16["llm"]["dtype"] = "float16"
+    save_pretrained(model, processor, cfg16, tmp_path / "m16")
+    own, _ = load_pretrained(tmp_path / "m16", compute_dtype=None)  # the config's llm.dtype
+    assert own.llava.lm_head.weight.dtype == torch.float16
+
+
+def test_saving_replaces_the_folder_and_clears_a_crashed_save(tmp_path):
+    model, processor, cfg = _tiny()
+    out = tmp_path / "a" / "b" / "m"  # parents are created
+    save_pretrained(model, processor, cfg, out)
+    (out / "stray.txt").write_text("from an older export")
+    (tmp_path / "a" / "b" / ".m.tmp").mkdir()  # a save that crashed half-way
+    (tmp_path / "a" / "b" / ".m.tmp" / "partial").write_text("x")
+    save_pretrained(model, processor, cfg, out, metadata={"round": 2, "run": tmp_path / "run"})
+    assert not (out / "stray.txt").exists() and not (tmp_path / "a" / "b" / ".m.tmp").exists()
+    meta = json.loads((out / "config.json").read_text())["metadata"]
+    assert meta == {"round": 2, "run": str(tmp_path / "run")}  # a path is written as its text
+
+
+def test_load_refuses_half_folders_newer_versions_and_missing_weights(tmp_path):
+    model, processor, cfg = _tiny()
+    save_pretrained(model, processor, cfg, tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").rename(tmp_path / "weights.safetensors")
+    with pytest.raises(ValueError, match="not a pretrained ARR-COC folder"):
+        load_pretrained(tmp_path / "m")  # config.json alone
+    (tmp_path / "weights.safetensors").rename(tmp_path / "m" / "model.safetensors")
+    info = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**info, "version": 2}))
+    with pytest.raises(ValueError, match="has format version 2; this code reads up to 1"):
+        load_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(info))
+    # An override that adds weights the folder lacks (the footprint table) is refused, not left at random init.
+    with pytest.raises(ValueError, match=r"missing \['footprint_embed\."):
+        load_pretrained(tmp_path / "m", model_overrides={"footprint_embed": True})
+
+
+def test_open_clip_query_tower_round_trips_with_its_tokenizer_and_no_weights_file(tmp_path):
+    torch.manual_seed(0)
+    cfg = dataclass_to_dict(load_model_cfg("tiny", ["query.source=open_clip"]))
+    model, processor = build_model(cfg)
+    model.eval()
+    named = json.loads(json.dumps(cfg))
+    named["vision"]["pretrained"] = str(tmp_path / "vit_elsewhere.pt")  # both replaced by the saved weights
+    named["query"]["pretrained"] = str(tmp_path / "text_tower_elsewhere.pt")
+    save_pretrained(model, processor, named, tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
+    assert saved["vision"]["pretrained"] is None and saved["query"]["pretrained"] is None
+    loaded, proc2 = load_pretrained(tmp_path / "m")
+    assert torch.equal(_logits(model, processor), _logits(loaded, proc2))
+    assert proc2.encode_queries(["how many?"])[0].shape == (1, 32)  # open_clip's tokenizer, not the LLM's
+
+
+def test_hf_tower_from_the_hub_is_not_saved(tmp_path):
+    model, processor, cfg = _tiny()
+    hub = json.loads(json.dumps(cfg))
+    hub["vision"].update(backend="hf_clip", pretrained=True, model_name="openai/clip-vit-base-patch32")
+    with pytest.raises(ValueError, match=r"vision\.model_name='openai/clip-vit-base-patch32' is loaded from the hub"):
+        save_pretrained(model, processor, hub, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 
-from models.builders import CONFIG_DIR, build_model, deep_merge, list_model_presets, load_model_cfg, model_dict
+from models.builders import (CONFIG_DIR, QueryCfg, architecture_only, build_for_checkpoint, build_model,
+                             dataclass_from_dict, deep_merge, list_model_presets, load_model_cfg, load_yaml, model_dict)
 from training.train import load_train_cfg, model_cfg
 
 YAMLS = sorted(CONFIG_DIR.rglob("*.yaml"))
@@ -209,3 +211,212 @@ def test_tiny_configs_generate_the_shared_tiny_benchmark(path):
     from training.benchmark import TINY_GENERATOR
 
     assert load_yaml(path)["data"]["generate_cfg"] == TINY_GENERATOR
+
+
+# -- the config plumbing of models/builders.py, on dicts and small files ----------------------------------------------
+@dataclass
+class _Leaf:
+    x: int = 0
+
+
+@dataclass
+class _Mid:
+    leaf: _Leaf = field(default_factory=_Leaf)
+
+
+@dataclass
+class _Top:
+    mid: _Mid = field(default_factory=_Mid)
+
+
+def test_sections_may_be_empty_but_not_values_and_unknown_keys_carry_their_full_path():
+    # A YAML section whose keys are all commented out reads as None: the section's defaults.
+    assert load_model_cfg({**model_dict("tiny"), "query": None}).query == QueryCfg()
+    with pytest.raises(ValueError, match=r"config section 'vision' must be a mapping, got int: 3"):
+        load_model_cfg("tiny", ["vision=3"])
+    with pytest.raises(ValueError, match=r"key\(s\) \['mid\.leaf\.y'\]; known keys of mid\.leaf: \['x'\]"):
+        dataclass_from_dict(_Top, {"mid": {"leaf": {"y": 1}}})
+    assert dataclass_from_dict(_Top, {"mid": {"leaf": {"x": 2}}}).mid.leaf.x == 2
+
+
+def test_overrides_refuse_empty_components_and_values_used_as_sections_and_leave_the_input_alone():
+    with pytest.raises(ValueError, match=r"override key 'vision\.\.model_name' has an empty component"):
+        load_model_cfg("tiny", ["vision..model_name=x"])
+    # A false-looking value (False, 0, "") is still a value, not a missing section to create.
+    full = model_dict("tiny")
+    assert full["use_pixel_entropy"] is False and full["vision"]["feature_layer"] == -2
+    with pytest.raises(ValueError, match=r"'use_pixel_entropy' is a value \(False\), not a section"):
+        load_model_cfg(full, ["use_pixel_entropy.x=1"])
+    assert load_model_cfg(full, ["arr_coc.budget=48"]).arr_coc["budget"] == 48
+    assert full["arr_coc"]["budget"] == 32  # the caller's nested dicts are not written into
+
+
+def test_model_yaml_files_missing_empty_or_not_a_mapping(tmp_path):
+    with pytest.raises(ValueError, match=r"config file '.*missing\.yaml' does not exist"):
+        load_model_cfg(str(tmp_path / "missing.yaml"))
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    assert load_yaml(tmp_path / "empty.yaml") == {}
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match=r"config file '.*list\.yaml' must hold a mapping, got list"):
+        load_model_cfg(str(tmp_path / "list.yaml"))
+
+
+def test_architecture_only_drops_only_the_open_clip_weights():
+    # A config that names no backend uses open_clip (the default), so its weights file goes too.
+    vit = "/elsewhere/vit.safetensors"
+    cfg = {"vision": {"pretrained": vit}, "query": {"pretrained": vit}, "pos_embed": True}
+    out = architecture_only(cfg)
+    assert out["vision"]["pretrained"] is None and out["query"]["pretrained"] is None and out["pos_embed"] is True
+    assert cfg["vision"]["pretrained"] == cfg["query"]["pretrained"] == vit
+    # An open_clip query tower with weights of its own keeps them (it is not the vision tower's model).
+    other = architecture_only({"vision": {"backend": "open_clip", "pretrained": "a.pt"}, "query": {"pretrained": "b"}})
+    assert other["vision"]["pretrained"] is None and other["query"]["pretrained"] == "b"
+    # HF towers keep their setting: it also fixes their architecture.
+    hf = architecture_only({"vision": {"backend": "hf_clip", "pretrained": True, "model_name": "x"}})
+    assert hf["vision"]["pretrained"] is True and hf["query"] == {}
+
+
+def test_build_for_checkpoint_needs_no_open_clip_weights_file(tmp_path):
+    cfg = model_dict("tiny", {"vision": {"pretrained": str(tmp_path / "gone.safetensors")}})
+    with pytest.raises(Exception):
+        build_model(cfg)  # the weights file it names is not there
+    model, processor = build_for_checkpoint(cfg)
+    assert model.budget == processor.budget == 32
+
+
+def test_the_llava_backend_needs_a_checkpoint():
+    with pytest.raises(ValueError, match=r"vision\.backend='llava'.*llm\.name_or_path must be set"):
+        load_model_cfg("tiny", ["vision.backend=llava"])
+
+
+def test_random_init_needs_a_model_type():
+    with pytest.raises(ValueError, match=r"llm\.text_config needs a model_type \(e\.g\. 'llama'\) for random init"):
+        load_model_cfg("tiny", ["llm.text_config.model_type=null"])
+
+
+def test_vision_prune_false_keeps_the_blocks_after_the_feature_layer():
+    torch.manual_seed(0)
+    pruned, _ = build_model("tiny")
+    full, _ = build_model("tiny", ["vision.prune=false"])
+    n = len(full.vision.visual.transformer.resblocks)
+    assert len(pruned.vision.visual.transformer.resblocks) == n - 1  # feature_layer -2: the last block goes
+
+
+def test_a_tokenizer_of_its_own_overrides_the_checkpoints_and_gets_the_image_token(tmp_path):
+    """llm.tokenizer wins over the checkpoint's; a tokenizer without the image token gets it, a longer one than the
+    checkpoint's vocabulary grows the embeddings, and the checkpoint's config takes the new image token id."""
+    from PIL import Image
+
+    from models.processing import build_byte_tokenizer
+
+    _tiny_llava_checkpoint(tmp_path / "ckpt", text_pad=7, tok_pad="<pad1>")  # its tokenizer pads with 260
+    tok = build_byte_tokenizer("<img>")
+    tok.add_special_tokens({"additional_special_tokens": [f"<x{i}>" for i in range(10)]})  # 270 tokens
+    tok.save_pretrained(tmp_path / "tok")
+    model, processor = build_model("llava15_7b", [f"llm.name_or_path={tmp_path / 'ckpt'}", "llm.dtype=float32",
+                                                  f"llm.tokenizer={tmp_path / 'tok'}"])
+    assert processor.tokenizer.pad_token_id == 0 and processor.image_token_id == 270  # <image> added after them
+    assert model.config.image_token_id == 270 and model.llava.get_input_embeddings().num_embeddings == 271
+    assert model.config.text_config.pad_token_id == 7  # the checkpoint's own pad id is kept
+    with torch.no_grad():
+        out = model(**processor([Image.new("RGB", (48, 48), "red")], ["<x9> what colour?"]))
+    assert out.arr_coc.budgets.sum().item() == 576 and torch.isfinite(out.logits).all()
+
+
+def test_checkpoint_builds_name_a_missing_tokenizer_and_a_tower_that_does_not_fit(tmp_path):
+    with pytest.raises(ValueError, match="llm.tokenizer is None but there is no llm.name_or_path"):
+        build_model("tiny", ["llm.tokenizer=null"])
+    _tiny_llava_checkpoint(tmp_path)  # its projector takes 16-wide features; the tiny open_clip tower gives 32
+    with pytest.raises(ValueError, match="tower's width 32 does not fit the checkpoint's projector input 16"):
+        build_model("tiny", [f"llm.name_or_path={tmp_path}", "llm.tokenizer=null"])
+
+
+def test_open_clip_query_tower_shares_the_vision_weights_unless_it_names_its_own(tmp_path):
+    from models.vision import create_open_clip
+
+    files = {}
+    for name, seed in (("vision.pt", 1), ("query.pt", 2)):
+        torch.manual_seed(seed)
+        files[name] = {k: v.clone() for k, v in create_open_clip("arr-coc-tiny-vit").state_dict().items()}
+        torch.save(files[name], tmp_path / name)
+    vis, own = files["vision.pt"], files["query.pt"]
+    shared, processor = build_model("tiny", ["query.source=open_clip", "query.normalize=true",
+                                             f"vision.pretrained={tmp_path / 'vision.pt'}"])
+    torch.testing.assert_close(shared.vision.visual.conv1.weight, vis["visual.conv1.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(shared.query_encoder.clip.token_embedding.weight, vis["token_embedding.weight"],
+                               rtol=0, atol=0)
+    q = processor.encode_queries(["what colour is the circle?", "how many?"])
+    assert q[0].shape == (2, 32)  # open_clip's tokenizer (its context length), not the LLM's
+    with torch.no_grad():
+        torch.testing.assert_close(shared.encode_query(*q).norm(dim=-1), torch.ones(2))  # query.normalize
+    apart, _ = build_model("tiny", ["query.source=open_clip", f"vision.pretrained={tmp_path / 'vision.pt'}",
+                                    f"query.pretrained={tmp_path / 'query.pt'}"])
+    torch.testing.assert_close(apart.vision.visual.conv1.weight, vis["visual.conv1.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(apart.query_encoder.clip.token_embedding.weight, own["token_embedding.weight"],
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("override, match", [("arr_coc.dim=16", r"arr_coc\.dim=16 / query_dim=32 disagree"),
+                                             ("arr_coc.query_dim=16", r"arr_coc\.dim=32 / query_dim=16 disagree")])
+def test_arr_coc_widths_that_disagree_with_the_towers_are_named(override, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("tiny", [override])
+
+
+def test_footprint_range_and_pixel_entropy_reach_the_model():
+    model, _ = build_model("tiny", ["footprint_embed=true", "footprint_log2_range=[-2, 4]", "use_pixel_entropy=true"])
+    assert model.footprint_embed.log2_range == (-2, 4) and model.use_pixel_entropy is True
+    plain, _ = build_model("tiny")
+    assert plain.footprint_embed is None and plain.use_pixel_entropy is False
+
+
+def test_each_trainable_flag_freezes_its_own_part():
+    flags = {"vision": False, "llm": True, "arr_coc": False, "projector": True, "query": False}
+    model, _ = build_model("tiny", ["query.source=open_clip"] + [f"{k}_trainable={str(v).lower()}"
+                                                                 for k, v in flags.items()])
+    for part, params in model.parameter_groups().items():
+        assert params and {p.requires_grad for _, p in params} == {flags[part]}, part
+
+
+def test_llava_checkpoint_with_only_unexpected_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _tiny_llava_checkpoint(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["mm_projector.0.weight"] = torch.zeros(2)
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"0 missing \[\], 1 unexpected \['mm_projector\.0\.weight'\]"):
+        build_model("llava15_7b", [f"llm.name_or_path={tmp_path}", "llm.dtype=float32"])
+
+
+def test_random_init_vocabulary_must_hold_the_tokenizer():
+    with pytest.raises(ValueError, match=r"text_config\.vocab_size=259 is smaller than the tokenizer \(260 tokens\)"):
+        build_model("tiny", ["llm.text_config.vocab_size=259"])
+    model, processor = build_model("tiny", ["llm.text_config.vocab_size=260"])  # exactly enough
+    assert len(processor.tokenizer) == model.llava.get_input_embeddings().num_embeddings == 260
+
+
+def test_random_init_takes_the_tokenizers_special_ids_and_the_projector_activation():
+    model, processor = build_model("tiny", ["llm.projector_hidden_act=relu"])
+    tok, text = processor.tokenizer, model.config.text_config
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)  # the byte tokenizer's
+    assert (text.pad_token_id, text.bos_token_id, text.eos_token_id) == (0, 1, 2)
+    assert getattr(model.config, "pad_token_id", None) == 0
+    assert isinstance(model.llava.model.multi_modal_projector.act, torch.nn.ReLU)
+
+
+def test_tower_settings_reach_the_towers(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    model, processor = build_model("tiny", ["vision.image_size=96"])  # 12x12 tokens: 3x3 per patch
+    assert processor.image_size == model.vision.image_size == (96, 96) and model.vision.fine_grid == (3, 3)
+    model, _ = build_model("tiny", ["query.source=open_clip", "query.model_name=arr-coc-small-vit"])
+    assert model.arr_coc.query_dim == model.query_encoder.output_dim == 64  # the small config's, not the tiny's 32
+    torch.manual_seed(0)
+    hf = CLIPVisionModel(CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                                          num_attention_heads=2, image_size=64, patch_size=8))
+    hf.save_pretrained(tmp_path)
+    model, _ = build_model("tiny", ["vision.backend=hf_clip", f"vision.model_name={tmp_path}",
+                                    "vision.pretrained=true"])
+    torch.testing.assert_close(model.vision.model.embeddings.patch_embedding.weight,
+                               hf.get_input_embeddings().weight, rtol=0, atol=0)
