@@ -748,15 +748,17 @@ class TrainRecipe:
         """Clip by the global gradient norm over sharded (DTensor) and replicated gradients; returns the norm."""
         from torch.distributed.tensor import DTensor
 
-        grads = [p.grad for p in params if p.grad is not None]
-        sharded = [g for g in grads if isinstance(g, DTensor)]
-        plain = [g for g in grads if not isinstance(g, DTensor)]
+        # Parameters, not their gradients: clip_grads_with_norm_ scales each one's .grad, and handed the gradients
+        # themselves (which have no .grad) it clipped nothing.
+        with_grad = [p for p in params if p.grad is not None]
+        sharded = [p for p in with_grad if isinstance(p.grad, DTensor)]
+        plain = [p for p in with_grad if not isinstance(p.grad, DTensor)]
         sq = torch.zeros((), device=self.device)
         if sharded:
-            n = torch.nn.utils.get_total_norm(sharded)
+            n = torch.nn.utils.get_total_norm([p.grad for p in sharded])
             sq = sq + (n.full_tensor() if isinstance(n, DTensor) else n).float() ** 2
         if plain:
-            sq = sq + torch.nn.utils.get_total_norm(plain).float() ** 2
+            sq = sq + torch.nn.utils.get_total_norm([p.grad for p in plain]).float() ** 2
         norm = sq.sqrt()
         max_norm = self.cfg.optim.grad_clip
         if max_norm:
