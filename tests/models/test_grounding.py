@@ -198,6 +198,61 @@ def test_probe_allocation_script_reports_where_each_score_points(tmp_path):
         probe(["--run", str(tmp_path / "nowhere"), "--data", str(data)])
 
 
+def test_probe_counts_each_scores_top_patch_and_the_budget_share(tmp_path):
+    # The layer's scores, utility and budgets replaced by ones built from each question's box: the propositional and
+    # participatory scores peak inside the box's patches (and are lowest outside), the perspectival score and the
+    # utility the other way round; inside patches get 3 tokens, the others 1.
+    import dataclasses
+
+    import datasets
+
+    from models.builders import build_model
+    from models.grounding import box_patches
+    from scripts.bench_accuracy_budget import _bench_cfg, _reasked
+    from scripts.probe_allocation import probe
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
+
+    data = tmp_path / "bench"
+    make_benchmark(data, seed=0, sizes={"test": 8}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
+    ds, bcfg = datasets.load_from_disk(str(data))["test"], _bench_cfg(str(data))
+    torch.manual_seed(0)
+    model, processor = build_model("tiny")
+    model.eval()
+    grid = model.arr_coc.patch_grid
+    boxes = [box_patches([q.target_box], [image.size], grid)[0] for image, asked, _ in _reasked(ds, bcfg, 3)
+             for q in asked]
+    assert 3 < len(boxes) < 12 and all(0 < b.sum() < b.numel() for b in boxes)
+    queue = list(boxes)
+    embed = model.embed_inputs
+
+    def peaked(inside, towards):
+        v = torch.where(inside == towards, 1.0, -1.0)
+        v[int(torch.nonzero(inside == towards)[0, 0])] = 2.0
+        return v
+
+    def fake(*args, **kwargs):
+        emb, out = embed(*args, **kwargs)
+        m = queue.pop(0)
+        scores = torch.stack([peaked(m, True), peaked(m, False), peaked(m, True)], -1)[None]
+        return emb, dataclasses.replace(out, scores=scores, utility=peaked(m, False)[None],
+                                        budgets=torch.where(m, 3, 1)[None])
+
+    model.embed_inputs = fake
+    with torch.no_grad():
+        model.arr_coc.balancing.weights.copy_(torch.tensor([0.1, 0.2, 0.3]))
+        model.arr_coc.balancing.log_focus.fill_(0.5)
+    res = probe(model, processor, ds, bcfg, 3)
+    assert not queue and res["questions"] == len(boxes)
+    assert [res[f"top_{n}_in_box_patches"] for n in ("propositional", "perspectival", "participatory", "utility")] == [
+        1.0, 0.0, 1.0, 0.0]
+    want = sum(3 * float(b.sum()) / (3 * float(b.sum()) + float((~b).sum())) for b in boxes) / len(boxes)
+    assert res["tokens_in_box_patches"] == pytest.approx(want)
+    assert res["balancing_weights"] == [0.1, 0.2, 0.3] and res["focus"] == pytest.approx(math.exp(0.5))
+    assert res["tokens"] == model.arr_coc.budget
+    with pytest.raises(ValueError, match="no test image with at least two shapes"):
+        probe(model, processor, ds, bcfg, 0)
+
+
 def test_box_patches_marks_the_cells_a_pixel_box_overlaps():
     from models.grounding import box_patches
 

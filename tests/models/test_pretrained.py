@@ -147,6 +147,50 @@ def test_export_from_a_training_run_then_trained_demo(tmp_path):
         demo(["--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "demo2")])
 
 
+def test_export_records_the_run_writes_its_dtype_and_replaces_out(tmp_path, monkeypatch):
+    # A training checkpoint laid out by hand: its config names a seed, a fine-tune's start and budgets, and a
+    # generated benchmark whose manifest holds the generator settings the demo needs.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from scripts.export_model import main as export
+
+    model, processor, cfg = _tiny()
+    (tmp_path / "ck").mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "ck" / "model.safetensors"))
+    gen = {"image_size": 64, "min_objects": 2}
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "manifest.json").write_text(json.dumps({"generator": gen}))
+    train = {"seed": 3, "init_from": "/runs/base", "budget_fractions": [0.5, 1.0]}
+    data = {"source": "benchmark", "path": str(tmp_path / "bench")}
+    (tmp_path / "ck" / "trainer_state.json").write_text(
+        json.dumps({"step": 5, "config": {"model_preset": "tiny", "train": train, "data": data}}))
+    monkeypatch.chdir(tmp_path)
+    res = export(["--run", "ck", "--out", "w", "--dtype", "float32"])
+    size = (tmp_path / "w" / "model.safetensors").stat().st_size
+    assert res == {"out": "w", "weights_mib": round(size / 2**20, 2), "step": 5, "dtype": "float32",
+                   "params": sum(v.numel() for v in model.state_dict().values())}
+    meta = json.loads((tmp_path / "w" / "config.json").read_text())["metadata"]
+    assert meta == {"checkpoint": str((tmp_path / "ck").resolve()), "step": 5, "train_seed": 3, "benchmark": gen,
+                    "init_from": "/runs/base", "budget_fractions": [0.5, 1.0]}
+
+    def dtypes(folder):
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            return {f.get_tensor(k).dtype for k in f.keys()}
+
+    assert torch.float32 in dtypes(tmp_path / "w") and torch.bfloat16 not in dtypes(tmp_path / "w")
+    # A weights file exactly at --max-mb is not over it.
+    export(["--run", "ck", "--out", "w2", "--dtype", "float32", "--max-mb", repr(size / 2**20)])
+    # --out is replaced when it exists.
+    export(["--run", "ck", "--out", "w", "--dtype", "bfloat16"])
+    assert torch.bfloat16 in dtypes(tmp_path / "w") and torch.float32 not in dtypes(tmp_path / "w")
+    # An exported folder that does not know its checkpoint is its own source.
+    save_pretrained(model, processor, cfg, tmp_path / "plain", metadata={"checkpoint": None})
+    export(["--run", "plain", "--out", "w3"])
+    assert json.loads((tmp_path / "w3" / "config.json").read_text())["metadata"]["checkpoint"] == str(
+        (tmp_path / "plain").resolve())
+
+
 def test_shipped_small_model_is_the_demos_default_reads_digits_and_follows_the_question(tmp_path):
     # weights/arr_coc_small is the grounded `small` model trained on CPU from a frozen pretrained-style tower (README,
     # "On the CPU: `small` scale", seed 0), fine-tuned for every budget (README "One model for every budget"): `make
