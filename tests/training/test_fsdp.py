@@ -197,15 +197,18 @@ def test_bf16_mixed_precision_two_processes(runs):
     assert dtypes == {"F32"}  # master weights stay float32
 
 
-def test_auxiliary_losses_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("accum", [1, 2])
+def test_auxiliary_losses_two_processes_match_one(tmp_path, accum):
     # Relevance distillation's loss is a per-row mean scaled by this rank's share of the global batch, grounding's a
     # per-row sum over the global batch, and ArrCoc's replicated gradients are averaged over ranks: one process and
-    # two must then take the same steps.
+    # two must then take the same steps. With gradient accumulation FSDP2 reduces the shards' gradients only after
+    # the last micro-batch (set_requires_gradient_sync), so the steps must still match.
     from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
 
     data = tmp_path / "bench"
     make_benchmark(data, seed=0, sizes={"train": 16}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
-    extra = ["train.relevance_weight=1.0", "train.grounding_weight=1.0", "train.max_steps=3", "train.save_every=null"]
+    extra = ["train.relevance_weight=1.0", "train.grounding_weight=1.0", "train.max_steps=3", "train.save_every=null",
+             f"train.grad_accum={accum}"]
     main(["--config", "configs/train/tiny.yaml", *_overrides(tmp_path / "one", data), "dist.fsdp=off", *extra])
     _run(_torchrun(tmp_path / "two", data, *extra))
     logs = {}
