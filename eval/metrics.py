@@ -156,6 +156,11 @@ def normalize_answer(text: str) -> str:
     return " ".join(words)
 
 
+def _is_real(value: object) -> bool:
+    """A real number that is not a bool (True passed for 1 as a threshold or a tolerance)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_answers(answers: Sequence[str], minimum: int) -> None:
     if isinstance(answers, str):
         raise ValueError(f"answers must be a list of strings, got the single string {answers!r}")
@@ -263,7 +268,7 @@ def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> flo
             number (a bool is not) in (0, 1].
     """
     _check_answers(answers, minimum=1)
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 < threshold <= 1.0:
+    if not _is_real(threshold) or not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")  # True was taken as 1
     pred = _anls_normalize(prediction)
     best = 0.0
@@ -311,8 +316,7 @@ def relaxed_accuracy(prediction: str, answers: Sequence[str], max_relative_chang
             ``max_relative_change`` is negative, not finite or a bool.
     """
     _check_answers(answers, minimum=1)
-    if not (isinstance(max_relative_change, numbers.Real) and not isinstance(max_relative_change, bool)
-            and math.isfinite(max_relative_change) and max_relative_change >= 0):
+    if not (_is_real(max_relative_change) and math.isfinite(max_relative_change) and max_relative_change >= 0):
         raise ValueError(f"max_relative_change must be a finite number >= 0, got {max_relative_change!r}")
     pred_value = _relaxed_number(prediction, "predictions")
     pred_text = prediction.strip().lower()

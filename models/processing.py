@@ -123,7 +123,7 @@ class ArrCocProcessor:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
         self.budget = budget
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.image_size = image_size
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
         self.image_token = image_token

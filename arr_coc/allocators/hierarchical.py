@@ -36,7 +36,7 @@ class HierarchicalAllocator(Allocator):
         super().__init__(budget, min_tokens, max_tokens)
         self.patch_grid = tuple(patch_grid) if patch_grid is not None else None
         # Each entry checked as an integer: int() truncated (1.5, 2) to (1, 2) and took True for 1.
-        self.region_size = _grid_pair(region_size, "region_size", "(rows, cols)")
+        self.region_size = _grid_pair(region_size, "region_size")
 
     def _to_regions(self, u: Tensor) -> tuple[Tensor, tuple[int, int, int, int]]:
         """(B, K) → (B, R, m) with regions in row-major order, plus the grid geometry."""
