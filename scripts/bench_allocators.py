@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if any(b < 1 for b in args.batches):
+        raise ValueError(f"--batches must be >= 1, got {[b for b in args.batches if b < 1]}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

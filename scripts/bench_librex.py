@@ -16,7 +16,9 @@ The claims under test (from the seed; they are hypotheses, reported whatever the
   3. constrained TS reaches >= 95% of the oracle.
 
 Every claim figure is a per-seed ratio, reported as mean ± std over seeds with the verdict of the mean (within the
-claimed band, above it or below it) and the number of seeds that meet the claim on their own.
+claimed band, above it or below it) and the number of seeds that meet the claim on their own. A seed whose ratio is
+undefined (a zero denominator: nothing served, or plain CTS's Gini 0) is left out; a setting with none defined gets
+no verdict ("undefined").
 
 Writes results/bandits/bench_librex.md and results/bandits/bench_librex_regret.png.
 """
@@ -90,26 +92,39 @@ def _run(pol, mu, req, cap, u) -> tuple[np.ndarray, float]:
     return per_round, gini(pol.alloc_counts)
 
 
+def _finite_mean(x: np.ndarray) -> float:
+    """Mean over the seeds where a ratio is defined (finite: a zero denominator gives NaN or ±inf); NaN if none is."""
+    ok = x[np.isfinite(x)]
+    return float(ok.mean()) if ok.size else float("nan")
+
+
 def _position(mean: float, lo: float, hi: float) -> str:
+    if np.isnan(mean):
+        return "undefined"
     return "within" if lo <= mean <= hi else ("above" if mean > hi else "below")
 
 
 def _band_cell(x: np.ndarray, lo: float, hi: float, *, signed: bool = False) -> str:
     """``mean ± std``, where the mean falls against the claimed band [lo, hi], and how many seeds fall inside it."""
     ok = x[np.isfinite(x)]
-    m = ok.mean()
+    m = _finite_mean(x)
     inside = int(((ok >= lo) & (ok <= hi)).sum())
+    std = ok.std() if ok.size else np.nan
     where = {"within": f"within {lo:g}-{hi:g}%", "above": f"above {lo:g}-{hi:g}%",
-             "below": f"below {lo:g}-{hi:g}%"}[_position(m, lo, hi)]
+             "below": f"below {lo:g}-{hi:g}%", "undefined": "undefined"}[_position(m, lo, hi)]
     skipped = f"; {x.size - ok.size} seed(s) undefined" if ok.size < x.size else ""
-    value = f"{m:+.1f}% ± {ok.std():.1f}" if signed else f"{m:.1f}% ± {ok.std():.1f}"
+    value = f"{m:+.1f}% ± {std:.1f}" if signed else f"{m:.1f}% ± {std:.1f}"
     return f"{value}: {where} ({inside}/{ok.size} seeds within{skipped})"
 
 
 def _floor_cell(x: np.ndarray, floor: float) -> str:
-    """``mean ± std``, whether the mean reaches ``floor``, and how many seeds do."""
-    where = f">= {floor:g}%" if x.mean() >= floor else f"below {floor:g}%"
-    return f"{x.mean():.1f}% ± {x.std():.1f}: {where} ({int((x >= floor).sum())}/{x.size} seeds >= {floor:g}%)"
+    """``mean ± std``, whether the mean reaches ``floor``, and how many seeds do (seeds where the ratio is undefined
+    are left out, as in :func:`_band_cell`)."""
+    ok, m = x[np.isfinite(x)], _finite_mean(x)
+    where = "undefined" if np.isnan(m) else (f">= {floor:g}%" if m >= floor else f"below {floor:g}%")
+    skipped = f"; {x.size - ok.size} seed(s) undefined" if ok.size < x.size else ""
+    std = ok.std() if ok.size else np.nan
+    return f"{m:.1f}% ± {std:.1f}: {where} ({int((ok >= floor).sum())}/{ok.size} seeds >= {floor:g}%{skipped})"
 
 
 def _summary(verdicts: dict) -> str:
@@ -118,18 +133,25 @@ def _summary(verdicts: dict) -> str:
         got = [r[0] for r in rows if pred(r)]
         return ", ".join(got) if got else "none"
 
+    def undefined(rows, pred):  # settings where no seed defines the ratio: in none of the lists above
+        got = [r[0] for r in rows if pred(r)]
+        return f"; undefined in: {', '.join(got)}" if got else ""
+
     out = ["Verdicts (on the mean over seeds):", "",
            (f"- Claim 1 (CTS +15-25% reward over CUCB) holds in: {names(verdicts['gain'], lambda r: r[1] == 'within')}"
             f"; below the band in: {names(verdicts['gain'], lambda r: r[1] == 'below')}; above it in: "
-            f"{names(verdicts['gain'], lambda r: r[1] == 'above')}."),
-           f"- Claim 3 (CTS >= 95% of oracle) holds in: {names(verdicts['oracle'], lambda r: r[1])}."]
+            f"{names(verdicts['gain'], lambda r: r[1] == 'above')}"
+            f"{undefined(verdicts['gain'], lambda r: r[1] == 'undefined')}."),
+           f"- Claim 3 (CTS >= 95% of oracle) holds in: {names(verdicts['oracle'], lambda r: r[1])}"
+           f"{undefined(verdicts['oracle'], lambda r: r[1] is None)}."]
     for mode in ("CTS-proportional", "CTS-maxmin"):
         rows = verdicts[mode]
         out.append(f"- Claim 2, {mode.removeprefix('CTS-')} mode (Gini cut 30-40% while keeping >= 90% reward): "
                    f"holds as stated in: {names(rows, lambda r: r[1] == 'within' and r[2])}; cuts more than "
                    f"40% with >= 90% kept in: {names(rows, lambda r: r[1] == 'above' and r[2])}; keeps < 90% of the "
-                   f"reward in: {names(rows, lambda r: not r[2])}; cuts < 30% in: "
-                   f"{names(rows, lambda r: r[1] == 'below')}.")
+                   f"reward in: {names(rows, lambda r: r[2] is False)}; cuts < 30% in: "
+                   f"{names(rows, lambda r: r[1] == 'below')}"
+                   f"{undefined(rows, lambda r: r[1] == 'undefined' or r[2] is None)}.")
     return "\n".join(out)
 
 
@@ -142,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--out", default="results/bandits")
     args = p.parse_args(argv)
+    for flag in ("seeds", "agents", "resources", "rounds"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     seeds = 3 if args.quick else args.seeds
     rounds = 30 if args.quick else args.rounds
     os.makedirs(args.out, exist_ok=True)
@@ -179,9 +204,13 @@ def main(argv: list[str] | None = None) -> None:
                 cut = 100 * (1 - gin[mode] / gin["CTS"])  # NaN where plain CTS was perfectly equal (Gini 0)
             kept = 100 * tot[mode] / tot["CTS"]
             cells += [_band_cell(cut, 30, 40), _floor_cell(kept, 90)]
-            verdicts.setdefault(mode, []).append((setting, _position(np.nanmean(cut), 30, 40), kept.mean() >= 90))
-        verdicts.setdefault("gain", []).append((setting, _position(gain.mean(), 15, 25)))
-        verdicts.setdefault("oracle", []).append((setting, of_oracle.mean() >= 95))
+            # the verdicts are those of the cells: on the mean over the seeds where the ratio is defined (None: none is)
+            kept_mean = _finite_mean(kept)
+            verdicts.setdefault(mode, []).append((setting, _position(_finite_mean(cut), 30, 40),
+                                                  None if np.isnan(kept_mean) else bool(kept_mean >= 90)))
+        verdicts.setdefault("gain", []).append((setting, _position(_finite_mean(gain), 15, 25)))
+        oracle_mean = _finite_mean(of_oracle)
+        verdicts.setdefault("oracle", []).append((setting, None if np.isnan(oracle_mean) else bool(oracle_mean >= 95)))
         claims.append(f"| {setting} | " + " | ".join(cells) + " |")
     summary = _summary(verdicts)
     table, claim_table = "\n".join(lines), "\n".join(claims)
