@@ -36,7 +36,7 @@ def _pin_threads(n: int) -> None:
         os.environ[var] = str(n)
 
 
-def _parse() -> argparse.Namespace:
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer rows and seeds")
     p.add_argument("--seeds", type=int, default=3)
@@ -45,7 +45,14 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="extra device for the throughput table (cpu always runs)")
     p.add_argument("--out", default="results/bandits")
-    return p.parse_args()
+    args = p.parse_args(argv)
+    # checked before anything runs: 0 threads would reach the BLAS env vars, a negative batch simulated nothing
+    # (reward 0, regret 0) and 0 failed in range(), 0 rows failed on an empty regret curve, and 0 seeds only in the
+    # plots, after the whole throughput run
+    for flag in ("seeds", "rows", "batch", "threads"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    return args
 
 
 ARGS = _parse() if __name__ == "__main__" else None
@@ -330,6 +337,10 @@ def _plots(curves: dict, speed: list[dict], out: str) -> None:
 
 
 def main(args) -> None:
+    try:  # a device the throughput table cannot use is refused now, not after the reward part's minutes
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as e:
+        raise ValueError(f"--device {args.device!r} is not usable here: {e}") from e
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     cmd = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
