@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, int | str]:
     p.add_argument("--per-element-bounds", action="store_true", help="the (R, K)-bounds instantiation")
     p.add_argument("--arch", default="sm_90a")
     a = p.parse_args(argv)
+    if not re.fullmatch(r"sm_\d+[a-z]?", a.arch):  # nvcc's own error would be lost in the captured output
+        raise ValueError(f"--arch must name a real GPU architecture such as sm_90a (a cubin needs one), got {a.arch!r}")
     nvcc, dump = find_tools()
     import torch
 

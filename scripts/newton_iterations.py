@@ -7,8 +7,9 @@ The kernel (``arr_coc/kernels/csrc/projection.cuh``) is issue-bound, so its time
 evaluations it runs. This script replays the same iteration in float32 on the same random rows as
 ``scripts/bench_projection.py`` (``y = 100·N(0,1) + 66``): start from the all-free root clamped into the bracket
 ``[min(y - hi), max(y - lo)]``, Newton steps ``tau += (s - B) / |F|`` that fall back to bisection outside the bracket,
-and stop when ``|s - B| <= 8·eps·(|B| + 2·sum|lo|)`` or the bracket is at float resolution. It prints the
-distribution of evaluations per row.
+and stop when ``|s - B| <= 8·eps·(|B| + 2·sum|lo|)`` or the bracket is at float resolution. With ``lo < 0`` an
+acceptance is re-checked against ``8·eps·(|B| + 2·|sum min(x, 0)|)`` of that evaluation, which then becomes the
+tolerance where it fails (the kernel's ``newton_tighten``). It prints the distribution of evaluations per row.
 """
 
 from __future__ import annotations
@@ -21,26 +22,37 @@ __all__ = ["evaluations"]
 
 
 def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: int = 200) -> np.ndarray:
-    """Evaluations of s(tau) per row of ``y`` (R, K) float32, as the kernel's warp path counts them."""
-    if y.ndim != 2 or y.dtype != np.float32:
-        raise ValueError(f"y must be a 2-D float32 array, got shape {y.shape} dtype {y.dtype}")
+    """Evaluations of s(tau) per row of ``y`` (R, K) float32, as the kernel's warp path counts them. ``max_iters`` is
+    the kernel's ``kMaxIters``: it stops after the evaluation with ``it >= kMaxIters``, at most ``max_iters + 1``."""
+    if y.ndim != 2 or y.dtype != np.float32 or y.shape[1] < 1:
+        raise ValueError(f"y must be a 2-D float32 array with K >= 1, got shape {y.shape} dtype {y.dtype}")
+    if not (np.isfinite([budget, lo, hi]).all() and np.isfinite(y).all()):  # the op rejects NaN/inf too
+        raise ValueError(f"budget, lo, hi and y must be finite, got budget={budget}, lo={lo}, hi={hi}")
     if not lo <= hi or not y.shape[1] * lo <= budget <= y.shape[1] * hi:
         raise ValueError(f"infeasible: K={y.shape[1]}, budget={budget}, lo={lo}, hi={hi}")
     r, k = y.shape
     b, lo32, hi32 = np.float32(budget), np.float32(lo), np.float32(hi)
     eps = np.float32(np.finfo(np.float32).eps)
     tl, th = (y - hi32).min(1), (y - lo32).max(1)
-    tol = 8 * eps * (abs(b) + 2 * np.float32(k) * abs(lo32))
+    # Per row: newton_tighten replaces a row's tolerance.
+    tol = np.full(r, 8 * eps * (abs(b) + 2 * np.float32(k) * abs(lo32)), np.float32)
     tau = np.clip((y.sum(1) - b) / np.float32(k), tl, th).astype(np.float32)
     done = np.zeros(r, bool)
     count = np.zeros(r, int)
-    for _ in range(max_iters):
+    for _ in range(max_iters + 1):
         z = y - tau[:, None]
-        s = np.clip(z, lo32, hi32).sum(1, dtype=np.float32)
+        x = np.clip(z, lo32, hi32)
+        s = x.sum(1, dtype=np.float32)
         nf = ((z > lo32) & (z < hi32)).sum(1)
         count[~done] += 1
         res = s - b
-        done |= np.abs(res) <= tol
+        hit = ~done & (np.abs(res) <= tol)
+        if lo32 < 0:  # newton_tighten: an acceptance must also hold at the scale of this evaluation's sum
+            t = 8 * eps * (abs(b) + 2 * np.abs(np.minimum(x, 0).sum(1, dtype=np.float32)))
+            fail = hit & (np.abs(res) > t)
+            tol = np.where(fail, t, tol)
+            hit &= ~fail
+        done |= hit
         act = ~done
         tl = np.where(act & (res > 0), tau, tl)
         th = np.where(act & (res <= 0), tau, th)
@@ -48,7 +60,7 @@ def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: i
         act = ~done
         if not act.any():
             break
-        tn = tau + res / np.maximum(nf, 1)
+        tn = tau + res / np.maximum(nf, 1).astype(np.float32)  # float32, as the kernel compares it with the bracket
         ok = (nf > 0) & (tn > tl) & (tn < th)
         tau = np.where(act, np.where(ok, tn, 0.5 * (tl + th)), tau).astype(np.float32)
     return count
