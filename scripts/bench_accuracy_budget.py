@@ -913,7 +913,10 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
     else:
         work, out = Path(a.work or "runs/acc_budget"), Path(a.out or "results")
         train_extra = [f"data.path={a.data}"]
-        eval_extra = [f"data.path={a.data}", "data.split=test"]
+        # The evaluations read the benchmark the models trained on, as it is: with the eval config's `generate: true`
+        # a benchmark made at other sizes (scripts/gpu_accuracy_session.sh's TRAIN_SIZE/TEST_SIZE) was refused, after
+        # every model had trained.
+        eval_extra = [f"data.path={a.data}", "data.generate=false", "data.split=test"]
     out.mkdir(parents=True, exist_ok=True)
     geo = _geometry(a, base_model)
     n, k, cells = geo["N"], geo["K"], geo["cells"]

@@ -313,3 +313,23 @@ def test_report_gives_each_trained_models_training_curve_and_onset(tmp_path):
     assert rows == ["| full | 100% | 0 | 50.0 | 40.0 | 30.0% | 0.20 | none |",
                     "| full | 100% | 1 | 50.0 | 40.0 | 30.0% | n/a | n/a |",
                     "| arr_coc_grounded | 25% | 0 | 50.0 | 40.0 | 30.0% | 0.65 | 100-200 |"]
+
+
+def test_bench_evaluates_a_given_benchmark_made_at_other_sizes(tmp_path):
+    # The real (non --smoke) path, as scripts/gpu_accuracy_session.sh runs it: the benchmark is made beforehand at its
+    # own sizes (TRAIN_SIZE/TEST_SIZE) and the training runs are told data.generate=false. The evaluations read it as
+    # it is; they used to apply the eval config's `generate: true` check and refuse it (a CPU dry run of the session
+    # script found it), after every model had trained.
+    from scripts.bench_accuracy_budget import main
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
+
+    data = tmp_path / "bench"
+    make_benchmark(data, seed=0, sizes={"train": 12, "test": 6}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
+    res = main(["--data", str(data), "--train-config", "configs/train/tiny.yaml", "--eval-config",
+                "configs/eval/tiny.yaml", "--steps", "2", "--fractions", "1", "0.5", "--train-fraction", "0.5",
+                "--models", "--grounding-weight", "0", "--uniform-fractions", "0.5", "--eval-samples", "4",
+                "--work", str(tmp_path / "runs"), "--out", str(tmp_path / "results"), "--train-override",
+                "data.generate=false", "dist.fsdp=off", "train.batch_size=4", "train.save_every=null"])
+    assert res["failures"] == []
+    assert res["results"]["full"][1.0][0]["n"] == 4 and res["results"]["uniform_trained"][0.5][0]["n"] == 4
+    assert "SMOKE RUN" not in res["md"].read_text()
