@@ -7,6 +7,8 @@
 #   here, once:   bash scripts/fetch_gpu_wheels.sh        # open_clip_torch + datasets (+ deps) into .whl/
 #   device tool:  run(command="bash scripts/gpu_accuracy_session.sh", carry=[".whl"], timeout_s=600)
 #   CPU dry run:  SMOKE=1 OUT=/tmp/acc_out bash scripts/gpu_accuracy_session.sh   # tiny models, checks the plumbing
+#   CPU dry run of the real branch (what the GPU call runs, tiny sizes; about 100 s here):
+#     pytest -m slow tests/test_gpu_session_scripts.py -k dry_run
 #
 # Knobs (environment): TOTAL_SECONDS (default 550) is the wall clock of the whole call: the benchmark gets what is
 # left of it after the data (`--total-minutes`: it times the evaluation and picks the test rows per evaluation that
