@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import platform
 import statistics
 import sys
@@ -146,7 +147,20 @@ def _fmt(t: float | None) -> str:
     return f"{t * 1e3:.2f} ms"
 
 
+def load_ext(gpu: bool):
+    """The CUDA extension on a GPU (forced: a failed build must fail the benchmark, not silently time the reference),
+    else None (the kernel columns print n/a)."""
+    if not gpu:
+        return None
+    dispatch._override_impl = "cuda"
+    t0 = time.perf_counter()
+    ext = dispatch.load_kernel()
+    print(f"kernel loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    return ext
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)  # recorded in the header and the JSON as given
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, nargs="+", default=None, help="row counts R (default: GPU or CPU set)")
     p.add_argument("--k", type=int, default=200)
@@ -159,20 +173,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--max-ref-rows", type=int, default=None, help="skip the slow torch baselines above this R")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        raise ValueError(f"--reps must be >= 1, got {args.reps}")
+    if args.k < 1 or (args.rows is not None and min(args.rows) < 1):
+        raise ValueError(f"--rows and --k must be >= 1, got --rows {args.rows} --k {args.k}")
+    if args.max_ref_rows is not None and args.max_ref_rows < 0:
+        raise ValueError(f"--max-ref-rows must be >= 0, got {args.max_ref_rows}")
+    if not all(math.isfinite(v) for v in (args.budget, args.lo, args.hi)) or args.lo > args.hi:
+        raise ValueError(f"--budget, --lo and --hi must be finite with lo <= hi, got {args.budget}, {args.lo}, "
+                         f"{args.hi}")
+    if not args.k * args.lo <= args.budget <= args.k * args.hi:
+        raise ValueError(f"infeasible --budget {args.budget:g}: need K*lo = {args.k * args.lo:g} <= budget <= "
+                         f"K*hi = {args.k * args.hi:g} (K={args.k})")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch.cuda.is_available() is False")
 
     dev = "cuda" if (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())) else "cpu"
     gpu = dev == "cuda"
     rows = args.rows or (GPU_ROWS if gpu else CPU_ROWS)
     reps = args.reps or (20 if gpu else 5)
     k, lo, hi = args.k, args.lo, args.hi
-    ext = None
-    if gpu:
-        dispatch._override_impl = "cuda"  # a failed build must fail the benchmark, not silently time the reference
-        t0 = time.perf_counter()
-        ext = dispatch.load_kernel()
-        print(f"kernel loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    ext = load_ext(gpu)
     name = torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()
-    cmd = "python scripts/bench_projection.py " + " ".join(argv or sys.argv[1:])
+    cmd = "python scripts/bench_projection.py " + " ".join(argv)
     print(f"# bench_projection  {datetime.date.today()}  device={name}  torch={torch.__version__}  K={k} fp32 "
           f"B={args.budget:g} lo={lo:g} hi={hi:g}  cmd: {cmd}")
 

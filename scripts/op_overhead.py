@@ -144,6 +144,8 @@ def calls(y, b, lo, hi):
 
 def count(r=int(__import__("os").environ.get("R", "1"))):
     global COUNTER
+    if r < 1:
+        raise ValueError(f"R must be >= 1, got {r}")
     ext = FakeExt()
     install(ext)
     for case in "abc":
@@ -168,7 +170,7 @@ def count(r=int(__import__("os").environ.get("R", "1"))):
             COUNTER = None
 
 
-def timeit():
+def timeit(n: int = 1000):
     y0, b0, lo0, hi0 = problem("a")
     install(FakeExt())
     out = {}
@@ -188,11 +190,11 @@ def timeit():
             best = cpu = float("inf")
             for _ in range(3):
                 t0, c0 = time.perf_counter(), time.thread_time()
-                for _ in range(1000):
+                for _ in range(n):
                     fn()
                 best = min(best, time.perf_counter() - t0)
                 cpu = min(cpu, time.thread_time() - c0)
-            print(f"{case} {name:26s} wall {best * 1e3:7.1f} us/call  thread-cpu {cpu * 1e3:7.1f} us/call")
+            print(f"{case} {name:26s} wall {best / n * 1e6:7.1f} us/call  thread-cpu {cpu / n * 1e6:7.1f} us/call")
 
 
 if __name__ == "__main__":
