@@ -4,6 +4,7 @@ third-party wheel in site-packages can then never shadow them."""
 
 import os
 
+import pytest
 from hypothesis import settings
 
 # Property tests draw fresh random examples on every run by default, so a rare input shape can fail a CI run that
@@ -13,3 +14,13 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", derandomize=False, max_examples=500, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def keep_threads():
+    """Scripts set torch's thread count for the process: put it back for the tests that follow."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

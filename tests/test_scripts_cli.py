@@ -5,16 +5,6 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture
-def keep_threads():
-    """The scripts set torch's thread count for the process: put it back for the tests that follow."""
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def test_bench_data_generates_the_presets_own_benchmark(keep_threads):
     # The tiny preset's 64 px images need its recipe's smaller shapes: the docstring's command used to fail with
     # "image_size=64: too small for shapes up to 64 px" (and the generated folder clashed with its own temp dir).

@@ -11,14 +11,6 @@ import torch
 import scripts.bench_allocators as ba
 
 
-@pytest.fixture
-def keep_threads():
-    """The script sets torch's thread count for the process: put it back for the tests that follow."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def test_time_is_the_median_of_the_timed_calls_after_a_warm_up(monkeypatch):
     clock = iter([0.0, 5.0, 5.0, 6.0, 6.0, 10.0])  # three timed calls of 5, 1 and 4 s
     monkeypatch.setattr(ba.time, "perf_counter", lambda: next(clock))

@@ -103,13 +103,6 @@ def peers(monkeypatch):
         monkeypatch.setitem(sys.modules, name, mod)
 
 
-@pytest.fixture
-def keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------------- flags
 def test_flags_defaults(bb):
     a = bb._parse([])
