@@ -886,6 +886,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise
 
 
+def _one_token_fractions(fractions: Sequence[float], n: int, k: int) -> list[float]:
+    """The token fractions at which T = round(f * N) equals K: one token per patch, every allocator alike."""
+    return [f for f in fractions if int(round(f * n)) == k]
+
+
+def _uniform_trained_fractions(fractions: Sequence[float], wanted: Sequence[float] | None, n: int,
+                               k: int) -> list[float]:
+    """The fractions a uniform-pooling model is trained at: below 100% (there it is the full model), with at least one
+    token per patch (T >= K), and among ``wanted`` (``--uniform-fractions``; ``None``: all)."""
+    return [f for f in fractions if f < 1 and int(round(f * n)) >= k and (wanted is None or f in wanted)]
+
+
 def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, Any]:
     from eval.run_eval import ResumeMismatchError
 
@@ -928,8 +940,8 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
             f"every patch all {cells}); choose a fraction strictly between {k / n:.4g} and 1")
     fractions = sorted(set(a.fractions), reverse=True)
     notes = [f"At {100 * f:g}% (T = {int(round(f * n))} = K) every patch gets exactly one token: every allocator, "
-             "ARR-COC's included, gives the same allocation as uniform pooling there." for f in fractions
-             if int(round(f * n)) == k]
+             "ARR-COC's included, gives the same allocation as uniform pooling there." for f in
+             _one_token_fractions(fractions, n, k)]
     for line in notes:
         print(f"[bench] note: {line}", file=sys.stderr)
 
@@ -985,8 +997,8 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
             "full": full,
             "arr": arr_runs,
             "uni": {f: trainer.submit(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), seed,
-                                      train_extra) for f in fractions if f < 1 and int(round(f * n)) >= k
-                    and (a.uniform_fractions is None or f in a.uniform_fractions)},
+                                      train_extra) for f in _uniform_trained_fractions(fractions,
+                                                                                       a.uniform_fractions, n, k)},
         }
 
     probe = None

@@ -374,3 +374,15 @@ def test_bench_cfg_reads_the_manifest_and_falls_back_on_bad_parameters(monkeypat
     monkeypatch.setattr(training.data, "read_manifest", lambda path: manifests[path])
     assert _bench_cfg("good") == BenchmarkCfg.from_dict(TINY_GENERATOR) != BenchmarkCfg()
     assert _bench_cfg("bad") == BenchmarkCfg() and _bench_cfg(None) == BenchmarkCfg()
+
+
+def test_one_token_and_uniform_trained_fractions_at_the_patch_count():
+    # N = 144 tokens, K = 16 patches: 1/9 gives T = 16 = K (one token per patch), 0.05 gives T = 7 < K (infeasible
+    # for a per-patch allocation), 1.0 is the full model.
+    from scripts.bench_accuracy_budget import _one_token_fractions, _uniform_trained_fractions
+
+    fr = [1.0, 0.5, 0.25, 0.125, 1 / 9, 0.05]
+    assert _one_token_fractions(fr, 144, 16) == [1 / 9]
+    assert _uniform_trained_fractions(fr, None, 144, 16) == [0.5, 0.25, 0.125, 1 / 9]
+    assert _uniform_trained_fractions(fr, [0.25, 1 / 9], 144, 16) == [0.25, 1 / 9]
+    assert _uniform_trained_fractions(fr, [0.05], 144, 16) == []
