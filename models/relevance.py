@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["default_layer", "last_prompt_index", "patch_relevance", "read_attention", "relevance_loss",
-           "soft_cross_entropy"]
+__all__ = ["default_layer", "gradient_saliency", "last_prompt_index", "patch_relevance", "read_attention",
+           "relevance_loss", "soft_cross_entropy"]
 
 
 def default_layer(num_layers: int) -> int:
@@ -107,6 +107,18 @@ def patch_relevance(attention: Tensor, image_mask: Tensor, patch_index: Tensor, 
     count = torch.zeros_like(mass).scatter_add_(1, idx, token_mask.float())
     mean = torch.where(count > 0, mass / count.clamp_min(1), torch.zeros_like(mass))
     return mean / mean.sum(1, keepdim=True).clamp_min(torch.finfo(mean.dtype).tiny)
+
+
+def gradient_saliency(grad: Tensor, embeds: Tensor) -> Tensor:
+    """Gradient x input per position, ``|Σ_d g_d e_d|`` in float32: how much the loss moves, to first order, if that
+    position's input embedding is scaled. The teacher of saliency distillation (``train.saliency_weight``): passed to
+    :func:`patch_relevance` in place of an attention row, it gives each patch the mean over its visual tokens.
+
+    Shapes: grad (B, L, E), embeds (B, L, E) → (B, L).
+    """
+    if grad.shape != embeds.shape:
+        raise ValueError(f"grad {tuple(grad.shape)} and embeds {tuple(embeds.shape)} differ in shape")
+    return (grad.detach().float() * embeds.detach().float()).sum(-1).abs()
 
 
 def soft_cross_entropy(utility: Tensor, target: Tensor) -> Tensor:

@@ -114,6 +114,9 @@ class RunCfg:
     relevance_weight: float = 0.0  # > 0: add this times the relevance-distillation loss (models/relevance.py)
     relevance_layer: int | None = None  # LLM layer (1-based) whose attention teaches the allocation; None: the middle
     grounding_weight: float = 0.0  # > 0: add this times the box-grounding loss (models/grounding.py; needs target_box)
+    # > 0: add this times the saliency-distillation loss (models/relevance.py: gradient x input of the answer loss at
+    # the LLM's visual inputs, per patch; label-free). One extra gradient pass per micro-batch; not under FSDP.
+    saliency_weight: float = 0.0
     # Fractions of N (the full-token count) to draw each batch's ArrCoc budget from (deterministic per batch), so one
     # model serves several budgets; null: every batch at the model's arr_coc.budget. E.g. [0.125, 0.25, 0.5].
     budget_fractions: list | None = None
@@ -191,7 +194,8 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     if mm is not None and (isinstance(mm, bool) or not isinstance(mm, (int, float)) or not mm > 0):
         raise ValueError(f"train.max_minutes must be a positive number or null, got {mm!r}")
     for name, v in (("train.relevance_weight", cfg.train.relevance_weight),
-                    ("train.grounding_weight", cfg.train.grounding_weight)):
+                    ("train.grounding_weight", cfg.train.grounding_weight),
+                    ("train.saliency_weight", cfg.train.saliency_weight)):
         _number(name, v, lambda x: x >= 0, "a finite number >= 0")
     bf = cfg.train.budget_fractions
     if bf is not None and (not isinstance(bf, (list, tuple)) or not bf or any(
@@ -218,8 +222,31 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
 # Settings that fix a run's trajectory: resuming with another value would silently continue a different run (another
 # data order, batch, budget draw, objective or model). max_steps, the optimiser, logging and checkpointing may change.
 _RESUME_KEYS = ("model_preset", "model", "train.seed", "train.batch_size", "train.grad_accum", "train.budget_fractions",
-                "train.grounding_weight", "train.relevance_weight", "train.relevance_layer", "data.source",
+                "train.grounding_weight", "train.relevance_weight", "train.relevance_layer", "train.saliency_weight",
+                "data.source",
                 "data.split", "data.max_samples")
+
+
+@contextlib.contextmanager
+def _capture_inputs_embeds(llm: torch.nn.Module):
+    """Yield a dict that holds, after ``llm``'s forward, the ``inputs_embeds`` it was called with (made a leaf that
+    requires grad when they did not)."""
+    state: dict[str, torch.Tensor] = {}
+
+    def hook(module, args, kwargs):
+        e = kwargs.get("inputs_embeds")
+        if e is None:
+            raise ValueError("saliency distillation needs the LLM called with inputs_embeds")
+        if not e.requires_grad:
+            e = kwargs["inputs_embeds"] = e.detach().requires_grad_()
+        state["embeds"] = e
+        return args, kwargs
+
+    handle = llm.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield state
+    finally:
+        handle.remove()
 
 
 def _check_resume_config(saved: dict | None, cfg: TrainCfg, path: Path) -> None:
@@ -424,6 +451,10 @@ class TrainRecipe:
         else:
             self.device = torch.device("cpu")
         self.fsdp = cfg.fsdp == "on" or (cfg.fsdp == "auto" and self.world > 1)
+        if self.fsdp and self.cfg.train.saliency_weight > 0:
+            raise ValueError(f"train.saliency_weight={self.cfg.train.saliency_weight} is not supported under FSDP (its "
+                             "extra gradient pass would run FSDP's backward hooks twice): set dist.fsdp=off (one "
+                             "process, or replicated processes)")
         if (self.world > 1 or self.fsdp) and not dist.is_initialized():
             if "MASTER_ADDR" not in os.environ:
                 if self.world > 1:
@@ -559,7 +590,7 @@ class TrainRecipe:
         labels = batch["labels"]
         budget = (self.model.arr_coc.budget_override(int(batch["budget"])) if "budget" in batch
                   else contextlib.nullcontext())
-        with budget, self._autocast(), self._relevance_read(batch) as read:
+        with budget, self._autocast(), self._relevance_read(batch) as read, self._saliency_read() as sread:
             out = self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
                              query_input_ids=batch["query_input_ids"],
                              query_attention_mask=batch["query_attention_mask"])
@@ -581,6 +612,18 @@ class TrainRecipe:
             # Rows weigh equally across ranks and micro-batches: this rank's share of the global batch.
             share = len(labels) * self.world / self.cfg.train.batch_size
             total = total + float(self.cfg.train.relevance_weight) * rel * share
+        sal_sum = torch.zeros((), device=logits.device)
+        if self.cfg.train.saliency_weight > 0:
+            from models.relevance import gradient_saliency, patch_relevance, relevance_loss
+
+            a, embeds = out.arr_coc, sread["embeds"]
+            (grad,) = torch.autograd.grad(loss_sum, embeds, retain_graph=True)
+            teacher = patch_relevance(gradient_saliency(grad, embeds), batch["input_ids"] == self.model.image_token_id,
+                                      a.patch_index, a.mask, a.utility.shape[1])
+            sal = relevance_loss(a.utility, teacher)  # mean over this micro-batch's rows
+            sal_sum = sal.detach() * len(labels)
+            share = len(labels) * self.world / self.cfg.train.batch_size
+            total = total + float(self.cfg.train.saliency_weight) * sal * share
         grd_sum = grd_rows = torch.zeros((), device=logits.device)
         if self.cfg.train.grounding_weight > 0:
             from models.grounding import box_patch_mass, grounding_loss
@@ -597,7 +640,8 @@ class TrainRecipe:
             correct = ((logits.argmax(-1) == target) | ~valid).all(-1)  # (B,) answer exact match, teacher-forced
             self._bandit_feedback(correct.float(), out.alloc_context, out.arr_coc.budgets)
             budgets = out.arr_coc.budgets.float()  # (B, K)
-        return {"loss_sum": loss_sum.detach(), "relevance_sum": rel_sum, "grounding_sum": grd_sum,
+        return {"loss_sum": loss_sum.detach(), "relevance_sum": rel_sum, "saliency_sum": sal_sum,
+                "grounding_sum": grd_sum,
                 "grounding_rows": grd_rows.detach(), "correct": correct.sum().float(),
                 "rows": torch.tensor(float(len(correct))),
                 "tokens": batch["attention_mask"].sum().float(), "budget_sum": budgets.mean(-1).sum(),
@@ -625,6 +669,14 @@ class TrainRecipe:
 
         return read_attention(self.relevance_layer, last_prompt_index(batch["labels"], batch["attention_mask"]),
                               batch["attention_mask"])
+
+    def _saliency_read(self):
+        """With saliency distillation on: capture the LLM's ``inputs_embeds`` during the forward (a leaf that keeps
+        its gradient where nothing upstream trains), for :meth:`_micro_step`'s gradient pass; else a no-op yielding
+        ``{}``."""
+        if not self.cfg.train.saliency_weight > 0:
+            return contextlib.nullcontext({})
+        return _capture_inputs_embeds(self.model.llava)
 
     def _bandit_feedback(self, rewards: torch.Tensor, context: torch.Tensor | None = None,
                          budgets: torch.Tensor | None = None) -> None:
@@ -660,7 +712,8 @@ class TrainRecipe:
         loader = iter(self._loader())
         csv_path = self.out / "log.csv"
         fields = ["step", "epoch", "loss", "accuracy", "lr", "grad_norm", "tokens_per_s", "samples_per_s",
-                  "budget_mean", "budget_gini", "step_time_s", "peak_mem_gb", "relevance_loss", "grounding_loss"]
+                  "budget_mean", "budget_gini", "step_time_s", "peak_mem_gb", "relevance_loss", "grounding_loss",
+                  "saliency_loss"]
         if self.rank == 0:
             self._truncate_log(csv_path, fields)
         bar = tqdm(total=c.train.max_steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
@@ -702,7 +755,8 @@ class TrainRecipe:
                    "step_time_s": dt,
                    "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else 0.0,
                    "relevance_loss": tot["relevance_sum"] / tot["rows"],
-                   "grounding_loss": tot["grounding_sum"] / max(tot["grounding_rows"], 1.0)}
+                   "grounding_loss": tot["grounding_sum"] / max(tot["grounding_rows"], 1.0),
+                   "saliency_loss": tot["saliency_sum"] / tot["rows"]}
             rows.append(row)
             if self.rank == 0 and (self.step % c.train.log_every == 0 or self.step == c.train.max_steps):
                 with open(csv_path, "a", newline="") as f:

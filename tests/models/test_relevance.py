@@ -178,3 +178,15 @@ def test_read_attention_keeps_the_first_full_length_forward_without_gradient_the
     state.clear()
     run(first)  # outside the context nothing is read
     assert state == {}
+
+
+def test_gradient_saliency_is_the_absolute_gradient_times_input_per_position():
+    from models.relevance import gradient_saliency
+
+    g = torch.tensor([[[1.0, -2.0], [0.5, 0.5], [3.0, 0.0]]])
+    e = torch.tensor([[[2.0, 1.0], [-4.0, 2.0], [1.0, 9.0]]], dtype=torch.bfloat16)
+    s = gradient_saliency(g.requires_grad_(), e)
+    assert s.dtype == torch.float32 and not s.requires_grad
+    assert s.tolist() == [[0.0, 1.0, 3.0]]  # |2 - 2|, |-2 + 1|, |3 + 0|
+    with pytest.raises(ValueError, match=r"grad \(1, 3, 2\) and embeds \(1, 3, 1\) differ"):
+        gradient_saliency(g, e[..., :1])

@@ -122,7 +122,8 @@ def test_micro_step_sums_token_losses_and_scores_exact_matches():
             budgets = torch.tensor([[1, 3], [2, 2], [4, 4]])
             return SimpleNamespace(logits=self.logits, arr_coc=SimpleNamespace(budgets=budgets), alloc_context=None)
 
-    recipe = _bare_recipe(bandit_feedback=True, relevance_weight=0.0, grounding_weight=0.0, batch_size=6)
+    recipe = _bare_recipe(bandit_feedback=True, relevance_weight=0.0, grounding_weight=0.0, saliency_weight=0.0,
+                          batch_size=6)
     recipe.world, recipe.model = 2, Stand()
     batch = {"labels": labels, "input_ids": torch.zeros(3, 4, dtype=torch.long), "pixel_values": None,
              "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]]),
@@ -139,17 +140,18 @@ def test_micro_step_sums_token_losses_and_scores_exact_matches():
     assert float(s["budget_sum"]) == 8  # per-row budget means 2 + 2 + 4
     assert float(s["gini_sum"]) == pytest.approx(float(gini(torch.tensor([[1.0, 3], [2, 2], [4, 4]])).sum()))
     assert float(s["gini_sum"]) > 0
-    assert float(s["relevance_sum"]) == 0 and float(s["grounding_sum"]) == 0
+    assert float(s["relevance_sum"]) == 0 and float(s["grounding_sum"]) == 0 and float(s["saliency_sum"]) == 0
 
 
 def test_auxiliary_losses_are_exact_under_gradient_accumulation(bench, tmp_path, clean_env):
-    """grad_accum=2 optimises what grad_accum=1 does, relevance distillation and grounding included: the same
+    """grad_accum=2 optimises what grad_accum=1 does, relevance and saliency distillation and grounding included: the same
     logged losses and the same (pre-clip) gradient norm."""
     common = ["--config", TINY, f"data.path={bench}", "data.generate=false", "dist.fsdp=off", "train.max_steps=2",
-              "train.batch_size=4", "train.relevance_weight=1.0", "train.grounding_weight=1.0"]
+              "train.batch_size=4", "train.relevance_weight=1.0", "train.grounding_weight=1.0",
+              "train.saliency_weight=1.0"]
     one = main(common + [f"output_dir={tmp_path / 'one'}"])
     two = main(common + [f"output_dir={tmp_path / 'two'}", "train.grad_accum=2"])
-    for key in ("loss", "relevance_loss", "grounding_loss", "grad_norm"):
+    for key in ("loss", "relevance_loss", "grounding_loss", "saliency_loss", "grad_norm"):
         assert one[1][key] > 0, key  # (step 1's rows have no box: its grounding loss is 0)
         assert [r[key] for r in two] == pytest.approx([r[key] for r in one], rel=1e-5), key
 
@@ -369,3 +371,62 @@ def test_a_box_column_is_needed_only_when_grounding_is_on(bench, tmp_path, monke
     TrainRecipe(load_train_cfg(TINY, common)).setup()  # no box column, no grounding: fine
     with pytest.raises(ValueError, match=r"train.grounding_weight=0.5 needs a target_box column"):
         TrainRecipe(load_train_cfg(TINY, common + ["train.grounding_weight=0.5"])).setup()
+
+
+def test_saliency_distillation_teaches_the_utility_the_answer_losss_gradient_x_input(bench, tmp_path, clean_env):
+    """train.saliency_weight: the teacher is |g . e| at the LLM's visual inputs (g the answer loss's gradient at its
+    inputs_embeds), averaged per patch (models.relevance.patch_relevance), and its cross-entropy with the utility
+    trains knowing and balancing even with the straight-through gate off, where the answer loss alone does not."""
+    from models.relevance import gradient_saliency, patch_relevance, relevance_loss
+
+    def recipe_with(weight):
+        cfg = load_train_cfg(TINY, [f"output_dir={tmp_path / str(weight)}", f"data.path={bench}", "data.generate=false",
+                                    "dist.fsdp=off", "train.batch_size=4", f"train.saliency_weight={weight}",
+                                    "model.arr_coc.straight_through=false"])
+        r = TrainRecipe(cfg)
+        r.setup()
+        r.model.train()
+        return r
+
+    off, on = recipe_with(0.0), recipe_with(2.0)
+    try:
+        batch = move_to(next(iter(on._loader())), on.device, on.processor)
+        s_off = off._micro_step(batch, 10.0)
+        q_off = off.model.arr_coc.knowing.q_proj.weight.grad
+        assert q_off is None or not q_off.any()  # the gate is off: the answer loss never reaches the knowing stage
+        assert float(s_off["saliency_sum"]) == 0
+        s_on = on._micro_step(batch, 10.0)
+        assert on.model.arr_coc.knowing.q_proj.weight.grad.abs().sum() > 0
+        # The same teacher by hand, from a forward with the LLM's inputs captured.
+        m = on.model
+        embeds, out = m.embed_inputs(batch["pixel_values"], batch["input_ids"],
+                                     query_input_ids=batch["query_input_ids"],
+                                     query_attention_mask=batch["query_attention_mask"])
+        embeds = embeds.detach().requires_grad_()
+        logits = m.llava(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100,
+                               reduction="sum")
+        (g,) = torch.autograd.grad(loss, embeds)
+        teacher = patch_relevance(gradient_saliency(g, embeds), batch["input_ids"] == m.image_token_id,
+                                  out.patch_index, out.mask, out.utility.shape[1])
+        want = float(relevance_loss(out.utility.detach(), teacher)) * len(batch["labels"])
+        assert float(s_on["saliency_sum"]) == pytest.approx(want, rel=1e-5)
+        assert teacher.sum(-1).tolist() == pytest.approx([1.0] * len(teacher))
+        assert not torch.allclose(teacher, torch.full_like(teacher, 1 / teacher.shape[1]))  # not a uniform target
+    finally:
+        off.cleanup()
+        on.cleanup()
+
+
+def test_saliency_weight_is_checked_and_refused_under_fsdp(bench, tmp_path, clean_env):
+    base = [f"output_dir={tmp_path / 'r'}", f"data.path={bench}", "data.generate=false"]
+    with pytest.raises(ValueError, match="train.saliency_weight must be a finite number >= 0, got -1"):
+        load_train_cfg(TINY, [*base, "train.saliency_weight=-1"])
+    cfg = load_train_cfg(TINY, [*base, "dist.fsdp=on", "train.saliency_weight=0.5"])
+    recipe = TrainRecipe(cfg)
+    try:
+        with pytest.raises(ValueError, match=r"train.saliency_weight=0.5 is not supported under FSDP"):
+            recipe.setup()  # refused before a process group is made
+        assert not dist.is_initialized()
+    finally:
+        recipe.cleanup()
