@@ -225,6 +225,8 @@ _RESUME_KEYS = ("model_preset", "model", "train.seed", "train.batch_size", "trai
                 "train.grounding_weight", "train.relevance_weight", "train.relevance_layer", "train.saliency_weight",
                 "data.source",
                 "data.split", "data.max_samples")
+# Keys added after checkpoints were already being written: a saved config without one was trained with this value.
+_RESUME_ADDED = {"train.saliency_weight": 0.0}
 
 
 @contextlib.contextmanager
@@ -260,10 +262,14 @@ def _check_resume_config(saved: dict | None, cfg: TrainCfg, path: Path) -> None:
             d = d.get(part) if isinstance(d, dict) else None
         return d
 
-    diff = [k for k in _RESUME_KEYS if json.dumps(get(saved, k), sort_keys=True, default=str)
+    def was(key: str) -> Any:
+        v = get(saved, key)
+        return _RESUME_ADDED[key] if v is None and key in _RESUME_ADDED else v
+
+    diff = [k for k in _RESUME_KEYS if json.dumps(was(k), sort_keys=True, default=str)
             != json.dumps(get(now, k), sort_keys=True, default=str)]
     if diff:
-        pairs = ", ".join(f"{k}: {get(saved, k)!r} -> {get(now, k)!r}" for k in diff)
+        pairs = ", ".join(f"{k}: {was(k)!r} -> {get(now, k)!r}" for k in diff)
         raise ValueError(f"--resume from {path}: the run was trained with other settings ({pairs}); resume with the "
                          "same ones (max_steps and optim may change) or start a new output_dir")
 

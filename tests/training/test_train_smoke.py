@@ -578,7 +578,8 @@ def test_every_trajectory_setting_is_compared_on_resume(tmp_path):
     saved = dataclass_to_dict(cfg)
     changes = {"model_preset": "bench", "model": {"arr_coc": {"budget": 8}}, "train.seed": 5, "train.batch_size": 4,
                "train.grad_accum": 2, "train.budget_fractions": [0.5], "train.grounding_weight": 1.0,
-               "train.relevance_weight": 1.0, "train.relevance_layer": 1, "data.source": "vqav2",
+               "train.relevance_weight": 1.0, "train.relevance_layer": 1, "train.saliency_weight": 1.0,
+               "data.source": "vqav2",
                "data.split": "val", "data.max_samples": 3}
     for key, value in changes.items():
         other = copy.deepcopy(saved)
@@ -592,3 +593,9 @@ def test_every_trajectory_setting_is_compared_on_resume(tmp_path):
     other = copy.deepcopy(saved)
     other["train"]["max_steps"], other["optim"]["lr"], other["train"]["keep_last"] = 99, 0.5, 1
     _check_resume_config(other, cfg, tmp_path)  # max_steps, optim, checkpointing may change
+    # A checkpoint written before train.saliency_weight existed was trained without it: it resumes with 0, not 0.5.
+    older = copy.deepcopy(saved)
+    del older["train"]["saliency_weight"]
+    _check_resume_config(older, cfg, tmp_path)
+    with pytest.raises(ValueError, match=r"train.saliency_weight: 0.0 -> 0.5"):
+        _check_resume_config(older, load_train_cfg("configs/train/tiny.yaml", ["train.saliency_weight=0.5"]), tmp_path)
