@@ -92,10 +92,18 @@ def _run(pol, mu, req, cap, u) -> tuple[np.ndarray, float]:
     return per_round, gini(pol.alloc_counts)
 
 
-def _finite_mean(x: np.ndarray) -> float:
-    """Mean over the seeds where a ratio is defined (finite: a zero denominator gives NaN or ±inf); NaN if none is."""
+def _finite(x: np.ndarray) -> tuple[np.ndarray, float, float, str]:
+    """The seeds where a ratio is defined (finite: a zero denominator gives NaN or ±inf), their mean and std (NaN if
+    none is), and the note a cell adds when some are not."""
     ok = x[np.isfinite(x)]
-    return float(ok.mean()) if ok.size else float("nan")
+    mean, std = (float(ok.mean()), float(ok.std())) if ok.size else (float("nan"), float("nan"))
+    skipped = f"; {x.size - ok.size} seed(s) undefined" if ok.size < x.size else ""
+    return ok, mean, std, skipped
+
+
+def _finite_mean(x: np.ndarray) -> float:
+    """Mean over the seeds where a ratio is defined; NaN if none is."""
+    return _finite(x)[1]
 
 
 def _position(mean: float, lo: float, hi: float) -> str:
@@ -106,13 +114,10 @@ def _position(mean: float, lo: float, hi: float) -> str:
 
 def _band_cell(x: np.ndarray, lo: float, hi: float, *, signed: bool = False) -> str:
     """``mean ± std``, where the mean falls against the claimed band [lo, hi], and how many seeds fall inside it."""
-    ok = x[np.isfinite(x)]
-    m = _finite_mean(x)
+    ok, m, std, skipped = _finite(x)
     inside = int(((ok >= lo) & (ok <= hi)).sum())
-    std = ok.std() if ok.size else np.nan
     where = {"within": f"within {lo:g}-{hi:g}%", "above": f"above {lo:g}-{hi:g}%",
              "below": f"below {lo:g}-{hi:g}%", "undefined": "undefined"}[_position(m, lo, hi)]
-    skipped = f"; {x.size - ok.size} seed(s) undefined" if ok.size < x.size else ""
     value = f"{m:+.1f}% ± {std:.1f}" if signed else f"{m:.1f}% ± {std:.1f}"
     return f"{value}: {where} ({inside}/{ok.size} seeds within{skipped})"
 
@@ -120,10 +125,8 @@ def _band_cell(x: np.ndarray, lo: float, hi: float, *, signed: bool = False) -> 
 def _floor_cell(x: np.ndarray, floor: float) -> str:
     """``mean ± std``, whether the mean reaches ``floor``, and how many seeds do (seeds where the ratio is undefined
     are left out, as in :func:`_band_cell`)."""
-    ok, m = x[np.isfinite(x)], _finite_mean(x)
+    ok, m, std, skipped = _finite(x)
     where = "undefined" if np.isnan(m) else (f">= {floor:g}%" if m >= floor else f"below {floor:g}%")
-    skipped = f"; {x.size - ok.size} seed(s) undefined" if ok.size < x.size else ""
-    std = ok.std() if ok.size else np.nan
     return f"{m:.1f}% ± {std:.1f}: {where} ({int((ok >= floor).sum())}/{ok.size} seeds >= {floor:g}%{skipped})"
 
 

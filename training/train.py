@@ -606,29 +606,31 @@ class TrainRecipe:
                                    ignore_index=IGNORE_INDEX, reduction="sum")
         # FSDP averages gradients over ranks, so scale by the world size to get the global token mean.
         total = loss_sum * (self.world / n_target_global)
-        rel_sum = torch.zeros((), device=logits.device)
-        if self.relevance_layer is not None:
+        # Relevance and saliency distillation: a per-position signal, averaged per patch into the utility's teacher;
+        # the loss is the mean over this micro-batch's rows. Rows weigh equally across ranks and micro-batches: this
+        # rank's share of the global batch.
+        share = len(labels) * self.world / self.cfg.train.batch_size
+
+        def distil(per_position: torch.Tensor) -> torch.Tensor:
             from models.relevance import patch_relevance, relevance_loss
 
             a = out.arr_coc
-            relevance = patch_relevance(read["attention"], batch["input_ids"] == self.model.image_token_id,
-                                        a.patch_index, a.mask, a.utility.shape[1])
-            rel = relevance_loss(a.utility, relevance)  # mean over this micro-batch's rows
+            teacher = patch_relevance(per_position, batch["input_ids"] == self.model.image_token_id, a.patch_index,
+                                      a.mask, a.utility.shape[1])
+            return relevance_loss(a.utility, teacher)
+
+        rel_sum = torch.zeros((), device=logits.device)
+        if self.relevance_layer is not None:
+            rel = distil(read["attention"])
             rel_sum = rel.detach() * len(labels)
-            # Rows weigh equally across ranks and micro-batches: this rank's share of the global batch.
-            share = len(labels) * self.world / self.cfg.train.batch_size
             total = total + float(self.cfg.train.relevance_weight) * rel * share
         sal_sum = torch.zeros((), device=logits.device)
         if self.cfg.train.saliency_weight > 0:
-            from models.relevance import gradient_saliency, patch_relevance, relevance_loss
+            from models.relevance import gradient_saliency
 
-            a, embeds = out.arr_coc, sread["embeds"]
-            (grad,) = torch.autograd.grad(loss_sum, embeds, retain_graph=True)
-            teacher = patch_relevance(gradient_saliency(grad, embeds), batch["input_ids"] == self.model.image_token_id,
-                                      a.patch_index, a.mask, a.utility.shape[1])
-            sal = relevance_loss(a.utility, teacher)  # mean over this micro-batch's rows
+            (grad,) = torch.autograd.grad(loss_sum, sread["embeds"], retain_graph=True)
+            sal = distil(gradient_saliency(grad, sread["embeds"]))
             sal_sum = sal.detach() * len(labels)
-            share = len(labels) * self.world / self.cfg.train.batch_size
             total = total + float(self.cfg.train.saliency_weight) * sal * share
         grd_sum = grd_rows = torch.zeros((), device=logits.device)
         if self.cfg.train.grounding_weight > 0:
