@@ -115,7 +115,8 @@ class RunCfg:
     relevance_layer: int | None = None  # LLM layer (1-based) whose attention teaches the allocation; None: the middle
     grounding_weight: float = 0.0  # > 0: add this times the box-grounding loss (models/grounding.py; needs target_box)
     # > 0: add this times the saliency-distillation loss (models/relevance.py: gradient x input of the answer loss at
-    # the LLM's visual inputs, per patch; label-free). One extra gradient pass per micro-batch; not under FSDP.
+    # the LLM's visual inputs, per patch; label-free). One extra gradient pass per micro-batch (under FSDP2 its
+    # backward hooks run for both passes; tests/training/test_fsdp.py checks that two processes match one).
     saliency_weight: float = 0.0
     # Fractions of N (the full-token count) to draw each batch's ArrCoc budget from (deterministic per batch), so one
     # model serves several budgets; null: every batch at the model's arr_coc.budget. E.g. [0.125, 0.25, 0.5].
@@ -457,10 +458,6 @@ class TrainRecipe:
         else:
             self.device = torch.device("cpu")
         self.fsdp = cfg.fsdp == "on" or (cfg.fsdp == "auto" and self.world > 1)
-        if self.fsdp and self.cfg.train.saliency_weight > 0:
-            raise ValueError(f"train.saliency_weight={self.cfg.train.saliency_weight} is not supported under FSDP (its "
-                             "extra gradient pass would run FSDP's backward hooks twice): set dist.fsdp=off (one "
-                             "process, or replicated processes)")
         if (self.world > 1 or self.fsdp) and not dist.is_initialized():
             if "MASTER_ADDR" not in os.environ:
                 if self.world > 1:

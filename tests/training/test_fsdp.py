@@ -207,17 +207,21 @@ def test_auxiliary_losses_two_processes_match_one(tmp_path, accum):
 
     data = tmp_path / "bench"
     make_benchmark(data, seed=0, sizes={"train": 16}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
-    extra = ["train.relevance_weight=1.0", "train.grounding_weight=1.0", "train.max_steps=3", "train.save_every=null",
-             f"train.grad_accum={accum}"]
+    extra = ["train.relevance_weight=1.0", "train.grounding_weight=1.0", "train.saliency_weight=1.0", "train.max_steps=3",
+             "train.save_every=null", f"train.grad_accum={accum}"]
     main(["--config", "configs/train/tiny.yaml", *_overrides(tmp_path / "one", data), "dist.fsdp=off", *extra])
     _run(_torchrun(tmp_path / "two", data, *extra))
     logs = {}
     for name in ("one", "two"):
         with open(tmp_path / name / "log.csv", newline="") as f:
-            logs[name] = {int(r["step"]): (float(r["loss"]), float(r["relevance_loss"]), float(r["grounding_loss"]))
+            logs[name] = {int(r["step"]): tuple(float(r[k]) for k in ("loss", "relevance_loss", "grounding_loss",
+                                                                             "saliency_loss", "grad_norm"))
                           for r in csv.DictReader(f)}
     assert sorted(logs["one"]) == sorted(logs["two"]) == [1, 2, 3]
     for step in (1, 2, 3):
-        (l1, r1, g1), (l2, r2, g2) = logs["one"][step], logs["two"][step]
+        (l1, r1, g1, s1, n1), (l2, r2, g2, s2, n2) = logs["one"][step], logs["two"][step]
         assert r1 > 0 and r2 == pytest.approx(r1, rel=1e-4) and l2 == pytest.approx(l1, rel=1e-4), step
         assert g1 > 0 and g2 == pytest.approx(g1, rel=1e-4), step
+        # Saliency distillation's extra gradient pass runs FSDP2's backward hooks twice per micro-batch (once for
+        # each pass); the parameters' gradients, and so the steps, must still be those of one process.
+        assert s1 > 0 and s2 == pytest.approx(s1, rel=1e-4) and n2 == pytest.approx(n1, rel=1e-4), step
