@@ -21,7 +21,11 @@ Protocol (issue 7). For each training seed:
    with ``--bandit-after-steps N`` also ``arr_coc_bandit_grounded``: the grounded model, once trained, with its
    allocator replaced by a fresh bandit (``utility_weight`` 0: the bandit's statistics alone choose the levels) and
    trained N more steps at the training budget, the grounding loss kept on the knowing stage; the bandit then learns
-   from the answers of a model that reads (README, "The bandit on a model that already reads");
+   from the answers of a model that reads (README, "The bandit on a model that already reads"); with
+   ``--saliency-after-steps N`` also two label-free runs that start from the uniform-pooling model trained at the
+   training budget (``--saliency-from full``: from the full-token model) and train N more steps there:
+   ``arr_coc_salient``, the projection model taught by saliency distillation (``train.saliency_weight``, the gate
+   off: no box labels), and its control ``uniform_continued``, uniform pooling given the same steps;
 3. train a model with *uniform pooling* at each reduced budget (the strongest simple baseline);
 4. evaluate on the test split at token fractions {100, 50, 25, 12.5}%: the full model; every training-free baseline
    of :mod:`eval.baselines` applied to the full model at exactly that many tokens; both ARR-COC models with their
@@ -63,8 +67,9 @@ SMOKE_MODEL = {"arr_coc": {"num_patches": 4, "patch_grid": [2, 2], "budget": 16,
 
 BASE_ARR_MODELS = ("arr_coc_projection", "arr_coc_bandit")  # trained unless --models leaves them out
 BANDIT_PROJ_DIM = 64  # width of the bandit's random context projection (BanditAllocator's own default is 16)
-# Runs that start from another run's weights, with their own step counts (--finetune-steps, --bandit-after-steps).
-DEPENDENT_RUNS = ("arr_coc_finetuned", "arr_coc_bandit_grounded")
+# Runs that start from another run's weights, with their own step counts (--finetune-steps, --bandit-after-steps,
+# --saliency-after-steps).
+DEPENDENT_RUNS = ("arr_coc_finetuned", "arr_coc_bandit_grounded", "arr_coc_salient", "uniform_continued")
 
 
 def ARR_MODELS(a: argparse.Namespace) -> list[str]:
@@ -72,7 +77,8 @@ def ARR_MODELS(a: argparse.Namespace) -> list[str]:
     return ([m for m in BASE_ARR_MODELS if m in a.models] + [name for name, _, w in EXTRA_MODELS(a) if w > 0]
             + (["arr_coc_multibudget"] if a.budget_fractions else [])
             + (["arr_coc_finetuned"] if a.finetune_fractions else [])
-            + (["arr_coc_bandit_grounded"] if a.bandit_after_steps else []))
+            + (["arr_coc_bandit_grounded"] if a.bandit_after_steps else [])
+            + (["arr_coc_salient"] if a.saliency_after_steps else []))
 
 
 def FINETUNE_BASE(a: argparse.Namespace) -> str:
@@ -124,6 +130,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--bandit-after-steps", type=int, default=None,
                    help="also train `arr_coc_bandit_grounded`: the grounded model, once trained, with a fresh bandit "
                         "allocator learning from its answers for this many steps (needs --grounding-weight > 0)")
+    p.add_argument("--saliency-after-steps", type=int, default=None,
+                   help="also train, label-free, from the uniform-pooling model of the training budget (or the full "
+                        "model: --saliency-from) for this many steps: `arr_coc_salient` (saliency distillation, "
+                        "train.saliency_weight=--saliency-weight, the straight-through gate off) and its control "
+                        "`uniform_continued` (uniform pooling, the same steps); at --finetune-lr when given")
+    p.add_argument("--saliency-from", choices=("uniform", "full"), default="uniform",
+                   help="the reader those two start from: the uniform-pooling model trained at --train-fraction "
+                        "(default; needs it among --uniform-fractions) or the full-token model")
+    p.add_argument("--saliency-weight", type=float, default=1.0,
+                   help="weight of the saliency-distillation loss of `arr_coc_salient` (> 0)")
     p.add_argument("--steps", default=None,
                    help="training steps per model (default: the train config's), or 'auto' with --minutes: probe every "
                         "model for --probe-steps steps, all at once as in the real run, and give every model the same "
@@ -172,6 +188,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             raise ValueError(f"--bandit-after-steps must be >= 1, got {args.bandit_after_steps}")
         if args.grounding_weight == 0:
             raise ValueError("--bandit-after-steps starts from arr_coc_grounded, which --grounding-weight 0 leaves out")
+    if args.saliency_after_steps is not None and args.saliency_after_steps < 1:
+        raise ValueError(f"--saliency-after-steps must be >= 1, got {args.saliency_after_steps}")
+    if not (math.isfinite(args.saliency_weight) and args.saliency_weight > 0):
+        raise ValueError(f"--saliency-weight must be a finite number > 0, got {args.saliency_weight}")
     if args.finetune_lr is not None and not (math.isfinite(args.finetune_lr) and args.finetune_lr > 0):
         raise ValueError(f"--finetune-lr must be a finite number > 0, got {args.finetune_lr}")
     for f in args.uniform_fractions or []:
@@ -339,6 +359,7 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
     pa.steps, pa.minutes = a.probe_steps, None
     pa.finetune_steps = a.probe_steps if a.finetune_fractions else None
     pa.bandit_after_steps = a.probe_steps if a.bandit_after_steps else None
+    pa.saliency_after_steps = a.probe_steps if a.saliency_after_steps else None
     pa.train_override = [*a.train_override, f"train.log_every={max(1, a.probe_steps // 3)}", "train.save_every=null"]
     trainer = _Trainer(pa, work / "probe")
     runs = submit_all(trainer, a.seeds[0])
@@ -361,7 +382,7 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
 
 def _run_dirs(runs: dict[str, Any]) -> list[Path]:
     """The run folders of one seed's :func:`submit_all` result, in a fixed order."""
-    return [runs["full"], *runs["arr"].values(), *runs["uni"].values()]
+    return [runs["full"], *runs["arr"].values(), *runs["uni"].values(), *runs.get("more", {}).values()]
 
 
 def _trainer_state(run: Path) -> dict[str, Any]:
@@ -760,7 +781,7 @@ def _per_seed_lines(results: dict, methods: list[str], meta: dict[str, Any], qty
     seeds, tf, thr = meta["seeds"], meta["train_fraction"], meta.get("onset_accuracy")
     if len(seeds) < 2:
         return []
-    rows = [("full", 1.0)] + [(m, tf) for m in methods if m.startswith("arr_coc") or m == "uniform_trained"]
+    rows = [("full", 1.0)] + [(m, tf) for m in methods if m.startswith("arr_coc") or m.startswith("uniform_")]
     out = ["", f"## Each seed: the full model at 100%, the trained models at {100 * tf:g}% of the tokens", "",
            "| method | tokens | seed | overall | " + " | ".join(qtypes) + " | tokens in queried box "
            f"| training accuracy, last {meta.get('onset_window', 500)} steps |"
@@ -952,6 +973,12 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
         return over
 
     levels = sorted({1, *(2 ** i for i in range(1, 12) if 2 ** i < cells), cells})
+    uni_fractions = _uniform_trained_fractions(fractions, a.uniform_fractions, n, k)
+    if a.saliency_after_steps and a.saliency_from == "uniform" and a.train_fraction not in uni_fractions:
+        raise ValueError(f"--saliency-after-steps starts from the uniform-pooling model trained at --train-fraction "
+                         f"{a.train_fraction:g}, which is not trained here (uniform-trained fractions: "
+                         f"{sorted(uni_fractions)}): add it to --uniform-fractions (and --fractions), or pass "
+                         "--saliency-from full")
     results: dict[str, dict[float, list[dict]]] = {}
     failures: list[str] = []
     cache: dict = {}
@@ -993,13 +1020,19 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
                 "arr_coc_bandit_grounded", arr("bandit", t_train, allocator_kwargs=bandit_kwargs(utility_weight=0.0)),
                 seed, [*train_extra, f"train.grounding_weight={a.grounding_weight}", *started_from(base),
                        'train.init_from_skip=["arr_coc.attending."]'], steps=ta.bandit_after_steps, after=base)
-        return {
-            "full": full,
-            "arr": arr_runs,
-            "uni": {f: trainer.submit(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), seed,
-                                      train_extra) for f in _uniform_trained_fractions(fractions,
-                                                                                       a.uniform_fractions, n, k)},
-        }
+        uni = {f: trainer.submit(f"uniform_trained_{int(round(f * n))}", arr("uniform", int(round(f * n))), seed,
+                                 train_extra) for f in uni_fractions}
+        more = {}
+        if ta.saliency_after_steps:  # label-free: a reader trained without boxes, then saliency distillation
+            base = full if a.saliency_from == "full" else uni[a.train_fraction]
+            arr_runs["arr_coc_salient"] = trainer.submit(
+                "arr_coc_salient", arr("projection", t_train, straight_through=False), seed,
+                [*train_extra, f"train.saliency_weight={a.saliency_weight}", *started_from(base)],
+                steps=ta.saliency_after_steps, after=base)
+            more["uniform_continued"] = trainer.submit(
+                "uniform_continued", arr("uniform", t_train), seed, [*train_extra, *started_from(base)],
+                steps=ta.saliency_after_steps, after=base)
+        return {"full": full, "arr": arr_runs, "uni": uni, "more": more}
 
     probe = None
     if a.steps == "auto":
@@ -1019,7 +1052,7 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
     if a.total_minutes is not None:
         lower = [f for f in fractions if f < 1]
         n_evals = len(a.seeds) * (1 + len(TRAINING_FREE) * len(lower) + len(arr_models) * len(fractions)
-                                  + sum(len(rs["uni"]) for rs in runs.values()) // max(len(runs), 1))
+                                  + sum(len(rs["uni"]) + len(rs["more"]) for rs in runs.values()) // max(len(runs), 1))
         left = a.total_minutes * 60 - (time.perf_counter() - t_start) - a.reserve_seconds
         eval_probe = _eval_rows_that_fit(runs[a.seeds[0]]["full"], a, work, eval_extra, cache, n_evals, left)
         a.eval_samples = eval_probe["rows"]
@@ -1064,9 +1097,12 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
                 record("uniform_trained", f, uni[f], "arr_coc", None)
             elif f == 1 and full_entry is not None:
                 results.setdefault("uniform_trained", {}).setdefault(f, []).append(full_entry)
+        for name, run in runs[seed].get("more", {}).items():  # uniform_continued: at its training budget only
+            record(name, a.train_fraction, run, "arr_coc", None)
         cache.clear()
 
-    methods = ["full", *arr_models, "uniform_trained", *TRAINING_FREE]
+    methods = ["full", *arr_models, "uniform_trained", *(["uniform_continued"] if a.saliency_after_steps else []),
+               *TRAINING_FREE]
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available() and not a.smoke
               else f"CPU ({platform.processor() or platform.machine()})")
     label = "SMOKE (random-init tiny models, meaningless numbers)" if a.smoke else "generated benchmark, test split"

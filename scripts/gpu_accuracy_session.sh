@@ -25,6 +25,9 @@
 # it trains after its base, so it needs wall clock beyond TRAIN_MINUTES; BANDIT_AFTER_STEPS (default: none) also
 # trains `arr_coc_bandit_grounded`, the grounded model with a fresh bandit allocator learning from its answers for
 # that many steps, after it (the README's CPU recipe: BANDIT_AFTER_STEPS=2000 FINETUNE_LR=1e-3);
+# SALIENCY_AFTER_STEPS (default: none) also trains, label-free, `arr_coc_salient` (saliency distillation) and its
+# control `uniform_continued` for that many steps from the uniform-pooling model of the training budget
+# (SALIENCY_FROM=full: from the full-token model; by default UNIFORM_FRACTIONS must include the training fraction);
 # PRETRAIN_STEPS (default 0: none) > 0 first trains the bench ViT on the train split's scene records
 # (scripts/pretrain_vision.py) and starts every model from it; FREEZE_VISION (default 1) keeps that tower frozen while
 # the VLMs train, as LLaVA keeps CLIP frozen (0: trainable; on `small`, a frozen pretrained tower was the only setting
@@ -104,7 +107,8 @@ rm -rf "$WORK" "$RES"
 # The optional models, in the dry run as in the real one (unquoted on use: each expands to nothing when unset).
 OPTIONAL="${BUDGET_FRACTIONS:+--budget-fractions $BUDGET_FRACTIONS} ${FINETUNE_FRACTIONS:+--finetune-fractions \
 $FINETUNE_FRACTIONS} ${FINETUNE_STEPS:+--finetune-steps $FINETUNE_STEPS} ${FINETUNE_LR:+--finetune-lr $FINETUNE_LR} \
-${BANDIT_AFTER_STEPS:+--bandit-after-steps $BANDIT_AFTER_STEPS}"
+${BANDIT_AFTER_STEPS:+--bandit-after-steps $BANDIT_AFTER_STEPS} \
+${SALIENCY_AFTER_STEPS:+--saliency-after-steps $SALIENCY_AFTER_STEPS} ${SALIENCY_FROM:+--saliency-from $SALIENCY_FROM}"
 if [ "$SMOKE" = 1 ]; then
   step bench 600 "$PY" -m scripts.bench_accuracy_budget --smoke --parallel 2 --fractions 1 0.25 \
     --relevance-weight "$RELEVANCE_WEIGHT" --grounding-weight "$GROUNDING_WEIGHT" --work "$WORK" --out "$RES" \

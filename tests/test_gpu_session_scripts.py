@@ -42,8 +42,8 @@ def test_accuracy_session_real_branch_dry_run_on_cpu(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "PRESET": "small", "TRAIN_SIZE": "96",
            "TEST_SIZE": "24", "PRETRAIN_STEPS": "3", "SEEDS": "0 1", "STEPS": "3", "MODELS": "",
            "UNIFORM_FRACTIONS": "0.25", "FRACTIONS": "1 0.5 0.25 0.125", "FINETUNE_FRACTIONS": "0.125 0.25 0.25 0.5 1",
-           "FINETUNE_STEPS": "2", "FINETUNE_LR": "1e-3", "BANDIT_AFTER_STEPS": "2", "PARALLEL": "2", "WORKERS": "2",
-           "TOTAL_SECONDS": "1500"}
+           "FINETUNE_STEPS": "2", "FINETUNE_LR": "1e-3", "BANDIT_AFTER_STEPS": "2", "SALIENCY_AFTER_STEPS": "2",
+           "PARALLEL": "2", "WORKERS": "2", "TOTAL_SECONDS": "1500"}
     res = subprocess.run(["bash", "scripts/gpu_accuracy_session.sh"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=900)
     summary = (tmp_path / "summary.txt").read_text()
@@ -51,6 +51,7 @@ def test_accuracy_session_real_branch_dry_run_on_cpu(tmp_path):
         assert f"{step} rc=0" in summary, (summary, (tmp_path / "bench.log").read_text()[-3000:], res.stderr[-2000:])
     md = (tmp_path / "accuracy_budget.md").read_text()
     assert "Seeds: [0, 1]; test rows per evaluation: 24" in md
-    for name in ("full", "arr_coc_grounded", "arr_coc_finetuned", "arr_coc_bandit_grounded", "uniform_trained"):
+    for name in ("full", "arr_coc_grounded", "arr_coc_finetuned", "arr_coc_bandit_grounded", "arr_coc_salient",
+                 "uniform_trained", "uniform_continued"):
         assert f"| {name} |" in md
     assert (tmp_path / "weights.tar.part-aa").stat().st_size > 0

@@ -333,3 +333,49 @@ def test_bench_evaluates_a_given_benchmark_made_at_other_sizes(tmp_path):
     assert res["failures"] == []
     assert res["results"]["full"][1.0][0]["n"] == 4 and res["results"]["uniform_trained"][0.5][0]["n"] == 4
     assert "SMOKE RUN" not in res["md"].read_text()
+
+
+def test_bench_label_free_runs_start_from_the_reader(tmp_path, capsys):
+    # --saliency-after-steps: arr_coc_salient (saliency distillation, the gate off, no box labels) and its control
+    # uniform_continued (uniform pooling) both start from the uniform-pooling model of the training budget once it has
+    # finished, and train the given steps there; the control is evaluated at its own budget only.
+    from scripts.bench_accuracy_budget import main
+
+    args = ["--smoke", "--fractions", "1", "0.25", "--models", "--saliency-after-steps", "3", "--saliency-weight", "0.5",
+            "--finetune-lr", "0.01", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
+    res = main(args)
+    assert res["failures"] == []
+    seed0 = tmp_path / "runs" / "seed0"
+    reader = seed0 / "uniform_trained_16" / "checkpoints" / "step_00000002" / "model.safetensors"
+    assert capsys.readouterr().err.count(f"initialised weights from {reader}\n") == 2  # both, from its last step
+    for name in ("arr_coc_salient", "uniform_continued"):
+        cfg = json.loads((seed0 / name / "config.json").read_text())
+        assert cfg["train"]["train"]["init_from"] == str(seed0 / "uniform_trained_16"), name
+        assert cfg["train"]["train"]["max_steps"] == 3 and cfg["train"]["optim"]["lr"] == 0.01, name
+        assert (seed0 / name / "checkpoints" / "step_00000003").is_dir(), name
+    sal = json.loads((seed0 / "arr_coc_salient" / "config.json").read_text())
+    assert sal["train"]["train"]["saliency_weight"] == 0.5 and sal["train"]["train"]["grounding_weight"] == 0
+    assert sal["model"]["arr_coc"]["allocator"] == "projection" and sal["model"]["arr_coc"]["straight_through"] is False
+    cont = json.loads((seed0 / "uniform_continued" / "config.json").read_text())
+    assert cont["model"]["arr_coc"]["allocator"] == "uniform" and cont["model"]["arr_coc"]["budget"] == 16
+    assert cont["train"]["train"]["saliency_weight"] == 0
+    results = res["results"]
+    assert set(results["arr_coc_salient"]) == {1.0, 0.25} and set(results["uniform_continued"]) == {0.25}
+    assert results["uniform_continued"][0.25][0]["mean_visual_tokens"] == 16
+    md = res["md"].read_text()
+    assert "| arr_coc_salient |" in md and "| uniform_continued |" in md
+    assert "rows: arr_coc_salient;" in md  # gradient-trained: its heat-map row
+    # --saliency-from full: the full-token model is the reader, although the uniform-pooling one is trained too.
+    res_full = main(["--smoke", "--fractions", "1", "0.25", "--models", "--saliency-after-steps", "2",
+                     "--saliency-from", "full", "--work", str(tmp_path / "from_full"),
+                     "--out", str(tmp_path / "results_full")])
+    assert res_full["failures"] == [] and (tmp_path / "from_full" / "seed0" / "uniform_trained_16").is_dir()
+    for name in ("arr_coc_salient", "uniform_continued"):
+        cfg = json.loads((tmp_path / "from_full" / "seed0" / name / "config.json").read_text())
+        assert cfg["train"]["train"]["init_from"] == str(tmp_path / "from_full" / "seed0" / "full"), name
+    # Without the uniform model of the training budget, the default reader is refused up front.
+    with pytest.raises(ValueError, match="--saliency-after-steps starts from the uniform-pooling model trained at "
+                                         "--train-fraction 0.25, which is not trained here"):
+        main(["--smoke", "--fractions", "1", "0.5", "0.25", "--uniform-fractions", "0.5", "--models",
+              "--saliency-after-steps", "3", "--work", str(tmp_path / "other")])
+    assert not (tmp_path / "other" / "seed0").exists()  # refused before any training

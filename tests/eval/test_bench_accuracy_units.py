@@ -105,6 +105,13 @@ def test_per_seed_rows_keep_zero_accuracy_and_missing_box_apart():
     results = {"full": {1.0: [_summary(0, 0.5, 0.0, 1.0, float("nan"))]}}
     lines = _per_seed_lines(results, ["full"], {"seeds": [0, 1], "train_fraction": 0.25}, ["digit", "shape"])
     assert lines[-2:] == ["|---|---|---|---|---|---|---|---|", "| full | 100% | 0 | 50.0 | 0.0 | 50.0 | n/a | n/a |"]
+    # Every model trained at the training budget gets its row there: ARR-COC's and both uniform-pooling ones.
+    results.update({m: {0.25: [_summary(1, 0.25, 0.5, 0.0, 0.3)]} for m in
+                    ("arr_coc_salient", "uniform_trained", "uniform_continued", "tome")})
+    lines = _per_seed_lines(results, ["full", "arr_coc_salient", "uniform_trained", "uniform_continued", "tome"],
+                            {"seeds": [0, 1], "train_fraction": 0.25}, ["digit", "shape"])
+    assert [x.split(" | ")[0] for x in lines[-4:]] == ["| full", "| arr_coc_salient", "| uniform_trained",
+                                                       "| uniform_continued"]
 
 
 def _checkpoint(run, step, config):
@@ -281,14 +288,15 @@ def test_probe_steps_fit_the_slowest_base_model_in_the_minutes(tmp_path, monkeyp
     monkeypatch.setattr(bench, "_Trainer", FakeTrainer)
     monkeypatch.setattr(bench, "_trainer_state", lambda r: {"config": {"train": {"batch_size": 8}}})
     a = argparse.Namespace(steps="auto", minutes=1.0, probe_steps=6, finetune_fractions=[0.25], finetune_steps=50,
-                           bandit_after_steps=None, train_override=["x=1"], seeds=[3, 4])
+                           bandit_after_steps=None, saliency_after_steps=40, train_override=["x=1"], seeds=[3, 4])
     got = bench._probe_steps(a, tmp_path, lambda trainer, seed: runs if seed == 3 else None)
     assert got["slowest"] == "full" and got["seconds_per_step"] == pytest.approx(0.5)
     assert got["steps"] == int(0.85 * 60 / 0.5) == 102
     assert set(got["seconds_per_step_by_run"]) == {"full", "arr_coc_projection"}
     pa = seen["a"]
     assert seen["waited"] and seen["work"] == tmp_path / "probe"
-    assert (pa.steps, pa.minutes, pa.finetune_steps, pa.bandit_after_steps) == (6, None, 6, None)
+    assert (pa.steps, pa.minutes, pa.finetune_steps, pa.bandit_after_steps, pa.saliency_after_steps) == (6, None, 6,
+                                                                                                       None, 6)
     assert pa.train_override == ["x=1", "train.log_every=2", "train.save_every=null"] and a.steps == "auto"
 
 
@@ -328,6 +336,9 @@ def test_eval_rows_fit_the_time_and_the_cap(tmp_path, monkeypatch):
     (["--fractions", "0.5", "0.25", "--uniform-fractions", "1"], "--uniform-fractions must be fractions below 1"),
     (["--fractions", "0.5", "--uniform-fractions", "0.25"], "--uniform-fractions must be fractions below 1"),
     (["--finetune-lr", "0"], "--finetune-lr must be a finite number > 0, got 0"),
+    (["--saliency-after-steps", "0"], "--saliency-after-steps must be >= 1, got 0"),
+    (["--saliency-weight", "0"], "--saliency-weight must be a finite number > 0, got 0.0"),
+    (["--saliency-weight", "nan"], "--saliency-weight must be a finite number > 0, got nan"),
 ])
 def test_parse_rejects_bad_values_by_name(argv, match):
     from scripts.bench_accuracy_budget import _parse
@@ -349,9 +360,11 @@ def test_trained_models_in_table_order_and_the_finetune_base():
     from scripts.bench_accuracy_budget import ARR_MODELS, FINETUNE_BASE, _parse
 
     a = _parse(["--relevance-weight", "0.5", "--grounding-weight", "1", "--budget-fractions", "0.25", "1",
-                "--finetune-fractions", "0.25", "1", "--finetune-steps", "3", "--bandit-after-steps", "2"])
+                "--finetune-fractions", "0.25", "1", "--finetune-steps", "3", "--bandit-after-steps", "2",
+                "--saliency-after-steps", "2"])
     assert ARR_MODELS(a) == ["arr_coc_projection", "arr_coc_bandit", "arr_coc_relevance", "arr_coc_grounded",
-                             "arr_coc_multibudget", "arr_coc_finetuned", "arr_coc_bandit_grounded"]
+                             "arr_coc_multibudget", "arr_coc_finetuned", "arr_coc_bandit_grounded", "arr_coc_salient"]
+    assert (a.saliency_from, a.saliency_weight) == ("uniform", 1.0)
     assert FINETUNE_BASE(a) == "arr_coc_grounded"
     plain = _parse(["--models", "arr_coc_projection", "--finetune-fractions", "0.5", "--finetune-steps", "3"])
     assert plain.grounding_weight == 0 and FINETUNE_BASE(plain) == "arr_coc_projection"
@@ -363,6 +376,8 @@ def test_run_dirs_cover_every_run_of_a_seed(tmp_path):
 
     runs = {"full": tmp_path / "full", "arr": {"arr_coc_projection": tmp_path / "p"}, "uni": {0.25: tmp_path / "u"}}
     assert _run_dirs(runs) == [tmp_path / "full", tmp_path / "p", tmp_path / "u"]
+    runs["more"] = {"uniform_continued": tmp_path / "c"}  # --saliency-after-steps' control
+    assert _run_dirs(runs) == [tmp_path / "full", tmp_path / "p", tmp_path / "u", tmp_path / "c"]
 
 
 def test_bench_cfg_reads_the_manifest_and_falls_back_on_bad_parameters(monkeypatch):
