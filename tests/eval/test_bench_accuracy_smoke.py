@@ -341,8 +341,8 @@ def test_bench_label_free_runs_start_from_the_reader(tmp_path, capsys):
     # finished, and train the given steps there; the control is evaluated at its own budget only.
     from scripts.bench_accuracy_budget import main
 
-    args = ["--smoke", "--fractions", "1", "0.25", "--models", "--saliency-after-steps", "3", "--saliency-weight", "0.5",
-            "--finetune-lr", "0.01", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
+    args = ["--smoke", "--fractions", "1", "0.25", "--models", "--saliency-after-steps", "3", "--saliency-weight",
+            "0.5", "--finetune-lr", "0.01", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "runs")]
     res = main(args)
     assert res["failures"] == []
     seed0 = tmp_path / "runs" / "seed0"

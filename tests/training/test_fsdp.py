@@ -207,8 +207,8 @@ def test_auxiliary_losses_two_processes_match_one(tmp_path, accum):
 
     data = tmp_path / "bench"
     make_benchmark(data, seed=0, sizes={"train": 16}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
-    extra = ["train.relevance_weight=1.0", "train.grounding_weight=1.0", "train.saliency_weight=1.0", "train.max_steps=3",
-             "train.save_every=null", f"train.grad_accum={accum}"]
+    extra = ["train.relevance_weight=1.0", "train.grounding_weight=1.0", "train.saliency_weight=1.0",
+             "train.max_steps=3", "train.save_every=null", f"train.grad_accum={accum}"]
     main(["--config", "configs/train/tiny.yaml", *_overrides(tmp_path / "one", data), "dist.fsdp=off", *extra])
     _run(_torchrun(tmp_path / "two", data, *extra))
     logs = {}
