@@ -115,8 +115,8 @@ class RunCfg:
     relevance_layer: int | None = None  # LLM layer (1-based) whose attention teaches the allocation; None: the middle
     grounding_weight: float = 0.0  # > 0: add this times the box-grounding loss (models/grounding.py; needs target_box)
     # > 0: add this times the saliency-distillation loss (models/relevance.py: gradient x input of the answer loss at
-    # the LLM's visual inputs, per patch; label-free). One extra gradient pass per micro-batch (under FSDP2 its
-    # backward hooks run for both passes; tests/training/test_fsdp.py checks that two processes match one).
+    # the LLM's visual inputs, per patch; label-free). One extra gradient pass per micro-batch (under FSDP2 the
+    # parameters stay unsharded between the two passes; tests/training/test_fsdp.py: two processes match one).
     saliency_weight: float = 0.0
     # Fractions of N (the full-token count) to draw each batch's ArrCoc budget from (deterministic per batch), so one
     # model serves several budgets; null: every batch at the model's arr_coc.budget. E.g. [0.125, 0.25, 0.5].
@@ -625,7 +625,8 @@ class TrainRecipe:
         if self.cfg.train.saliency_weight > 0:
             from models.relevance import gradient_saliency
 
-            (grad,) = torch.autograd.grad(loss_sum, sread["embeds"], retain_graph=True)
+            with self._unsharded_after_backward():
+                (grad,) = torch.autograd.grad(loss_sum, sread["embeds"], retain_graph=True)
             sal = distil(gradient_saliency(grad, sread["embeds"]))
             sal_sum = sal.detach() * len(labels)
             total = total + float(self.cfg.train.saliency_weight) * sal * share
@@ -674,6 +675,21 @@ class TrainRecipe:
 
         return read_attention(self.relevance_layer, last_prompt_index(batch["labels"], batch["attention_mask"]),
                               batch["attention_mask"])
+
+    @contextlib.contextmanager
+    def _unsharded_after_backward(self):
+        """Under FSDP2, keep every module's parameters unsharded after the backward pass run inside (saliency
+        distillation's gradient pass), so that the full backward that follows finds the tensors it saved; a no-op
+        otherwise. Observed: torch 2.14 ran either way, but torch 2.11 (the GPU machine's stack) resharded after the
+        first pass and the second failed on the LM head ("setStorage ... out of bounds for storage of size 0")."""
+        if not self.fsdp:
+            yield
+            return
+        self.model.set_reshard_after_backward(False, recurse=True)
+        try:
+            yield
+        finally:
+            self.model.set_reshard_after_backward(True, recurse=True)
 
     def _saliency_read(self):
         """With saliency distillation on: capture the LLM's ``inputs_embeds`` during the forward (a leaf that keeps
