@@ -382,7 +382,7 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
 
 def _run_dirs(runs: dict[str, Any]) -> list[Path]:
     """The run folders of one seed's :func:`submit_all` result, in a fixed order."""
-    return [runs["full"], *runs["arr"].values(), *runs["uni"].values(), *runs.get("more", {}).values()]
+    return [runs["full"], *runs["arr"].values(), *runs["uni"].values(), *runs["more"].values()]
 
 
 def _trainer_state(run: Path) -> dict[str, Any]:
@@ -1097,7 +1097,7 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
                 record("uniform_trained", f, uni[f], "arr_coc", None)
             elif f == 1 and full_entry is not None:
                 results.setdefault("uniform_trained", {}).setdefault(f, []).append(full_entry)
-        for name, run in runs[seed].get("more", {}).items():  # uniform_continued: at its training budget only
+        for name, run in runs[seed]["more"].items():  # uniform_continued: at its training budget only
             record(name, a.train_fraction, run, "arr_coc", None)
         cache.clear()
 

@@ -224,8 +224,7 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
 # data order, batch, budget draw, objective or model). max_steps, the optimiser, logging and checkpointing may change.
 _RESUME_KEYS = ("model_preset", "model", "train.seed", "train.batch_size", "train.grad_accum", "train.budget_fractions",
                 "train.grounding_weight", "train.relevance_weight", "train.relevance_layer", "train.saliency_weight",
-                "data.source",
-                "data.split", "data.max_samples")
+                "data.source", "data.split", "data.max_samples")
 # Keys added after checkpoints were already being written: a saved config without one was trained with this value.
 _RESUME_ADDED = {"train.saliency_weight": 0.0}
 
@@ -647,8 +646,7 @@ class TrainRecipe:
             self._bandit_feedback(correct.float(), out.alloc_context, out.arr_coc.budgets)
             budgets = out.arr_coc.budgets.float()  # (B, K)
         return {"loss_sum": loss_sum.detach(), "relevance_sum": rel_sum, "saliency_sum": sal_sum,
-                "grounding_sum": grd_sum,
-                "grounding_rows": grd_rows.detach(), "correct": correct.sum().float(),
+                "grounding_sum": grd_sum, "grounding_rows": grd_rows.detach(), "correct": correct.sum().float(),
                 "rows": torch.tensor(float(len(correct))),
                 "tokens": batch["attention_mask"].sum().float(), "budget_sum": budgets.mean(-1).sum(),
                 "gini_sum": gini(budgets).sum().float()}

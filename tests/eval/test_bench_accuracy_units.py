@@ -284,7 +284,7 @@ def test_probe_steps_fit_the_slowest_base_model_in_the_minutes(tmp_path, monkeyp
     runs = {"full": run("full", [100, 16]),  # 8 / 16 = 0.5 s per step at the last row
             "arr": {"arr_coc_projection": run("arr_coc_projection", [4, 32]),  # 0.25 s (2 s at its start-up row)
                     "arr_coc_finetuned": run("arr_coc_finetuned", [1, 1])},  # 8 s, its own step count: ignored
-            "uni": {}}
+            "uni": {}, "more": {}}
     monkeypatch.setattr(bench, "_Trainer", FakeTrainer)
     monkeypatch.setattr(bench, "_trainer_state", lambda r: {"config": {"train": {"batch_size": 8}}})
     a = argparse.Namespace(steps="auto", minutes=1.0, probe_steps=6, finetune_fractions=[0.25], finetune_steps=50,
@@ -374,7 +374,8 @@ def test_trained_models_in_table_order_and_the_finetune_base():
 def test_run_dirs_cover_every_run_of_a_seed(tmp_path):
     from scripts.bench_accuracy_budget import _run_dirs
 
-    runs = {"full": tmp_path / "full", "arr": {"arr_coc_projection": tmp_path / "p"}, "uni": {0.25: tmp_path / "u"}}
+    runs = {"full": tmp_path / "full", "arr": {"arr_coc_projection": tmp_path / "p"}, "uni": {0.25: tmp_path / "u"},
+            "more": {}}
     assert _run_dirs(runs) == [tmp_path / "full", tmp_path / "p", tmp_path / "u"]
     runs["more"] = {"uniform_continued": tmp_path / "c"}  # --saliency-after-steps' control
     assert _run_dirs(runs) == [tmp_path / "full", tmp_path / "p", tmp_path / "u", tmp_path / "c"]

@@ -579,8 +579,7 @@ def test_every_trajectory_setting_is_compared_on_resume(tmp_path):
     changes = {"model_preset": "bench", "model": {"arr_coc": {"budget": 8}}, "train.seed": 5, "train.batch_size": 4,
                "train.grad_accum": 2, "train.budget_fractions": [0.5], "train.grounding_weight": 1.0,
                "train.relevance_weight": 1.0, "train.relevance_layer": 1, "train.saliency_weight": 1.0,
-               "data.source": "vqav2",
-               "data.split": "val", "data.max_samples": 3}
+               "data.source": "vqav2", "data.split": "val", "data.max_samples": 3}
     for key, value in changes.items():
         other = copy.deepcopy(saved)
         *parents, last = key.split(".")
