@@ -54,7 +54,9 @@ def _first_image(visuals: Any, where: str):
         flat.extend(v if isinstance(v, (list, tuple)) else [v])
     for v in flat:
         if hasattr(v, "convert") and hasattr(v, "size"):
-            return v.convert("RGB")
+            from models.processing import to_rgb
+
+            return to_rgb(v)
     raise ValueError(f"{where}: ArrCocLlava needs an image, but doc_to_visual gave {[type(v).__name__ for v in flat]}")
 
 

@@ -36,7 +36,9 @@ from eval.lmms_task import doc_to_target, doc_to_text, doc_to_visual, process_re
 
 
 def doc_to_visual(doc: dict) -> list:
-    return [doc["image"].convert("RGB")]
+    from models.processing import to_rgb
+
+    return [to_rgb(doc["image"])]
 
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from arr_coc._utils import _grid_pair
 
-__all__ = ["ArrCocProcessor", "IGNORE_INDEX", "build_byte_tokenizer", "pad_sequences"]
+__all__ = ["ArrCocProcessor", "IGNORE_INDEX", "build_byte_tokenizer", "pad_sequences", "to_rgb"]
 
 
 def _token_count(budget: Any, requirement: str) -> int:
@@ -73,6 +73,24 @@ def _check_image_batch(images: Any) -> None:
                          f"{type(images).__name__}; wrap it in a list")
     if len(images) == 0:
         raise ValueError("images must be a non-empty sequence of images (one per sample), got an empty sequence")
+
+
+def to_rgb(img):
+    """An 8-bit PIL image as ``RGB``; transparency is composited over white (as transformers' ``convert_to_rgb``).
+
+    ``img.convert("RGB")`` drops an alpha channel and shows whatever colour the transparent pixels happen to hold
+    (often black: a transparent-background chart or logo turns black where it should be blank). Images with an alpha
+    channel (``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La``) and palette or grey images with a ``transparency`` entry are
+    blended over white by their alpha first; every other mode converts as PIL does.
+    """
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 class ArrCocProcessor:
@@ -134,7 +152,8 @@ class ArrCocProcessor:
 
     # -- images --------------------------------------------------------------------------------------------------------
     def preprocess_images(self, images: Sequence[Any], *, normalize: bool = True) -> Tensor:
-        """PIL images (or HWC uint8 arrays) → ``(B, 3, H, W)``, bicubic-resized to ``image_size``.
+        """PIL images (or HWC uint8 arrays) → ``(B, 3, H, W)``, bicubic-resized to ``image_size``; transparency
+        (RGBA, LA, a palette's transparent index, a 4-channel array) is blended over white (:func:`to_rgb`).
 
         With ``normalize=True`` (default) the result is float32 normalised with ``image_mean`` / ``image_std``. With
         ``normalize=False`` it is the resized uint8 pixels, for data-loader workers that leave the float conversion to
@@ -158,7 +177,7 @@ class ArrCocProcessor:
                 # As for arrays: convert("RGB") clips 16/32-bit values to 255 (white) and floats in [0, 1] to black.
                 raise ValueError(f"image {i}: PIL mode {img.mode!r} (16/32-bit integer or float pixels) would be "
                                  "clipped to 0..255 by convert('RGB'); scale it to 8 bits (mode 'L' or 'RGB') first")
-            img = self._fit(img.convert("RGB"))
+            img = self._fit(to_rgb(img))
             out.append(np.asarray(img, dtype=np.uint8))
         x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8, a view
         return self.normalize(x) if normalize else x.contiguous()

@@ -10,7 +10,7 @@ from _images import random_images
 from PIL import Image
 
 from models.builders import build_model
-from models.processing import ArrCocProcessor, build_byte_tokenizer, pad_sequences
+from models.processing import ArrCocProcessor, build_byte_tokenizer, pad_sequences, to_rgb
 
 QUESTIONS = ["a?", "what colour is the shape holding a 7?"]  # different lengths: row 0 is left-padded
 
@@ -82,6 +82,36 @@ def test_high_bit_depth_pil_images_are_refused(array):
     ok = Image.fromarray((array.astype(np.float64) / array.max() * 255).astype(np.uint8))  # the 8-bit version
     assert _processor().preprocess_images([ok], normalize=False).shape == (1, 3, 8, 8)
     assert _processor().preprocess_images([Image.new("RGBA", (5, 9), (1, 2, 3, 0))]).shape == (1, 3, 8, 8)
+
+
+def test_transparency_is_composited_over_white_not_dropped():
+    """convert('RGB') dropped alpha: a transparent pixel showed the colour stored under it (black for most
+    transparent-background charts). Alpha now blends over white, for every mode that carries transparency."""
+    px = np.zeros((4, 4, 4), np.uint8)
+    px[..., :3] = (10, 20, 30)
+    px[:, :2, 3] = 0  # left half transparent, right half half-transparent
+    px[:, 2:, 3] = 128
+    out = np.asarray(to_rgb(Image.fromarray(px, "RGBA")), np.int32)
+    assert (out[:, :2] == 255).all()
+    a = 128 / 255
+    want = np.round(np.array([10, 20, 30]) * a + 255 * (1 - a))
+    assert np.abs(out[:, 2:] - want).max() <= 1
+    # A 4-channel array reaches the processor as RGBA, and a grey image with alpha (LA) blends the same way.
+    proc = _processor(image_size=(4, 4))
+    got = proc.preprocess_images([px], normalize=False)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(got, out)
+    la = np.asarray(to_rgb(Image.fromarray(px[..., [0, 3]], "LA")))
+    assert (la[:, :2] == 255).all() and (np.abs(la[:, 2:].astype(int) - round(10 * a + 255 * (1 - a))) <= 1).all()
+    # A palette image whose transparent index is 0: those pixels turn white, the others keep their colour.
+    pal = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
+    pal.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    pal.info["transparency"] = 0
+    assert np.asarray(to_rgb(pal)).tolist() == [[[255] * 3, [200, 100, 50]], [[200, 100, 50], [255] * 3]]
+    # Opaque images are unchanged: RGB as is, grey and palette without transparency as PIL converts them.
+    rgb = Image.fromarray(px[..., :3])
+    assert to_rgb(rgb) is rgb
+    grey = Image.fromarray(px[..., 0])
+    assert np.array_equal(np.asarray(to_rgb(grey)), np.asarray(grey.convert("RGB")))
 
 
 def test_processor_misuse_is_a_value_error_naming_the_value():
