@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -225,3 +226,31 @@ def test_auxiliary_losses_two_processes_match_one(tmp_path, accum):
         # Saliency distillation's extra gradient pass runs FSDP2's backward hooks twice per micro-batch (once for
         # each pass); the parameters' gradients, and so the steps, must still be those of one process.
         assert s1 > 0 and s2 == pytest.approx(s1, rel=1e-4) and n2 == pytest.approx(n1, rel=1e-4), step
+
+
+def test_bf16_saliency_two_processes(tmp_path):
+    # Saliency distillation's second gradient pass keeps FSDP2's parameters unsharded until the full backward
+    # (TrainRecipe._unsharded_after_backward); under the bf16 MixedPrecisionPolicy the unsharded parameters are the
+    # bf16 casts, so this is the precision path the GPU recipe takes with saliency on. One fp32 process is the
+    # reference: the bf16 run must really differ from it, but only by bf16 rounding, every step.
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
+
+    data = tmp_path / "bench"
+    make_benchmark(data, seed=0, sizes={"train": 16}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
+    extra = ["train.saliency_weight=1.0", "train.max_steps=3", "train.save_every=null"]
+    main(["--config", "configs/train/tiny.yaml", *_overrides(tmp_path / "one", data), "dist.fsdp=off", *extra])
+    _run(_torchrun(tmp_path / "bf16", data, *extra, "dist.mixed_precision=bf16"))
+    logs = {}
+    for name in ("one", "bf16"):
+        with open(tmp_path / name / "log.csv", newline="") as f:
+            logs[name] = {int(r["step"]): tuple(float(r[k]) for k in ("loss", "saliency_loss", "grad_norm"))
+                          for r in csv.DictReader(f)}
+    assert sorted(logs["one"]) == sorted(logs["bf16"]) == [1, 2, 3]
+    for step in (1, 2, 3):
+        (l1, s1, n1), (l2, s2, n2) = logs["one"][step], logs["bf16"][step]
+        assert s1 > 0 and s2 > 0 and math.isfinite(n2), step
+        assert l2 == pytest.approx(l1, rel=5e-3) and s2 == pytest.approx(s1, rel=2e-2), step
+        assert n2 == pytest.approx(n1, rel=5e-2), step
+    assert logs["bf16"][1] != logs["one"][1]  # computed in bf16, not silently in fp32
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["mixed_precision"] == "bf16"
+
