@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from eval.lmms_adapter import HAS_LMMS_EVAL
-from eval.lmms_task import doc_to_target, doc_to_text, process_results, write_task
+from eval.lmms_task import doc_to_target, doc_to_text, doc_to_visual, process_results, write_task
 
 needs_lmms = pytest.mark.skipif(not HAS_LMMS_EVAL, reason="lmms-eval is not installed (optional: make test-lmms)")
 
@@ -33,6 +33,13 @@ def test_write_task_files(bench, tmp_path):
     assert f"dataset_path: {Path(bench).resolve()}" in text and "load_from_disk: true" in text
     assert "test_split: test" in text and "max_new_tokens: 5" in text
     assert "from eval.lmms_task import" in (tmp_path / "task" / "utils.py").read_text()
+
+
+def test_doc_to_visual_blends_transparency_over_white():
+    from PIL import Image
+
+    (img,) = doc_to_visual({"image": Image.new("LA", (3, 2), (0, 0))})
+    assert img.mode == "RGB" and img.size == (3, 2) and set(img.getdata()) == {(255, 255, 255)}
 
 
 def test_write_task_refuses_bad_input(bench, tmp_path):
