@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -328,6 +329,10 @@ def build_model(source: str | Mapping[str, Any] | ModelCfg = "tiny", overrides: 
         tokenizer = AutoTokenizer.from_pretrained(tok_src)
     if cfg.image_token not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [cfg.image_token]})
+    if tokenizer.pad_token is None:
+        # The processor would make the same choice later; made here, the LLM's config below gets the id prompts are
+        # padded with (generate fills finished rows with it and infers the padding mask from it).
+        tokenizer.pad_token = tokenizer.eos_token
     image_token_id = int(tokenizer.convert_tokens_to_ids(cfg.image_token))
 
     # Vision (and an open_clip text tower sharing the same model).
@@ -405,9 +410,17 @@ def _build_llava(lc: LlmCfg, vision_dim: int | None, image_token_id: int, tokeni
         llava.config.image_token_id = image_token_id
         # LLaVA-1.5's checkpoints keep pad_token_id (32001) on the top-level config only; ArrCocLlava.generate reads
         # the text config's, so the processor's pad id goes there when the checkpoint has none (else generate padded
-        # with 0 and could not tell padding in input_ids without a mask).
-        if getattr(llava.config.text_config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
-            llava.config.text_config.pad_token_id = int(tokenizer.pad_token_id)
+        # with 0 and could not tell padding in input_ids without a mask). A checkpoint's own id that is not the
+        # tokenizer's (llm.tokenizer naming another tokenizer, or a config default of 0) is replaced too, with a
+        # warning: generate would fill finished rows with a token that, in this tokenizer, decodes as text.
+        pad, have = tokenizer.pad_token_id, getattr(llava.config.text_config, "pad_token_id", None)
+        if pad is not None and have != pad:
+            if have is not None:
+                warnings.warn(f"llm.name_or_path={lc.name_or_path!r}: text_config.pad_token_id={have} is not the "
+                              f"pad id of the tokenizer ({lc.tokenizer or lc.name_or_path!r}: {pad}, "
+                              f"{tokenizer.pad_token!r}); using {pad}, the id the processor pads prompts with",
+                              stacklevel=3)
+            llava.config.text_config.pad_token_id = int(pad)
         proj_in = llava.model.multi_modal_projector.linear_1.in_features
         if vision_dim is not None and vision_dim != proj_in:
             raise ValueError(f"the vision tower's width {vision_dim} does not fit the checkpoint's projector input "

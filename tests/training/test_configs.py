@@ -101,6 +101,38 @@ def test_checkpoint_without_a_text_pad_id_gets_the_tokenizers(tmp_path):
     torch.testing.assert_close(inferred.scores[0], masked.scores[0])
 
 
+def test_checkpoint_pad_id_that_is_not_the_tokenizers_is_replaced_with_a_warning(tmp_path):
+    """A checkpoint's own text pad id (here a config default of 0) that differs from the tokenizer's made generate
+    fill finished rows with a token that decodes as text, and infer no padding mask from the processor's padding.
+    The tokenizer's id now wins, with a warning naming both."""
+    from PIL import Image
+
+    _tiny_llava_checkpoint(tmp_path, text_pad=0, tok_pad="<pad1>")
+    with pytest.warns(UserWarning, match=r"text_config.pad_token_id=0 is not the pad id of the tokenizer .*: 260"):
+        model, processor = build_model("llava15_7b", [f"llm.name_or_path={tmp_path}", "llm.dtype=float32"])
+    assert processor.tokenizer.pad_token_id == model.config.text_config.pad_token_id == 260
+    batch = processor([Image.new("RGB", (48, 48), c) for c in ("red", "blue")], ["a?", "what colour is it?"])
+    kw = {"max_new_tokens": 2, "output_scores": True, "return_dict_in_generate": True}
+    masked = model.generate(**batch, **kw)
+    inferred = model.generate(**{**batch, "attention_mask": None}, **kw)
+    torch.testing.assert_close(inferred.scores[0], masked.scores[0])
+
+
+def test_tokenizer_without_a_pad_token_pads_with_eos_in_the_llms_config_too(tmp_path):
+    """No pad token: the processor pads with EOS; the LLM's config (what generate fills finished rows with) used to
+    stay without one, and generate then filled them with token 0."""
+    from transformers import AutoTokenizer
+
+    _tiny_llava_checkpoint(tmp_path, text_pad=None)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).pad_token is None
+    model, processor = build_model("llava15_7b", [f"llm.name_or_path={tmp_path}", "llm.dtype=float32"])
+    eos = processor.tokenizer.eos_token_id
+    assert eos not in (None, 0) and processor.tokenizer.pad_token_id == model.config.text_config.pad_token_id == eos
+
+
 def test_llava15_7b_preset_builds_from_a_local_checkpoint(tmp_path):
     """The preset's structure (HF tower from the checkpoint, 6x6 patches of 4x4, 576 tokens, frozen LLM), loaded
     with from_pretrained from a tiny local checkpoint of the same shape (no hub access here)."""
@@ -304,7 +336,8 @@ def test_vision_prune_false_keeps_the_blocks_after_the_feature_layer():
 
 def test_a_tokenizer_of_its_own_overrides_the_checkpoints_and_gets_the_image_token(tmp_path):
     """llm.tokenizer wins over the checkpoint's; a tokenizer without the image token gets it, a longer one than the
-    checkpoint's vocabulary grows the embeddings, and the checkpoint's config takes the new image token id."""
+    checkpoint's vocabulary grows the embeddings, and the checkpoint's config takes the new image token id and the
+    new pad id."""
     from PIL import Image
 
     from models.processing import build_byte_tokenizer
@@ -313,11 +346,12 @@ def test_a_tokenizer_of_its_own_overrides_the_checkpoints_and_gets_the_image_tok
     tok = build_byte_tokenizer("<img>")
     tok.add_special_tokens({"additional_special_tokens": [f"<x{i}>" for i in range(10)]})  # 270 tokens
     tok.save_pretrained(tmp_path / "tok")
-    model, processor = build_model("llava15_7b", [f"llm.name_or_path={tmp_path / 'ckpt'}", "llm.dtype=float32",
-                                                  f"llm.tokenizer={tmp_path / 'tok'}"])
+    with pytest.warns(UserWarning, match=r"text_config.pad_token_id=7 is not the pad id .*tok': 0, '<pad>'"):
+        model, processor = build_model("llava15_7b", [f"llm.name_or_path={tmp_path / 'ckpt'}", "llm.dtype=float32",
+                                                      f"llm.tokenizer={tmp_path / 'tok'}"])
     assert processor.tokenizer.pad_token_id == 0 and processor.image_token_id == 270  # <image> added after them
     assert model.config.image_token_id == 270 and model.llava.get_input_embeddings().num_embeddings == 271
-    assert model.config.text_config.pad_token_id == 7  # the checkpoint's own pad id is kept
+    assert model.config.text_config.pad_token_id == 0  # the id prompts are padded with, not the checkpoint's 7
     with torch.no_grad():
         out = model(**processor([Image.new("RGB", (48, 48), "red")], ["<x9> what colour?"]))
     assert out.arr_coc.budgets.sum().item() == 576 and torch.isfinite(out.logits).all()
