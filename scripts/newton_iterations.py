@@ -9,7 +9,10 @@ evaluations it runs. This script replays the same iteration in float32 on the sa
 ``[min(y - hi), max(y - lo)]``, Newton steps ``tau += (s - B) / |F|`` that fall back to bisection outside the bracket,
 and stop when ``|s - B| <= 8·eps·(|B| + 2·sum|lo|)`` or the bracket is at float resolution. With ``lo < 0`` an
 acceptance is re-checked against ``8·eps·(|B| + 2·|sum min(x, 0)|)`` of that evaluation, which then becomes the
-tolerance where it fails (the kernel's ``newton_tighten``). It prints the distribution of evaluations per row.
+tolerance where it fails (the kernel's ``newton_tighten``). It prints the distribution of evaluations per row and, for
+the warp path (K <= 1024), the 32-entry slots the evaluations visit: all ``ceil(K/32)`` each time (the kernel), or
+only those the still-open entries would fill (an entry is closed once the bracket fixes its clamp), a measure of what
+compacting the open entries could save.
 """
 
 from __future__ import annotations
@@ -21,9 +24,16 @@ import numpy as np
 __all__ = ["evaluations"]
 
 
-def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: int = 200) -> np.ndarray:
+def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: int = 200, *,
+                return_open: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Evaluations of s(tau) per row of ``y`` (R, K) float32, as the kernel's warp path counts them. ``max_iters`` is
-    the kernel's ``kMaxIters``: it stops after the evaluation with ``it >= kMaxIters``, at most ``max_iters + 1``."""
+    the kernel's ``kMaxIters``: it stops after the evaluation with ``it >= kMaxIters``, at most ``max_iters + 1``.
+
+    With ``return_open``, also an (R, E) int array (E: the most evaluations of any row): the entries each evaluation
+    of each row would still have to visit, 0 once the row has stopped. An entry is closed once the bracket fixes its
+    clamp: ``y - tl <= lo`` (at lo for every tau in the bracket) or ``y - th >= hi`` (at hi); its contribution to
+    s(tau) is then a constant. The kernel visits all K every time; this measures what skipping closed entries (by
+    compacting the open ones into fewer slots) could save."""
     if y.ndim != 2 or y.dtype != np.float32 or y.shape[1] < 1:
         raise ValueError(f"y must be a 2-D float32 array with K >= 1, got shape {y.shape} dtype {y.dtype}")
     if not (np.isfinite([budget, lo, hi]).all() and np.isfinite(y).all()):  # the op rejects NaN/inf too
@@ -39,7 +49,11 @@ def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: i
     tau = np.clip((y.sum(1) - b) / np.float32(k), tl, th).astype(np.float32)
     done = np.zeros(r, bool)
     count = np.zeros(r, int)
+    opened = []
     for _ in range(max_iters + 1):
+        if return_open:
+            closed = (y - tl[:, None] <= lo32) | (y - th[:, None] >= hi32)
+            opened.append(np.where(done, 0, k - closed.sum(1)))
         z = y - tau[:, None]
         x = np.clip(z, lo32, hi32)
         s = x.sum(1, dtype=np.float32)
@@ -63,7 +77,7 @@ def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: i
         tn = tau + res / np.maximum(nf, 1).astype(np.float32)  # float32, as the kernel compares it with the bracket
         ok = (nf > 0) & (tn > tl) & (tn < th)
         tau = np.where(act, np.where(ok, tn, 0.5 * (tl + th)), tau).astype(np.float32)
-    return count
+    return (count, np.stack(opened, 1)) if return_open else count
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -79,10 +93,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(f"--rows and --k must be >= 1, got {a.rows}, {a.k}")
     rng = np.random.default_rng(a.seed)
     y = (rng.standard_normal((a.rows, a.k)) * 100 + 66).astype(np.float32)
-    n = evaluations(y, a.budget, a.lo, a.hi)
+    n, opened = evaluations(y, a.budget, a.lo, a.hi, return_open=True)
     out = {"mean": float(n.mean()), **{f"p{q}": float(np.percentile(n, q)) for q in (50, 90, 99, 100)}}
     print(f"evaluations of s(tau) per row over {a.rows} rows (K={a.k}, B={a.budget:g}, {a.lo:g}..{a.hi:g}): "
           + ", ".join(f"{k} {v:g}" for k, v in out.items()))
+    if a.k <= 1024:  # the warp path: ceil(K / 32) slots of 32 entries per evaluation
+        slots = {"slots_all": float((n * -(-a.k // 32)).mean()), "slots_open": float((-(-opened // 32)).sum(1).mean())}
+        print(f"32-entry slots visited per row: {slots['slots_all']:g} visiting all K entries each evaluation (the "
+              f"kernel), {slots['slots_open']:g} visiting only the open ones (compacted after every evaluation); "
+              f"mean open entries per evaluation: " + ", ".join(
+                  f"{opened[:, e][n > e].mean():.1f}" for e in range(min(opened.shape[1], 8))))
+        out.update(slots)
     return out
 
 

@@ -79,6 +79,22 @@ def test_evaluations_count_each_stopping_rule_by_hand():
     assert evaluations(np.array([[10, 0]], f), 1.5, 0.0, 1.0, max_iters=2).tolist() == [3]
 
 
+def test_open_entries_by_hand():
+    from scripts.newton_iterations import evaluations
+
+    f = np.float32
+    # [10, 0, 0, 0], B = 4, 0..100: the first bracket (-100, 10) fixes no clamp; tau = 1.5 gives s = 8.5 > B, so
+    # tl = 1.5 and every 0 is at lo for any tau >= 1.5: one entry is open at the second (last) evaluation.
+    n, opened = evaluations(np.array([[10, 0, 0, 0], [10, 0, 0, 0]], f), 4.0, 0.0, 100.0, return_open=True)
+    assert n.tolist() == [2, 2] and opened.tolist() == [[4, 1], [4, 1]]
+    # th closes entries at hi: [1, 1, 9] at B = 5, 0..2: the start tau = 2 gives s = 2 < 5 with no free entry, so
+    # th = 2 (9 - 2 >= 2 fixes 9 at hi) and a bisection to 0.5: s = 3, th = 0.5; Newton to -0.5 hits B. The 1s stay
+    # open to the end. A row that stops first ([2, 2, 2]: the start is the root) has 0 open entries afterwards.
+    n, opened = evaluations(np.array([[1, 1, 9], [2, 2, 2]], f), 5.0, 0.0, 2.0, return_open=True)
+    assert n.tolist() == [3, 1] and opened.tolist() == [[3, 2, 2], [3, 0, 0]]
+    assert evaluations(np.array([[1, 1, 9]], f), 5.0, 0.0, 2.0).tolist() == [3]  # the plain call is unchanged
+
+
 def test_evaluations_match_the_kernels_iteration_row_by_row():
     from scripts.newton_iterations import evaluations
 
@@ -106,13 +122,23 @@ def test_main_prints_the_readme_distribution_and_checks_its_flags(capsys):
     from scripts.newton_iterations import evaluations, main
 
     # README ("CUDA projection kernel"): a median of 6 evaluations, mean 6.13 on 20,000 rows.
-    assert main([]) == {"mean": 6.12865, "p50": 6.0, "p90": 7.0, "p99": 7.0, "p100": 8.0}
-    assert capsys.readouterr().out == ("evaluations of s(tau) per row over 20000 rows (K=200, B=13200, 64..400): "
-                                       "mean 6.12865, p50 6, p90 7, p99 7, p100 8\n")
+    out = main([])
+    assert {k: out[k] for k in ("mean", "p50", "p90", "p99", "p100")} == {"mean": 6.12865, "p50": 6.0, "p90": 7.0,
+                                                                          "p99": 7.0, "p100": 8.0}
+    assert out["slots_all"] == pytest.approx(6.12865 * 7)  # 7 slots of 32 for K=200, every evaluation
+    assert out["slots_open"] == pytest.approx(16.0126)  # the README's compaction estimate (twenty-first session)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == ("evaluations of s(tau) per row over 20000 rows (K=200, B=13200, 64..400): "
+                          "mean 6.12865, p50 6, p90 7, p99 7, p100 8")
+    assert printed[1].startswith("32-entry slots visited per row: 42.9006 visiting all K entries each evaluation")
+    assert "16.0126 visiting only the open ones" in printed[1] and printed[1].endswith(": 200.0, 101.6, 45.6, 21.7, "
+                                                                                      "12.9, 10.4, 9.0, 6.6")
     out = main(["--rows", "300", "--k", "9", "--budget", "-20", "--lo", "-3.5", "--hi", "2", "--seed", "4"])
     y = (np.random.default_rng(4).standard_normal((300, 9)) * 100 + 66).astype(np.float32)
-    n = evaluations(y, -20.0, -3.5, 2.0)
-    assert out == {"mean": n.mean(), **{f"p{q}": np.percentile(n, q) for q in (50, 90, 99, 100)}}
+    n, opened = evaluations(y, -20.0, -3.5, 2.0, return_open=True)
+    assert out == {"mean": n.mean(), **{f"p{q}": np.percentile(n, q) for q in (50, 90, 99, 100)},
+                   "slots_all": n.mean(), "slots_open": (opened > 0).sum(1).mean()}  # K=9: one slot
+    assert "slots" not in str(main(["--rows", "2", "--k", "1025", "--budget", "70000"]))  # the block path: no slots
     assert "(K=9, B=-20, -3.5..2)" in capsys.readouterr().out
     with pytest.raises(ValueError, match="got 0, 200"):
         main(["--rows", "0"])
