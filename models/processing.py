@@ -88,7 +88,8 @@ def to_rgb(img):
     if img.mode == "RGB":
         return img
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
+        # Premultiplied grey (La) converts only to LA in PIL; every other mode here converts to RGBA directly.
+        rgba = (img.convert("LA") if img.mode == "La" else img).convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return img.convert("RGB")
 

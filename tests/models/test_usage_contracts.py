@@ -102,6 +102,10 @@ def test_transparency_is_composited_over_white_not_dropped():
     assert np.array_equal(got, out)
     la = np.asarray(to_rgb(Image.fromarray(px[..., [0, 3]], "LA")))
     assert (la[:, :2] == 255).all() and (np.abs(la[:, 2:].astype(int) - round(10 * a + 255 * (1 - a))) <= 1).all()
+    # Premultiplied modes (PIL converts La only to LA; convert('RGB') raised on it): alpha 0 is white too.
+    for mode in ("RGBa", "La", "PA"):
+        white = to_rgb(Image.new(mode, (2, 2)))
+        assert white.mode == "RGB" and (np.asarray(white) == 255).all(), mode
     # A palette image whose transparent index is 0: those pixels turn white, the others keep their colour.
     pal = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
     pal.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
