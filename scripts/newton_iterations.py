@@ -93,11 +93,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(f"--rows and --k must be >= 1, got {a.rows}, {a.k}")
     rng = np.random.default_rng(a.seed)
     y = (rng.standard_normal((a.rows, a.k)) * 100 + 66).astype(np.float32)
-    n, opened = evaluations(y, a.budget, a.lo, a.hi, return_open=True)
+    warp = a.k <= 1024  # the warp path: ceil(K / 32) slots of 32 entries per evaluation
+    n, opened = (evaluations(y, a.budget, a.lo, a.hi, return_open=True) if warp
+                 else (evaluations(y, a.budget, a.lo, a.hi), None))
     out = {"mean": float(n.mean()), **{f"p{q}": float(np.percentile(n, q)) for q in (50, 90, 99, 100)}}
     print(f"evaluations of s(tau) per row over {a.rows} rows (K={a.k}, B={a.budget:g}, {a.lo:g}..{a.hi:g}): "
           + ", ".join(f"{k} {v:g}" for k, v in out.items()))
-    if a.k <= 1024:  # the warp path: ceil(K / 32) slots of 32 entries per evaluation
+    if warp:
         slots = {"slots_all": float((n * -(-a.k // 32)).mean()), "slots_open": float((-(-opened // 32)).sum(1).mean())}
         print(f"32-entry slots visited per row: {slots['slots_all']:g} visiting all K entries each evaluation (the "
               f"kernel), {slots['slots_open']:g} visiting only the open ones (compacted after every evaluation); "

@@ -78,6 +78,21 @@ def _losses(out: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
 
 
+def _log_columns(out: Path, keys: tuple[str, ...]) -> dict[int, tuple[float, ...]]:
+    """``{step: (the logged keys' values)}`` of a run's log.csv."""
+    with open(out / "log.csv", newline="") as f:
+        return {int(r["step"]): tuple(float(r[k]) for k in keys) for r in csv.DictReader(f)}
+
+
+def _mini_bench(tmp_path: Path) -> Path:
+    """16 training questions of the tiny generator: enough for 3 steps of 8 with every auxiliary loss."""
+    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
+
+    data = tmp_path / "bench"
+    make_benchmark(data, seed=0, sizes={"train": 16}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
+    return data
+
+
 def _run(cmd: list[str]) -> None:
     res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert res.returncode == 0, f"{cmd[:6]} failed:\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
@@ -204,20 +219,13 @@ def test_auxiliary_losses_two_processes_match_one(tmp_path, accum):
     # per-row sum over the global batch, and ArrCoc's replicated gradients are averaged over ranks: one process and
     # two must then take the same steps. With gradient accumulation FSDP2 reduces the shards' gradients only after
     # the last micro-batch (set_requires_gradient_sync), so the steps must still match.
-    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
-
-    data = tmp_path / "bench"
-    make_benchmark(data, seed=0, sizes={"train": 16}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
+    data = _mini_bench(tmp_path)
     extra = ["train.relevance_weight=1.0", "train.grounding_weight=1.0", "train.saliency_weight=1.0",
              "train.max_steps=3", "train.save_every=null", f"train.grad_accum={accum}"]
     main(["--config", "configs/train/tiny.yaml", *_overrides(tmp_path / "one", data), "dist.fsdp=off", *extra])
     _run(_torchrun(tmp_path / "two", data, *extra))
-    logs = {}
-    for name in ("one", "two"):
-        with open(tmp_path / name / "log.csv", newline="") as f:
-            logs[name] = {int(r["step"]): tuple(float(r[k]) for k in ("loss", "relevance_loss", "grounding_loss",
-                                                                             "saliency_loss", "grad_norm"))
-                          for r in csv.DictReader(f)}
+    cols = ("loss", "relevance_loss", "grounding_loss", "saliency_loss", "grad_norm")
+    logs = {name: _log_columns(tmp_path / name, cols) for name in ("one", "two")}
     assert sorted(logs["one"]) == sorted(logs["two"]) == [1, 2, 3]
     for step in (1, 2, 3):
         (l1, r1, g1, s1, n1), (l2, r2, g2, s2, n2) = logs["one"][step], logs["two"][step]
@@ -233,18 +241,11 @@ def test_bf16_saliency_two_processes(tmp_path):
     # (TrainRecipe._unsharded_after_backward); under the bf16 MixedPrecisionPolicy the unsharded parameters are the
     # bf16 casts, so this is the precision path the GPU recipe takes with saliency on. One fp32 process is the
     # reference: the bf16 run must really differ from it, but only by bf16 rounding, every step.
-    from training.benchmark import TINY_GENERATOR, BenchmarkCfg, make_benchmark
-
-    data = tmp_path / "bench"
-    make_benchmark(data, seed=0, sizes={"train": 16}, cfg=BenchmarkCfg.from_dict(TINY_GENERATOR))
+    data = _mini_bench(tmp_path)
     extra = ["train.saliency_weight=1.0", "train.max_steps=3", "train.save_every=null"]
     main(["--config", "configs/train/tiny.yaml", *_overrides(tmp_path / "one", data), "dist.fsdp=off", *extra])
     _run(_torchrun(tmp_path / "bf16", data, *extra, "dist.mixed_precision=bf16"))
-    logs = {}
-    for name in ("one", "bf16"):
-        with open(tmp_path / name / "log.csv", newline="") as f:
-            logs[name] = {int(r["step"]): tuple(float(r[k]) for k in ("loss", "saliency_loss", "grad_norm"))
-                          for r in csv.DictReader(f)}
+    logs = {name: _log_columns(tmp_path / name, ("loss", "saliency_loss", "grad_norm")) for name in ("one", "bf16")}
     assert sorted(logs["one"]) == sorted(logs["bf16"]) == [1, 2, 3]
     for step in (1, 2, 3):
         (l1, s1, n1), (l2, s2, n2) = logs["one"][step], logs["bf16"][step]
@@ -253,4 +254,3 @@ def test_bf16_saliency_two_processes(tmp_path):
         assert n2 == pytest.approx(n1, rel=5e-2), step
     assert logs["bf16"][1] != logs["one"][1]  # computed in bf16, not silently in fp32
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["mixed_precision"] == "bf16"
-
