@@ -75,18 +75,37 @@ def _check_image_batch(images: Any) -> None:
         raise ValueError("images must be a non-empty sequence of images (one per sample), got an empty sequence")
 
 
+# 16-bit unsigned grey (16-bit PNG and TIFF files open in these modes): full scale 0..65535, so 8 bits is exact
+# arithmetic. Other wide modes (32-bit integer "I", float "F", signed 16-bit) have no fixed scale.
+_GREY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _wide_mode(mode: str) -> bool:
+    """Modes that ``convert("RGB")`` clips to 0..255 and that :func:`to_rgb` cannot scale: it raises for them."""
+    return mode not in _GREY16 and (mode in ("I", "F") or mode.startswith(("I;", "F;")))
+
+
 def to_rgb(img):
-    """An 8-bit PIL image as ``RGB``; transparency is composited over white (as transformers' ``convert_to_rgb``).
+    """A PIL image as 8-bit ``RGB``; transparency is composited over white (as transformers' ``convert_to_rgb``).
 
     ``img.convert("RGB")`` drops an alpha channel and shows whatever colour the transparent pixels happen to hold
     (often black: a transparent-background chart or logo turns black where it should be blank). Images with an alpha
     channel (``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La``) and palette or grey images with a ``transparency`` entry are
-    blended over white by their alpha first; every other mode converts as PIL does.
+    blended over white by their alpha first. 16-bit grey (``I;16*``: 16-bit PNG and TIFF files) is scaled to 8 bits,
+    ``round(v * 255 / 65535)``, where ``convert`` would clip every value above 255 to white. 32-bit integer (``I``)
+    and float (``F``) images have no fixed scale: ``ValueError`` (scale them to 8 bits first). Every other mode
+    converts as PIL does.
     """
     from PIL import Image
 
     if img.mode == "RGB":
         return img
+    if img.mode in _GREY16:
+        v = np.asarray(img).astype(np.uint32)  # native order whatever the mode's byte order
+        return Image.fromarray(((v + 128) // 257).astype(np.uint8), "L").convert("RGB")  # round(v / 257)
+    if _wide_mode(img.mode):
+        raise ValueError(f"PIL mode {img.mode!r} (32-bit integer or float pixels, no fixed range) would be clipped to "
+                         "0..255 by convert('RGB'); scale it to 8 bits (mode 'L' or 'RGB') first")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         # Premultiplied grey (La) converts only to LA in PIL; every other mode here converts to RGBA directly.
         rgba = (img.convert("LA") if img.mode == "La" else img).convert("RGBA")
@@ -154,7 +173,8 @@ class ArrCocProcessor:
     # -- images --------------------------------------------------------------------------------------------------------
     def preprocess_images(self, images: Sequence[Any], *, normalize: bool = True) -> Tensor:
         """PIL images (or HWC uint8 arrays) → ``(B, 3, H, W)``, bicubic-resized to ``image_size``; transparency
-        (RGBA, LA, a palette's transparent index, a 4-channel array) is blended over white (:func:`to_rgb`).
+        (RGBA, LA, a palette's transparent index, a 4-channel array) is blended over white and 16-bit grey is scaled to
+        8 bits (:func:`to_rgb`).
 
         With ``normalize=True`` (default) the result is float32 normalised with ``image_mean`` / ``image_std``. With
         ``normalize=False`` it is the resized uint8 pixels, for data-loader workers that leave the float conversion to
@@ -174,9 +194,9 @@ class ArrCocProcessor:
                 img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img)
             if not isinstance(img, Image.Image):
                 raise ValueError(f"image {i} must be a PIL image or an HWC uint8 array, got {type(img).__name__}")
-            if img.mode in ("I", "F") or img.mode.startswith(("I;", "F;")):
-                # As for arrays: convert("RGB") clips 16/32-bit values to 255 (white) and floats in [0, 1] to black.
-                raise ValueError(f"image {i}: PIL mode {img.mode!r} (16/32-bit integer or float pixels) would be "
+            if _wide_mode(img.mode):
+                # As for arrays: convert("RGB") clips 32-bit values to 255 (white) and floats in [0, 1] to black.
+                raise ValueError(f"image {i}: PIL mode {img.mode!r} (32-bit integer or float pixels) would be "
                                  "clipped to 0..255 by convert('RGB'); scale it to 8 bits (mode 'L' or 'RGB') first")
             img = self._fit(to_rgb(img))
             out.append(np.asarray(img, dtype=np.uint8))

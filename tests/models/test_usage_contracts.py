@@ -70,18 +70,37 @@ def test_arr_coc_keeps_float32_under_autocast(tiny):
     assert torch.equal(amp.budgets, ref.budgets)
 
 
-@pytest.mark.parametrize("array", [np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000,
-                                   np.arange(64, dtype=np.int32).reshape(8, 8) * 1000,
+@pytest.mark.parametrize("array", [np.arange(64, dtype=np.int32).reshape(8, 8) * 1000,
                                    np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)])
-def test_high_bit_depth_pil_images_are_refused(array):
-    """A 16-bit PNG (mode I;16), 32-bit (I) or float (F) PIL image became all-white or all-black in convert('RGB'),
-    as the arrays already refused would have."""
+def test_wide_pil_images_without_a_fixed_scale_are_refused(array):
+    """A 32-bit (I) or float (F) PIL image became all-white or all-black in convert('RGB'), as the arrays already
+    refused would have. to_rgb refuses them too: the lmms-eval task and adapter call it without the processor."""
     img = Image.fromarray(array)
     with pytest.raises(ValueError, match=f"image 0: PIL mode '{img.mode}'"):
         _processor().preprocess_images([img])
+    with pytest.raises(ValueError, match=f"PIL mode '{img.mode}'"):
+        to_rgb(img)
     ok = Image.fromarray((array.astype(np.float64) / array.max() * 255).astype(np.uint8))  # the 8-bit version
     assert _processor().preprocess_images([ok], normalize=False).shape == (1, 3, 8, 8)
     assert _processor().preprocess_images([Image.new("RGBA", (5, 9), (1, 2, 3, 0))]).shape == (1, 3, 8, 8)
+
+
+def test_sixteen_bit_grey_files_are_scaled_to_eight_bits_not_clipped(tmp_path):
+    """16-bit grey PNG and TIFF files open as I;16, which convert('RGB') clipped to 255 above 255: all white but the
+    black pixels. Full scale is 65535, so each value v becomes round(v * 255 / 65535) = round(v / 257)."""
+    v = np.array([[0, 128, 129, 257], [385, 386, 32896, 65535]], np.uint16)
+    want = np.array([[0, 0, 1, 1], [1, 2, 128, 255]], np.uint8)  # 128/257 = 0.498, 129/257 = 0.502, 385/257 = 1.498
+    for ext in ("png", "tif"):
+        Image.fromarray(v).save(tmp_path / f"g.{ext}")
+        with Image.open(tmp_path / f"g.{ext}") as img:
+            assert img.mode == "I;16", (ext, img.mode)
+            out = np.asarray(to_rgb(img))
+        assert out.shape == (2, 4, 3) and np.array_equal(out, np.repeat(want[..., None], 3, -1)), ext
+    big = Image.frombytes("I;16B", (4, 2), v.astype(">u2").tobytes())  # big-endian storage, same values
+    assert np.array_equal(np.asarray(to_rgb(big))[..., 0], want)
+    # Through the processor (its default squash resize keeps a 2x4 image at 2x4 exactly).
+    got = _processor(image_size=(2, 4)).preprocess_images([Image.fromarray(v)], normalize=False)[0]
+    assert np.array_equal(got.permute(1, 2, 0).numpy(), np.repeat(want[..., None], 3, -1))
 
 
 def test_transparency_is_composited_over_white_not_dropped():
