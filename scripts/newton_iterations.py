@@ -13,6 +13,10 @@ tolerance where it fails (the kernel's ``newton_tighten``). It prints the distri
 the warp path (K <= 1024), the 32-entry slots the evaluations visit: all ``ceil(K/32)`` each time (the kernel), or
 only those the still-open entries would fill (an entry is closed once the bracket fixes its clamp), a measure of what
 compacting the open entries could save.
+
+``--compare-starts`` asks whether another first tau would save evaluations: besides the kernel's all-free root it
+tries the chord of the bracket (s is known at both ends without an evaluation: ``s(min(y - hi)) = K·hi`` and
+``s(max(y - lo)) = K·lo``), and the midpoint of the two, on eight row distributions (the benchmark's among them).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import argparse
 
 import numpy as np
 
-__all__ = ["evaluations"]
+__all__ = ["STARTS", "compare_starts", "evaluations"]
+
+STARTS = ("free", "chord", "mid")
 
 
 def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: int = 200, *,
-                return_open: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                return_open: bool = False, start: str = "free") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Evaluations of s(tau) per row of ``y`` (R, K) float32, as the kernel's warp path counts them. ``max_iters`` is
     the kernel's ``kMaxIters``: it stops after the evaluation with ``it >= kMaxIters``, at most ``max_iters + 1``.
 
@@ -33,7 +39,13 @@ def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: i
     of each row would still have to visit, 0 once the row has stopped. An entry is closed once the bracket fixes its
     clamp: ``y - tl <= lo`` (at lo for every tau in the bracket) or ``y - th >= hi`` (at hi); its contribution to
     s(tau) is then a constant. The kernel visits all K every time; this measures what skipping closed entries (by
-    compacting the open ones into fewer slots) could save."""
+    compacting the open ones into fewer slots) could save.
+
+    ``start`` picks the first tau: ``"free"`` (the kernel's: the root if no bound bound, clamped into the bracket),
+    ``"chord"`` (where the line through the bracket's ends, at which s is ``K·hi`` and ``K·lo``, meets B) or
+    ``"mid"`` (the mean of the two); the other starts are experiments, not what the kernel runs."""
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     if y.ndim != 2 or y.dtype != np.float32 or y.shape[1] < 1:
         raise ValueError(f"y must be a 2-D float32 array with K >= 1, got shape {y.shape} dtype {y.dtype}")
     if not (np.isfinite([budget, lo, hi]).all() and np.isfinite(y).all()):  # the op rejects NaN/inf too
@@ -47,6 +59,12 @@ def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: i
     # Per row: newton_tighten replaces a row's tolerance.
     tol = np.full(r, 8 * eps * (abs(b) + 2 * np.float32(k) * abs(lo32)), np.float32)
     tau = np.clip((y.sum(1) - b) / np.float32(k), tl, th).astype(np.float32)
+    if start != "free":
+        # s(tl) = K·hi, s(th) = K·lo; the bracket is a point (every y equal) when they coincide: take it.
+        span = np.float32(k) * (hi32 - lo32)
+        frac = np.float32(1) if span == 0 else (np.float32(k) * hi32 - b) / span
+        chord = (tl + frac * (th - tl)).astype(np.float32)
+        tau = chord if start == "chord" else (np.float32(0.5) * (tau + chord)).astype(np.float32)
     done = np.zeros(r, bool)
     count = np.zeros(r, int)
     opened = []
@@ -80,6 +98,30 @@ def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: i
     return (count, np.stack(opened, 1)) if return_open else count
 
 
+def _start_cases(rows: int, k: int, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, float, float, float]]:
+    """Row distributions for ``--compare-starts``: name -> (y, budget, lo, hi)."""
+    n = rng.standard_normal
+    return {
+        "benchmark: 100·N(0,1)+66, B=66K, 64..400": (n((rows, k)) * 100 + 66, 66.0 * k, 64.0, 400.0),
+        "10·N(0,1)+66, B=66K, 64..400": (n((rows, k)) * 10 + 66, 66.0 * k, 64.0, 400.0),
+        "1000·N(0,1)+66, B=66K, 64..400": (n((rows, k)) * 1000 + 66, 66.0 * k, 64.0, 400.0),
+        "U(0,1), B=66K, 64..400": (rng.random((rows, k)), 66.0 * k, 64.0, 400.0),
+        "Exp(200), B=150K, 64..400": (rng.exponential(200.0, (rows, k)), 150.0 * k, 64.0, 400.0),
+        "100·N(0,1), B=200K, 64..400": (n((rows, k)) * 100, 200.0 * k, 64.0, 400.0),
+        "100·N(0,1), B=395K, 64..400": (n((rows, k)) * 100, 395.0 * k, 64.0, 400.0),
+        "Dirichlet(1), B=1, 0..1": (rng.dirichlet(np.ones(k), rows), 1.0, 0.0, 1.0),
+    }
+
+
+def compare_starts(rows: int = 20000, k: int = 200, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Mean evaluations per row for each start (:data:`STARTS`) on each of :func:`_start_cases`' distributions."""
+    out = {}
+    for name, (y, budget, lo, hi) in _start_cases(rows, k, np.random.default_rng(seed)).items():
+        y = y.astype(np.float32)
+        out[name] = {st: float(evaluations(y, budget, lo, hi, start=st).mean()) for st in STARTS}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(prog="python scripts/newton_iterations.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=20000)
@@ -88,9 +130,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--lo", type=float, default=64.0)
     p.add_argument("--hi", type=float, default=400.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare-starts", action="store_true",
+                   help="mean evaluations per row of each first tau on eight row distributions (--rows, --k, --seed)")
     a = p.parse_args(argv)
     if a.rows < 1 or a.k < 1:
         raise ValueError(f"--rows and --k must be >= 1, got {a.rows}, {a.k}")
+    if a.compare_starts:
+        table = compare_starts(a.rows, a.k, a.seed)
+        print(f"mean evaluations of s(tau) per row, {a.rows} rows of K={a.k} (start: {', '.join(STARTS)})")
+        for name, row in table.items():
+            print(f"{name:<44}" + "".join(f"{row[st]:>8.2f}" for st in STARTS))
+        return {f"{name} | {st}": v for name, row in table.items() for st, v in row.items()}
     rng = np.random.default_rng(a.seed)
     y = (rng.standard_normal((a.rows, a.k)) * 100 + 66).astype(np.float32)
     warp = a.k <= 1024  # the warp path: ceil(K / 32) slots of 32 entries per evaluation

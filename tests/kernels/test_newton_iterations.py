@@ -164,3 +164,26 @@ def test_evaluations_reject_bad_arrays_and_values_by_name():
         with pytest.raises(ValueError, match=f"infeasible: K=4, budget={budget}"):
             evaluations(y, budget, -1.0, 1.0)
     assert evaluations(y, -4.0, -1.0, 1.0).tolist() == evaluations(y, 4.0, -1.0, 1.0).tolist() == [1, 1, 1]
+
+
+def test_other_first_taus_are_measured_not_adopted():
+    """--compare-starts: where every entry ends inside its bounds the all-free start is the root (one evaluation);
+    the chord start is not, and needs a Newton step and the confirming evaluation. Unknown starts are refused."""
+    from scripts.newton_iterations import compare_starts, evaluations, main
+
+    rng = np.random.default_rng(3)
+    y = rng.random((50, 200), dtype=np.float32)  # x = y - tau lands in 64..400 for every entry at B = 66K
+    assert (evaluations(y, 13200.0, 64.0, 400.0, start="free") == 1).all()
+    assert (evaluations(y, 13200.0, 64.0, 400.0, start="chord") == 2).all()
+    # Every start converges on the benchmark's rows, within the usual handful of evaluations.
+    yb = (rng.standard_normal((300, 200)) * 100 + 66).astype(np.float32)
+    for st in ("free", "chord", "mid"):
+        n = evaluations(yb, 13200.0, 64.0, 400.0, start=st)
+        assert n.min() >= 1 and n.max() < 30, st
+    table = compare_starts(rows=100, k=64, seed=0)
+    assert len(table) == 8 and all(set(row) == {"free", "chord", "mid"} for row in table.values())
+    assert table["U(0,1), B=66K, 64..400"] == {"free": 1.0, "chord": 2.0, "mid": 2.0}
+    out = main(["--compare-starts", "--rows", "50", "--k", "32"])
+    assert out["U(0,1), B=66K, 64..400 | free"] == 1.0
+    with pytest.raises(ValueError, match="start must be one of"):
+        evaluations(y, 13200.0, 64.0, 400.0, start="median")
