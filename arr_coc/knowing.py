@@ -79,7 +79,11 @@ def pixel_entropy(pixels: Tensor, patch_grid: tuple[int, int], bins: int = 32) -
     grey = pixels.float().mean(1)  # (B, H, W)
     lo = grey.flatten(1).amin(-1)[:, None, None]
     hi = grey.flatten(1).amax(-1)[:, None, None]
-    q = ((grey - lo) / (hi - lo).clamp_min(_EPS) * bins).long().clamp(0, bins - 1)  # (B, H, W) bin index
+    # The range is divided only where it is positive: clamping it to _EPS squeezed an image whose range is below 1e-6
+    # into a fraction of the bins, so its entropy depended on the intensity scale. A flat image puts all in bin 0.
+    span = hi - lo
+    frac = torch.where(span > 0, (grey - lo) / torch.where(span > 0, span, 1.0), 0.0)
+    q = (frac * bins).long().clamp(0, bins - 1)  # (B, H, W) bin index
     rows = torch.arange(h, device=pixels.device) * gh // h
     cols = torch.arange(w, device=pixels.device) * gw // w
     patch = (rows[:, None] * gw + cols[None, :]).expand(b, h, w)  # (B, H, W) patch index

@@ -111,6 +111,16 @@ def test_pixel_entropy_is_invariant_to_the_intensity_range_and_uses_the_grey_lev
     torch.testing.assert_close(pixel_entropy(img[:, [2, 0, 1]], (3, 3)), ent, atol=1e-6, rtol=0)
 
 
+def test_pixel_entropy_uses_every_bin_for_an_image_of_tiny_range():
+    # Grid (1, 2) over a 1x8 image, bins=4, intensities of order 1e-7: patch 0 holds the four levels 0, 1/3, 2/3, 1
+    # (times 1e-7), which the image's own min..max put in bins 0, 1, 2, 3, one pixel each: ln 4 nats. Patch 1 is flat
+    # (0.5e-7): 0. The range 1e-7 was clamped to 1e-6, which squeezed all four levels into bin 0 (entropy 0).
+    img = torch.full((1, 1, 1, 8), 0.5e-7)
+    img[0, 0, 0, :4] = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]) * 1e-7
+    ent = pixel_entropy(img, (1, 2), bins=4)
+    torch.testing.assert_close(ent[0], torch.tensor([math.log(4), 0.0]), atol=1e-6, rtol=0)
+
+
 def test_pixel_entropy_accepts_uint8_images():
     g = torch.Generator().manual_seed(0)
     img = torch.randint(0, 256, (2, 3, 8, 8), generator=g, dtype=torch.uint8)
