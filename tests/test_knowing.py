@@ -121,6 +121,16 @@ def test_pixel_entropy_uses_every_bin_for_an_image_of_tiny_range():
     torch.testing.assert_close(ent[0], torch.tensor([math.log(4), 0.0]), atol=1e-6, rtol=0)
 
 
+def test_pixel_entropy_keeps_float64_pixels_in_float64():
+    # Grid (1, 2) over a 1x4 float64 image at an offset of 1e5: patch 0 holds 1e5 and 1e5 + 1e-3 (two levels, one
+    # pixel each: ln 2 nats), patch 1 is flat at 1e5: 0. float32's spacing at 1e5 is 2^-7 ~ 7.8e-3, so casting to
+    # float32 first made both levels 1e5 (a flat image, entropy 0 everywhere).
+    img = torch.tensor([1e5, 1e5 + 1e-3, 1e5, 1e5], dtype=torch.float64).view(1, 1, 1, 4)
+    ent = pixel_entropy(img, (1, 2), bins=4)
+    torch.testing.assert_close(ent[0].double(), torch.tensor([math.log(2), 0.0], dtype=torch.float64), atol=1e-6,
+                               rtol=0)
+
+
 def test_pixel_entropy_accepts_uint8_images():
     g = torch.Generator().manual_seed(0)
     img = torch.randint(0, 256, (2, 3, 8, 8), generator=g, dtype=torch.uint8)
