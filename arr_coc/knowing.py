@@ -125,7 +125,8 @@ class Knowing(nn.Module):
                                                        ("num_prototypes", num_prototypes), ("hist_bins", hist_bins)))
         self.dim, self.query_dim, self.attn_dim = dim, query_dim, attn_dim
         self.hist_bins = hist_bins
-        self.patch_grid = tuple(patch_grid) if patch_grid is not None else None
+        # Checked here as two ints: tuple() of a bare int raised a TypeError ('int' object is not iterable).
+        self.patch_grid = _grid_pair(patch_grid) if patch_grid is not None else None
         self.q_proj = nn.Linear(query_dim, attn_dim, bias=False, **fk)
         self.k_proj = nn.Linear(dim, attn_dim, bias=False, **fk)
         self.feat_norm = nn.LayerNorm(dim, elementwise_affine=False, **fk)

@@ -383,6 +383,9 @@ def test_constructor_errors():
         Knowing(8, 8, hist_bins="8")
     with pytest.raises(ValueError, match=r"patch_grid \(-2, -2\) entry must be >= 1, got -2"):
         Knowing(8, 8, patch_grid=(-2, -2))(_features(k=4), query=_query())
+    # A bare int (as if K were meant) failed with a TypeError from tuple(3) ('int' object is not iterable).
+    with pytest.raises(ValueError, match=r"patch_grid must be two positive ints \(rows, cols\), got 4"):
+        Knowing(8, 8, patch_grid=4)
 
 
 def test_autocast_accepts_low_precision_features():
