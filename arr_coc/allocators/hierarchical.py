@@ -34,7 +34,8 @@ class HierarchicalAllocator(Allocator):
     def __init__(self, budget: int = 13200, min_tokens: int = 64, max_tokens: int = 400, *,
                  patch_grid: Sequence[int] | None = None, region_size: Sequence[int] = (2, 2), device=None, dtype=None):
         super().__init__(budget, min_tokens, max_tokens)
-        self.patch_grid = tuple(patch_grid) if patch_grid is not None else None
+        # Checked as two ints here: tuple() of a bare int raised a TypeError ('int' object is not iterable).
+        self.patch_grid = _grid_pair(patch_grid) if patch_grid is not None else None
         # Each entry checked as an integer: int() truncated (1.5, 2) to (1, 2) and took True for 1.
         self.region_size = _grid_pair(region_size, "region_size")
 

@@ -573,6 +573,12 @@ def test_hierarchical_refuses_a_bad_region_size(region_size, match):
         create_allocator("hierarchical", region_size=region_size)
 
 
+def test_hierarchical_refuses_a_bare_int_patch_grid():
+    # patch_grid=16 (K where the grid was meant) raised a TypeError from tuple(16) ('int' object is not iterable).
+    with pytest.raises(ValueError, match=r"patch_grid must be two positive ints \(rows, cols\), got 16"):
+        create_allocator("hierarchical", budget=64, min_tokens=1, max_tokens=16, patch_grid=16)
+
+
 @pytest.mark.parametrize("budget, lo, hi, k, rows, scale, seed", [(13200, 64, 400, 200, 4, 3.0, 1),
                                                                    (64 * 50, 1, 3000, 64, 4, 1.5, 1)])
 def test_pgd_stops_at_the_optimum_within_max_iter(budget, lo, hi, k, rows, scale, seed):
