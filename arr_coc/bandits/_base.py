@@ -257,7 +257,9 @@ class _StatsPolicy(BanditPolicy):
 
     Subclasses register statistics with :meth:`_register_stat`, return each observation's contribution from
     :meth:`_contributions` and a pre-update prediction from :meth:`_predict_chosen` (used by Page–Hinkley).
-    Priors are added when deriving estimates, so a reset is simply zeroing an arm's sums.
+    Priors are added when deriving estimates, so a reset is simply zeroing an arm's sums. Policies whose prediction
+    is the arm's mean reward set ``_ph_running_mean``: Page–Hinkley then tests each row against the running mean of
+    the arm's earlier rewards (``counts`` / ``reward_sums``), row by row, instead of a prediction fixed for the batch.
 
     Args:
         n_arms: number of arms A.
@@ -265,6 +267,8 @@ class _StatsPolicy(BanditPolicy):
         x_dim: width of the chosen-arm context stored per observation (0 for context-free policies).
         forgetting: ``None`` (stationary), :class:`SlidingWindow`, :class:`Discount` or :class:`PageHinkley`.
     """
+
+    _ph_running_mean: ClassVar[bool] = False
 
     def __init__(self, n_arms: int, dim: int | None, x_dim: int, *, forgetting=None, device=None, dtype=None) -> None:
         super().__init__(n_arms, dim, device=device, dtype=dtype)
@@ -356,9 +360,13 @@ class _StatsPolicy(BanditPolicy):
                 self._zero_stats()
                 self._accumulate(self._win_x[:m], self._win_a[:m], self._win_r[:m], None)
             else:  # PageHinkley
-                signal = rewards - self._predict_chosen(x, actions)
                 state = {k: getattr(self, f"_ph_{k}") for k in _ns._PH_FIELDS}
-                keep, alarmed, new_state = _ns._page_hinkley_scan(state, signal, actions, self.n_arms, f)
+                if self._ph_running_mean:  # residuals against the arm's running mean, row by row
+                    keep, alarmed, new_state = _ns._page_hinkley_scan(
+                        state, rewards, actions, self.n_arms, f, running_mean=(self.counts, self.reward_sums))
+                else:
+                    signal = rewards - self._predict_chosen(x, actions)
+                    keep, alarmed, new_state = _ns._page_hinkley_scan(state, signal, actions, self.n_arms, f)
                 for k in _ns._PH_FIELDS:
                     getattr(self, f"_ph_{k}").copy_(new_state[k])
                 if bool(alarmed.any()):

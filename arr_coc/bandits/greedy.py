@@ -24,6 +24,11 @@ class _MeanPolicy(_StatsPolicy):
     """Per-arm sample means with an ``initial_value`` for arms without data."""
 
     _contextual = False
+    # Page–Hinkley residuals are taken against the running mean of the arm's own earlier rewards, without prior or
+    # initial_value: against a prediction still moving from its starting value towards the arm's mean, a stationary
+    # arm whose mean lies a few thresholds' worth from that value alarmed every few rows, forever (each alarm
+    # restarted the warm-up).
+    _ph_running_mean = True
 
     def __init__(self, n_arms: int, *, initial_value: float = 0.0, forgetting=None, device=None, dtype=None) -> None:
         super().__init__(n_arms, None, 0, forgetting=forgetting, device=device, dtype=dtype)

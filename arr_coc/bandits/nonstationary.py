@@ -10,7 +10,10 @@ reward sums, Gram matrices). A forgetting rule says how those sums age:
   steps, so the batched update equals the sequential one.
 * :class:`PageHinkley` runs a two-sided Page–Hinkley test (Page 1954; Hinkley 1971) per arm on the prediction residual
   ``r - r_hat`` and resets that arm's statistics when the cumulative deviation exceeds ``threshold`` (as in the
-  adaptive-window / change-detection bandits of Hartland et al. 2006 and Liu et al. 2018).
+  adaptive-window / change-detection bandits of Hartland et al. 2006 and Liu et al. 2018). For the context-free
+  policies ``r_hat`` is the running mean of the arm's earlier rewards since its last reset, updated row by row (a
+  batch equals the same rows one at a time; an arm's first row after a reset has no prediction and is not tested).
+  For the linear policies it is the model's prediction before the batch.
 
 The dataclasses here are the public configuration; the helpers below implement them on batched tensors without a
 Python loop over the rows (the Page–Hinkley scan loops only once per alarm raised in a batch).
@@ -128,16 +131,21 @@ _PH_FIELDS = ("n", "mean", "up", "up_min", "dn", "dn_max")
 
 
 def _page_hinkley_scan(
-    state: dict[str, Tensor], signal: Tensor, actions: Tensor, n_arms: int, cfg: PageHinkley
+    state: dict[str, Tensor], signal: Tensor, actions: Tensor, n_arms: int, cfg: PageHinkley,
+    running_mean: tuple[Tensor, Tensor] | None = None
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Batched two-sided Page–Hinkley over a batch of residuals, in row order, per arm.
 
     Args:
         state: per-arm running state, each ``(A,)``: ``n`` count, ``mean``, ``up``/``up_min``, ``dn``/``dn_max``.
-        signal: residuals in arrival order.
+        signal: residuals in arrival order; with ``running_mean``, the rewards themselves.
         actions: arm of each residual.
         n_arms: number of arms A.
         cfg: test parameters.
+        running_mean: ``(counts, sums)`` per arm, ``(A,)`` each, of the observations since each arm's last reset.
+            Row i is then tested on ``r_i - (mean of its arm's earlier observations since the last reset)``, exactly
+            as if the rows came one at a time (an alarm restarts that mean); a row whose arm has no earlier
+            observation has no prediction and is not tested. Without it, ``signal`` is tested as given.
 
     Returns:
         ``(keep, alarmed, new_state)``: ``keep`` marks rows that arrive after their arm's last alarm in this batch
@@ -153,9 +161,20 @@ def _page_hinkley_scan(
     active = torch.ones(n_rows, dtype=torch.bool, device=dev)
     st = {k: state[k].clone() for k in _PH_FIELDS}
     rows = torch.arange(n_rows, device=dev)
+    if running_mean is not None:
+        base_n, base_sum = running_mean[0].to(dt).clone(), running_mean[1].to(dt).clone()
+        rewards = signal
     # Each pass either finishes or drops at least one row, so this loop runs at most (#alarms + 1) times.
     while True:
-        onehot = F.one_hot(actions, n_arms).to(dt) * active[:, None].to(dt)  # (N, A)
+        tested = active
+        if running_mean is not None:  # residual against the running mean of the arm's earlier rows
+            seen = F.one_hot(actions, n_arms).to(dt) * active[:, None].to(dt)  # (N, A)
+            n_before = (base_n + seen.cumsum(0) - seen).gather(1, actions[:, None])[:, 0]
+            sum_before = (base_sum + (seen * rewards[:, None]).cumsum(0) - seen * rewards[:, None])
+            sum_before = sum_before.gather(1, actions[:, None])[:, 0]
+            tested = active & (n_before > 0)
+            signal = torch.where(tested, rewards - sum_before / n_before.clamp_min(1.0), 0.0)
+        onehot = F.one_hot(actions, n_arms).to(dt) * tested[:, None].to(dt)  # (N, A)
         cnt = st["n"] + onehot.cumsum(0)  # (N, A) residuals seen including row i
         csum = st["n"] * st["mean"] + (onehot * signal[:, None]).cumsum(0)
         mean = csum / cnt.clamp_min(1.0)
@@ -181,6 +200,9 @@ def _page_hinkley_scan(
             st[k] = torch.where(any_alarm, torch.zeros_like(last[k]), last[k])
         # Next pass: only rows of alarmed arms after their alarm still need scanning.
         active = any_alarm[actions] & (rows > first[actions]) & active
+        if running_mean is not None:  # an alarmed arm's statistics restart from the rows after its alarm
+            base_n = torch.where(any_alarm, 0.0, base_n)
+            base_sum = torch.where(any_alarm, 0.0, base_sum)
         if not bool(active.any()):
             break
     return keep, alarmed, st

@@ -280,3 +280,35 @@ def test_base_page_hinkley_watches_the_residual_not_the_raw_reward():
         x = torch.ones(2, 1, dtype=dt)
         pol.update(x, a, 5 * x[:, 0])
     assert pol.resets.tolist() == [0] and pol.counts.tolist() == [60.0]
+
+
+def test_page_hinkley_on_a_mean_policy_ignores_the_warm_up_of_its_own_mean():
+    """A constant reward of 3 fed row by row (defaults δ = 0.05, λ = 5, min 5) is no change point. Measured against
+    initial_value 0, the residuals were 3, 0, 0, ...: their running mean 3/t makes the downward statistic
+    3(H_t - 1) - (t - 1)δ, 4.80 at t = 8 and 5.09 at t = 9, a false alarm every 9 rows forever. Against the running
+    mean of the arm's own earlier rewards (the first row, with none, is not tested) every residual is exactly 0."""
+    dt = torch.float64
+    for pol in (EpsilonGreedy(1, 0.0, forgetting=PageHinkley(), dtype=dt),
+                ThompsonSampling(1, "gaussian", forgetting=PageHinkley(), dtype=dt)):
+        for _ in range(30):
+            pol.update(torch.zeros(1, 1, dtype=dt), torch.zeros(1, dtype=torch.long), torch.full((1,), 3.0, dtype=dt))
+        assert pol.resets.tolist() == [0] and pol.counts.tolist() == [30.0]
+
+
+def test_page_hinkley_on_a_mean_policy_alarms_where_hand_derived_and_batches_equal_single_rows():
+    """20 rewards of 3, then 20 of 0. Rows 2..20 have residual 0 (PH: n = 19, dn = dn_max = 19δ = 0.95). Row 21:
+    e = -3, PH mean -3/20, dn += -3 + 0.15 + 0.05 -> -1.85, statistic 2.8. Row 22: e = -60/21 = -2.857, PH mean
+    -5.857/21 = -0.279, dn += -2.528 -> -4.378, statistic 5.33 > 5: the alarm is on row 22. Rows up to it are
+    forgotten; rows 23..40 (18 zeros) are kept, and after them no further alarm (residuals 0 again)."""
+    dt = torch.float64
+    r = torch.cat([torch.full((20,), 3.0, dtype=dt), torch.zeros(20, dtype=dt)])
+    seq = EpsilonGreedy(1, 0.0, forgetting=PageHinkley(), dtype=dt)
+    for i in range(40):
+        seq.update(torch.zeros(1, 1, dtype=dt), torch.zeros(1, dtype=torch.long), r[i:i + 1])
+        assert int(seq.resets[0]) == (1 if i >= 21 else 0), i
+    whole = EpsilonGreedy(1, 0.0, forgetting=PageHinkley(), dtype=dt)
+    whole.update(torch.zeros(40, 1, dtype=dt), torch.zeros(40, dtype=torch.long), r)
+    for pol in (seq, whole):
+        assert pol.resets.tolist() == [1] and pol.counts.tolist() == [18.0] and pol.reward_sums.tolist() == [0.0]
+    for k in ns._PH_FIELDS:
+        assert torch.allclose(getattr(seq, f"_ph_{k}"), getattr(whole, f"_ph_{k}"), atol=1e-12), k
