@@ -1,4 +1,4 @@
-"""Accuracy against the visual-token budget: ARR-COC vs. the known token-reduction methods, on the generated benchmark.
+r"""Accuracy against the visual-token budget: ARR-COC vs. the known token-reduction methods, on the generated benchmark.
 
     python -m scripts.bench_accuracy_budget --data data/bench --seeds 0 1 2        # GPU: the real benchmark
     python -m scripts.bench_accuracy_budget --smoke                                # CPU, < 2 min: plumbing only

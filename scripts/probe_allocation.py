@@ -1,4 +1,4 @@
-"""Which relevance score steers a trained ARR-COC model's allocation to the queried shape?
+r"""Which relevance score steers a trained ARR-COC model's allocation to the queried shape?
 
     python -m scripts.probe_allocation --run /tmp/smallrun/seed0/arr_coc_grounded --eval-config configs/eval/small.yaml \
         --data /tmp/smallb --fraction 0.25
