@@ -31,7 +31,7 @@ from torch import Tensor, nn
 __all__ = [
     "weights_follow",
     "HFVision", "OPEN_CLIP_CONFIG_DIR", "OpenClipVision", "VisionTower", "create_open_clip", "default_pos_grid",
-    "hf_vision_from_config", "register_open_clip_configs",
+    "hf_checkpointing", "hf_vision_from_config", "register_open_clip_configs",
 ]
 
 #: open_clip model configs shipped with the project (``arr-coc-tiny-vit``, ``arr-coc-bench-vit``).
@@ -95,6 +95,19 @@ def weights_follow() -> Iterator[None]:
         root.removeFilter(notice)
 
 
+def hf_checkpointing(model: nn.Module, enable: bool, checkpointing_kwargs: dict[str, Any] | None = None,
+                     **kwargs: Any) -> None:
+    """A ``transformers`` model's activation checkpointing on or off: ``activation_checkpointing_enable/disable``
+    where transformers has them, else the ``gradient_checkpointing_enable/disable`` they replace (and deprecate).
+    ``checkpointing_kwargs`` go to ``torch.utils.checkpoint`` (HF's default: ``use_reentrant=False``)."""
+    if not enable:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+    elif hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs, **kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs, **kwargs)
+
+
 class VisionTower(nn.Module):
     """Base class: pixels → fine patch grid. Subclasses implement :meth:`token_grid_features`.
 
@@ -151,6 +164,9 @@ class VisionTower(nn.Module):
     def fsdp_blocks(self) -> list[nn.Module]:
         """Transformer blocks to shard one by one with FSDP (empty: the tower joins its parent's group)."""
         return []
+
+    def set_grad_checkpointing(self, enable: bool = True, checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """Recompute the tower's blocks in the backward pass instead of keeping their activations (a no-op here)."""
 
     def to_patches(self, grid: Tensor) -> Tensor:
         """Cut a token grid into the patch layout, resampling when it does not divide exactly.
@@ -228,6 +244,10 @@ class OpenClipVision(VisionTower):
     def fsdp_blocks(self) -> list[nn.Module]:
         return list(self.visual.transformer.resblocks)
 
+    def set_grad_checkpointing(self, enable: bool = True, checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        # forward_intermediates checkpoints each block when set (non-reentrant; open_clip takes no arguments)
+        self.visual.set_grad_checkpointing(enable)
+
     def token_grid_features(self, pixels: Tensor) -> Tensor:
         # A tower built or loaded in bf16/fp16 takes its own dtype (the processor gives float32), as HF towers do.
         pixels = pixels.to(self.visual.conv1.weight.dtype)
@@ -285,6 +305,9 @@ class HFVision(VisionTower):
     def fsdp_blocks(self) -> list[nn.Module]:
         layers = self._layers(self.model)
         return list(layers) if layers is not None else []
+
+    def set_grad_checkpointing(self, enable: bool = True, checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        hf_checkpointing(self.model, enable, checkpointing_kwargs)
 
     def token_grid_features(self, pixels: Tensor) -> Tensor:
         # With the blocks after it pruned, the wanted hidden state is the last one, still at hidden_index.

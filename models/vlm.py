@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from arr_coc import ArrCoc, ArrCocOutput
 from models.position import FootprintEmbedding, PositionEmbedding2d
 from models.text import LlmEmbeddingQuery
-from models.vision import VisionTower
+from models.vision import VisionTower, hf_checkpointing
 
 __all__ = ["ArrCocLlava", "ArrCocLlavaOutput", "full_token_count", "load_state_dict_nonstrict", "tokens_for_fraction"]
 
@@ -186,6 +186,31 @@ class ArrCocLlava(nn.Module):
         for part, params in self.parameter_groups().items():
             for _, p in params:
                 p.requires_grad_(bool(flags[part]))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+                                      **kwargs: Any) -> None:
+        """HF's ``gradient_checkpointing_enable``: the LLM's decoder layers and the vision tower's blocks recompute
+        their activations in the backward pass. ``gradient_checkpointing_kwargs`` (for ``torch.utils.checkpoint``) and
+        ``kwargs`` (``every_n_layers``, ...) go to the wrapped LLaVA's own method; ArrCoc and the projector are small
+        and keep theirs."""
+        hf_checkpointing(self.llava, True, gradient_checkpointing_kwargs, **kwargs)
+        self.vision.set_grad_checkpointing(True, gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        hf_checkpointing(self.llava, False)
+        self.vision.set_grad_checkpointing(False)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
+                                        **kwargs: Any) -> None:
+        """The newer transformers' name of :meth:`gradient_checkpointing_enable`."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.language_model, "gradient_checkpointing", False))
 
     # -- the ARR-COC path ----------------------------------------------------------------------------------------------
     def encode_query(self, query_input_ids: Tensor, query_attention_mask: Tensor | None = None) -> Tensor:

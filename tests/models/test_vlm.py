@@ -371,3 +371,49 @@ def test_position_embedding_interpolates_between_rows():
     between = torch.tensor([[[0.5, 0.125], [0.5, 0.75]]])  # halfway between rows 0 and 1; the second also between
     corners = (table[0, 2] + table[0, 3] + table[1, 2] + table[1, 3]) / 4  # columns 2 and 3
     torch.testing.assert_close(pe(between)[0], torch.stack([(table[0, 0] + table[1, 0]) / 2, corners]))
+
+
+@pytest.mark.parametrize("backend", ["open_clip", "hf_clip"])
+def test_gradient_checkpointing_keeps_the_gradients_and_saves_fewer_activations(backend):
+    """``gradient_checkpointing_enable()``, as a user calls it on HF's LLaVA, was an AttributeError; it checkpoints
+    the LLM's layers and the vision tower's blocks, with the gradients of a plain backward."""
+    hf = ('vision.hf_config={"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2, '
+          '"num_attention_heads": 2, "image_size": 64, "patch_size": 8}')
+    torch.manual_seed(0)
+    model, processor = build_model("tiny", [] if backend == "open_clip" else [f"vision.backend={backend}", hf])
+    model.train()
+    batch = _train_batch(processor, random_images(2), QUESTIONS, ANSWERS)
+
+    def backward():
+        model.zero_grad(set_to_none=True)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, saved
+
+    loss, grads, saved = backward()
+    assert not model.is_gradient_checkpointing
+    model.gradient_checkpointing_enable()
+    try:
+        assert model.is_gradient_checkpointing
+        loss_gc, grads_gc, saved_gc = backward()
+    finally:
+        model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+    torch.testing.assert_close(loss_gc, loss)
+    assert grads_gc.keys() == grads.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_gc[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    assert len(saved_gc) < len(saved)
+    vision_saved = []
+    model.gradient_checkpointing_enable()
+    try:  # the tower checkpoints its blocks too (as HF LLaVA's own tower does)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: vision_saved.append(t) or t, lambda t: t):
+            model.vision(batch["pixel_values"])
+    finally:
+        model.gradient_checkpointing_disable()
+    plain = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: plain.append(t) or t, lambda t: t):
+        model.vision(batch["pixel_values"])
+    assert len(vision_saved) < len(plain)
