@@ -325,6 +325,9 @@ class ArrCocLlava(nn.Module):
         Works on an FSDP2-sharded model too: the root group is gathered for the duration of the call. Without an
         ``attention_mask`` it is inferred from ``input_ids`` as HF's ``generate`` infers it (pad tokens masked when
         the pad id occurs and is not an EOS id): the LLM sees embeddings only, so it could not tell padding otherwise.
+
+        Raises:
+            ValueError: for right-padded prompts (a row whose mask ends in 0), which would continue after the padding.
         """
         _check_attention_mask(attention_mask, input_ids)
         with self._unsharded():
@@ -334,6 +337,7 @@ class ArrCocLlava(nn.Module):
                                        if getattr(self.config.text_config, "pad_token_id", None) is not None else 0)
             if attention_mask is None:
                 attention_mask = self._infer_attention_mask(input_ids, generate_kwargs)
+            _check_left_padded(attention_mask)
             return self.llava.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
     def _infer_attention_mask(self, input_ids: Tensor, generate_kwargs: dict[str, Any]) -> Tensor | None:
@@ -366,6 +370,15 @@ def _check_attention_mask(attention_mask: Tensor | None, input_ids: Tensor) -> N
             and tuple(attention_mask.shape) != tuple(input_ids.shape)):
         raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} must match input_ids' "
                          f"{tuple(input_ids.shape)}")
+
+
+def _check_left_padded(attention_mask: Tensor | None) -> None:
+    """Generation continues every row at its right end: a right-padded prompt would continue after its padding (HF
+    warns only when it sees ``input_ids``; here it sees embeddings, so the batch silently generated other tokens)."""
+    if isinstance(attention_mask, Tensor) and attention_mask.dim() == 2 and not bool(attention_mask[:, -1].all()):
+        b = int((attention_mask[:, -1] == 0).nonzero()[0, 0])
+        raise ValueError(f"generate needs left-padded prompts, but row {b} of attention_mask ends in padding "
+                         "(right-padded); pad on the left: processor(..., padding_side='left'), the default")
 
 
 @contextlib.contextmanager

@@ -417,3 +417,21 @@ def test_gradient_checkpointing_keeps_the_gradients_and_saves_fewer_activations(
     with torch.autograd.graph.saved_tensors_hooks(lambda t: plain.append(t) or t, lambda t: t):
         model.vision(batch["pixel_values"])
     assert len(vision_saved) < len(plain)
+
+
+def test_generate_refuses_right_padded_prompts(tiny):
+    """Right-padded prompts continued after their padding: batched greedy tokens differed from one-at-a-time, with
+    no warning (HF's right-padding warning looks at input_ids, and the LLM gets embeddings)."""
+    model, processor = tiny
+    model.eval()
+    imgs = random_images(2, seed=3)
+    questions = ["a?", "what colour is the shape holding a 7?"]
+    right = processor(imgs, questions, padding_side="right")
+    assert not bool(right["attention_mask"][0, -1])
+    with pytest.raises(ValueError, match=r"left-padded prompts, but row 0 of attention_mask ends in padding"):
+        model.generate(**right, max_new_tokens=3)
+    with pytest.raises(ValueError, match="row 0"):  # the mask inferred from the pad ids
+        model.generate(**{**right, "attention_mask": None}, max_new_tokens=3)
+    new = model.generate(**processor(imgs, questions), max_new_tokens=3, do_sample=False)
+    one = model.generate(**processor(imgs[:1], questions[:1]), max_new_tokens=3, do_sample=False)
+    assert new[0, :one.shape[1]].tolist() == one[0].tolist()
