@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from arr_coc import Realizing, create_allocator
 from arr_coc._utils import Registry
-from models.vlm import full_token_count, tokens_for_fraction
+from models.vlm import _check_left_padded, full_token_count, tokens_for_fraction
 
 __all__ = [
     "AllocatorBaseline", "BaselineMethod", "FastVBaseline", "MethodOutput", "ReducedTokens", "ToMeBaseline",
@@ -733,6 +733,7 @@ class VisualMethod:
         cfg = self.model.config.text_config
         generate_kwargs.setdefault("pad_token_id", cfg.pad_token_id if getattr(cfg, "pad_token_id", None) is not None
                                    else 0)
+        _check_left_padded(attention_mask)  # a right-padded row would continue after its padding, silently
         with self.llm_context(input_ids, attention_mask):
             seq = self.model.llava.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
         pos, counts = self.kept(pos)

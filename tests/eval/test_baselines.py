@@ -154,6 +154,12 @@ def test_generate_end_to_end(tiny, name):
     bad = proc(random_images(2, size=(64, 64)), QUESTIONS)
     with pytest.raises(ValueError, match="mismatch"):
         method.generate(**bad, max_new_tokens=1, do_sample=False)
+    # Right-padded prompts would continue after their padding (the LLM sees embeddings, so HF cannot warn).
+    proc.budget = method.placeholders
+    right = proc(random_images(2, size=(64, 64)), QUESTIONS, padding_side="right")
+    assert not bool(right["attention_mask"][:, -1].all())  # the questions differ in length
+    with pytest.raises(ValueError, match="left-padded prompts"):
+        method.generate(**right, max_new_tokens=1, do_sample=False)
 
 
 def test_fastv_drops_the_tokens_with_the_lowest_measured_attention():
