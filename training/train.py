@@ -95,6 +95,9 @@ class DistCfg:
     mixed_precision: str = "auto"  # auto (accelerate's setting, else bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16
     # (bf16 also runs on CPU with FSDP2 + gloo, slowly: the tests use it to exercise the GPU recipe's precision path)
     reshard_after_forward: bool = True  # FSDP2: free gathered weights after forward (ZeRO-3); False is ZeRO-2-like
+    # Recompute the LLM's decoder layers and the vision tower's blocks in the backward pass instead of keeping their
+    # activations (ArrCocLlava.gradient_checkpointing_enable, non-reentrant): less memory, about one more forward.
+    activation_checkpointing: bool = False
 
 
 @dataclass
@@ -381,6 +384,9 @@ class TrainRecipe:
             self._log(f"initialised weights from {src}" + (f" (kept fresh: {', '.join(skip)})" if skip else ""))
         self.relevance_layer = self._relevance_layer()
         self._fp32_masters()
+        if cfg.dist.activation_checkpointing:  # before sharding: FSDP2's hooks then run again in each recompute
+            self.model.gradient_checkpointing_enable()
+            self._log("activation checkpointing: the LLM's layers and the vision tower's blocks recompute in backward")
         self._shard()
         self._seed(cfg.train.seed + 1 + self.rank)  # per-rank streams from here on (sampling, dropout)
         self.optimizer = self._optimizer()

@@ -93,9 +93,10 @@ def _mini_bench(tmp_path: Path) -> Path:
     return data
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert res.returncode == 0, f"{cmd[:6]} failed:\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
+    return res
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +255,21 @@ def test_bf16_saliency_two_processes(tmp_path):
         assert n2 == pytest.approx(n1, rel=5e-2), step
     assert logs["bf16"][1] != logs["one"][1]  # computed in bf16, not silently in fp32
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["mixed_precision"] == "bf16"
+
+
+def test_activation_checkpointing_two_processes_match_one(tmp_path):
+    # dist.activation_checkpointing recomputes the LLM's layers and the tower's blocks in backward, inside FSDP2's
+    # hooks (the recompute gathers the layer's shards again). With every auxiliary loss on (saliency's second gradient
+    # pass recomputes too), two checkpointed processes must take the steps of one process that keeps its activations.
+    data = _mini_bench(tmp_path)
+    extra = ["train.relevance_weight=1.0", "train.grounding_weight=1.0", "train.saliency_weight=1.0",
+             "train.max_steps=3", "train.save_every=null"]
+    main(["--config", "configs/train/tiny.yaml", *_overrides(tmp_path / "one", data), "dist.fsdp=off", *extra])
+    res = _run(_torchrun(tmp_path / "ckpt", data, *extra, "dist.activation_checkpointing=true"))
+    cols = ("loss", "relevance_loss", "grounding_loss", "saliency_loss", "grad_norm")
+    logs = {name: _log_columns(tmp_path / name, cols) for name in ("one", "ckpt")}
+    assert sorted(logs["one"]) == sorted(logs["ckpt"]) == [1, 2, 3]
+    for step in (1, 2, 3):
+        for a, b in zip(logs["one"][step], logs["ckpt"][step]):
+            assert a > 0 and b == pytest.approx(a, rel=1e-4), step
+    assert "activation checkpointing: the LLM's layers" in res.stderr  # it was on (rank 0 logs it)
