@@ -282,6 +282,24 @@ def _flops_fraction(method: VisualMethod, processor: Any, records: list[Mapping[
                                  n_before=n_before, n_after=n_after)
 
 
+def _check_unique_ids(question_ids: Sequence[Any], d: EvalDataCfg) -> None:
+    """Refuse a dataset whose ``question_id`` repeats: the id keys the resume (a question whose id is in the JSONL is
+    skipped, so a repeat left after a kill was never evaluated) and the submission (both rows got the same answer).
+    Raises ``ValueError`` naming the first repeated id and how many ids repeat."""
+    seen: set[str] = set()
+    repeated: dict[str, None] = {}
+    for q in question_ids:
+        if str(q) in seen:
+            repeated[str(q)] = None
+        seen.add(str(q))
+    if repeated:
+        first = next(iter(repeated))
+        raise ValueError(f"data.split={d.split!r} of data.source={d.source!r}: {len(repeated)} question_id(s) occur "
+                         f"more than once (e.g. {first!r}); question ids key the resume and the submission, so they "
+                         "must be unique (point data.columns.question_id at a unique column, or set it to null for "
+                         "the row index)")
+
+
 def _check_labelled(answers: Sequence[Sequence[str]], question_ids: Sequence[str], d: EvalDataCfg) -> None:
     """Refuse questions without a reference answer: an unlabelled split (VQAv2's test-dev and test, DocVQA's test,
     which a test server scores) leaves ``answers`` empty (``None`` in the source) or blank (TextVQA's test: ten empty
@@ -348,6 +366,7 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     from training.data import load_configured
 
     ds = load_configured(cfg.data)
+    _check_unique_ids(ds["question_id"], cfg.data)
     if not cfg.predict_only:
         answers = ds["answers"]
         _check_labelled(answers, ds["question_id"], cfg.data)

@@ -431,3 +431,34 @@ def test_records_carry_their_own_tokens_latency_and_prompt_length(bench, tmp_pat
     _, processor = build_model("tiny")
     assert [r["prompt_text_tokens"] for r in recs] == [len(processor.encode_prompt(r["question"])) - processor.budget
                                                        for r in recs]
+
+
+def _textvqa_dir(path: Path, question_ids: list[str]) -> Path:
+    """A TextVQA-layout validation split (question_id, question, image, ten answers) with the given ids."""
+    import datasets
+    from PIL import Image
+
+    text = datasets.Value("string")
+    feats = datasets.Features({"question_id": text, "question": text, "image": datasets.Image(),
+                               "answers": datasets.List(text)})
+    n = len(question_ids)
+    rows = {"question_id": question_ids, "question": ["what is written?"] * n, "answers": [["abc"] * 10] * n,
+            "image": [Image.new("RGB", (40, 60), (i * 40, 0, 0)) for i in range(n)]}
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict(rows, features=feats)}).save_to_disk(str(path))
+    return path
+
+
+def _textvqa_args(out: Path, data: Path, *extra: str) -> list[str]:
+    return ["--config", "configs/eval/tiny.yaml", "data.source=textvqa", f"data.path={data}", "data.generate=false",
+            "data.max_samples=null", "data.split=validation", "batch_size=2", f"output_dir={out}", *extra]
+
+
+def test_repeated_question_ids_are_refused_by_name(tmp_path):
+    # Ids 1, 2, 2, 3: the second "2" was evaluated on a fresh run, but after a kill that left only the first "2" in
+    # the JSONL a resume skipped it (its id was done): n fell to 3 and "resumed" said 3 for 2 records; the submission
+    # listed "2" twice with one answer. Ids key both, so a repeat is refused, naming it.
+    data = _textvqa_dir(tmp_path / "d", ["1", "2", "2", "3"])
+    with pytest.raises(ValueError, match=r"1 question_id\(s\) occur more than once \(e.g. '2'\)"):
+        main(_textvqa_args(tmp_path / "ev", data))
+    with pytest.raises(ValueError, match="'2'"):
+        main(_textvqa_args(tmp_path / "ev", data, "predict_only=true"))
