@@ -366,6 +366,9 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     from training.data import load_configured
 
     ds = load_configured(cfg.data)
+    if len(ds) == 0:  # else every output was written with n 0 and a null accuracy, as if the run had succeeded
+        raise ValueError(f"data.split={cfg.data.split!r} of data.source={cfg.data.source!r} at "
+                         f"data.path={cfg.data.path!r} has no rows: nothing to evaluate")
     _check_unique_ids(ds["question_id"], cfg.data)
     if not cfg.predict_only:
         answers = ds["answers"]

@@ -462,3 +462,16 @@ def test_repeated_question_ids_are_refused_by_name(tmp_path):
         main(_textvqa_args(tmp_path / "ev", data))
     with pytest.raises(ValueError, match="'2'"):
         main(_textvqa_args(tmp_path / "ev", data, "predict_only=true"))
+
+
+def test_an_empty_split_is_refused_by_name(tmp_path, monkeypatch):
+    # A split without rows (here the TextVQA split filtered to none) wrote predictions, a submission and a summary
+    # with n 0 and accuracy null, exiting as a success; it is refused, naming the split, and writes nothing.
+    import training.data
+
+    data = _textvqa_dir(tmp_path / "d", ["1", "2"])
+    real = training.data.load_configured
+    monkeypatch.setattr(training.data, "load_configured", lambda d, **kw: real(d, **kw).select([]))
+    with pytest.raises(ValueError, match="data.split='validation' of data.source='textvqa' at .* has no rows"):
+        main(_textvqa_args(tmp_path / "ev", data))
+    assert not (tmp_path / "ev" / "summary.json").exists()
