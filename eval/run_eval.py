@@ -24,6 +24,7 @@ many tokens), then decodes greedily in batches with a tqdm bar and scores every 
   ``resume=false``, which starts over. The settings are the method, budget, metric, data, generation length, the
   model (its checkpoint or preset, the ``model.`` overrides and a fingerprint of its parameter names, shapes and
   dtypes), the device and the batch size (left padding, hence greedy outputs, and latency depend on the last two).
+  A JSONL holding questions the dataset does not (the data at ``data.path`` was replaced) is refused likewise.
 
 An unlabelled split (VQAv2's test-dev, DocVQA's test: scored by a test server) is refused unless ``predict_only=true``,
 which writes the predictions and ``submission.json`` without scores (``score`` null, accuracy null).
@@ -406,6 +407,14 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
         pred_path.unlink()
     _atomic_json(run_path, run)
     records = _read_done(pred_path)
+    # The settings match but the rows at data.path may not: records of questions the dataset no longer holds would
+    # be counted in the summary next to the new ones (n above the dataset's size).
+    ids = {str(q) for q in ds["question_id"]}
+    stray = [r["question_id"] for r in records if str(r["question_id"]) not in ids]
+    if stray:
+        raise ResumeMismatchError(f"{pred_path} holds {len(stray)} question(s) not in the dataset (e.g. question_id "
+                                  f"{stray[0]!r}): the data at data.path={cfg.data.path!r} changed since; use another "
+                                  "output_dir or resume=false")
     done = {str(r["question_id"]) for r in records}
     todo = [i for i, qid in enumerate(ds["question_id"]) if str(qid) not in done]
 

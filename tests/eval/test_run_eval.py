@@ -475,3 +475,20 @@ def test_an_empty_split_is_refused_by_name(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="data.split='validation' of data.source='textvqa' at .* has no rows"):
         main(_textvqa_args(tmp_path / "ev", data))
     assert not (tmp_path / "ev" / "summary.json").exists()
+
+
+def test_resume_refuses_records_of_questions_the_dataset_no_longer_holds(tmp_path):
+    # Same settings, but the split at data.path was replaced (ids 1-5, then 1, 2, 3, 9, 10): the resume kept the
+    # records of 4 and 5, evaluated 9 and 10 and summarised n = 7 questions of a 5-row dataset. Refused instead.
+    import shutil
+
+    from eval.run_eval import ResumeMismatchError
+
+    data = _textvqa_dir(tmp_path / "d", ["1", "2", "3", "4", "5"])
+    assert main(_textvqa_args(tmp_path / "ev", data))["n"] == 5
+    shutil.rmtree(data)
+    _textvqa_dir(data, ["1", "2", "3", "9", "10"])
+    with pytest.raises(ResumeMismatchError, match=r"holds 2 question\(s\) not in the dataset \(e.g. question_id '4'\)"):
+        main(_textvqa_args(tmp_path / "ev", data))
+    fresh = main(_textvqa_args(tmp_path / "ev", data, "resume=false"))
+    assert fresh["n"] == 5 and fresh["evaluated_now"] == 5
