@@ -121,6 +121,19 @@ def load_eval_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str] 
     for name in ("resume", "predict_only"):
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
+    # Checked here, not where used: seed=abc failed as int()'s message without the key, seed=1.5 or true was taken,
+    # num_workers=abc, output_dir=null and checkpoint=5 raised TypeErrors, model=abc an AttributeError.
+    for name in ("seed", "num_workers"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+    if not isinstance(cfg.output_dir, str) or not cfg.output_dir:
+        raise ValueError(f"output_dir must be a non-empty path, got {cfg.output_dir!r}")
+    if cfg.checkpoint is not None and (not isinstance(cfg.checkpoint, str) or not cfg.checkpoint):
+        raise ValueError(f"checkpoint must be a path or null, got {cfg.checkpoint!r}")
+    for name in ("model", "baseline"):
+        if not isinstance(getattr(cfg, name), Mapping):
+            raise ValueError(f"{name} must be a mapping of settings, got {getattr(cfg, name)!r}")
     mx = cfg.data.max_samples
     if mx is not None and (not isinstance(mx, int) or isinstance(mx, bool) or mx < 1):
         raise ValueError(f"data.max_samples must be a positive integer or null, got {mx!r}")

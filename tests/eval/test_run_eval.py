@@ -492,3 +492,19 @@ def test_resume_refuses_records_of_questions_the_dataset_no_longer_holds(tmp_pat
         main(_textvqa_args(tmp_path / "ev", data))
     fresh = main(_textvqa_args(tmp_path / "ev", data, "resume=false"))
     assert fresh["n"] == 5 and fresh["evaluated_now"] == 5
+
+
+@pytest.mark.parametrize("override,match", [
+    ("seed=abc", "seed must be an integer >= 0, got 'abc'"),  # was int()'s message, without the key
+    ("seed=1.5", "seed must be an integer >= 0, got 1.5"),  # was taken (a random init under a float seed)
+    ("seed=true", "seed must be an integer >= 0, got True"),
+    ("num_workers=abc", "num_workers must be an integer >= 0, got 'abc'"),  # was a TypeError in the DataLoader
+    ("num_workers=-1", "num_workers must be an integer >= 0, got -1"),
+    ("output_dir=null", "output_dir must be a non-empty path, got None"),  # was a TypeError from Path(None)
+    ("checkpoint=5", "checkpoint must be a path or null, got 5"),  # was a TypeError
+    ("model=abc", "model must be a mapping of settings, got 'abc'"),  # was an AttributeError
+    ("baseline=[1]", r"baseline must be a mapping of settings, got \[1\]"),  # was a TypeError from **
+])
+def test_wrongly_typed_settings_are_rejected_by_name(override, match):
+    with pytest.raises(ValueError, match=match):
+        load_eval_cfg("configs/eval/tiny.yaml", [override])
