@@ -416,8 +416,9 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
             raise ResumeMismatchError(f"{out} holds a run with different settings {diff}: "
                                       f"{ {k: old.get(k) for k in diff} } vs { {k: run[k] for k in diff} }; "
                                       f"use another output_dir or resume=false")
-    elif pred_path.exists():
-        pred_path.unlink()
+    else:  # starting over: the last run's summary and submission go too, or a killed rerun left them beside it
+        for stale in (pred_path, out / "summary.json", out / "submission.json"):
+            stale.unlink(missing_ok=True)
     _atomic_json(run_path, run)
     records = _read_done(pred_path)
     # The settings match but the rows at data.path may not: records of questions the dataset no longer holds would

@@ -508,3 +508,29 @@ def test_resume_refuses_records_of_questions_the_dataset_no_longer_holds(tmp_pat
 def test_wrongly_typed_settings_are_rejected_by_name(override, match):
     with pytest.raises(ValueError, match=match):
         load_eval_cfg("configs/eval/tiny.yaml", [override])
+
+
+def test_starting_over_removes_the_last_runs_summary(bench, tmp_path, monkeypatch):
+    # resume=false with another method, killed in its first batch: the folder held the new run.json and an empty
+    # JSONL beside the previous run's summary.json (arr_coc, n 3) and submission.json, read as this run's results.
+    import eval.run_eval as run_eval
+
+    out = tmp_path / "ev"
+    main(_args(out, bench, "data.max_samples=3"))
+    assert (out / "summary.json").is_file() and (out / "submission.json").is_file()
+    real_create = run_eval.create_method
+
+    def create(*args, **kwargs):
+        method = real_create(*args, **kwargs)
+
+        def killed(*a, **kw):
+            raise KeyboardInterrupt
+
+        method.generate = killed
+        return method
+
+    monkeypatch.setattr(run_eval, "create_method", create)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(out, bench, "data.max_samples=3", "method=uniform", "token_fraction=0.25", "resume=false"))
+    assert json.loads((out / "run.json").read_text())["method"] == "uniform"
+    assert not (out / "summary.json").exists() and not (out / "submission.json").exists()
