@@ -290,8 +290,10 @@ def _flops_fraction(method: VisualMethod, processor: Any, records: list[Mapping[
     ids = processor.encode_prompt("x")
     first = ids.index(processor.image_token_id)
     n_before = first
-    after = [int(r.get("prompt_text_tokens", 0)) - n_before for r in records]
-    n_after = max(0, round(sum(after) / len(after)))
+    # Records resumed from a folder written before prompt lengths were recorded lack them: they are left out of the
+    # mean (counted as 0 text tokens, they pulled n_after down); with none to go on, no text follows the image.
+    after = [int(r["prompt_text_tokens"]) - n_before for r in records if r.get("prompt_text_tokens") is not None]
+    n_after = max(0, round(sum(after) / len(after))) if after else 0
     return visual_flops_fraction(method.model.config.text_config, method.visual_per_layer(), method.full_tokens,
                                  n_before=n_before, n_after=n_after)
 

@@ -399,6 +399,12 @@ def test_flops_fraction_uses_the_mean_text_after_the_image():
                                  n_before=first, n_after=6)
     assert _flops_fraction(method, processor, recs) == pytest.approx(want)
     assert _flops_fraction(method, processor, []) is None
+    # A record resumed from a folder that predates prompt_text_tokens does not count: before, it was read as 0 text
+    # tokens, i.e. first + 4, first + 8 and -first after the image, a mean of (12 - first) / 3 instead of 6.
+    assert _flops_fraction(method, processor, recs + [{}]) == pytest.approx(want)
+    bare = visual_flops_fraction(model.config.text_config, method.visual_per_layer(), method.full_tokens,
+                                 n_before=first, n_after=0)
+    assert _flops_fraction(method, processor, [{}]) == pytest.approx(bare)  # nothing to go on: no text after
 
 
 def test_records_carry_their_own_tokens_latency_and_prompt_length(bench, tmp_path, monkeypatch):
