@@ -256,10 +256,12 @@ class _StatsPolicy(BanditPolicy):
     """A policy whose state is per-arm sums of per-observation contributions, aged by an optional forgetting rule.
 
     Subclasses register statistics with :meth:`_register_stat`, return each observation's contribution from
-    :meth:`_contributions` and a pre-update prediction from :meth:`_predict_chosen` (used by Page–Hinkley).
+    :meth:`_contributions` and a pre-update prediction from :meth:`_predict_chosen`.
     Priors are added when deriving estimates, so a reset is simply zeroing an arm's sums. Policies whose prediction
     is the arm's mean reward set ``_ph_running_mean``: Page–Hinkley then tests each row against the running mean of
-    the arm's earlier rewards (``counts`` / ``reward_sums``), row by row, instead of a prediction fixed for the batch.
+    the arm's earlier rewards (``counts`` / ``reward_sums``), row by row. Otherwise it tests ``r -``
+    :meth:`_ph_prediction`, a prediction fixed for the batch (the linear policies: an unregularised least-squares
+    fit on the arm's rows before the batch, since the ridge prediction is biased while an arm warms up).
 
     Args:
         n_arms: number of arms A.
@@ -301,6 +303,12 @@ class _StatsPolicy(BanditPolicy):
     def _predict_chosen(self, x: Tensor, actions: Tensor) -> Tensor:
         """Pre-update reward prediction for each observed (x, action) pair, ``(N,)``."""
         raise NotImplementedError
+
+    def _ph_prediction(self, x: Tensor, actions: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Page–Hinkley's prediction for each row from the statistics before the batch, ``(N,)``, and which rows it
+        predicts at all (``(N,)`` bool, or ``None`` for every row); untested rows' predictions are ignored.
+        Defaults to :meth:`_predict_chosen` for every row. Unused by ``_ph_running_mean`` policies."""
+        return self._predict_chosen(x, actions), None
 
     def _after_add(self, x: Tensor, actions: Tensor, weights: Tensor | None) -> None:
         """Called after plain (stationary) accumulation; defaults to a full :meth:`_refresh`."""
@@ -364,9 +372,10 @@ class _StatsPolicy(BanditPolicy):
                 if self._ph_running_mean:  # residuals against the arm's running mean, row by row
                     keep, alarmed, new_state = _ns._page_hinkley_scan(
                         state, rewards, actions, self.n_arms, f, running_mean=(self.counts, self.reward_sums))
-                else:
-                    signal = rewards - self._predict_chosen(x, actions)
-                    keep, alarmed, new_state = _ns._page_hinkley_scan(state, signal, actions, self.n_arms, f)
+                else:  # residuals against a prediction fixed before the batch; rows it cannot make are not tested
+                    pred, tested = self._ph_prediction(x, actions)
+                    keep, alarmed, new_state = _ns._page_hinkley_scan(state, rewards - pred, actions, self.n_arms, f,
+                                                                      tested=tested)
                 for k in _ns._PH_FIELDS:
                     getattr(self, f"_ph_{k}").copy_(new_state[k])
                 if bool(alarmed.any()):

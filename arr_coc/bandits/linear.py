@@ -12,6 +12,12 @@ Two solvers keep ``A_a⁻¹`` current:
   ``(A, m, d)`` tensor (m = most rows any arm received) so every arm updates at once; when m > d a refactorisation is
   cheaper and is used instead. Stationary statistics only.
 
+With :class:`~arr_coc.bandits.nonstationary.PageHinkley` forgetting the change test does not watch the ridge
+prediction ``xᵀθ_a``: its shrinkage towards 0 is a bias while an arm warms up (about ``λ·r/n`` at the n-th row for an
+intercept context), and its sum tripped the test on stationary arms. It watches the residual against the ε-ridge
+least-squares fit ``(G_a + εI)⁻¹b_a`` on the arm's rows before the batch, on rows with leverage at most 1 once the
+arm has F rows (:meth:`_LinearPolicy._ph_prediction`). The fit is fixed for the batch.
+
 Thompson draws: for disjoint arms the sampled value ``xᵀθ̃_a`` with ``θ̃_a ~ N(θ_a, v² A_a⁻¹)`` is exactly
 ``N(xᵀθ_a, v² xᵀA_a⁻¹x)``, so LinTS samples those scalars directly (one independent draw per row and arm) instead of
 d-dimensional parameter vectors.
@@ -26,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import nonstationary as _ns
 from ._base import _StatsPolicy
 from ._validate import _check_int, _check_positive
 
@@ -104,6 +111,27 @@ class _LinearPolicy(_StatsPolicy):
     def _predict_chosen(self, x: Tensor, actions: Tensor) -> Tensor:
         return (self._features(x) * self.theta[actions]).sum(-1)
 
+    def _ph_prediction(self, x: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        # Prequential least squares: θ_ls = (G_a + εI)⁻¹ b_a from the arm's rows since its last reset, before this
+        # batch (no discounting under Page–Hinkley, so G_a = gram is unregularised; ε from _ns._ph_ridge). The ridge
+        # θ_a = (λI + G_a)⁻¹ b_a shrinks towards 0 by about λ/n at the n-th row, a decaying bias whose Page–Hinkley
+        # sum crossed the default threshold on stationary streams (134-138 resets in 2000 rows at reward 2 ± 0.1,
+        # context [1], by seed). A row is tested only if its arm has at least F rows and the fit predicts it from at
+        # least one row's worth of data, h = φᵀ(G_a + εI)⁻¹φ <= 1 (the mean policies' 1/n): a context outside the
+        # span of the arm's rows (h ~ 1/ε) has no least-squares prediction, and one barely inside it a residual with
+        # variance σ²(1 + h), h up to hundreds while the arm warms up, which alarmed as surely as a bias.
+        phi = self._features(x)
+        f = self.feat_dim
+        eye = torch.eye(f, device=self.device, dtype=self.dtype)
+        chol, info = torch.linalg.cholesky_ex(self.gram + _ns._ph_ridge(self.gram)[:, None, None] * eye)
+        theta = torch.cholesky_solve(self.xr[..., None], chol)[..., 0]  # (A, F)
+        ginv = torch.cholesky_inverse(chol)  # (A, F, F)
+        n = phi.shape[0]
+        proj = (phi @ ginv.permute(1, 0, 2).reshape(f, -1)).view(n, self.n_arms, f)  # (N, A, F), as in _mean_var
+        lev = (proj.gather(1, actions[:, None, None].expand(-1, 1, f))[:, 0] * phi).sum(-1)
+        ok = (self.counts >= f) & (info == 0)
+        return (phi * theta[actions]).sum(-1), ok[actions] & (lev <= 1.0)
+
     # ------------------------------------------------------------------ estimates
     def _mean_var(self, contexts: Tensor, per_arm: bool) -> tuple[Tensor, Tensor]:
         """Posterior mean and ``φᵀA⁻¹φ`` per row and arm, each ``(N, A)``."""
@@ -174,6 +202,7 @@ class LinUCB(_LinearPolicy):
         forgetting: optional forgetting rule. ``Discount`` gives a discounted LinUCB: the discounted ridge estimate of
             D-LinUCB (Russac et al. 2019), but its width uses the discounted Gram matrix, ``xᵀA⁻¹x``, not their
             ``xᵀV⁻¹ṼV⁻¹x`` (Ṽ discounted by γ²), which is narrower; so it explores somewhat more than D-LinUCB.
+            ``PageHinkley`` tests residuals against the arm's least-squares fit before each batch (module docstring).
         device: state device.
         dtype: state dtype; contexts must match.
 
@@ -215,7 +244,7 @@ class LinTS(_LinearPolicy):
             ``1 - (1 - p)^(n_mc+1)`` of its due inverse-propensity weight, so raise it for off-policy evaluation of
             targets that favour rare arms (:mod:`arr_coc.bandits.ope`).
         solver: ``"cholesky"`` or ``"sherman_morrison"``.
-        forgetting: optional forgetting rule.
+        forgetting: optional forgetting rule; ``PageHinkley`` as for :class:`LinUCB`.
         device: state device.
         dtype: state dtype; contexts must match.
 
@@ -262,7 +291,10 @@ class HybridLinUCB(_StatsPolicy):
         shared_dim: shared feature width k.
         alpha: exploration scale.
         lam: ridge regulariser λ for both β and θ.
-        forgetting: optional forgetting rule.
+        forgetting: optional forgetting rule. ``PageHinkley`` tests residuals against the joint ε-ridge least-squares
+            fit of β and θ before each batch (rows whose arm has d + k rows and leverage at most 1), not this
+            ridge estimate: against the ridge prediction a stationary arm (x = [1], z = [u], reward 2 ± 0.1) was
+            reset 131 times in 2000 rows.
         device: state device.
         dtype: state dtype.
 
@@ -314,6 +346,30 @@ class HybridLinUCB(_StatsPolicy):
     def _predict_chosen(self, x: Tensor, actions: Tensor) -> Tensor:
         xa, z = self._split(x)
         return (xa * self.theta[actions]).sum(-1) + z @ self.beta
+
+    def _ph_prediction(self, x: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        # The joint least-squares fit of the hybrid model (shared β, per-arm θ_a) on the rows since each arm's last
+        # reset, before this batch: _refresh's Schur-complement solve with a tiny ε (_ns._ph_ridge) in place of λ.
+        # As for the disjoint policies, a row is tested only if its arm has d + k rows and the fit's leverage, the
+        # width of _mean_var with the ε-inverses, is at most 1.
+        xa, z = self._split(x)
+        d, k = self.arm_dim, self.shared_dim
+        eye_d = torch.eye(d, device=self.device, dtype=self.dtype)
+        eye_k = torch.eye(k, device=self.device, dtype=self.dtype)
+        chol, info = torch.linalg.cholesky_ex(self.gram + _ns._ph_ridge(self.gram)[:, None, None] * eye_d)
+        ainv_b = torch.cholesky_solve(self.cross, chol)  # (A, d, k)
+        ainv_xr = torch.cholesky_solve(self.xr[..., None], chol)[..., 0]  # (A, d)
+        zz = self.zz.sum(0)
+        a0 = _ns._ph_ridge(zz) * eye_k + zz - (self.cross.transpose(1, 2) @ ainv_b).sum(0)
+        b0 = self.zr.sum(0) - (self.cross.transpose(1, 2) @ ainv_xr[..., None])[..., 0].sum(0)
+        chol0, info0 = torch.linalg.cholesky_ex(0.5 * (a0 + a0.T))
+        beta = torch.cholesky_solve(b0[:, None], chol0)[:, 0]
+        theta = ainv_xr - (ainv_b @ beta[None, :, None])[..., 0]
+        u = torch.cholesky_solve(xa[:, :, None], chol[actions])[..., 0]  # (N, d) = A_ε⁻¹x
+        zw = z - (self.cross[actions] * u[:, :, None]).sum(1)  # z - B_aᵀA_ε⁻¹x
+        lev = (zw * torch.cholesky_solve(zw.T, chol0).T).sum(-1) + (xa * u).sum(-1)
+        ok = (self.counts >= d + k) & (info == 0).all() & (info0 == 0) & torch.isfinite(beta).all()
+        return (xa * theta[actions]).sum(-1) + z @ beta, ok[actions] & (lev <= 1.0)
 
     def _mean_var(self, contexts: Tensor, per_arm: bool) -> tuple[Tensor, Tensor]:
         xa, z = self._split(contexts)

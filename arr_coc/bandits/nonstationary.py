@@ -13,7 +13,13 @@ reward sums, Gram matrices). A forgetting rule says how those sums age:
   adaptive-window / change-detection bandits of Hartland et al. 2006 and Liu et al. 2018). For the context-free
   policies ``r_hat`` is the running mean of the arm's earlier rewards since its last reset, updated row by row (a
   batch equals the same rows one at a time; an arm's first row after a reset has no prediction and is not tested).
-  For the linear policies it is the model's prediction before the batch.
+  For the linear policies it is the (nearly, ε-ridge) unregularised least-squares fit on the arm's rows since its
+  last reset and before the batch (for HybridLinUCB, the joint fit with the shared β), not the ridge prediction,
+  whose shrinkage is a bias decaying over each arm's warm-up that the test mistook for a change (134 resets in 2000
+  stationary rows). The fit is fixed for the batch, unlike the mean policies' row-by-row mean, so a batch is not the
+  same as its rows one at a time. A row is tested only if its arm had at least F rows (F the feature width) and the
+  fit predicts it from at least one row's worth of data (leverage ``φᵀ(G + εI)⁻¹φ <= 1``); rows of an arm after
+  its alarm in a batch are not tested either (the alarm discards the data of their prediction).
 
 The dataclasses here are the public configuration; the helpers below implement them on batched tensors without a
 Python loop over the rows (the Page–Hinkley scan loops only once per alarm raised in a batch).
@@ -59,6 +65,9 @@ class PageHinkley:
 
     The statistic for an upward shift is ``m_t - min_s m_s`` with ``m_t = sum_s (e_s - mean_s - delta)``; the downward
     one mirrors it. An alarm fires when either exceeds ``threshold`` after at least ``min_samples`` residuals.
+    The residual ``e`` is taken against an unbiased prediction from the arm's earlier rows since its last reset (the
+    running mean for context-free policies, least squares for linear ones; see the module docstring), so a
+    stationary arm essentially never alarms; rows without such a prediction are not tested and not counted.
     """
 
     delta: float = 0.05  # tolerated drift magnitude (reward units)
@@ -130,9 +139,19 @@ def _ring_append(bufs: tuple[Tensor, ...], rows: tuple[Tensor, ...], pos: Tensor
 _PH_FIELDS = ("n", "mean", "up", "up_min", "dn", "dn_max")
 
 
+def _ph_ridge(gram: Tensor) -> Tensor:
+    """Ridge ``eps`` per matrix for the linear policies' (nearly) unregularised Page–Hinkley fits, ``(..., F, F)`` ->
+    ``(...)``: ``c * (trace / F + 1)`` with ``c = max(1e-6, 10 F u)`` (u the dtype's epsilon), tiny against the Gram
+    matrix's scale but large enough for Cholesky to factor a singular Gram matrix computed in float32. Growing with
+    the trace, the shrinkage it causes is a fixed fraction of the fit, not a bias that decays as rows arrive."""
+    f = gram.shape[-1]
+    c = max(1e-6, 10 * f * torch.finfo(gram.dtype).eps)
+    return c * (gram.diagonal(dim1=-2, dim2=-1).sum(-1) / f + 1.0)
+
+
 def _page_hinkley_scan(
     state: dict[str, Tensor], signal: Tensor, actions: Tensor, n_arms: int, cfg: PageHinkley,
-    running_mean: tuple[Tensor, Tensor] | None = None
+    running_mean: tuple[Tensor, Tensor] | None = None, tested: Tensor | None = None
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Batched two-sided Page–Hinkley over a batch of residuals, in row order, per arm.
 
@@ -146,6 +165,11 @@ def _page_hinkley_scan(
             Row i is then tested on ``r_i - (mean of its arm's earlier observations since the last reset)``, exactly
             as if the rows came one at a time (an alarm restarts that mean); a row whose arm has no earlier
             observation has no prediction and is not tested. Without it, ``signal`` is tested as given.
+        tested: ``(N,)`` bool, rows whose ``signal`` is a residual at all (the linear policies' prequential
+            prediction needs enough earlier rows of the arm); other rows enter neither the test nor its state, and
+            their ``signal`` is ignored (it may be NaN). It describes the state before the batch: rows of an arm
+            after that arm's alarm in this batch are not tested either, since their prediction came from the
+            statistics the alarm discards. ``None``: every row is tested.
 
     Returns:
         ``(keep, alarmed, new_state)``: ``keep`` marks rows that arrive after their arm's last alarm in this batch
@@ -161,18 +185,22 @@ def _page_hinkley_scan(
     active = torch.ones(n_rows, dtype=torch.bool, device=dev)
     st = {k: state[k].clone() for k in _PH_FIELDS}
     rows = torch.arange(n_rows, device=dev)
+    predictable = None
     if running_mean is not None:
         base_n, base_sum = running_mean[0].to(dt).clone(), running_mean[1].to(dt).clone()
         rewards = signal
+    if tested is not None:
+        predictable = tested.to(torch.bool)
+        signal = torch.where(predictable, signal, 0.0)  # 0 * NaN would leak into the cumulative sums
     # Each pass either finishes or drops at least one row, so this loop runs at most (#alarms + 1) times.
     while True:
-        tested = active
+        tested = active if predictable is None else active & predictable
         if running_mean is not None:  # residual against the running mean of the arm's earlier rows
             seen = F.one_hot(actions, n_arms).to(dt) * active[:, None].to(dt)  # (N, A)
             n_before = (base_n + seen.cumsum(0) - seen).gather(1, actions[:, None])[:, 0]
             sum_before = (base_sum + (seen * rewards[:, None]).cumsum(0) - seen * rewards[:, None])
             sum_before = sum_before.gather(1, actions[:, None])[:, 0]
-            tested = active & (n_before > 0)
+            tested = tested & (n_before > 0)
             signal = torch.where(tested, rewards - sum_before / n_before.clamp_min(1.0), 0.0)
         onehot = F.one_hot(actions, n_arms).to(dt) * tested[:, None].to(dt)  # (N, A)
         cnt = st["n"] + onehot.cumsum(0)  # (N, A) residuals seen including row i
@@ -203,6 +231,8 @@ def _page_hinkley_scan(
         if running_mean is not None:  # an alarmed arm's statistics restart from the rows after its alarm
             base_n = torch.where(any_alarm, 0.0, base_n)
             base_sum = torch.where(any_alarm, 0.0, base_sum)
+        if predictable is not None:  # a prediction fixed before the batch is void for an arm once it alarms
+            predictable = predictable & ~any_alarm[actions]
         if not bool(active.any()):
             break
     return keep, alarmed, st

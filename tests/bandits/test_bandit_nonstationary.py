@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arr_coc.bandits import Discount, EpsilonGreedy, LinUCB, PageHinkley, SlidingWindow, ThompsonSampling, UCB1
+from arr_coc.bandits import (Discount, EpsilonGreedy, HybridLinUCB, LinTS, LinUCB, PageHinkley, SlidingWindow,
+                              ThompsonSampling, UCB1)
 from arr_coc.bandits import nonstationary as ns
 
 
@@ -312,3 +313,107 @@ def test_page_hinkley_on_a_mean_policy_alarms_where_hand_derived_and_batches_equ
         assert pol.resets.tolist() == [1] and pol.counts.tolist() == [18.0] and pol.reward_sums.tolist() == [0.0]
     for k in ns._PH_FIELDS:
         assert torch.allclose(getattr(seq, f"_ph_{k}"), getattr(whole, f"_ph_{k}"), atol=1e-12), k
+
+
+LINEAR = {
+    "linucb": lambda d, dt: LinUCB(2, d, forgetting=PageHinkley(), dtype=dt),
+    "lints": lambda d, dt: LinTS(2, d, forgetting=PageHinkley(), dtype=dt),
+}
+
+
+def _linear_stream(n, d, seed, dtype=torch.float32):
+    """Contexts [1, U(0,1)^(d-1)], reward 2 + 0.1·N(0, 1) whatever the context; every row plays arm 0."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.ones(n, 1), torch.rand(n, d - 1, generator=g)], 1).to(dtype)
+    r = (2.0 + 0.1 * torch.randn(n, generator=g)).to(dtype)
+    return x, torch.zeros(n, dtype=torch.long), r
+
+
+@pytest.mark.parametrize("name", list(LINEAR))
+@pytest.mark.parametrize("d", [1, 4])
+@pytest.mark.parametrize("batch", [1, 100])
+def test_page_hinkley_on_a_linear_policy_does_not_alarm_on_a_stationary_arm(name, d, batch):
+    """Against the ridge prediction, shrunk towards 0 by about 2λ/n at the n-th row, this stream raised 134 (d = 1)
+    and 125 (d = 4) false alarms in 2000 rows fed row by row and 1 in batches of 100 (the second batch, after a first
+    one predicted as 0). Against the least-squares fit of the arm's earlier rows the residual has mean 0; rows with
+    leverage > 1 are not tested, so the tested ones have variance at most 2σ² = 0.02. Page–Hinkley's upward
+    statistic is then a random walk with drift -δ = -0.05 reflected at 0, whose level is about exponential with mean
+    σ²/(2δ) = 0.1: exceeding λ = 5 has probability of order e^-50 per row (the downward one likewise)."""
+    x, a, r = _linear_stream(1000, d, seed=0)
+    pol = LINEAR[name](d, torch.float32)
+    for i in range(0, 1000, batch):
+        pol.update(x[i:i + batch], a[i:i + batch], r[i:i + batch])
+    assert pol.resets.tolist() == [0, 0] and pol.counts.tolist() == [1000.0, 0.0]
+    assert int(pol._ph_n[0]) >= 900  # nearly every row was tested (all but the first batch or first few rows)
+
+
+def test_page_hinkley_on_hybrid_linucb_does_not_alarm_on_a_stationary_arm():
+    """The same stream for HybridLinUCB (x = [1, u], z = [u', u'']): against its ridge prediction 126 false alarms in
+    2000 rows (131 with x = [1], z = [u]); against the joint least-squares fit none, for the reasons above."""
+    x, a, r = _linear_stream(600, 4, seed=1)
+    pol = HybridLinUCB(2, 2, 2, forgetting=PageHinkley())
+    for i in range(600):
+        pol.update(x[i:i + 1], a[i:i + 1], r[i:i + 1])
+    assert pol.resets.tolist() == [0, 0] and int(pol._ph_n[0]) > 550
+
+
+@pytest.mark.parametrize("name", list(LINEAR))
+@pytest.mark.parametrize("d", [1, 4])
+@pytest.mark.parametrize("batch", [1, 10, 100])
+def test_page_hinkley_on_a_linear_policy_alarms_on_the_second_row_after_a_jump(name, d, batch):
+    """Reward mean 2 -> 5 from row 500. The fit on ~500 earlier rows predicts 2 within ~0.01, so rows 500 and 501
+    have residuals e ≈ 3 (fed row by row, row 501's fit includes row 500: 3·500/501 ≈ 2.99). Each adds about
+    e - mean - δ ≈ 3 - 3/501 - 0.05 ≈ 2.94 to the upward statistic, which stood at a reflected-walk level of order
+    0.1 (see above): ≈ 2.9-3.3 < 5 after row 500, ≈ 5.9-6.3 > 5 after row 501. The alarm is on row 501 whether the
+    change falls between batches or inside one; rows 502..999 (498) are kept and predict 5, no further alarm."""
+    x, a, r = _linear_stream(1000, d, seed=2, dtype=torch.float64)
+    r[500:] += 3.0
+    pol = LINEAR[name](d, torch.float64)
+    for i in range(0, 1000, batch):
+        pol.update(x[i:i + batch], a[i:i + batch], r[i:i + batch])
+        assert int(pol.resets[0]) == (1 if i + batch > 501 else 0), i
+    assert pol.resets.tolist() == [1, 0] and pol.counts.tolist() == [498.0, 0.0]
+    q = torch.cat([torch.ones(1, 1), torch.full((1, d - 1), 0.5)], 1).to(torch.float64)
+    assert abs(float(pol.expected_reward(q)[0, 0]) - 5.0) < 0.1
+
+
+def test_page_hinkley_on_a_linear_policy_does_not_test_rows_without_a_least_squares_prediction():
+    """(a) A fresh arm with d = 4 has no fit: a first batch of 50 rows jumping from 0 to 100 after row 10 tests no
+    row (before, all were tested against the prediction 0 and the jump alarmed).
+    (b) 20 rows at context [1, 0], one at a time, fit the first coordinate only: the first two are not tested (fewer
+    than F = 2 earlier rows), the other 18 are (leverage 1/n <= 1). A row at [0, 1] lies outside their span
+    (leverage ~ 1/ε): not tested however far its reward.
+    (c) Rows of an arm after its alarm in a batch are not tested. 10 rows of 0 in one batch (untested) give the arm a
+    fit; 5 more one at a time give 5 tested residuals 0 (upward statistic -5δ, its minimum). The next batch jumps to
+    10: on its first row the PH mean is 10/6 and the statistic 10 - 10/6 - δ = 8.28 > 5 with n = 6 >= 5, an alarm.
+    9 more rows of 10 and 30 of -10 follow; tested against the stale pre-batch fit (0), the fall from 10 to -10
+    would alarm again (it does in the bare scan, keeping only 29 rows). Untested, the batch resets once, keeps the
+    39 rows after the alarm, and leaves the arm's test state empty."""
+    dt = torch.float64
+    a1 = torch.zeros(1, dtype=torch.long)
+    pol = LinUCB(1, 4, forgetting=PageHinkley(), dtype=dt)
+    x = torch.ones(50, 4, dtype=dt)
+    x[:, 1:] = torch.rand(50, 3, generator=torch.Generator().manual_seed(3), dtype=dt)
+    r = torch.cat([torch.zeros(10, dtype=dt), torch.full((40,), 100.0, dtype=dt)])
+    pol.update(x, torch.zeros(50, dtype=torch.long), r)
+    assert pol.resets.tolist() == [0] and pol._ph_n.tolist() == [0.0] and pol.counts.tolist() == [50.0]
+
+    pol = LinUCB(1, 2, forgetting=PageHinkley(), dtype=dt)
+    for _ in range(20):
+        pol.update(torch.tensor([[1.0, 0.0]], dtype=dt), a1, torch.zeros(1, dtype=dt))
+    assert pol._ph_n.tolist() == [18.0]
+    pol.update(torch.tensor([[0.0, 1.0]], dtype=dt), a1, torch.full((1,), 1e3, dtype=dt))
+    assert pol.resets.tolist() == [0] and pol._ph_n.tolist() == [18.0] and pol.counts.tolist() == [21.0]
+
+    pol = LinUCB(1, 1, forgetting=PageHinkley(), dtype=dt)
+    one = torch.ones(40, 1, dtype=dt)
+    pol.update(one[:10], torch.zeros(10, dtype=torch.long), torch.zeros(10, dtype=dt))
+    for _ in range(5):
+        pol.update(one[:1], a1, torch.zeros(1, dtype=dt))
+    assert pol._ph_n.tolist() == [5.0]
+    state = {k: getattr(pol, f"_ph_{k}").clone() for k in ns._PH_FIELDS}
+    r = torch.cat([torch.full((10,), 10.0, dtype=dt), torch.full((30,), -10.0, dtype=dt)])
+    pol.update(one, torch.zeros(40, dtype=torch.long), r)
+    assert pol.resets.tolist() == [1] and pol.counts.tolist() == [39.0] and pol._ph_n.tolist() == [0.0]
+    keep, _, _ = ns._page_hinkley_scan(state, r, torch.zeros(40, dtype=torch.long), 1, PageHinkley())
+    assert int(keep.sum()) == 29  # the same residuals, all tested: a second alarm
