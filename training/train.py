@@ -409,8 +409,12 @@ class TrainRecipe:
                 # and the schedule is rebuilt at the step (loading the old groups ignored a new optim.lr, and failed
                 # when the new values split or merged the groups).
                 hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+                # Compared before loading: another architecture failed inside DCP's load (a CheckpointException
+                # about tensor sizes or missing keys) instead of naming the setting that changed.
+                saved = path / "trainer_state.json"
+                if saved.is_file():
+                    _check_resume_config(json.loads(saved.read_text()).get("config"), cfg, path)
                 state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=None)
-                _check_resume_config(state.get("config"), cfg, path)
                 self.step = int(state["step"])
                 for group, h in zip(self.optimizer.param_groups, hyper):
                     group.update(h)

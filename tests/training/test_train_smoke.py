@@ -318,6 +318,20 @@ def test_resume_refuses_other_trajectory_settings(bench, tmp_path):
     assert [r["step"] for r in rows] == [3]
 
 
+def test_resume_names_an_architecture_change_before_loading(bench, tmp_path):
+    """Another model shape (or allocator) on --resume is refused by name, not by DCP's load failing on the tensors
+    (a CheckpointException about sizes or missing keys, raised before the settings were compared)."""
+    out = tmp_path / "arch"
+    args = ["--config", "configs/train/tiny.yaml", f"output_dir={out}", f"data.path={bench}", "data.generate=false",
+            "dist.fsdp=off", "train.max_steps=1", "train.batch_size=4"]
+    main(args)
+    with pytest.raises(ValueError, match=r"model: \{\} -> \{'llm': \{'text_config': \{'hidden_size': 48\}\}\}"):
+        main(args + ["model.llm.text_config.hidden_size=48", "--resume"])
+    with pytest.raises(ValueError, match=r"model: \{\} -> \{'arr_coc': \{'allocator': 'bandit'"):
+        main(args + ["model.arr_coc.allocator=bandit", 'model.arr_coc.allocator_kwargs={"levels": [1, 2, 4, 6]}',
+                     "--resume", str(out / "checkpoints" / "step_00000001")])
+
+
 @pytest.mark.parametrize("first,then", [
     (["optim.arr_coc_lr=1e-3"], ["optim.lr=1e-5"]),  # still two groups: the old lr was kept silently
     ([], ["optim.lr=1e-5"]),  # one group (equal lrs) split in two
