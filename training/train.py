@@ -219,6 +219,35 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
     rl = cfg.train.relevance_layer
     if rl is not None and (isinstance(rl, bool) or not isinstance(rl, int) or rl < 1):
         raise ValueError(f"train.relevance_layer must be a positive integer (1-based LLM layer) or null, got {rl!r}")
+    # The remaining keys were taken as given: a truthy string (train.bandit_feedback=flase) switched a flag on, and
+    # data.max_length=-1 or data.num_workers=1.5 failed only at the first batch, without the key's name.
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by train.grad_accum="
+                         f"{cfg.train.grad_accum} (each process's micro-batches must tile the global batch)")
+    for name, v in (("train.bandit_feedback", cfg.train.bandit_feedback), ("data.generate", cfg.data.generate),
+                    ("dist.reshard_after_forward", cfg.dist.reshard_after_forward),
+                    ("dist.activation_checkpointing", cfg.dist.activation_checkpointing)):
+        if not isinstance(v, bool):
+            raise ValueError(f"{name} must be true or false, got {v!r}")
+    for name, v, nullable in (("output_dir", cfg.output_dir, False), ("data.source", cfg.data.source, False),
+                              ("data.split", cfg.data.split, False), ("data.path", cfg.data.path, True),
+                              ("dist.backend", cfg.dist.backend, True)):
+        if not (v is None and nullable) and (not isinstance(v, str) or not v):
+            raise ValueError(f"{name} must be a non-empty string{' or null' if nullable else ''}, got {v!r}")
+    for name, v in (("model", cfg.model), ("data.generate_sizes", cfg.data.generate_sizes),
+                    ("data.generate_cfg", cfg.data.generate_cfg), ("data.columns", cfg.data.columns)):
+        if v is not None and not isinstance(v, dict):
+            raise ValueError(f"{name} must be a mapping, got {v!r}")
+    if not isinstance(cfg.data.keep_columns, (list, tuple)):
+        raise ValueError(f"data.keep_columns must be a list of column names, got {cfg.data.keep_columns!r}")
+    _number("data.max_length", cfg.data.max_length, lambda v: v >= 1, "a positive integer or null", integer=True,
+            nullable=True)
+    _number("data.max_samples", cfg.data.max_samples, lambda v: v >= 1, "a positive integer or null", integer=True,
+            nullable=True)
+    _number("data.num_workers", cfg.data.num_workers, lambda v: v >= 0, "an integer >= 0", integer=True)
+    _number("data.generate_seed", cfg.data.generate_seed, lambda v: v >= 0, "an integer >= 0", integer=True)
+    _number("train.hang_after_step", cfg.train.hang_after_step, lambda v: v >= 1, "a positive integer or null",
+            integer=True, nullable=True)
     model_cfg(cfg)  # validates the merged model config
     return cfg
 

@@ -561,6 +561,34 @@ def test_boundary_settings_are_refused_by_name(override, match):
         load_train_cfg("configs/train/tiny.yaml", [override])
 
 
+@pytest.mark.parametrize("override,match", [
+    ("train.bandit_feedback=flase", r"train\.bandit_feedback must be true or false, got 'flase'"),  # was truthy: on
+    ("dist.activation_checkpointing=3", r"dist\.activation_checkpointing.*got 3"),
+    ("dist.reshard_after_forward=x", r"dist\.reshard_after_forward.*got 'x'"),
+    ("data.generate=yes please", r"data\.generate.*got 'yes please'"),
+    ("data.max_length=-1", r"data\.max_length must be a positive integer or null, got -1"),  # failed at a batch
+    ("data.max_length=0", r"data\.max_length.*got 0"),
+    ("data.max_length=1.5", r"data\.max_length.*got 1\.5"),
+    ("data.num_workers=1.5", r"data\.num_workers.*got 1\.5"),  # a TypeError in the DataLoader
+    ("data.num_workers=-1", r"data\.num_workers.*got -1"),
+    ("data.max_samples=0", r"data\.max_samples.*got 0"),
+    ("data.generate_seed=x", r"data\.generate_seed.*got 'x'"),
+    ("train.hang_after_step=0", r"train\.hang_after_step.*got 0"),
+    ("output_dir=null", r"output_dir must be a non-empty string, got None"),  # a TypeError in Path()
+    ("dist.backend=3", r"dist\.backend.*got 3"),
+    ("model=3", r"model must be a mapping, got 3"),  # an AttributeError in the merge
+    ("data.keep_columns=3", r"data\.keep_columns.*got 3"),
+    ("train.batch_size=6;train.grad_accum=4", r"train\.batch_size=6 is not divisible by train\.grad_accum=4"),
+])
+def test_every_remaining_key_is_checked_by_name(override, match):
+    """Every key is refused by name when malformed, at load time: a truthy string switched a flag on, and other
+    values failed only later (at setup or the first batch) without the key's name, or not at all."""
+    from training.train import load_train_cfg
+
+    with pytest.raises(ValueError, match=match):
+        load_train_cfg("configs/train/tiny.yaml", override.split(";"))
+
+
 def test_boundary_settings_inside_the_ranges_are_accepted():
     from training.train import load_train_cfg
 
