@@ -12,7 +12,8 @@ Layout of ``<output_dir>/checkpoints/step_00000012/``:
 
 Atomicity: everything is written under ``.step_00000012.tmp`` and renamed once complete (``os.replace`` on one file
 system is atomic), then ``latest`` (a one-line file, itself replaced atomically) points at it. A crash mid-write
-leaves only a ``.tmp`` folder, which :func:`find_latest` ignores and the next save removes.
+leaves only a ``.tmp`` folder, which :func:`find_latest` ignores and the next save removes. A checkpoint being
+deleted (one of the same step being replaced, or one pruned by ``keep_last``) is first renamed to such a name too.
 """
 
 from __future__ import annotations
@@ -121,17 +122,27 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, *, model: nn.Module
     del full
     _barrier()
     if _rank() == 0:
+        # A checkpoint of this step already there (a resume from an older one, or a rerun) is renamed out of the
+        # way before it is deleted: removed in place, a kill mid-delete left a step folder that still looked
+        # complete (trainer_state.json) with its shards gone, and `latest` pointed at it.
+        old_final = root / f".{_PREFIX}{step:08d}.old.tmp"
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old_final)
         os.replace(tmp, final)
         atomic_write_text(root / "latest", final.name + "\n")
+        if old_final.exists():
+            shutil.rmtree(old_final)
         if keep_last is not None and keep_last > 0:
             # Prune only this trajectory's past: checkpoints numbered at or below the one just written, never that
             # one. Higher-numbered folders (an earlier run in the same output_dir, or a resume from an older
-            # checkpoint) are left alone: sorting them in would delete the checkpoint just written.
+            # checkpoint) are left alone: sorting them in would delete the checkpoint just written. Each is renamed
+            # to a .tmp name first, so a kill mid-delete leaves a folder that no search counts and the next save
+            # removes.
             done = sorted(p for p in root.glob(f"{_PREFIX}*") if p.is_dir() and p.name <= final.name)
             for old in done[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                doomed = root / f".{old.name}.old.tmp"
+                os.replace(old, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
     _barrier()
     return final
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -505,6 +506,44 @@ def test_save_removes_stale_tmp_folders_of_any_step(tmp_path):
     (tmp_path / ".step_00000008.tmp" / "dcp").mkdir(parents=True)
     save_checkpoint(tmp_path, 5, model=model, optimizer=opt, scheduler=None, trainer_state={"step": 5})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000005"]
+
+
+def test_a_kill_while_deleting_a_checkpoint_leaves_none_that_looks_complete(tmp_path, monkeypatch):
+    """Replacing a checkpoint of the same step (a resume from an older one) removed it in place: killed mid-delete,
+    its folder kept trainer_state.json without its shards, and `latest` still named it. Now every step folder a
+    search can find is complete, whether the kill comes while replacing or while pruning with keep_last."""
+    import shutil
+
+    from training import checkpoint
+    from training.checkpoint import find_latest, load_checkpoint, save_checkpoint
+
+    model, opt = _linear_and_adam(0)
+    root = tmp_path / "ckpt"
+    rmtree = shutil.rmtree
+
+    def save(step, keep_last=None):
+        return save_checkpoint(root, step, model=model, optimizer=opt, scheduler=None,
+                               trainer_state={"step": step}, keep_last=keep_last)
+
+    def killed_midway(path, *args, **kwargs):  # deletes a checkpoint's shards first, then the process dies
+        if not (Path(path) / "dcp").is_dir():  # a crashed write's leftovers: removed as usual
+            return rmtree(path, *args, **kwargs)
+        rmtree(Path(path) / "dcp")
+        raise KeyboardInterrupt
+
+    for step in (1, 2):
+        save(step)
+    for step, keep_last in ((2, None), (3, 1)):  # replacing step 2; writing step 3 and pruning 1 and 2
+        monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_midway)
+        with pytest.raises(KeyboardInterrupt):
+            save(step, keep_last)
+        monkeypatch.undo()
+        for folder in root.glob("step_*"):
+            assert (folder / "dcp").is_dir(), folder
+        load_checkpoint(find_latest(root), model=model, optimizer=opt)
+        assert find_latest(root).name == f"step_{step:08d}"
+    save(4)  # the next save removes what the kills left
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
 
 
 def test_lr_schedule_by_hand():
