@@ -254,11 +254,13 @@ def load_train_cfg(path: str | os.PathLike[str] | None, overrides: Sequence[str]
 
 # Settings that fix a run's trajectory: resuming with another value would silently continue a different run (another
 # data order, batch, budget draw, objective or model). max_steps, the optimiser, logging and checkpointing may change.
+# train.bandit_feedback decides whether a bandit allocator's statistics (model state) learn; data.columns which source
+# columns are the question and answers.
 _RESUME_KEYS = ("model_preset", "model", "train.seed", "train.batch_size", "train.grad_accum", "train.budget_fractions",
                 "train.grounding_weight", "train.relevance_weight", "train.relevance_layer", "train.saliency_weight",
-                "data.source", "data.split", "data.max_samples")
+                "train.bandit_feedback", "data.source", "data.split", "data.max_samples", "data.columns")
 # Keys added after checkpoints were already being written: a saved config without one was trained with this value.
-_RESUME_ADDED = {"train.saliency_weight": 0.0}
+_RESUME_ADDED = {"train.saliency_weight": 0.0, "data.columns": {}}
 
 
 @contextlib.contextmanager

@@ -660,7 +660,9 @@ def test_every_trajectory_setting_is_compared_on_resume(tmp_path):
     changes = {"model_preset": "bench", "model": {"arr_coc": {"budget": 8}}, "train.seed": 5, "train.batch_size": 4,
                "train.grad_accum": 2, "train.budget_fractions": [0.5], "train.grounding_weight": 1.0,
                "train.relevance_weight": 1.0, "train.relevance_layer": 1, "train.saliency_weight": 1.0,
-               "data.source": "vqav2", "data.split": "val", "data.max_samples": 3}
+               "data.source": "vqav2", "data.split": "val", "data.max_samples": 3,
+               # A bandit's statistics learn or not, and another column is the answer: other runs too (not compared).
+               "train.bandit_feedback": False, "data.columns": {"answers": "label"}}
     for key, value in changes.items():
         other = copy.deepcopy(saved)
         *parents, last = key.split(".")
@@ -679,3 +681,5 @@ def test_every_trajectory_setting_is_compared_on_resume(tmp_path):
     _check_resume_config(older, cfg, tmp_path)
     with pytest.raises(ValueError, match=r"train.saliency_weight: 0.0 -> 0.5"):
         _check_resume_config(older, load_train_cfg("configs/train/tiny.yaml", ["train.saliency_weight=0.5"]), tmp_path)
+    del older["data"]["columns"]  # nor before data.columns: trained on the source's own column names
+    _check_resume_config(older, cfg, tmp_path)
