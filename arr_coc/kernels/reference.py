@@ -56,8 +56,9 @@ def projection_forward(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Ten
     # first point than the bracket's midpoint when few are.
     tau = ((yf.sum(-1, keepdim=True) - bf) / y.shape[-1]).clamp(t_low, t_high)
     eps = torch.finfo(acc).eps
-    # Tolerance on s(tau) - B: a few ulps of the magnitudes being summed.
-    tiny = torch.finfo(acc).tiny
+    # Tolerance on s(tau) - B: a few ulps of the magnitudes being summed, plus the spacing of the subnormal grid per
+    # summed term (not finfo.tiny, the smallest normal 2.2e-308: it accepted sums 1% off a budget of 1e-307).
+    tiny = (y.shape[-1] + 1) * torch.finfo(acc).smallest_normal * eps
     done = torch.zeros_like(tau, dtype=torch.bool)
     for it in range(_MAX_ITERS):
         z = yf - tau

@@ -63,6 +63,28 @@ def test_huge_and_tiny_magnitudes(mag):
         assert err <= (1e-5 if dt == torch.float32 else 1e-10)
 
 
+def test_float64_near_the_bottom_of_the_normal_range():
+    # Regression: the solver's residual tolerance had an absolute floor of finfo.tiny (2.2e-308, the smallest normal
+    # float64), so at budgets ~1e-307 its first iterate was "converged" and rows summed ~1% off the budget. By hand,
+    # y = s·[3, 1, 0, -5], B = 3s, 0 <= x <= 4s: tau = s/2 frees the first two entries ((3s - tau) + (s - tau) = 3s)
+    # and clamps the others (-s/2 and -5.5s below 0), so x = s·[2.5, 0.5, 0, 0], exact in float64 up to rounding.
+    s = 1e-307
+    y = torch.tensor([[3.0, 1.0, 0.0, -5.0]], dtype=torch.float64) * s
+    x = capped_simplex_projection(y, 3 * s, 0.0, 4 * s)
+    expected = torch.tensor([[2.5, 0.5, 0.0, 0.0]], dtype=torch.float64) * s
+    assert ((x - expected).abs() <= 1e-14 * s).all()
+    # Random rows at this scale and in the subnormal range against the sort-based solver, which itself underflows
+    # there: the projection is positively homogeneous, so solve the rows scaled up by 2^e (exact) and scale back.
+    g = torch.Generator().manual_seed(3)
+    for e in (1020, 1023, 1030):  # s ~ 1.1e-307 (normal), 1.1e-308 and 8.7e-311 (subnormal)
+        s = float(np.ldexp(1.0, -e))
+        y = torch.randn(16, 20, generator=g, dtype=torch.float64) * s
+        x = capped_simplex_projection(y, 5 * s, 0.0, s)
+        ref = np.ldexp(project_f64(np.ldexp(y.numpy(), e), 5.0, 0.0, 1.0), -e)
+        assert float(np.abs(x.numpy() - ref).max()) <= 1e-11 * s
+        assert float((x.sum(-1) - 5 * s).abs().max()) <= 1e-11 * s
+
+
 def test_k_equals_one():
     y = torch.tensor([[3.0], [-7.0], [100.0]])
     x = capped_simplex_projection(y, torch.tensor([2.0, 5.0, 9.0]), 0.0, 10.0)
