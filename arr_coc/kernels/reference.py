@@ -52,6 +52,7 @@ def projection_forward(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Ten
     # Bracket: s(t_low) = sum(hi) >= B and s(t_high) = sum(lo) <= B.
     t_low = (yf - hif).amin(-1, keepdim=True)
     t_high = (yf - lof).amax(-1, keepdim=True)
+    bracket = t_low.abs() + t_high.abs()  # the midpoint and width below stay finite while this does
     # Start from the root of the all-free model, sum(y - tau) = B: exact when no bound is active, and a far better
     # first point than the bracket's midpoint when few are.
     tau = ((yf.sum(-1, keepdim=True) - bf) / y.shape[-1]).clamp(t_low, t_high)
@@ -91,6 +92,14 @@ def projection_forward(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Ten
     x2 = torch.minimum(torch.maximum(yf - tau2, lof), hif)
     better = ((x2.sum(-1, keepdim=True) - bf).abs() <= resid.abs()) & (n_free > 0)
     x = torch.where(better, x2, x)
+    # Values within ~4K of float64's max overflow the sums above (the tolerance, the bracket's midpoint) and leave a
+    # wrong x, silently. Such rows are solved again scaled by 2^-64: the projection is positively homogeneous and a
+    # power of two scales exactly (only magnitudes below ~2^-1010, under those rows' resolution, lose bits).
+    over = ~torch.isfinite(4 * (tol + bracket))
+    if bool(over.any()):
+        s = 2.0 ** -64
+        xs = projection_forward(yf * s, budget.to(acc) * s, lo.to(acc) * s, hi.to(acc) * s) / s
+        x = torch.where(over, torch.minimum(torch.maximum(xs, lof), hif), x)
     return x.to(y.dtype)
 
 

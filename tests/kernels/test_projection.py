@@ -85,6 +85,22 @@ def test_float64_near_the_bottom_of_the_normal_range():
         assert float((x.sum(-1) - 5 * s).abs().max()) <= 1e-11 * s
 
 
+def test_float64_near_its_max_does_not_overflow():
+    # Regression: sums of K values near float64's max (the tolerance sum|x|, the bracket's midpoint) overflowed to inf,
+    # the solver stopped at once and returned a wrong point, silently (all entries at lo, summing to -inf).
+    # By hand: no bound is active, so tau = (sum(y) - B) / K = (2e308 - 1e308) / 3 and x = y - tau, all inside
+    # (-1.7e308, 1.7e308); in the second case the first two entries are free, 3e308 - 2 tau = 1e308 gives tau = 1e308,
+    # and the third clamps at 0.
+    y = torch.tensor([[1.5e308, 1.5e308, -1e308]], dtype=torch.float64)
+    x = capped_simplex_projection(y, 1e308, -1.7e308, 1.7e308)
+    tau = 1e308 / 3
+    expected = torch.tensor([[1.5e308 - tau, 1.5e308 - tau, -1e308 - tau]], dtype=torch.float64)
+    assert torch.allclose(x, expected, rtol=1e-15, atol=0)
+    y = torch.tensor([[1.5e308, 1.5e308, 0.0]], dtype=torch.float64)
+    x = capped_simplex_projection(y, 1e308, 0.0, 1.7e308)
+    assert torch.allclose(x, torch.tensor([[0.5e308, 0.5e308, 0.0]], dtype=torch.float64), rtol=1e-15, atol=0)
+
+
 def test_k_equals_one():
     y = torch.tensor([[3.0], [-7.0], [100.0]])
     x = capped_simplex_projection(y, torch.tensor([2.0, 5.0, 9.0]), 0.0, 10.0)
