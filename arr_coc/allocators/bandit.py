@@ -248,8 +248,8 @@ class BanditAllocator(MCKPAllocator):
             lv = torch.tensor(self.levels, device=budgets.device)
             match = budgets[..., None] == lv  # (B, K, L)
             if not bool(match.any(-1).all()):
-                bad = budgets[~match.any(-1)][0]
-                raise ValueError(f"budget {int(bad)} is not one of the levels {self.levels}")
+                bad = budgets[~match.any(-1)][0]  # as given: int() named a budget of 2.5 as "2", a level
+                raise ValueError(f"budget {bad.item()} is not one of the levels {self.levels}")
             phi = self._aggregate(x, match.long().argmax(-1).to(x.device))
         else:
             if self._pending is None:

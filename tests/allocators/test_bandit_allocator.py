@@ -314,3 +314,14 @@ def test_defaults_and_construction_checks():
     for bad in (float("inf"), float("nan")):
         with pytest.raises(ValueError, match="utility_weight must be a finite number"):
             create_allocator("bandit", utility_weight=bad)
+
+
+def test_update_names_a_non_level_budget_as_given():
+    # A fractional budget was reported truncated ("budget 2 is not one of the levels [2, 4, 8]": 2 is a level).
+    alloc, g = _trained()
+    c = torch.randn(2, 5, 4, generator=g)
+    t = alloc(torch.randn(2, 5, generator=g), context=c)
+    with pytest.raises(ValueError, match=r"budget 2\.5 is not one of the levels \[2, 4, 8\]"):
+        alloc.update(torch.ones(2), context=c, budgets=torch.full((2, 5), 2.5))
+    with pytest.raises(ValueError, match=r"budget 3 is not one of the levels"):
+        alloc.update(torch.ones(2), context=c, budgets=torch.where(t == t[0, 0], 3, t))
