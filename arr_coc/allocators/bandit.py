@@ -135,14 +135,15 @@ class BanditAllocator(MCKPAllocator):
         p = torch.randn(c, self.proj_dim, generator=g, dtype=torch.float64, device="cpu") / c**0.5  # same on any device
         return p.to(device=device, dtype=self.policy.dtype)
 
-    def _features(self, context: object, shape: tuple[int, int] | None = None) -> Tensor:
-        """Validate a raw context and project it: ``(B, K, C) -> (B, K, d+1)``."""
+    def _features(self, context: object, shape: tuple[int, int] | None = None, against: str = "utility") -> Tensor:
+        """Validate a raw context (its ``(B, K)`` against ``shape``, that of ``against``) and project it:
+        ``(B, K, C) -> (B, K, d+1)``."""
         if not isinstance(context, Tensor):
             raise ValueError(f"the bandit allocator needs context (B, K, C) as a tensor, got {type(context).__name__}")
         if context.dim() != 3:
             raise ValueError(f"context must have shape (B, K, C), got {tuple(context.shape)}")
         if shape is not None and tuple(context.shape[:2]) != shape:
-            raise ValueError(f"context has (B, K) = {tuple(context.shape[:2])} but utility has {shape}")
+            raise ValueError(f"context has (B, K) = {tuple(context.shape[:2])} but {against} has {shape}")
         if not context.is_floating_point():
             raise ValueError(f"context must be floating point, got dtype {context.dtype}")
         if context.device != self.policy.device:
@@ -244,7 +245,7 @@ class BanditAllocator(MCKPAllocator):
         if context is not None:
             if not isinstance(budgets, Tensor) or budgets.dim() != 2:
                 raise ValueError(f"budgets must be a (B, K) tensor, got {getattr(budgets, 'shape', budgets)}")
-            x = self._features(context, tuple(budgets.shape))
+            x = self._features(context, tuple(budgets.shape), "budgets")  # not "utility": update() takes none
             lv = torch.tensor(self.levels, device=budgets.device)
             match = budgets[..., None] == lv  # (B, K, L)
             if not bool(match.any(-1).all()):

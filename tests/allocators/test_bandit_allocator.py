@@ -325,3 +325,12 @@ def test_update_names_a_non_level_budget_as_given():
         alloc.update(torch.ones(2), context=c, budgets=torch.full((2, 5), 2.5))
     with pytest.raises(ValueError, match=r"budget 3 is not one of the levels"):
         alloc.update(torch.ones(2), context=c, budgets=torch.where(t == t[0, 0], 3, t))
+
+
+def test_update_names_budgets_when_their_shape_disagrees_with_the_context():
+    # The message blamed a "utility", which update() does not take.
+    alloc, g = _trained()
+    c = torch.randn(3, 5, 4, generator=g)
+    t = alloc(torch.randn(2, 5, generator=g), context=c[:2])
+    with pytest.raises(ValueError, match=r"context has \(B, K\) = \(3, 5\) but budgets has \(2, 5\)"):
+        alloc.update(torch.ones(3), context=c, budgets=t)
