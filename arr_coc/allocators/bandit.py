@@ -258,6 +258,10 @@ class BanditAllocator(MCKPAllocator):
             phi = self._pending[0]
         if not isinstance(rewards, Tensor) or rewards.dim() != 1 or rewards.shape[0] != phi.shape[0]:
             raise ValueError(f"rewards must have shape ({phi.shape[0]},), got {getattr(rewards, 'shape', rewards)}")
+        if phi.shape[0] == 0:  # an empty batch allocates (B = 0) and has nothing to learn; the policy refuses no rows
+            if context is None:
+                self._pending = None
+            return
         actions = torch.zeros(phi.shape[0], dtype=torch.long, device=phi.device)
         self.policy.update(phi, actions, rewards.to(device=phi.device))  # validates finiteness / device
         if context is None:

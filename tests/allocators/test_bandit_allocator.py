@@ -334,3 +334,17 @@ def test_update_names_budgets_when_their_shape_disagrees_with_the_context():
     t = alloc(torch.randn(2, 5, generator=g), context=c[:2])
     with pytest.raises(ValueError, match=r"context has \(B, K\) = \(3, 5\) but budgets has \(2, 5\)"):
         alloc.update(torch.ones(3), context=c, budgets=t)
+
+
+def test_empty_batch_allocates_and_updates_nothing():
+    # forward() takes B = 0; update() of its zero rewards raised "contexts must have at least one row, got shape
+    # (0, 51)", naming the bandit's internal features rather than anything passed.
+    alloc, g = _trained()
+    before = {k: v.clone() for k, v in alloc.state_dict().items()}
+    t = alloc(torch.randn(0, 5), context=torch.randn(0, 5, 4))
+    assert t.shape == (0, 5)
+    alloc.update(torch.ones(0))
+    alloc.update(torch.ones(0), context=torch.randn(0, 5, 4), budgets=t)
+    assert all(torch.equal(v, before[k]) for k, v in alloc.state_dict().items())
+    with pytest.raises(ValueError, match="before any forward"):  # the empty allocation was consumed
+        alloc.update(torch.ones(0))
