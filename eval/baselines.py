@@ -389,7 +389,12 @@ class VisionZipBaseline(TokenBaseline):
         rest_tok, rest_pos = _gather(x, rest), _gather(pos, rest)
         # Contextual: evenly spaced targets among the remaining tokens; every other one joins its most similar
         # target (cosine), and each target becomes the mean of its group.
-        tgt_local = torch.linspace(0, r - 1, n_ctx, device=x.device).round().long()  # (n_ctx,) distinct since n_ctx<=r
+        tgt_local = torch.linspace(0, r - 1, n_ctx, device=x.device).round().long()  # (n_ctx,)
+        # float32 linspace can round two neighbours to one index once r passes ~3,200 (n_ctx = r - 1): a repeated
+        # target left an empty group (0 / 0, a NaN token). Lifting t_i - i to its running maximum keeps indices that
+        # are already distinct (t_i - i is then non-decreasing) and makes the rest strictly increasing, still <= r - 1.
+        steps = torch.arange(n_ctx, device=x.device)
+        tgt_local = torch.cummax(tgt_local - steps, 0).values + steps
         is_tgt = torch.zeros(r, dtype=torch.bool, device=x.device)
         is_tgt[tgt_local] = True
         unit = F.normalize(rest_tok.float(), dim=-1)

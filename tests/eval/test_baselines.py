@@ -511,3 +511,16 @@ def test_fastv_read_with_grouped_query_attention():
     method.generate(**batch, max_new_tokens=1, do_sample=False)
     att = _eager_attentions(model, method, batch)[1]
     torch.testing.assert_close(method.baseline.last_scores, att[:, :, -1].mean(1), rtol=1e-4, atol=1e-6)
+
+
+def test_visionzip_contextual_targets_stay_distinct_on_a_large_grid():
+    # N = 34·95 = 3230 cells, one dominant token (round(3229 · 1e-4) = 0, raised to 1), so r = 3229 remaining tokens
+    # and n_ctx = 3228 targets. float32 linspace(0, 3228, 3228) rounded two neighbours to the same index: that group
+    # was empty (0 / 0 = NaN token, size 0). With distinct targets, exactly one remaining token is not a target and
+    # joins one group: sizes are 1 (dominant), 3227 times 1 and once 2, summing to N; every token is finite.
+    feats = torch.randn(1, 1, 34, 95, 2, generator=torch.Generator().manual_seed(0))
+    attn = torch.zeros(1, 1, 34, 95)
+    attn[0, 0, 0, 0] = 1.0
+    red = create_baseline("visionzip", dominant_fraction=1e-4).reduce(feats, 3229, patch_grid=(1, 1), attention=attn)
+    assert red.tokens.shape == (1, 3229, 2) and bool(torch.isfinite(red.tokens).all())
+    assert sorted(red.sizes[0].tolist()) == [1.0] * 3228 + [2.0]
