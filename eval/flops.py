@@ -20,6 +20,7 @@ layer costs O(K·D) per image, negligible next to the LLM, so neither enters the
 from __future__ import annotations
 
 import numbers
+import operator
 from typing import Any, Sequence
 
 __all__ = ["layer_dims", "visual_flops", "visual_flops_fraction"]
@@ -37,6 +38,17 @@ def layer_dims(text_config: Any) -> dict[str, int]:
     kv_heads = int(getattr(text_config, "num_key_value_heads", None) or heads)
     return {"hidden": hidden, "q": heads * head_dim, "kv": kv_heads * head_dim,
             "ffn": int(text_config.intermediate_size), "layers": int(text_config.num_hidden_layers)}
+
+
+def _count(value: Any, what: str) -> int:
+    """A token count as an int: Python, NumPy and 0-d integer tensor values pass; floats, bools and strings are
+    refused (``int()`` truncated 16.7 to 16, read "7" as 7 and True as 1)."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise ValueError(f"{what} must be an integer, got {value!r}")
 
 
 def _layer_visual_flops(dims: dict[str, int], n_before: int, n_visual: int, n_after: int) -> float:
@@ -61,17 +73,19 @@ def visual_flops(text_config: Any, visual_per_layer: Sequence[int] | int, *, n_b
         n_after: Text tokens after the image.
 
     Raises:
-        ValueError: a per-layer list whose length differs from the layer count, or a negative count.
+        ValueError: a per-layer list whose length differs from the layer count, or a count that is negative or not
+            an integer.
     """
     dims = layer_dims(text_config)
-    if isinstance(visual_per_layer, numbers.Integral):  # NumPy integers too (list() of one raised a TypeError)
+    if isinstance(visual_per_layer, numbers.Integral) and not isinstance(visual_per_layer, bool):  # NumPy ints too
         counts = [int(visual_per_layer)] * dims["layers"]
     elif hasattr(visual_per_layer, "__iter__") and not isinstance(visual_per_layer, str):
-        counts = [int(v) for v in visual_per_layer]
+        counts = [_count(v, "visual_per_layer entries") for v in visual_per_layer]
     else:
         raise ValueError(f"visual_per_layer must be an integer or one integer per layer, got {visual_per_layer!r}")
     if len(counts) != dims["layers"]:
         raise ValueError(f"visual_per_layer has {len(counts)} entries but the LLM has {dims['layers']} layers")
+    n_before, n_after = _count(n_before, "n_before"), _count(n_after, "n_after")
     if min(counts + [n_before, n_after]) < 0:
         raise ValueError(f"token counts must be >= 0, got visual={counts}, n_before={n_before}, n_after={n_after}")
     return sum(_layer_visual_flops(dims, n_before, v, n_after) for v in counts)
@@ -80,6 +94,7 @@ def visual_flops(text_config: Any, visual_per_layer: Sequence[int] | int, *, n_b
 def visual_flops_fraction(text_config: Any, visual_per_layer: Sequence[int] | int, full_tokens: int, *,
                           n_before: int = 0, n_after: int = 0) -> float:
     """Visual-token FLOPs of a method over those of the full-token model (``full_tokens`` in every layer)."""
+    full_tokens = _count(full_tokens, "full_tokens")
     if full_tokens < 1:
         raise ValueError(f"full_tokens must be >= 1, got {full_tokens}")
     full = visual_flops(text_config, full_tokens, n_before=n_before, n_after=n_after)

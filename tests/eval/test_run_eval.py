@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -213,6 +214,29 @@ def test_flops_by_hand_on_a_config_with_distinct_widths():
     assert visual_flops(tc, torch.tensor([3, 0]), n_before=2, n_after=4) == layer
     with pytest.raises(ValueError, match="visual_per_layer must be an integer.*2.5"):
         visual_flops(tc, 2.5)
+
+
+def test_flops_refuses_non_integer_counts():
+    # q = kv = 8 (head_dim 8 // 2 = 4). Per visual token 2·(8·8 + 2·8·8 + 8·8) + 6·8·20 = 512 + 960 = 1472 FLOPs;
+    # [1 text][2 image]: pairs 2·1 + 2·3/2 = 5, attention 4·8·5 = 160; one layer 2·1472 + 160 = 3104.
+    # int() truncated a per-layer count of 2.9 to 2 (giving 3104 instead of an error), read "2" as 2 and True as 1;
+    # fractional text counts gave fractional pair counts.
+    tc = SimpleNamespace(hidden_size=8, num_attention_heads=2, intermediate_size=20, num_hidden_layers=1)
+    assert visual_flops(tc, [2], n_before=1) == 3104
+    for bad in ([2.9], ["2"], [True], [torch.tensor(2.0)]):
+        msg = f"visual_per_layer entries must be an integer, got {bad[0]!r}"
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            visual_flops(tc, bad, n_before=1)
+    with pytest.raises(ValueError, match="visual_per_layer must be an integer.*True"):
+        visual_flops(tc, True)
+    with pytest.raises(ValueError, match="n_before must be an integer, got 1.5"):
+        visual_flops(tc, 2, n_before=1.5)
+    with pytest.raises(ValueError, match="n_after must be an integer, got '3'"):
+        visual_flops(tc, 2, n_after="3")
+    for bad in (10.5, "10", True):  # 10.5 was reported as a bad visual_per_layer, "10" raised a TypeError
+        with pytest.raises(ValueError, match=f"full_tokens must be an integer, got {bad!r}"):
+            visual_flops_fraction(tc, 2, bad)
+    assert visual_flops(tc, [torch.tensor(2)], n_before=torch.tensor(1)) == 3104  # 0-d integer tensors still pass
 
 
 def test_loader_workers_give_the_same_predictions(bench, tmp_path):
