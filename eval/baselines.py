@@ -257,6 +257,10 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def _check_attention(attention: Tensor, features: Tensor, name: str) -> None:
     """The attention map must cover the features' cells one to one. Shapes (B, K, h, w), (B, K, h, w, D)."""
     if tuple(attention.shape) != tuple(features.shape[:4]):
@@ -361,8 +365,8 @@ class VisionZipBaseline(TokenBaseline):
     needs_attention = True
 
     def __init__(self, dominant_fraction: float = 54 / 64):
-        if not 0.0 < dominant_fraction <= 1.0:
-            raise ValueError(f"dominant_fraction must be in (0, 1], got {dominant_fraction}")
+        if not _is_real(dominant_fraction) or not 0.0 < dominant_fraction <= 1.0:  # True read as 1, "0.5" a TypeError
+            raise ValueError(f"dominant_fraction must be in (0, 1], got {dominant_fraction!r}")
         self.dominant_fraction = float(dominant_fraction)
 
     def reduce(self, features: Tensor, num_tokens: int, *, patch_grid: tuple[int, int],
@@ -421,8 +425,8 @@ class ToMeBaseline(TokenBaseline):
     """
 
     def __init__(self, max_ratio: float = 0.5):
-        if not 0.0 < max_ratio <= 0.5:
-            raise ValueError(f"max_ratio must be in (0, 0.5], got {max_ratio}")
+        if not _is_real(max_ratio) or not 0.0 < max_ratio <= 0.5:
+            raise ValueError(f"max_ratio must be in (0, 0.5], got {max_ratio!r}")
         self.max_ratio = float(max_ratio)
 
     @staticmethod

@@ -8,8 +8,8 @@ import pytest
 import torch
 from _images import random_images
 
-from eval.baselines import (FastVBaseline, ToMeBaseline, _mask_keys, create_baseline, create_method, full_token_count,
-                            full_tokens, list_baselines, list_methods, vision_features_and_attention)
+from eval.baselines import (FastVBaseline, ToMeBaseline, VisionZipBaseline, _mask_keys, create_baseline, create_method,
+                            full_token_count, full_tokens, list_baselines, list_methods, vision_features_and_attention)
 from models.builders import build_model
 
 # 2x2 patches of 4x4 fine tokens: N = 64 full tokens, and ARR-COC can spend 4..64 of them.
@@ -524,3 +524,12 @@ def test_visionzip_contextual_targets_stay_distinct_on_a_large_grid():
     red = create_baseline("visionzip", dominant_fraction=1e-4).reduce(feats, 3229, patch_grid=(1, 1), attention=attn)
     assert red.tokens.shape == (1, 3229, 2) and bool(torch.isfinite(red.tokens).all())
     assert sorted(red.sizes[0].tolist()) == [1.0] * 3228 + [2.0]
+
+
+@pytest.mark.parametrize("bad", ["0.5", True, None])
+def test_fraction_arguments_must_be_real_numbers(bad):
+    # VisionZipBaseline(True) kept every token dominant (True == 1.0); strings and None raised a TypeError from "<".
+    with pytest.raises(ValueError, match=f"dominant_fraction must be in \\(0, 1\\], got {bad!r}"):
+        VisionZipBaseline(bad)
+    with pytest.raises(ValueError, match=f"max_ratio must be in \\(0, 0.5\\], got {bad!r}"):
+        ToMeBaseline(bad)
