@@ -35,6 +35,7 @@ __all__ = ["FORMAT", "load_pretrained", "save_pretrained"]
 
 FORMAT = "arr_coc_pretrained"
 VERSION = 1
+_PROCESSOR_FILES = ("arr_coc_processor.json", "tokenizer_config.json")  # written by every save_pretrained
 
 
 def _dtype_name(dtype: torch.dtype | str | None) -> str | None:
@@ -133,8 +134,15 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
 
     d = Path(directory)
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+        lacks = [f for f in ("config.json", "model.safetensors") if not (d / f).is_file()]
         raise ValueError(f"{str(d)!r} is not a pretrained ARR-COC folder (needs config.json and model.safetensors; "
-                         "write one with scripts/export_model.py)")
+                         f"{' and '.join(lacks)} missing; write one with scripts/export_model.py)")
+    # A folder copied without processor/ failed after building the model with a FileNotFoundError (or, without the
+    # tokenizer, transformers' "Couldn't instantiate the backend tokenizer") that did not say which file was missing.
+    lacks = [f"processor/{f}" for f in _PROCESSOR_FILES if not (d / "processor" / f).is_file()]
+    if lacks:
+        raise ValueError(f"{str(d)!r}: {', '.join(lacks)} missing (save_pretrained writes the processor's settings "
+                         "and tokenizer there)")
     info = json.loads((d / "config.json").read_text())
     if info.get("format") != FORMAT:
         raise ValueError(f"{str(d / 'config.json')!r} has format {info.get('format')!r}, expected {FORMAT!r}")
@@ -154,7 +162,10 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{str(d)!r}: weights do not fit the model in its config.json: missing "
                          f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}")
-    processor = ArrCocProcessor.from_pretrained(d / "processor", query_tokenizer=built.query_tokenizer)
+    try:
+        processor = ArrCocProcessor.from_pretrained(d / "processor", query_tokenizer=built.query_tokenizer)
+    except (OSError, ValueError) as e:  # a tokenizer file missing or unreadable: transformers names neither
+        raise ValueError(f"{str(d / 'processor')!r}: the processor (tokenizer) does not load: {e}") from e
     # The saved processor matches the saved model; model_overrides (another budget or image size) must reach it too.
     processor.budget = int(model.budget)
     processor.image_size = tuple(model.vision.image_size)

@@ -355,3 +355,25 @@ def test_hf_tower_from_the_hub_is_not_saved(tmp_path):
     with pytest.raises(ValueError, match=r"vision\.model_name='openai/clip-vit-base-patch32' is loaded from the hub"):
         save_pretrained(model, processor, hub, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("lost,match", [
+    ("model.safetensors", r"model\.safetensors missing"),
+    ("processor", r"processor/arr_coc_processor\.json, processor/tokenizer_config\.json missing"),
+    ("processor/arr_coc_processor.json", r"'[^']*/m': processor/arr_coc_processor\.json missing"),
+    ("processor/tokenizer.json", r"processor'\: the processor \(tokenizer\) does not load"),
+])
+def test_load_names_the_file_a_folder_lacks(tmp_path, lost, match):
+    """A folder copied without processor/ (or part of it) failed with a FileNotFoundError or transformers' "Couldn't
+    instantiate the backend tokenizer", after building the model, naming neither the folder nor the file."""
+    import shutil
+
+    model, processor, cfg = _tiny()
+    save_pretrained(model, processor, cfg, tmp_path / "m")
+    gone = tmp_path / "m" / lost
+    if gone.is_dir():
+        shutil.rmtree(gone)
+    else:
+        gone.unlink()
+    with pytest.raises(ValueError, match=match):
+        load_pretrained(tmp_path / "m")
