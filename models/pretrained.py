@@ -143,11 +143,25 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
     if lacks:
         raise ValueError(f"{str(d)!r}: {', '.join(lacks)} missing (save_pretrained writes the processor's settings "
                          "and tokenizer there)")
-    info = json.loads((d / "config.json").read_text())
+    where = str(d / "config.json")
+    try:
+        info = json.loads((d / "config.json").read_text())
+    except ValueError as e:  # a truncated or hand-edited file: json's message names no file
+        raise ValueError(f"{where!r} is not valid JSON: {e}") from e
+    if not isinstance(info, dict):
+        raise ValueError(f"{where!r} must hold a JSON object, got {type(info).__name__}")
     if info.get("format") != FORMAT:
-        raise ValueError(f"{str(d / 'config.json')!r} has format {info.get('format')!r}, expected {FORMAT!r}")
-    if int(info.get("version", 0)) > VERSION:
+        raise ValueError(f"{where!r} has format {info.get('format')!r}, expected {FORMAT!r}")
+    # An integer; a version such as 1.5 (read as 1 by int()) or "abc"/null (a bare int() error) is refused by name.
+    version = info.get("version", 0)
+    if isinstance(version, str) and version.isdigit():
+        version = int(version)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{where!r} has format version {version!r}; expected an integer up to {VERSION}")
+    if version > VERSION:
         raise ValueError(f"{str(d)!r} has format version {info['version']}; this code reads up to {VERSION}")
+    if not isinstance(info.get("model"), dict):
+        raise ValueError(f"{where!r} holds no model config (a 'model' object), got {info.get('model')!r}")
     cfg = deep_merge(info["model"], model_overrides or {})
     if compute_dtype is not None:
         cfg = {**cfg, "llm": {**cfg["llm"], "dtype": _dtype_name(compute_dtype)}}

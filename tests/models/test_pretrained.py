@@ -377,3 +377,21 @@ def test_load_names_the_file_a_folder_lacks(tmp_path, lost, match):
         gone.unlink()
     with pytest.raises(ValueError, match=match):
         load_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"format": "arr_coc_pretrained", "version": 1, "mod', r"config\.json' is not valid JSON"),
+    ("[1, 2]", r"config\.json' must hold a JSON object, got list"),
+    ('{"format": "arr_coc_pretrained", "version": 1.5}', r"config\.json' has format version 1\.5; expected an integer"),
+    ('{"format": "arr_coc_pretrained", "version": null}', r"config\.json' has format version None"),
+    ('{"format": "arr_coc_pretrained", "version": "x"}', r"config\.json' has format version 'x'"),
+    ('{"format": "arr_coc_pretrained", "version": 1}', r"config\.json' holds no model config"),
+])
+def test_load_refuses_an_unreadable_config_by_name(tmp_path, text, match):
+    """A truncated or hand-edited config.json was a bare JSONDecodeError, AttributeError, TypeError or KeyError (or,
+    for version 1.5, read as version 1), none naming the file."""
+    model, processor, cfg = _tiny()
+    save_pretrained(model, processor, cfg, tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_pretrained(tmp_path / "m")
