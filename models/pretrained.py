@@ -127,6 +127,7 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
     Raises:
         ValueError: if the folder is missing, not this format, or its weights do not fit the model it describes.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from models.builders import build_for_checkpoint, deep_merge
@@ -166,7 +167,12 @@ def load_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
     if compute_dtype is not None:
         cfg = {**cfg, "llm": {**cfg["llm"], "dtype": _dtype_name(compute_dtype)}}
     model, built = build_for_checkpoint(cfg)  # its weights are loaded next
-    state, own = load_file(str(d / "model.safetensors")), model.state_dict()
+    try:
+        state = load_file(str(d / "model.safetensors"))
+    except (SafetensorError, OSError) as e:  # SafetensorError is no ValueError and names no file
+        raise ValueError(f"{str(d / 'model.safetensors')!r} is not a readable safetensors file (truncated or "
+                         f"corrupt? export it again): {e}") from e
+    own = model.state_dict()
     shapes = [f"{k}: {tuple(v.shape)} vs the model's {tuple(own[k].shape)}" for k, v in state.items()
               if k in own and v.shape != own[k].shape]
     if shapes:  # load_state_dict would raise a RuntimeError for these

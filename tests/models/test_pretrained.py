@@ -395,3 +395,16 @@ def test_load_refuses_an_unreadable_config_by_name(tmp_path, text, match):
     (tmp_path / "m" / "config.json").write_text(text)
     with pytest.raises(ValueError, match=match):
         load_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("damage", ["half", "last_bytes", "zeros", "empty"])
+def test_load_refuses_a_truncated_or_corrupt_weights_file_by_name(tmp_path, damage):
+    """A weights file cut short by a copy (or overwritten) raised safetensors' own SafetensorError, which is no
+    ValueError and names no file ("Error while deserializing header: incomplete metadata...")."""
+    model, processor, cfg = _tiny()
+    save_pretrained(model, processor, cfg, tmp_path / "m")
+    f = tmp_path / "m" / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes({"half": data[: len(data) // 2], "last_bytes": data[:-10], "zeros": bytes(100), "empty": b""}[damage])
+    with pytest.raises(ValueError, match=r"m/model\.safetensors' is not a readable safetensors file"):
+        load_pretrained(tmp_path / "m")
