@@ -233,6 +233,11 @@ def main(argv: list[str] | None = None) -> dict | None:
                     help="trained model: allocate this fraction of the full visual-token count (default: the model's "
                          "own budget)")
     args = ap.parse_args(argv)
+    # --images -1 printed the table's header, wrote nothing and exited 0; --seed -1 failed in numpy without the flag.
+    if args.images < 1:
+        raise ValueError(f"--images must be at least 1, got {args.images}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.token_fraction is not None and not 0 < args.token_fraction <= 1:
         raise ValueError(f"--token-fraction must lie in (0, 1], got {args.token_fraction}")
     t0 = time.perf_counter()

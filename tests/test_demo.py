@@ -186,3 +186,18 @@ def test_demo_refuses_a_folder_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="is not a trained model folder"):
         main(["--weights", str(tmp_path / "empty"), "--out", str(tmp_path / "d")])
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--images", "0"], r"--images must be at least 1, got 0"),
+    (["--images", "-1", "--weights", "none"], r"--images must be at least 1, got -1"),
+    (["--seed", "-1"], r"--seed must be a non-negative integer, got -1"),
+])
+def test_demo_refuses_bad_image_counts_and_seeds_by_flag(tmp_path, flags, match):
+    """--images 0 or -1 printed the header, wrote no image and exited 0; --seed -1 failed inside numpy ("expected
+    non-negative integer") without naming the flag."""
+    from scripts.demo import main
+
+    with pytest.raises(ValueError, match=match):
+        main(["--out", str(tmp_path / "out"), *flags])
+    assert not (tmp_path / "out").exists()
