@@ -53,6 +53,12 @@ def main(argv=None) -> dict:
         metadata.update({k: v for k, v in state.get("metadata", {}).items() if v is not None})
     # Written beside --out first: an export over --max-mb is removed there, and whatever --out held stays.
     out = Path(a.out)
+    # --out is replaced, but never by deleting the training run being exported (--run runs/x --out runs/x, or --out a
+    # folder above it, deleted its checkpoints and logs); an exported folder may still be re-exported in place.
+    source, dest = ckpt.resolve(), out.resolve()
+    if out.exists() and (dest in source.parents or (dest == source and not state.get("exported"))):
+        raise ValueError(f"--out {a.out!r} holds the checkpoint being exported ({str(ckpt)!r}), which replacing it "
+                         "would delete; choose another --out")
     stage = out.with_name(f".{out.name}.export")
     shutil.rmtree(stage, ignore_errors=True)
     save_pretrained(model, processor, model_cfg, stage, dtype=a.dtype, metadata=metadata)

@@ -408,3 +408,27 @@ def test_load_refuses_a_truncated_or_corrupt_weights_file_by_name(tmp_path, dama
     f.write_bytes({"half": data[: len(data) // 2], "last_bytes": data[:-10], "zeros": bytes(100), "empty": b""}[damage])
     with pytest.raises(ValueError, match=r"m/model\.safetensors' is not a readable safetensors file"):
         load_pretrained(tmp_path / "m")
+
+
+def test_export_never_deletes_the_run_it_exports(tmp_path, monkeypatch):
+    """--out is replaced when it exists: --run ck --out ck (or --out a folder above the checkpoint) deleted the
+    training checkpoint being exported and left the export in its place. An exported folder is still re-exported in
+    place (to another dtype)."""
+    from safetensors.torch import save_file
+
+    from scripts.export_model import main as export
+
+    model, processor, cfg = _tiny()
+    ck = tmp_path / "run" / "ck"
+    ck.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ck / "model.safetensors"))
+    (ck / "trainer_state.json").write_text(json.dumps({"step": 5, "config": {"model_preset": "tiny"}}))
+    before = sorted(p.name for p in ck.iterdir())
+    monkeypatch.chdir(tmp_path)
+    for out in ("run/ck", "run", "."):
+        with pytest.raises(ValueError, match=r"holds the checkpoint being exported"):
+            export(["--run", "run/ck", "--out", out])
+        assert sorted(p.name for p in ck.iterdir()) == before
+    export(["--run", "run/ck", "--out", "w"])
+    export(["--run", "w", "--out", "w", "--dtype", "float32"])
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["dtype"] == "float32"
