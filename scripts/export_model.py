@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -27,6 +28,8 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--max-mb", type=float, default=None, help="fail if the weights file is larger (MiB)")
     a = p.parse_args(argv)
+    if a.max_mb is not None and not (math.isfinite(a.max_mb) and a.max_mb > 0):  # nan compared False: no check at all
+        raise ValueError(f"--max-mb must be a positive number of MiB, got {a.max_mb!r}")
 
     from eval.run_eval import load_trained_model
     from models.pretrained import save_pretrained

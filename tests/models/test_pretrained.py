@@ -130,6 +130,11 @@ def test_export_from_a_training_run_then_trained_demo(tmp_path):
         export(["--run", str(run), "--out", str(tmp_path / "w"), "--dtype", "float32", "--max-mb", "1e-6"])
     assert (tmp_path / "w" / "model.safetensors").read_bytes() == before
     assert not list(tmp_path.glob(".w.*"))  # no staging folder left behind
+    # A size limit that is not a positive number is refused before anything is read (nan compared False: no check).
+    for bad in ("nan", "0", "-1", "inf"):
+        with pytest.raises(ValueError, match=f"--max-mb must be a positive number of MiB, got {bad}"):
+            export(["--run", str(run), "--out", str(tmp_path / "w"), "--max-mb", bad])
+    assert (tmp_path / "w" / "model.safetensors").read_bytes() == before
     # Re-exporting an exported folder (to float32) keeps where it came from.
     export(["--run", str(tmp_path / "w"), "--out", str(tmp_path / "w32"), "--dtype", "float32"])
     meta32 = json.loads((tmp_path / "w32" / "config.json").read_text())["metadata"]
