@@ -85,7 +85,18 @@ def box_patches(boxes: Sequence[Sequence[float]], sizes: Sequence[tuple[int, int
 
     Shapes: returns (B, K) bool (an empty box, ``[]``, overlaps none).
     """
-    return box_patch_mass(normalised_boxes(boxes, sizes)[0], patch_grid) > 0
+    _, valid = normalised_boxes(boxes, sizes)  # checks every box
+    gh, gw = (int(v) for v in patch_grid)
+    px = torch.tensor([[float(v) for v in box] if ok else [0.0] * 4 for box, ok in zip(boxes, valid.tolist())],
+                      dtype=torch.float64).view(-1, 4)
+    wh = torch.tensor([[float(w), float(h)] for w, h in sizes], dtype=torch.float64).view(-1, 2)
+    # In pixels, not through the normalised float32 box (x1 = 200 of W = 300 rounds above the grid line 2/3 there and
+    # overlapped the next column by ~6e-8): column c spans [c·W/Gw, (c+1)·W/Gw), which [x0, x1) overlaps iff
+    # x0·Gw < (c+1)·W and x1·Gw > c·W, exact in float64 for pixel coordinates.
+    c, r = torch.arange(gw, dtype=torch.float64), torch.arange(gh, dtype=torch.float64)
+    ox = (px[:, 0:1] * gw < (c + 1) * wh[:, 0:1]) & (px[:, 2:3] * gw > c * wh[:, 0:1])  # (B, Gw)
+    oy = (px[:, 1:2] * gh < (r + 1) * wh[:, 1:2]) & (px[:, 3:4] * gh > r * wh[:, 1:2])  # (B, Gh)
+    return (oy[:, :, None] & ox[:, None, :]).flatten(1) & valid[:, None]
 
 
 def grounding_loss(utility: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:

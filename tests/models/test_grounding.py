@@ -262,6 +262,21 @@ def test_box_patches_marks_the_cells_a_pixel_box_overlaps():
     assert touched[0].nonzero().flatten().tolist() == [0, 1] and not touched[1].any()
 
 
+def test_box_patches_of_a_box_on_cell_edges_marks_no_neighbour():
+    from models.grounding import box_patches
+
+    # A 300x300 image on a 3x3 grid: cells are 100 px, so [100, 0, 200, 300) is exactly column 1 (patches 1, 4, 7)
+    # and [0, 100, 300, 200) exactly row 1 (patches 3, 4, 5). In float32, 200/300 rounds above the grid line 2/3 and
+    # 100/300 below linspace's 1/3, so the normalised box overlapped columns 2 or 0 by ~6e-8 and marked them.
+    touched = box_patches([[100, 0, 200, 300], [0, 100, 300, 200]], [(300, 300)] * 2, (3, 3))
+    assert touched[0].nonzero().flatten().tolist() == [1, 4, 7]
+    assert touched[1].nonzero().flatten().tolist() == [3, 4, 5]
+    # Every column-aligned box of a 14x14 grid (10 px cells on a 140 px image) marks just its own column.
+    for c in range(14):
+        cols = box_patches([[10 * c, 0, 10 * (c + 1), 140]], [(140, 140)], (14, 14))[0].view(14, 14)
+        assert cols.all(0).nonzero().flatten().tolist() == [c] and cols.any(0).sum() == 1
+
+
 def test_normalised_boxes_checks_every_coordinate_against_its_own_side():
     # A 8x4 (W x H) image: y is bounded by H, x by W; the far edges themselves are inside ([x0, x1) pixel boxes).
     b, valid = normalised_boxes([[0, 0, 8, 4]], [(8, 4)])
