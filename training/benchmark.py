@@ -181,8 +181,9 @@ class BenchmarkCfg:
             )
         if self.questions_per_image < 1:
             raise bad("questions_per_image", "need >= 1")
-        if min(self.distractor_glyphs, self.clutter_lines, self.clutter_outlines) < 0:
-            raise ValueError("BenchmarkCfg clutter counts must be >= 0")
+        for name in ("distractor_glyphs", "clutter_lines", "clutter_outlines"):
+            if getattr(self, name) < 0:
+                raise bad(name, "need >= 0")
         if not 0 <= self.noise_amplitude <= 100:
             raise bad("noise_amplitude", "need 0..100")
         if self.image_format not in ("jpeg", "png"):

@@ -260,6 +260,10 @@ def test_make_benchmark_takes_numpy_integers_for_every_count(tmp_path):
         # max_objects would fit it.
         ({"shapes": ("circle",), "colours": ("red", "blue"), "min_objects": 1, "max_objects": 2}, r"<= 1 \(10 digits"),
         ({"image_size": 100, "min_objects": 1, "max_objects": 1}, r"image_size=100: too small"),
+        # Found by a review: a negative clutter count was refused without saying which of the three it was.
+        ({"distractor_glyphs": -1}, r"distractor_glyphs=-1: need >= 0"),
+        ({"clutter_lines": -3}, r"clutter_lines=-3: need >= 0"),
+        ({"clutter_outlines": -1}, r"clutter_outlines=-1: need >= 0"),
     ],
 )
 def test_cfg_rejects_bad_values(kwargs, match):
