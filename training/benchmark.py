@@ -135,7 +135,12 @@ class BenchmarkCfg:
         for name in ("shape_size", "glyph_size", "shapes", "colours", "question_types", "glyph_pool_fractions"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.question_weights is not None:
-            object.__setattr__(self, "question_weights", tuple(float(w) for w in self.question_weights))
+            weights = tuple(self.question_weights)
+            try:
+                weights = tuple(float(w) for w in weights)
+            except (TypeError, ValueError):
+                pass  # refused below, by name
+            object.__setattr__(self, "question_weights", weights)
 
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"BenchmarkCfg.{name}={getattr(self, name)!r}: {why}")
@@ -157,12 +162,13 @@ class BenchmarkCfg:
                 raise bad(name, f"need distinct names from {list(known)}")
         if not self.question_types or not set(self.question_types) <= set(QUESTION_TYPES):
             raise bad("question_types", f"need names from {list(QUESTION_TYPES)}")
-        if self.question_weights is not None and (
-            len(self.question_weights) != len(self.question_types)
-            or min(self.question_weights) < 0
-            or sum(self.question_weights) <= 0
+        # NaN, inf or a sum that overflows passed here and failed every row in numpy ("Probabilities contain NaN").
+        if self.question_weights is not None and not (
+            len(self.question_weights) == len(self.question_types)
+            and all(isinstance(w, float) and 0 <= w < math.inf for w in self.question_weights)
+            and 0 < sum(self.question_weights) < math.inf
         ):
-            raise bad("question_weights", "need one non-negative weight per question type, not all zero")
+            raise bad("question_weights", "need one finite non-negative weight per question type, not all zero")
         lo, hi = self.shape_size
         if not 8 <= lo <= hi:
             raise bad("shape_size", "need 8 <= min <= max")

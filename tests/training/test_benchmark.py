@@ -264,6 +264,12 @@ def test_make_benchmark_takes_numpy_integers_for_every_count(tmp_path):
         ({"distractor_glyphs": -1}, r"distractor_glyphs=-1: need >= 0"),
         ({"clutter_lines": -3}, r"clutter_lines=-3: need >= 0"),
         ({"clutter_outlines": -1}, r"clutter_outlines=-1: need >= 0"),
+        # Non-finite weights passed and every row then failed in numpy ("Probabilities contain NaN"), as did weights
+        # whose sum overflows; a non-number failed in float() without naming the field.
+        ({"question_weights": (float("nan"), 1, 1, 1)}, r"question_weights=\(nan, 1.0, 1.0, 1.0\): need one finite"),
+        ({"question_weights": (float("inf"), 1, 1, 1)}, r"question_weights=\(inf, .*need one finite"),
+        ({"question_weights": (1e308, 1e308, 1, 1)}, r"question_weights=.*need one finite"),
+        ({"question_weights": ("a", 1, 1, 1)}, r"question_weights=\('a', 1, 1, 1\): need one finite"),
     ],
 )
 def test_cfg_rejects_bad_values(kwargs, match):
