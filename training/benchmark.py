@@ -196,8 +196,12 @@ class BenchmarkCfg:
             raise bad("image_format", "need 'jpeg' or 'png'")
         if not 1 <= self.jpeg_quality <= 100:
             raise bad("jpeg_quality", "need 1..100")
-        if len(self.glyph_pool_fractions) != 3 or min(self.glyph_pool_fractions) <= 0:
-            raise bad("glyph_pool_fractions", "need three positive fractions (train, val, test)")
+        fractions = self.glyph_pool_fractions  # NaN or inf failed in round(), a string with a TypeError
+        if len(fractions) != 3 or not all(
+            isinstance(f, (int, float, np.integer, np.floating)) and not isinstance(f, bool) and 0 < f < math.inf
+            for f in fractions
+        ):
+            raise bad("glyph_pool_fractions", "need three positive finite fractions (train, val, test)")
         empty = [(split, d) for split, parts in _glyph_pools(self.glyph_pool_fractions).items()
                  for d, part in enumerate(parts) if len(part) == 0]
         if empty:  # every split must hold every digit's handwriting (sampling from an empty pool failed obscurely)

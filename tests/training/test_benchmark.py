@@ -270,6 +270,10 @@ def test_make_benchmark_takes_numpy_integers_for_every_count(tmp_path):
         ({"question_weights": (float("inf"), 1, 1, 1)}, r"question_weights=\(inf, .*need one finite"),
         ({"question_weights": (1e308, 1e308, 1, 1)}, r"question_weights=.*need one finite"),
         ({"question_weights": ("a", 1, 1, 1)}, r"question_weights=\('a', 1, 1, 1\): need one finite"),
+        # NaN or inf shares failed in round() ("cannot convert float NaN to integer"), a string with a TypeError.
+        ({"glyph_pool_fractions": (float("nan"), 0.15, 0.15)}, r"glyph_pool_fractions=\(nan, 0.15, 0.15\): need three"),
+        ({"glyph_pool_fractions": (float("inf"), 0.15, 0.15)}, r"glyph_pool_fractions=\(inf, .*need three"),
+        ({"glyph_pool_fractions": ("x", 1, 1)}, r"glyph_pool_fractions=\('x', 1, 1\): need three"),
     ],
 )
 def test_cfg_rejects_bad_values(kwargs, match):
