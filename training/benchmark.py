@@ -160,8 +160,9 @@ class BenchmarkCfg:
             values = getattr(self, name)
             if not values or len(set(values)) != len(values) or not set(values) <= set(known):
                 raise bad(name, f"need distinct names from {list(known)}")
-        if not self.question_types or not set(self.question_types) <= set(QUESTION_TYPES):
-            raise bad("question_types", f"need names from {list(QUESTION_TYPES)}")
+        qtypes = self.question_types  # a repeated type silently doubled its share
+        if not qtypes or len(set(qtypes)) != len(qtypes) or not set(qtypes) <= set(QUESTION_TYPES):
+            raise bad("question_types", f"need distinct names from {list(QUESTION_TYPES)}")
         # NaN, inf or a sum that overflows passed here and failed every row in numpy ("Probabilities contain NaN").
         if self.question_weights is not None and not (
             len(self.question_weights) == len(self.question_types)

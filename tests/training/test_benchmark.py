@@ -274,6 +274,8 @@ def test_make_benchmark_takes_numpy_integers_for_every_count(tmp_path):
         ({"glyph_pool_fractions": (float("nan"), 0.15, 0.15)}, r"glyph_pool_fractions=\(nan, 0.15, 0.15\): need three"),
         ({"glyph_pool_fractions": (float("inf"), 0.15, 0.15)}, r"glyph_pool_fractions=\(inf, .*need three"),
         ({"glyph_pool_fractions": ("x", 1, 1)}, r"glyph_pool_fractions=\('x', 1, 1\): need three"),
+        # A repeated type was accepted and silently doubled its share (shapes and colours must already be distinct).
+        ({"question_types": ("digit", "digit")}, r"question_types=\('digit', 'digit'\): need distinct"),
     ],
 )
 def test_cfg_rejects_bad_values(kwargs, match):
