@@ -265,6 +265,16 @@ def _load_raw(
         raise DatasetNotFoundError(not_found()) from err
 
 
+def _map_style(ds: Any, where: str) -> datasets.Dataset:
+    """``ds`` if it is a map-style ``Dataset``; ``ValueError`` for a streaming one (``streaming=True``), which the
+    mapping (``num_proc``, row indices), ``max_samples`` and the training sampler (``len``, random access) cannot use:
+    it failed inside ``datasets`` with "IterableDataset.map() got an unexpected keyword argument 'num_proc'"."""
+    if isinstance(ds, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+        raise ValueError(f"{where} is a streaming {type(ds).__name__} (streaming=True?): only map-style datasets are "
+                         "supported (rows are read by index); load it without streaming, or save_to_disk a slice first")
+    return ds
+
+
 def _paths_beside_file(ds: datasets.Dataset, column: str, target: str) -> datasets.Dataset:
     """Relative image paths in a single json/jsonl/csv/parquet file, resolved against the file's folder (as
     ``datasets``' own ``metadata.jsonl`` does) where the image exists there; others are left as they are (relative to
@@ -380,9 +390,13 @@ def to_common_schema(
 
     Raises:
         ValueError: If a mapped column is missing (the message lists the available ones), a kept column clashes with
-            a schema name, answers have an unreadable layout, or an image id has no image.
+            a schema name, answers have an unreadable layout, an image id has no image, or ``ds`` / ``images`` is a
+            streaming ``IterableDataset``.
     """
     columns = columns or ColumnMap()
+    ds = _map_style(ds, "the dataset")
+    if images is not None:
+        images = _map_style(images, "the images table")
     for name in keep_columns:
         if name in SCHEMA_COLUMNS:
             raise ValueError(f"keep_columns entry {name!r} clashes with a schema column; rename it first")
@@ -493,7 +507,7 @@ def load_vqa_dataset(
 
     Raises:
         ValueError: For an unknown ``name``, an unknown override field, a missing split or column (listing the
-            available ones).
+            available ones), or a streaming load (``streaming=True``: rows are read by index).
         DatasetNotFoundError: If the data is not on disk and cannot be fetched; the message says how to get it.
     """
     if name not in SOURCES:
@@ -516,7 +530,7 @@ def load_vqa_dataset(
         column_map = dataclasses.replace(source.columns, **columns)
 
     raw = _load_raw(target, config, split, lambda: _how_to_get(source, split, target), **load_kwargs)
-    raw = _paths_beside_file(raw, column_map.image, target)
+    raw = _paths_beside_file(_map_style(raw, repr(target)), column_map.image, target)
     images_ds = None
     if column_map.image not in raw.column_names and column_map.image_id is not None:
         images_config = None
@@ -531,6 +545,7 @@ def load_vqa_dataset(
             images_ds = _load_raw(
                 images_target, images_config, split, lambda: _how_to_get(source, split, images_target), **load_kwargs
             )
+            images_ds = _map_style(images_ds, repr(images_target))
             images_ds = _paths_beside_file(images_ds, column_map.images_image, images_target)
         else:
             images_ds = images

@@ -1,5 +1,7 @@
 """Dataset loaders map each source schema onto the common VQA schema (training/data.py)."""
 
+import re
+
 import datasets
 import numpy as np
 import pytest
@@ -464,3 +466,18 @@ def test_plain_local_folder_gets_no_hub_config(tmp_path):
                                 "question_types": [["form"]]}).to_parquet(str(tmp_path / "doc" / "validation.parquet"))
     ds = load_vqa_dataset("docvqa", path=tmp_path / "doc", cache_dir=str(tmp_path / "cache"))
     assert ds["question_id"] == ["7"] and ds["question_type"] == ["form"]
+
+
+def test_streaming_datasets_are_refused_by_name(tmp_path):
+    # A streaming load has no row indices, len() or num_proc: it failed inside datasets with "IterableDataset.map()
+    # got an unexpected keyword argument 'num_proc'"; the mapping, max_samples and the sampler need a map-style split.
+    file = tmp_path / "val.parquet"
+    datasets.Dataset.from_dict({"image": _images(1), "question": ["q?"], "answers": [["a"]],
+                                "question_id": [4]}).to_parquet(str(file))
+    with pytest.raises(ValueError, match=re.escape(f"'{file}' is a streaming IterableDataset (streaming=True?)")):
+        load_vqa_dataset("textvqa", path=file, streaming=True, cache_dir=str(tmp_path / "cache"))
+    stream = datasets.Dataset.from_dict({"image": _images(1), "question": ["q?"], "answers": [["a"]]})
+    with pytest.raises(ValueError, match="the dataset is a streaming IterableDataset"):
+        to_common_schema(stream.to_iterable_dataset(), ColumnMap(question_id=None, question_type=None))
+    with pytest.raises(ValueError, match="the images table is a streaming IterableDataset"):
+        to_common_schema(_gqa_instructions(), data.GQAColumns(), images=stream.to_iterable_dataset())
