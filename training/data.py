@@ -358,7 +358,8 @@ def _join_images(
             raise ValueError(f"images table has no column {name!r}; available columns: {images.column_names}")
     position = {key: i for i, key in enumerate(images[columns.images_id])}
     indices = []
-    for key in ds[image_id]:
+    head, *rest = image_id.split(".")  # a dotted image_id reaches into a struct column, as the other fields do
+    for key in (_get_path(v, rest) for v in ds[head]):
         if key not in position:
             raise ValueError(f"image id {key!r} (column {image_id!r}) is not in the images table")
         indices.append(position[key])

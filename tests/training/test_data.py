@@ -481,3 +481,16 @@ def test_streaming_datasets_are_refused_by_name(tmp_path):
         to_common_schema(stream.to_iterable_dataset(), ColumnMap(question_id=None, question_type=None))
     with pytest.raises(ValueError, match="the images table is a streaming IterableDataset"):
         to_common_schema(_gqa_instructions(), data.GQAColumns(), images=stream.to_iterable_dataset())
+
+
+def test_gqa_join_on_a_dotted_image_id():
+    # ColumnMap names may be dotted; image_id was checked as such and then read as a top-level column ("Column
+    # 'meta.img' doesn't exist."). The questions here point at img2 then img1: pixels 30 then 10 (see _images).
+    images = datasets.Dataset.from_dict({"id": ["img1", "img2"], "image": _images(2)})
+    nested = datasets.Dataset.from_dict({"id": ["q1", "q2"], "meta": [{"img": "img2"}, {"img": "img1"}],
+                                         "question": ["a?", "b?"], "answer": ["x", "y"]})
+    ds = to_common_schema(nested, data.GQAColumns(image_id="meta.img", question_type=None), images=images)
+    assert [_pixel(img) for img in ds["image"]] == [30, 10] and ds["question_id"] == ["q1", "q2"]
+    with pytest.raises(ValueError, match=r"image id 'img9' \(column 'meta.img'\) is not in the images table"):
+        to_common_schema(nested.map(lambda r: {"meta": {"img": "img9"}}),
+                         data.GQAColumns(image_id="meta.img", question_type=None), images=images)
