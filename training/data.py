@@ -363,6 +363,8 @@ def _join_images(
         if key not in position:
             raise ValueError(f"image id {key!r} (column {image_id!r}) is not in the images table")
         indices.append(position[key])
+    if not indices:  # concatenate_datasets drops a 0-row table's columns: the image column went missing (KeyError)
+        return ds.add_column(_TEMP_PREFIX + "image", [], feature=images.features[columns.images_image])
     picked = images.select_columns([columns.images_image]).select(indices).flatten_indices()
     picked = picked.rename_column(columns.images_image, _TEMP_PREFIX + "image")
     return datasets.concatenate_datasets([ds, picked], axis=1)
@@ -455,16 +457,19 @@ def to_common_schema(
             **{_TEMP_PREFIX + name: schema[name] for name in SCHEMA_COLUMNS if name != "image"},
         }
     )
-    out = ds.map(
-        convert,
-        input_columns=input_columns,
-        with_indices=True,
-        batched=True,
-        remove_columns=[name for name in ds.column_names if name not in keep],
-        features=features,
-        num_proc=num_proc,
-        desc="mapping to the common VQA schema",
-    )
+    if len(ds) == 0:  # datasets' map returns a 0-row table unmapped, without the new columns: build it empty
+        out = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    else:
+        out = ds.map(
+            convert,
+            input_columns=input_columns,
+            with_indices=True,
+            batched=True,
+            remove_columns=[name for name in ds.column_names if name not in keep],
+            features=features,
+            num_proc=num_proc,
+            desc="mapping to the common VQA schema",
+        )
     rename = {_TEMP_PREFIX + name: name for name in SCHEMA_COLUMNS if name != "image"}
     if image_column != "image":
         rename[image_column] = "image"

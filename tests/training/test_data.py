@@ -494,3 +494,14 @@ def test_gqa_join_on_a_dotted_image_id():
     with pytest.raises(ValueError, match=r"image id 'img9' \(column 'meta.img'\) is not in the images table"):
         to_common_schema(nested.map(lambda r: {"meta": {"img": "img9"}}),
                          data.GQAColumns(image_id="meta.img", question_type=None), images=images)
+
+
+def test_an_empty_split_maps_to_an_empty_split_of_the_schema():
+    # 0 rows in, 0 rows out: datasets' map leaves a 0-row table unmapped ("Original column names {...} not in the
+    # dataset") and concatenating GQA's joined images drops a 0-row table's columns (KeyError: '__arr_coc_image').
+    vqa = to_common_schema(_vqav2().filter(lambda r: False), data.VQAv2Columns(), keep_columns=["image_id"])
+    assert len(vqa) == 0 and vqa.column_names == [*SCHEMA_COLUMNS, "image_id"]
+    assert vqa.features == schema_features({"image_id": datasets.Value("int64")})
+    images = datasets.Dataset.from_dict({"id": ["img1", "img2"], "image": _images(2)})
+    gqa = to_common_schema(_gqa_instructions().filter(lambda r: False), data.GQAColumns(), images=images)
+    assert len(gqa) == 0 and gqa.features == schema_features()
