@@ -318,24 +318,25 @@ def _get_path(value: Any, keys: Sequence[str]) -> Any:
 
 
 def _answer_list(value: Any, answer_key: str) -> list[str]:
-    """Answers in any of the common source layouts, as a list of strings."""
+    """Answers in any of the common source layouts, as a list of strings (null answers left out)."""
     if value is None:
         return []  # unlabelled test splits
     if isinstance(value, str):
         return [value]
+    # A null answer inside a list is no answer, as a null list is none; str() made it the answer "None".
     if isinstance(value, Mapping):
         # A list of records that ``datasets`` returned column-wise: {"answer": [...], "answer_id": [...]}.
         if answer_key not in value:
             raise ValueError(f"answer records have no key {answer_key!r}; keys: {sorted(value)}")
-        return [str(a) for a in value[answer_key]]
+        return [str(a) for a in value[answer_key] if a is not None]
     if isinstance(value, Sequence):
         out = []
         for item in value:
             if isinstance(item, Mapping):
                 if answer_key not in item:
                     raise ValueError(f"answer record {item!r} has no key {answer_key!r}")
-                out.append(str(item[answer_key]))
-            else:
+                item = item[answer_key]
+            if item is not None:
                 out.append(str(item))
         return out
     raise ValueError(f"cannot read answers from {value!r} ({type(value).__name__})")
@@ -439,13 +440,20 @@ def to_common_schema(
         def values(role: str) -> list[Any]:
             return [_get_path(v, paths[role]) for v in batch[fields[role].split(".")[0]]]
 
+        def text(role: str) -> list[str]:
+            # A null became the text "None": a question "None", or one id "None" shared by every id-less row.
+            out = values(role)
+            for i, v in zip(indices, out):
+                if v is None:
+                    raise ValueError(f"row {i}: {role} column {fields[role]!r} is null")
+            return [str(v) for v in out]
+
         n = len(cols[0])
         qtypes = values("question_type") if "question_type" in fields else [None] * n
         return {
-            _TEMP_PREFIX + "question": [str(q) for q in values("question")],
+            _TEMP_PREFIX + "question": text("question"),
             _TEMP_PREFIX + "answers": [_answer_list(a, columns.answer_key) for a in values("answers")],
-            _TEMP_PREFIX + "question_id": [str(q) for q in (values("question_id") if "question_id" in fields
-                                                            else indices)],
+            _TEMP_PREFIX + "question_id": text("question_id") if "question_id" in fields else [str(i) for i in indices],
             _TEMP_PREFIX + "question_type": [_question_type(t, columns.default_question_type) for t in qtypes],
         }
 

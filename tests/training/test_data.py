@@ -505,3 +505,19 @@ def test_an_empty_split_maps_to_an_empty_split_of_the_schema():
     images = datasets.Dataset.from_dict({"id": ["img1", "img2"], "image": _images(2)})
     gqa = to_common_schema(_gqa_instructions().filter(lambda r: False), data.GQAColumns(), images=images)
     assert len(gqa) == 0 and gqa.features == schema_features()
+
+
+def test_null_answers_are_left_out_and_null_questions_or_ids_refused():
+    # str(None) made a null answer the answer "None" (scored and trained on), a null question the question "None" and
+    # a null id the id "None". Row 0's answers [a, null] keep "a"; row 1's records [{null}, {b}] keep "b".
+    source = datasets.Dataset.from_dict(
+        {"image": ["x.png"] * 2, "question": ["q?", "r?"], "question_id": [1, 2], "answers": [["a", None], ["b"]],
+         "records": [[{"answer": None}, {"answer": "b"}], [{"answer": "c"}]]})
+    assert to_common_schema(source, ColumnMap(question_type=None))["answers"] == [["a"], ["b"]]
+    assert to_common_schema(source, ColumnMap(answers="records", question_type=None))["answers"] == [["b"], ["c"]]
+    with pytest.raises(ValueError, match="row 1: question column 'question' is null"):
+        to_common_schema(source.map(lambda r, i: {"question": None if i else "q?"}, with_indices=True),
+                         ColumnMap(question_type=None))
+    with pytest.raises(ValueError, match="row 0: question_id column 'question_id' is null"):
+        to_common_schema(source.map(lambda r, i: {"question_id": i or None}, with_indices=True),
+                         ColumnMap(question_type=None))
