@@ -98,14 +98,21 @@ class VqaCollator:
         if len(rows) == 0:
             raise ValueError("cannot collate an empty batch")
         p = self.processor
-        questions = [str(r["question"]) for r in rows]
         qids = [str(r.get("question_id", i)) for i, r in enumerate(rows)]
+        # None (an unlabelled row) is no answers, a bare string one answer; None failed with a TypeError.
+        answers = [[] if a is None else [a] if isinstance(a, str) else list(a) for a in (r["answers"] for r in rows)]
+        for qid, r, a in zip(qids, rows, answers):
+            if r["question"] is None:  # str(None) asked the question "None"
+                raise ValueError(f"row {qid!r} has no question (None)")
+            if self.train and not a:
+                raise ValueError(f"row {qid!r} has no answers to train on ({r['answers']!r}); an unlabelled split?")
+        questions = [str(r["question"]) for r in rows]
         budget = None if self.budgets is None else self.batch_budget(qids)
         seqs, labels = [], []
-        for q, r in zip(questions, rows):
+        for q, a in zip(questions, answers):
             prompt = p.encode_prompt(q, budget)
             if self.train:
-                target = p.encode_answer(consensus_answer(r["answers"]))
+                target = p.encode_answer(consensus_answer(a))
                 seqs.append(prompt + target)
                 labels.append([IGNORE_INDEX] * len(prompt) + target)
             else:
@@ -126,7 +133,7 @@ class VqaCollator:
             "query_attention_mask": q_mask,
             "question_id": qids,
             "question_type": [str(r.get("question_type", "")) for r in rows],
-            "answers": [list(r["answers"]) if not isinstance(r["answers"], str) else [r["answers"]] for r in rows],
+            "answers": answers,
         }
         if self.train:
             batch["labels"], _ = pad_sequences(labels, IGNORE_INDEX, side)

@@ -141,3 +141,20 @@ def test_row_dataset_length_follows_the_indices():
     ds = [{"i": i} for i in range(5)]
     assert len(RowDataset(ds, [4, 0, 2])) == 3
     assert len(torch.utils.data.DataLoader(RowDataset(ds, [1, 3]), batch_size=None)) == 2
+
+
+def test_rows_without_answers_or_question_are_named(processor):
+    # An unlabelled row (answers None, as a raw test split has them) collates for evaluation with answers []; it
+    # raised TypeError ("'NoneType' object is not iterable"). Training refuses it, and an empty list, by question id
+    # (the message named no row), and a None question is refused rather than asked as the text "None".
+    rows = _rows(2, (20, 20))
+    rows[1]["answers"] = None
+    assert VqaCollator(processor, train=False)(rows)["answers"] == [["2"] * 10, []]
+    with pytest.raises(ValueError, match=r"row '1' has no answers to train on \(None\)"):
+        VqaCollator(processor, train=True)(rows)
+    rows[1]["answers"] = []
+    with pytest.raises(ValueError, match=r"row '1' has no answers to train on \(\[\]\)"):
+        VqaCollator(processor, train=True)(rows)
+    rows[0]["question"] = None
+    with pytest.raises(ValueError, match=r"row '0' has no question \(None\)"):
+        VqaCollator(processor, train=False)(rows)
