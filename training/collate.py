@@ -119,8 +119,8 @@ class VqaCollator:
                 seqs.append(prompt)
         longest = max(len(s) for s in seqs)
         if self.max_length is not None and longest > self.max_length:
-            raise ValueError(f"a sequence has {longest} tokens (budget {budget or p.budget} image tokens included), more than "
-                             f"max_length={self.max_length}")
+            raise ValueError(f"a sequence has {longest} tokens (budget {budget or p.budget} image tokens included), "
+                             f"more than max_length={self.max_length}")
         pad = int(p.tokenizer.pad_token_id)
         side = "right" if self.train else "left"
         input_ids, attention_mask = pad_sequences(seqs, pad, side)
