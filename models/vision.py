@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from arr_coc._utils import _grid_pair
+
 __all__ = [
     "weights_follow",
     "HFVision", "OPEN_CLIP_CONFIG_DIR", "OpenClipVision", "VisionTower", "create_open_clip", "default_pos_grid",
@@ -134,7 +136,8 @@ class VisionTower(nn.Module):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         if len(patch_grid) != 2 or min(patch_grid) < 1:
             raise ValueError(f"patch_grid must be two positive ints (Gh, Gw), got {patch_grid}")
-        self.patch_grid = (int(patch_grid[0]), int(patch_grid[1]))
+        # _grid_pair refuses a float or bool entry (int() truncated 2.5 to 2 and read True as 1), naming it.
+        self.patch_grid = _grid_pair(patch_grid, "patch_grid", "(Gh, Gw)")
         gh, gw = self.patch_grid
         hg, wg = self.token_grid
         if fine_grid is None:
@@ -145,7 +148,7 @@ class VisionTower(nn.Module):
             fine_grid = (hg // gh, wg // gw)
         if len(fine_grid) != 2 or min(fine_grid) < 1:
             raise ValueError(f"fine_grid must be two positive ints (h, w), got {fine_grid}")
-        self.fine_grid = (int(fine_grid[0]), int(fine_grid[1]))
+        self.fine_grid = _grid_pair(fine_grid, "fine_grid", "(h, w)")
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
 

@@ -280,3 +280,18 @@ def test_hf_vision_prunes_a_tower_nested_under_vision_model():
     inner = hf_vision_from_config("clip", HF_TINY, patch_grid=(4, 4), prune=False).model
     vis = HFVision(Nested(inner), patch_grid=(4, 4), feature_layer=-2)
     assert len(vis.fsdp_blocks()) == 2 and len(inner.encoder.layers) == 2
+
+
+def test_layouts_with_float_or_bool_entries_are_refused_not_truncated(clip):
+    import copy
+
+    # int() truncated them: patch_grid (2.5, 2) built a (2, 2) layout and fine_grid (2.7, 2) a (2, 2) one, and True
+    # counted as 1 row; arr_coc's own patch_grid check (_grid_pair) refuses them, naming the entry.
+    visual = copy.deepcopy(clip.visual)  # an 8x8 token grid
+    for bad in ((2.5, 2), (True, 2)):
+        with pytest.raises(ValueError, match=rf"patch_grid \({bad[0]}, 2\) entry must be an integer"):
+            OpenClipVision(visual, patch_grid=bad, fine_grid=(2, 2), prune=False)
+    with pytest.raises(ValueError, match=r"fine_grid \(2.7, 2\) entry must be an integer, got float: 2.7"):
+        OpenClipVision(visual, patch_grid=(2, 2), fine_grid=(2.7, 2), prune=False)
+    vis = OpenClipVision(visual, patch_grid=(2.0, 4), fine_grid=[4.0, 2], prune=False)  # integral floats are fine
+    assert vis.patch_grid == (2, 4) and vis.fine_grid == (4, 2)
