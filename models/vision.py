@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -218,6 +219,7 @@ class OpenClipVision(VisionTower):
         fine_grid: ``(h, w)`` fine tokens per patch (``None``: token grid / patch grid).
         feature_layer: Block whose output is used (negative counts from the end; LLaVA uses -2).
         prune: Drop the blocks after ``feature_layer`` and the pooling head, which would otherwise be dead weight.
+            A tower configured with patch dropout has it switched off (with a warning): the layout needs every token.
         image_mean: Normalisation mean (default: the tower's preprocess config, else OpenAI CLIP's).
         image_std: Normalisation std.
 
@@ -234,6 +236,13 @@ class OpenClipVision(VisionTower):
         pcfg = getattr(visual, "preprocess_cfg", None) or {}
         super().__init__(visual.transformer.width, visual.grid_size, visual.image_size, patch_grid, fine_grid,
                          image_mean or pcfg.get("mean", _OPENAI_MEAN), image_std or pcfg.get("std", _OPENAI_STD))
+        drop = getattr(visual, "patch_dropout", None)
+        if getattr(drop, "prob", 0.0) > 0:
+            # Patch dropout deletes tokens at random in train mode; forward_intermediates would reshape the survivors
+            # into a wrong grid (no error), and the patch layout needs every token. It is the identity in eval mode.
+            warnings.warn(f"the open_clip tower's patch_dropout={drop.prob} is switched off: the patch layout needs "
+                          "every token", stacklevel=2)
+            visual.patch_dropout = nn.Identity()
         n = len(visual.transformer.resblocks)
         self.layer_index = _abs_layer(feature_layer, n)
         if prune:

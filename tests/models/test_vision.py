@@ -295,3 +295,24 @@ def test_layouts_with_float_or_bool_entries_are_refused_not_truncated(clip):
         OpenClipVision(visual, patch_grid=(2, 2), fine_grid=(2.7, 2), prune=False)
     vis = OpenClipVision(visual, patch_grid=(2.0, 4), fine_grid=[4.0, 2], prune=False)  # integral floats are fine
     assert vis.patch_grid == (2, 4) and vis.fine_grid == (4, 2)
+
+
+def test_open_clip_patch_dropout_is_switched_off_so_training_keeps_the_whole_grid(clip):
+    import copy
+
+    from open_clip.transformer import PatchDropout
+
+    # An open_clip config with patch_dropout > 0 deletes tokens at random in train mode; forward_intermediates then
+    # reshaped the survivors into a wrong grid (at p=0.5, the 32 kept patch tokens of width 32 came back as an 8x8
+    # grid of width 16, silently). PatchDropout is the identity in eval mode, so the eval-mode output of the same
+    # tower is the reference a training step must reproduce (the tiny tower has no other dropout).
+    visual = copy.deepcopy(clip.visual)
+    visual.patch_dropout = PatchDropout(0.5)
+    with pytest.warns(UserWarning, match="patch_dropout=0.5"):
+        vis = OpenClipVision(visual, patch_grid=(4, 4))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expect = vis.eval()(x)
+        got = vis.train()(x)
+    assert got.shape == (2, 16, 2, 2, 32)
+    torch.testing.assert_close(got, expect)
