@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from arr_coc._utils import _grid_pair
+from arr_coc._utils import _check_int, _grid_pair
 
 __all__ = [
     "weights_follow",
@@ -204,6 +204,7 @@ class VisionTower(nn.Module):
 
 
 def _abs_layer(layer: int, num_layers: int) -> int:
+    layer = _check_int("feature_layer", layer)  # 1.5 failed later as a slice index, True read as block 1
     idx = layer + num_layers if layer < 0 else layer
     if not 0 <= idx < num_layers:
         raise ValueError(f"feature_layer={layer} out of range for a tower with {num_layers} blocks")
@@ -298,6 +299,7 @@ class HFVision(VisionTower):
                          image_mean or default_mean, image_std or default_std)
         self.num_prefix_tokens = (0 if siglip else 1) if num_prefix_tokens is None else int(num_prefix_tokens)
         n = cfg.num_hidden_layers
+        feature_layer = _check_int("feature_layer", feature_layer)  # 1.5 failed later as a slice index, True read as 1
         # hidden_states has n + 1 entries (embeddings, then each block); feature_layer indexes that list.
         self.hidden_index = feature_layer + n + 1 if feature_layer < 0 else feature_layer
         if not 0 <= self.hidden_index <= n:

@@ -316,3 +316,17 @@ def test_open_clip_patch_dropout_is_switched_off_so_training_keeps_the_whole_gri
         got = vis.train()(x)
     assert got.shape == (2, 16, 2, 2, 32)
     torch.testing.assert_close(got, expect)
+
+
+def test_a_non_integer_feature_layer_is_refused_by_name(clip):
+    import copy
+
+    # 1.5 failed deep inside (TypeError "slice indices must be integers") and True was read as block 1; both backends
+    # now refuse them with a ValueError naming the value, and an integral float is its integer.
+    for bad, shown in ((1.5, "float: 1.5"), (True, "bool: True"), ("1", "str: '1'")):
+        with pytest.raises(ValueError, match=f"feature_layer must be an integer, got {shown}"):
+            OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(2, 2), feature_layer=bad)
+        with pytest.raises(ValueError, match=f"feature_layer must be an integer, got {shown}"):
+            hf_vision_from_config("clip", HF_TINY, patch_grid=(2, 2), feature_layer=bad)
+    assert OpenClipVision(copy.deepcopy(clip.visual), patch_grid=(2, 2), feature_layer=-1.0).layer_index == 1
+    assert hf_vision_from_config("clip", HF_TINY, patch_grid=(2, 2), feature_layer=-2.0).hidden_index == 2
