@@ -358,6 +358,7 @@ def build_model(source: str | Mapping[str, Any] | ModelCfg = "tiny", overrides: 
         # num_prefix_tokens=None: a CLIP tower's class token is dropped, a SigLIP tower (no class token) keeps every
         # token (1 fixed here dropped a SigLIP checkpoint's first patch and broke its grid).
         vision = HFVision(llava.model.vision_tower, num_prefix_tokens=None, **vkw)
+        _warn_other_feature_choice(llava.config, vc.feature_layer, vision.num_prefix_tokens, lc.name_or_path)
         llava.model.vision_tower = None
 
     query_dim = text_encoder.output_dim if text_encoder is not None else llava.config.text_config.hidden_size
@@ -388,6 +389,26 @@ def build_model(source: str | Mapping[str, Any] | ModelCfg = "tiny", overrides: 
                                 prompt_template=cfg.prompt_template, answer_template=cfg.answer_template,
                                 query_tokenizer=text_encoder.tokenize if text_encoder is not None else None)
     return model, processor
+
+
+def _warn_other_feature_choice(config: Any, feature_layer: int, prefix_tokens: int, where: str) -> None:
+    """``vision.backend: llava`` feeds ARR-COC ``hidden_states[vision.feature_layer]`` less the class token (a CLIP
+    tower's; SigLIP has none), whatever the checkpoint's own ``vision_feature_layer`` and
+    ``vision_feature_select_strategy`` say (LLaVA-1.5: -2 and "default", the same). A projector trained on other
+    features would be fed these silently: warn, naming both, where the layer differs or a CLIP checkpoint keeps its
+    class token ("full")."""
+    n = int(config.vision_config.num_hidden_layers) + 1  # hidden_states: the embeddings, then each block
+
+    def index(layer: Any) -> Any:
+        return layer + n if isinstance(layer, int) and layer < 0 else layer
+
+    layer = getattr(config, "vision_feature_layer", feature_layer)
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    if index(layer) != index(feature_layer) or (strategy == "full" and prefix_tokens > 0):
+        warnings.warn(f"llm.name_or_path={where!r}: the checkpoint's projector was trained on vision_feature_layer="
+                      f"{layer!r}, vision_feature_select_strategy={strategy!r}; ARR-COC is fed vision.feature_layer="
+                      f"{feature_layer} without {prefix_tokens} leading class token(s); set vision.feature_layer to "
+                      "match if that is not intended", stacklevel=3)
 
 
 def _build_llava(lc: LlmCfg, vision_dim: int | None, image_token_id: int, tokenizer: Any):

@@ -454,3 +454,27 @@ def test_tower_settings_reach_the_towers(tmp_path):
                                     "vision.pretrained=true"])
     torch.testing.assert_close(model.vision.model.embeddings.patch_embedding.weight,
                                hf.get_input_embeddings().weight, rtol=0, atol=0)
+
+
+def test_llava_checkpoint_trained_on_other_vision_features_warns_naming_both(tmp_path):
+    """vision.backend: llava reads hidden_states[vision.feature_layer] without CLIP's class token, whatever the
+    checkpoint's own vision_feature_layer / vision_feature_select_strategy: a checkpoint whose projector was trained
+    on another layer, or with the class token ("full"), is warned about by name. LLaVA-1.5's own (-2, "default"),
+    also written as the same layer counted from the front (3 blocks: hidden_states index 2 = -2), is not."""
+    import json
+    import warnings
+
+    _tiny_llava_checkpoint(tmp_path)
+    path = tmp_path / "config.json"
+    base = json.loads(path.read_text())
+    for layer, strategy, warned in ((-2, "default", False), (2, "default", False), (-1, "default", True),
+                                    (-2, "full", True)):
+        path.write_text(json.dumps({**base, "vision_feature_layer": layer, "vision_feature_select_strategy": strategy}))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            build_model("llava15_7b", [f"llm.name_or_path={tmp_path}", "llm.dtype=float32"])
+        ours = [str(w.message) for w in caught if "vision_feature_layer" in str(w.message)]
+        assert bool(ours) == warned, (layer, strategy, ours)
+        if warned:
+            assert f"vision_feature_layer={layer}, vision_feature_select_strategy='{strategy}'" in ours[0]
+            assert "vision.feature_layer=-2 without 1 leading class token(s)" in ours[0]
