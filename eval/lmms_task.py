@@ -70,8 +70,9 @@ def write_task(data: str | Path, out: str | Path, *, split: str = "test", name: 
     """Write ``<name>.yaml`` and ``utils.py`` into ``out`` for the dataset folder ``data``; returns the YAML's path.
 
     Raises:
-        ValueError: ``data`` is not a saved dataset with ``split`` holding ``image``, ``question`` and ``answers``, or
-            ``max_new_tokens`` < 1, or ``name`` is not a plain identifier.
+        ValueError: ``data`` is not a saved dataset with ``split`` holding ``image``, ``question`` and ``answers``, a
+            row has fewer than 2 answers (VQA accuracy leaves one out), ``max_new_tokens`` < 1, or ``name`` is not a
+            plain identifier.
     """
     import datasets
 
@@ -90,6 +91,12 @@ def write_task(data: str | Path, out: str | Path, *, split: str = "test", name: 
     missing = sorted({"image", "question", "answers"} - set(ds[split].column_names))
     if missing:
         raise ValueError(f"{data}/{split} lacks column(s) {missing} of the common schema")
+    # Both metrics leave one answer out in turn: a row with fewer than 2 would fail in process_results, after the run.
+    for i, answers in enumerate(ds[split]["answers"]):
+        n = 1 if isinstance(answers, str) else len(answers)
+        if n < 2:
+            raise ValueError(f"{data}/{split} row {i} has {n} answer(s), but the task scores VQA accuracy, which needs "
+                             "at least 2 per question (VQAv2 and TextVQA have 10; GQA-style single answers do not fit)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     yaml_text = "\n".join([

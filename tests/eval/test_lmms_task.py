@@ -271,3 +271,15 @@ def test_cli_passes_every_option(bench, tmp_path):
     text = path.read_text()
     assert path == tmp_path / "t" / "my_task.yaml" and (tmp_path / "t" / "utils.py").is_file()
     assert "task: my_task\n" in text and "test_split: train\n" in text and "  max_new_tokens: 3\n" in text
+
+
+def test_write_task_refuses_rows_that_vqa_accuracy_cannot_score(tmp_path):
+    """A common-schema set with single-answer rows (GQA's layout) was written as a task, and every process_results call
+    then raised, after lmms-eval had generated all the answers; it is refused when the task is written."""
+    import datasets
+
+    rows = {"image": ["i0", "i1"], "question": ["q0", "q1"], "answers": [["a", "a"], ["b"]]}
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows)}).save_to_disk(tmp_path / "gqa_like")
+    with pytest.raises(ValueError, match=r"row 1 has 1 answer\(s\).*at least 2"):
+        write_task(tmp_path / "gqa_like", tmp_path / "t")
+    assert not (tmp_path / "t").exists()
