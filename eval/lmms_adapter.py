@@ -25,6 +25,7 @@ interface on plain objects with ``.args``, so it can be tested and used without 
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import warnings
 from typing import Any, Sequence
@@ -68,7 +69,8 @@ class ArrCocLmms(_LmmsBase):
         model_preset: Preset without a checkpoint (smoke tests only).
         method: ``arr_coc`` or a baseline of :mod:`eval.baselines`.
         token_fraction: Visual tokens as a fraction of the full-token count (``None``: the trained budget).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu`` or ``cuda`` (``cuda:LOCAL_RANK`` in each process of a multi-process run) or
+            ``cuda:N``.
         batch_size: Requests per ``generate`` call.
         max_new_tokens: Default generation length when a task gives none.
         model: An already built ``ArrCocLlava`` (with ``processor``), instead of loading one.
@@ -98,6 +100,12 @@ class ArrCocLmms(_LmmsBase):
         elif processor is None:
             raise ValueError("pass the model's processor along with the model")
         self._device = _device(str(device))
+        if self._device.type == "cuda" and self._device.index is None:
+            # An unindexed "cuda" follows the current device, which lmms-eval's Accelerator() later sets to
+            # cuda:LOCAL_RANK: fix the index now (each process of accelerate/torchrun takes its own GPU).
+            multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+            self._device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if multi
+                                        else torch.cuda.current_device())
         self.model = model.to(self._device).eval()
         frac = None if token_fraction in (None, "", "None", "null") else float(token_fraction)
         self.method = create_method(method, self.model, frac)

@@ -217,3 +217,25 @@ def test_a_bare_until_string_is_one_stop_not_its_characters(tiny, monkeypatch):
     lm = _adapter(tiny)
     monkeypatch.setattr(lm.processor, "batch_decode", lambda seqs: ["12 apples. More"][: len(seqs)])
     assert lm.generate_until([_gen_request(0, {"max_new_tokens": 4, "until": "ple"})]) == ["12 ap"]
+
+
+def test_each_process_of_a_multi_process_run_takes_its_own_gpu(tiny, monkeypatch):
+    """Under accelerate/torchrun, device=auto (or cuda) is cuda:LOCAL_RANK; an unindexed 'cuda' put every process's
+    model on cuda:0 and then followed the current device, which lmms-eval's Accelerator() sets to cuda:LOCAL_RANK:
+    inputs and model on different GPUs. No GPU is needed: where the model goes is recorded."""
+    import eval.run_eval
+
+    model, processor = tiny
+    placed = []
+    monkeypatch.setattr(model, "to", lambda d: placed.append(d) or model)
+    monkeypatch.setattr(eval.run_eval, "_device", lambda name: torch.device("cuda" if name == "auto" else name))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for device in ("auto", "cuda"):
+        assert ArrCocLmms(model=model, processor=processor, device=device).device == torch.device("cuda", 1)
+    assert placed == [torch.device("cuda", 1)] * 2
+    assert ArrCocLmms(model=model, processor=processor, device="cuda:0").device == torch.device("cuda", 0)
+    assert ArrCocLmms(model=model, processor=processor, device="cpu").device == torch.device("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the current device
+    assert ArrCocLmms(model=model, processor=processor, device="auto").device == torch.device("cuda", 0)
