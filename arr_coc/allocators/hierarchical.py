@@ -78,6 +78,7 @@ class HierarchicalAllocator(Allocator):
         return self._from_regions(t.reshape(ur.shape), geo)
 
     def relaxed(self, utility: Tensor) -> Tensor:
+        self._check_utility(utility)  # a NaN utility gave NaN targets, an inf one "y contains ... nan"
         # Half-precision utilities (autocast, bf16 weights) are solved in float32: the region totals feed the patch
         # stage as budgets, and 13,200 in bf16 is 13,184.
         utility = utility.to(torch.promote_types(utility.dtype, torch.float32))

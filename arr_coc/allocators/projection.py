@@ -21,4 +21,5 @@ class ProjectionAllocator(Allocator):
     """Project the capped-softmax targets onto ``{sum = budget, lo <= t <= hi}`` and round."""
 
     def allocate(self, utility: Tensor, *, context: Tensor | None = None) -> Tensor:
-        return self._round(self.relaxed(utility.double()))
+        # relaxed() without its input check: forward has checked the utility already.
+        return self._round(self._project(self.softmax_targets(utility.double())))

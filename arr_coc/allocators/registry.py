@@ -200,6 +200,8 @@ class Allocator(nn.Module):
             utility: (B, K)
             returns: (B, K) float
         """
+        # Checked as forward checks: a NaN utility came back as NaN budgets, an inf one as "y contains ... nan".
+        self._check_utility(utility)
         return self._project(self.softmax_targets(utility))
 
     def softmax_targets(self, utility: Tensor) -> Tensor:

@@ -46,5 +46,6 @@ class ThresholdAllocator(Allocator):
         return self._project_round(targets)
 
     def relaxed(self, utility: Tensor) -> Tensor:
+        self._check_utility(utility)  # a NaN utility gave NaN targets, an inf one "y contains ... nan"
         soft = torch.sigmoid((utility - self._thr(utility)) / self.temperature)
         return self._project(self.min_tokens + soft * (self.max_tokens - self.min_tokens))

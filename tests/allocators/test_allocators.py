@@ -450,14 +450,16 @@ def test_empty_batch_gives_empty_budgets(name):
     assert t.shape == (0, 4) and t.dtype == torch.int64
 
 
-@pytest.mark.parametrize("name", ["proportional", "uniform"])
-@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+@pytest.mark.parametrize("name", STATIC)
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf"), float("inf")])
 def test_relaxed_refuses_non_finite_utility(name, bad):
     """relaxed() answered a NaN or -inf utility with the uniform allocation (proportional's share fell back to 1/K,
-    uniform never looked); forward refuses it, and so does the relaxation now, naming the value."""
+    uniform never looked); forward refuses it, and so does the relaxation now, naming the value. projection, mckp,
+    threshold and hierarchical returned NaN for a NaN utility and named the wrong value for inf ("y contains ...
+    nan", from the projection of their targets)."""
     u = torch.zeros(1, 200)
     u[0, 7] = bad
-    with pytest.raises(ValueError, match=r"non-finite.*\(0, 7\)"):
+    with pytest.raises(ValueError, match=rf"non-finite.*\(0, 7\): {bad}$"):
         create_allocator(name).relaxed(u)
 
 
