@@ -2,7 +2,7 @@
 # usage: [SEED=4] chain_reader.sh  -- a reader from scratch and the label-free pair from it, one seed, end to end:
 # 10,000 uniform-pooling steps (stage1.sh), 10,000 more (stage2.sh ... uni), then 10,000 steps of saliency
 # distillation and of uniform pooling continued from that reader, side by side; each run is evaluated by evalrun.sh
-# (600 test questions at 25% + the allocation probe). Runs land in /tmp/s20/lf/ (~80 min on 2 cores).
+# (600 test questions at 25% + the allocation probe). Runs land in /tmp/s20/lf/ (76 min on this 2-core machine).
 set -u
 cd /work/main
 export TQDM_DISABLE=1
