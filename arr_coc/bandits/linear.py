@@ -43,9 +43,13 @@ _SOLVERS = ("cholesky", "sherman_morrison")
 
 def _cholesky(a: Tensor, what: str) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(a)
+    _require_factored(info, what)
+    return chol
+
+
+def _require_factored(info: Tensor, what: str) -> None:
     if bool((info != 0).any()):
         raise ValueError(f"{what} is not positive definite (cholesky info={info.tolist()}); increase lam")
-    return chol
 
 
 class _LinearPolicy(_StatsPolicy):
@@ -328,20 +332,32 @@ class HybridLinUCB(_StatsPolicy):
                 "cross": xa[:, :, None] * z[:, None, :], "zz": z[:, :, None] * z[:, None, :],
                 "zr": rewards[:, None] * z}
 
-    def _refresh(self) -> None:
-        d, k = self.arm_dim, self.shared_dim
-        eye_d = torch.eye(d, device=self.device, dtype=self.dtype)
-        eye_k = torch.eye(k, device=self.device, dtype=self.dtype)
-        chol = _cholesky(self.gram + self.lam * eye_d, "lam*I + gram")
-        self.A_inv.copy_(torch.cholesky_inverse(chol))
+    def _joint_fit(self, ridge_d: float | Tensor, ridge_k: float | Tensor
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The joint ridge fit of the shared β and each arm's θ_a on the current statistics, by the Schur complement
+        of the shared block (Li et al. 2010, Algorithm 2): per-arm blocks ``ridge_d·I + gram`` (a number, or ``(A, 1,
+        1)``) and the shared block with ``ridge_k·I``. Returns ``(chol (A, d, d), info (A,), chol0 (k, k), info0,
+        beta (k,), theta (A, d))``; the caller decides what a failed factorisation (``info != 0``) means."""
+        eye_d = torch.eye(self.arm_dim, device=self.device, dtype=self.dtype)
+        eye_k = torch.eye(self.shared_dim, device=self.device, dtype=self.dtype)
+        chol, info = torch.linalg.cholesky_ex(self.gram + ridge_d * eye_d)
         ainv_b = torch.cholesky_solve(self.cross, chol)  # (A, d, k) = A_a⁻¹ B_a
         ainv_xr = torch.cholesky_solve(self.xr[..., None], chol)[..., 0]  # (A, d)
-        a0 = self.lam * eye_k + self.zz.sum(0) - (self.cross.transpose(1, 2) @ ainv_b).sum(0)
+        a0 = ridge_k * eye_k + self.zz.sum(0) - (self.cross.transpose(1, 2) @ ainv_b).sum(0)
         b0 = self.zr.sum(0) - (self.cross.transpose(1, 2) @ ainv_xr[..., None])[..., 0].sum(0)
-        chol0 = _cholesky(0.5 * (a0 + a0.T), "shared block A0")
+        chol0, info0 = torch.linalg.cholesky_ex(0.5 * (a0 + a0.T))
+        beta = torch.cholesky_solve(b0[:, None], chol0)[:, 0]
+        theta = ainv_xr - (ainv_b @ beta[None, :, None])[..., 0]
+        return chol, info, chol0, info0, beta, theta
+
+    def _refresh(self) -> None:
+        chol, info, chol0, info0, beta, theta = self._joint_fit(self.lam, self.lam)
+        _require_factored(info, "lam*I + gram")
+        self.A_inv.copy_(torch.cholesky_inverse(chol))
+        _require_factored(info0, "shared block A0")
         self.A0_inv.copy_(torch.cholesky_inverse(chol0))
-        self.beta.copy_(torch.cholesky_solve(b0[:, None], chol0)[:, 0])
-        self.theta.copy_(ainv_xr - (ainv_b @ self.beta[None, :, None])[..., 0])
+        self.beta.copy_(beta)
+        self.theta.copy_(theta)
 
     def _predict_chosen(self, x: Tensor, actions: Tensor) -> Tensor:
         xa, z = self._split(x)
@@ -354,17 +370,8 @@ class HybridLinUCB(_StatsPolicy):
         # width of _mean_var with the ε-inverses, is at most 1.
         xa, z = self._split(x)
         d, k = self.arm_dim, self.shared_dim
-        eye_d = torch.eye(d, device=self.device, dtype=self.dtype)
-        eye_k = torch.eye(k, device=self.device, dtype=self.dtype)
-        chol, info = torch.linalg.cholesky_ex(self.gram + _ns._ph_ridge(self.gram)[:, None, None] * eye_d)
-        ainv_b = torch.cholesky_solve(self.cross, chol)  # (A, d, k)
-        ainv_xr = torch.cholesky_solve(self.xr[..., None], chol)[..., 0]  # (A, d)
-        zz = self.zz.sum(0)
-        a0 = _ns._ph_ridge(zz) * eye_k + zz - (self.cross.transpose(1, 2) @ ainv_b).sum(0)
-        b0 = self.zr.sum(0) - (self.cross.transpose(1, 2) @ ainv_xr[..., None])[..., 0].sum(0)
-        chol0, info0 = torch.linalg.cholesky_ex(0.5 * (a0 + a0.T))
-        beta = torch.cholesky_solve(b0[:, None], chol0)[:, 0]
-        theta = ainv_xr - (ainv_b @ beta[None, :, None])[..., 0]
+        chol, info, chol0, info0, beta, theta = self._joint_fit(_ns._ph_ridge(self.gram)[:, None, None],
+                                                                _ns._ph_ridge(self.zz.sum(0)))
         u = torch.cholesky_solve(xa[:, :, None], chol[actions])[..., 0]  # (N, d) = A_ε⁻¹x
         zw = z - (self.cross[actions] * u[:, :, None]).sum(1)  # z - B_aᵀA_ε⁻¹x
         lev = (zw * torch.cholesky_solve(zw.T, chol0).T).sum(-1) + (xa * u).sum(-1)
