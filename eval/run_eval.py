@@ -385,10 +385,11 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     if len(ds) == 0:  # else every output was written with n 0 and a null accuracy, as if the run had succeeded
         raise ValueError(f"data.split={cfg.data.split!r} of data.source={cfg.data.source!r} at "
                          f"data.path={cfg.data.path!r} has no rows: nothing to evaluate")
-    _check_unique_ids(ds["question_id"], cfg.data)
+    question_ids = ds["question_id"]  # read once: each ds[...] materialises the whole column
+    _check_unique_ids(question_ids, cfg.data)
     if not cfg.predict_only:
         answers = ds["answers"]
-        _check_labelled(answers, ds["question_id"], cfg.data)
+        _check_labelled(answers, question_ids, cfg.data)
         _check_answer_length(answers, proc, cfg.max_new_tokens)
 
     out = Path(cfg.output_dir)
@@ -425,14 +426,14 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
     records = _read_done(pred_path)
     # The settings match but the rows at data.path may not: records of questions the dataset no longer holds would
     # be counted in the summary next to the new ones (n above the dataset's size).
-    ids = {str(q) for q in ds["question_id"]}
+    ids = {str(q) for q in question_ids}
     stray = [r["question_id"] for r in records if str(r["question_id"]) not in ids]
     if stray:
         raise ResumeMismatchError(f"{pred_path} holds {len(stray)} question(s) not in the dataset (e.g. question_id "
                                   f"{stray[0]!r}): the data at data.path={cfg.data.path!r} changed since; use another "
                                   "output_dir or resume=false")
     done = {str(r["question_id"]) for r in records}
-    todo = [i for i, qid in enumerate(ds["question_id"]) if str(qid) not in done]
+    todo = [i for i, qid in enumerate(question_ids) if str(qid) not in done]
 
     # Workers decode, resize and tokenise; on a GPU they hand over uint8 pixels, normalised on the device.
     collate = _EvalCollate(VqaCollator(proc, train=False, uint8_pixels=device.type == "cuda"))
@@ -474,7 +475,7 @@ def evaluate(cfg: EvalCfg, *, model: Any = None, processor: Any = None,
             os.fsync(f.fileno())
             bar.update(len(rows))
     bar.close()
-    _write_submission(out / "submission.json", records, ds["question_id"])
+    _write_submission(out / "submission.json", records, question_ids)
     summary = summarize(records, flops_fraction=_flops_fraction(method, proc, records))
     summary.update({"method": cfg.method, "token_fraction": cfg.token_fraction, "num_tokens": method.num_tokens,
                     "full_tokens": method.full_tokens, "metric": metric_name, "evaluated_now": len(todo),
