@@ -29,7 +29,9 @@
 # control `uniform_continued` for that many steps from the uniform-pooling model of the training budget
 # (SALIENCY_FROM=full: from the full-token model; by default UNIFORM_FRACTIONS must include the training fraction);
 # PRETRAIN_STEPS (default 0: none) > 0 first trains the bench ViT on the train split's scene records
-# (scripts/pretrain_vision.py) and starts every model from it; FREEZE_VISION (default 1) keeps that tower frozen while
+# (scripts/pretrain_vision.py) and starts every model from it; VISION_TOWER=<file> instead starts every model from a
+# tower pretrained before (pretrain_vision's safetensors, carried: the README's CPU tower, so that GPU and CPU runs
+# share it; 3,000 steps took 172 s of an H100 call); FREEZE_VISION (default 1) keeps that tower frozen while
 # the VLMs train, as LLaVA keeps CLIP frozen (0: trainable; on `small`, a frozen pretrained tower was the only setting
 # whose VLM began to read digits within 600 steps, results/pilots.md, "Why no model reads the digits");
 # EXPORT (default: arr_coc_grounded, or arr_coc_projection without grounding) the run exported for the demo;
@@ -83,7 +85,15 @@ FINETUNE_STEPS=${FINETUNE_STEPS:-}
 FINETUNE_LR=${FINETUNE_LR:-}
 BANDIT_AFTER_STEPS=${BANDIT_AFTER_STEPS:-}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-0}
+VISION_TOWER=${VISION_TOWER:-}
 FREEZE_VISION=${FREEZE_VISION:-1}
+if [ -n "$VISION_TOWER" ]; then  # checked before anything runs: a refusal after the data would cost device time
+  if [ "$PRETRAIN_STEPS" != 0 ]; then
+    echo "VISION_TOWER=$VISION_TOWER and PRETRAIN_STEPS=$PRETRAIN_STEPS exclude each other: give one" >&2; exit 2
+  fi
+  if [ ! -f "$VISION_TOWER" ]; then echo "VISION_TOWER=$VISION_TOWER: no such file" >&2; exit 2; fi
+  VISION_TOWER=$(cd "$(dirname "$VISION_TOWER")" && pwd)/$(basename "$VISION_TOWER")
+fi
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 STEPS=${STEPS:-auto}
 RELEVANCE_WEIGHT=${RELEVANCE_WEIGHT:-0}
@@ -132,6 +142,9 @@ else
       exit 1
     fi
     OVERRIDE+=(model.vision.pretrained=/tmp/arr_coc_vit.safetensors)
+    if [ "$FREEZE_VISION" = 1 ]; then OVERRIDE+=(model.vision_trainable=false); fi
+  elif [ -n "$VISION_TOWER" ]; then  # a tower pretrained elsewhere (carried), used as a pretrained one is
+    OVERRIDE+=(model.vision.pretrained="$VISION_TOWER")
     if [ "$FREEZE_VISION" = 1 ]; then OVERRIDE+=(model.vision_trainable=false); fi
   fi
   LEFT=$(( T_START + TOTAL_SECONDS - 45 - $(date +%s) ))  # 45 s kept for the export and the copies

@@ -55,3 +55,18 @@ def test_accuracy_session_real_branch_dry_run_on_cpu(tmp_path):
                  "uniform_trained", "uniform_continued"):
         assert f"| {name} |" in md
     assert (tmp_path / "weights.tar.part-aa").stat().st_size > 0
+
+
+@pytest.mark.parametrize("pretrain, tower, message", [
+    ("0", "/nonexistent/vit.safetensors", "VISION_TOWER=/nonexistent/vit.safetensors: no such file"),
+    ("3000", "scripts/gpu_accuracy_session.sh", "and PRETRAIN_STEPS=3000 exclude each other"),
+])
+def test_accuracy_session_refuses_a_bad_vision_tower_before_any_step(tmp_path, pretrain, tower, message):
+    # A carried tower that is missing, or given beside PRETRAIN_STEPS, is refused before the data step runs.
+    import os
+
+    env = {**os.environ, "OUT": str(tmp_path), "PRETRAIN_STEPS": pretrain, "VISION_TOWER": tower}
+    res = subprocess.run(["bash", "scripts/gpu_accuracy_session.sh"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and message in res.stderr, (res.returncode, res.stderr)
+    assert not (tmp_path / "summary.txt").exists()
