@@ -349,9 +349,13 @@ class _Trainer:
 
 
 def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 0.15) -> dict[str, Any]:
-    """``--steps auto``: train every model of the first seed for ``--probe-steps`` steps at once (as the real run
-    will), read each run's seconds per step from its ``log.csv`` (the last logged interval, past start-up), and return
-    the steps the slowest model fits in ``--minutes`` less ``margin`` (for start-up and the final checkpoint)."""
+    """``--steps auto``: train every model of every seed for ``--probe-steps`` steps at once, as the real run will,
+    read each run's seconds per step from its ``log.csv`` (the last logged interval, past start-up), and return the
+    steps the slowest model fits in ``--minutes`` less ``margin`` (for start-up and the final checkpoint). Every seed,
+    not only the first: the models share the GPU and the CPUs, so a probe of one seed's models timed them at a third of
+    the real run's load with three seeds (an H100 call, 2026-11-25: probed 0.052 s/step, trained at 0.106, and the
+    ``--minutes`` cap stopped every model at 1,704 of the 2,939 steps chosen). ``seconds_per_step_by_run`` holds each
+    model's slowest seed."""
     import copy
     import csv
 
@@ -362,16 +366,16 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
     pa.saliency_after_steps = a.probe_steps if a.saliency_after_steps else None
     pa.train_override = [*a.train_override, f"train.log_every={max(1, a.probe_steps // 3)}", "train.save_every=null"]
     trainer = _Trainer(pa, work / "probe")
-    runs = submit_all(trainer, a.seeds[0])
+    by_seed = [submit_all(trainer, seed) for seed in a.seeds]
     trainer.wait()
     speed: dict[str, float] = {}
     # Runs that start from another (fine-tune, bandit) have their own step counts: --steps is for the base models.
-    for r in (r for r in _run_dirs(runs) if r.name not in DEPENDENT_RUNS):
+    for r in (r for runs in by_seed for r in _run_dirs(runs) if r.name not in DEPENDENT_RUNS):
         rows = list(csv.DictReader(open(r / "log.csv")))
         if not rows:
             raise RuntimeError(f"probe run {r} logged no steps; cannot choose --steps auto")
         batch = int(_trainer_state(r)["config"]["train"]["batch_size"])
-        speed[r.name] = batch / float(rows[-1]["samples_per_s"])  # seconds per optimizer step
+        speed[r.name] = max(speed.get(r.name, 0.0), batch / float(rows[-1]["samples_per_s"]))  # s per optimizer step
     slowest = max(speed, key=speed.get)
     steps = max(1, int((1 - margin) * 60 * a.minutes / speed[slowest]))
     print(f"[bench] --steps auto: {steps} steps ({slowest} is slowest at {speed[slowest]:.3f} s/step)",

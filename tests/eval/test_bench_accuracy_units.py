@@ -277,22 +277,27 @@ def test_probe_steps_fit_the_slowest_base_model_in_the_minutes(tmp_path, monkeyp
 
     def run(name, samples_per_s):
         d = tmp_path / name
-        d.mkdir()
+        d.mkdir(parents=True)
         (d / "log.csv").write_text("step,samples_per_s\n" + "".join(f"{i},{s}\n" for i, s in enumerate(samples_per_s)))
         return d
 
-    runs = {"full": run("full", [100, 16]),  # 8 / 16 = 0.5 s per step at the last row
-            "arr": {"arr_coc_projection": run("arr_coc_projection", [4, 32]),  # 0.25 s (2 s at its start-up row)
-                    "arr_coc_finetuned": run("arr_coc_finetuned", [1, 1])},  # 8 s, its own step count: ignored
-            "uni": {}, "more": {}}
+    def seed_runs(seed, full, proj):
+        return {"full": run(f"{seed}/full", full),
+                "arr": {"arr_coc_projection": run(f"{seed}/arr_coc_projection", proj),
+                        "arr_coc_finetuned": run(f"{seed}/arr_coc_finetuned", [1, 1])},  # its own step count: ignored
+                "uni": {}, "more": {}}
+
+    # Seed 3: full 8 / 16 = 0.5 s per step at the last row, projection 0.25 s (2 s at its start-up row); seed 4 (the
+    # probe trains every seed at once, as the real run does): full 0.4 s, projection 8 / 10 = 0.8 s, the slowest.
+    by_seed = {3: seed_runs(3, [100, 16], [4, 32]), 4: seed_runs(4, [100, 20], [100, 10])}
     monkeypatch.setattr(bench, "_Trainer", FakeTrainer)
     monkeypatch.setattr(bench, "_trainer_state", lambda r: {"config": {"train": {"batch_size": 8}}})
     a = argparse.Namespace(steps="auto", minutes=1.0, probe_steps=6, finetune_fractions=[0.25], finetune_steps=50,
                            bandit_after_steps=None, saliency_after_steps=40, train_override=["x=1"], seeds=[3, 4])
-    got = bench._probe_steps(a, tmp_path, lambda trainer, seed: runs if seed == 3 else None)
-    assert got["slowest"] == "full" and got["seconds_per_step"] == pytest.approx(0.5)
-    assert got["steps"] == int(0.85 * 60 / 0.5) == 102
-    assert set(got["seconds_per_step_by_run"]) == {"full", "arr_coc_projection"}
+    got = bench._probe_steps(a, tmp_path, lambda trainer, seed: by_seed[seed])
+    assert got["slowest"] == "arr_coc_projection" and got["seconds_per_step"] == pytest.approx(0.8)
+    assert got["steps"] == int(0.85 * 60 / 0.8) == 63
+    assert got["seconds_per_step_by_run"] == pytest.approx({"full": 0.5, "arr_coc_projection": 0.8})
     pa = seen["a"]
     assert seen["waited"] and seen["work"] == tmp_path / "probe"
     assert (pa.steps, pa.minutes, pa.finetune_steps, pa.bandit_after_steps, pa.saliency_after_steps) == (6, None, 6,
