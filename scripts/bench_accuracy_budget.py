@@ -369,19 +369,46 @@ def _probe_steps(a: argparse.Namespace, work: Path, submit_all, margin: float = 
     by_seed = [submit_all(trainer, seed) for seed in a.seeds]
     trainer.wait()
     speed: dict[str, float] = {}
-    # Runs that start from another (fine-tune, bandit) have their own step counts: --steps is for the base models.
-    for r in (r for runs in by_seed for r in _run_dirs(runs) if r.name not in DEPENDENT_RUNS):
+    dependent: dict[str, float] = {}
+    # Runs that start from another (fine-tune, bandit) have their own step counts: --steps is for the base models;
+    # their speeds are kept for the plan check (:func:`_check_training_fits`).
+    for r in (r for runs in by_seed for r in _run_dirs(runs)):
         rows = list(csv.DictReader(open(r / "log.csv")))
         if not rows:
             raise RuntimeError(f"probe run {r} logged no steps; cannot choose --steps auto")
         batch = int(_trainer_state(r)["config"]["train"]["batch_size"])
-        speed[r.name] = max(speed.get(r.name, 0.0), batch / float(rows[-1]["samples_per_s"]))  # s per optimizer step
+        into = dependent if r.name in DEPENDENT_RUNS else speed
+        into[r.name] = max(into.get(r.name, 0.0), batch / float(rows[-1]["samples_per_s"]))  # s per optimizer step
     slowest = max(speed, key=speed.get)
     steps = max(1, int((1 - margin) * 60 * a.minutes / speed[slowest]))
     print(f"[bench] --steps auto: {steps} steps ({slowest} is slowest at {speed[slowest]:.3f} s/step)",
           file=sys.stderr)
     return {"steps": steps, "slowest": slowest, "seconds_per_step": speed[slowest], "minutes": a.minutes,
-            "margin": margin, "seconds_per_step_by_run": speed}
+            "margin": margin, "seconds_per_step_by_run": speed, "dependent_seconds_per_step": dependent}
+
+
+def _check_training_fits(a: argparse.Namespace, probe: dict[str, Any], left: float) -> float:
+    """With ``--steps auto`` and ``--total-minutes``: refuse, before any real training, a plan whose training alone
+    cannot end in the ``left`` seconds: the base models' steps at the probed speed, then the longest run that starts
+    from one (fine-tune, bandit, saliency), each at most ``--minutes``. A lower bound (runs waiting for a free
+    ``--parallel`` slot take longer), so a refusal is certain to be right. On the H100 (2026-11-25) a call whose
+    fine-tune and bandit runs were sized as if free outlasted its 10 minutes with nothing evaluated. Returns the
+    planned seconds."""
+    cap = 60 * a.minutes
+    steps_of = {"arr_coc_finetuned": a.finetune_steps, "arr_coc_bandit_grounded": a.bandit_after_steps,
+                "arr_coc_salient": a.saliency_after_steps, "uniform_continued": a.saliency_after_steps}
+    base = min(cap, probe["steps"] * probe["seconds_per_step"])
+    after = {name: min(cap, steps_of[name] * spd) for name, spd in probe.get("dependent_seconds_per_step", {}).items()
+             if steps_of.get(name)}
+    longest = max(after, key=after.get) if after else None
+    plan = base + (after[longest] if longest else 0.0)
+    if plan > left:
+        then = f", then {longest} {after[longest]:.0f} s ({steps_of[longest]} steps)" if longest else ""
+        raise ValueError(
+            f"training cannot end within --total-minutes: the base models need {base:.0f} s ({probe['steps']} steps at "
+            f"{probe['seconds_per_step']:.3f} s/step){then}, {plan:.0f} s in all, but {left:.0f} s are left before "
+            f"the evaluations; give more --total-minutes, or fewer --minutes or steps of the runs after")
+    return plan
 
 
 def _run_dirs(runs: dict[str, Any]) -> list[Path]:
@@ -1042,6 +1069,9 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
     if a.steps == "auto":
         probe = _probe_steps(a, work, submit_all)
         a.steps = probe["steps"]
+        if a.total_minutes is not None:
+            left = a.total_minutes * 60 - (time.perf_counter() - t_start) - a.reserve_seconds
+            probe["planned_training_seconds"] = round(_check_training_fits(a, probe, left), 1)
     trainer = _Trainer(a, work)
     runs: dict[int, dict[str, Any]] = {}
     for seed in a.seeds:  # every training run first (in parallel with --parallel), then every evaluation

@@ -298,6 +298,7 @@ def test_probe_steps_fit_the_slowest_base_model_in_the_minutes(tmp_path, monkeyp
     assert got["slowest"] == "arr_coc_projection" and got["seconds_per_step"] == pytest.approx(0.8)
     assert got["steps"] == int(0.85 * 60 / 0.8) == 63
     assert got["seconds_per_step_by_run"] == pytest.approx({"full": 0.5, "arr_coc_projection": 0.8})
+    assert got["dependent_seconds_per_step"] == pytest.approx({"arr_coc_finetuned": 8.0})  # kept for the plan check
     pa = seen["a"]
     assert seen["waited"] and seen["work"] == tmp_path / "probe"
     assert (pa.steps, pa.minutes, pa.finetune_steps, pa.bandit_after_steps, pa.saliency_after_steps) == (6, None, 6,
@@ -407,3 +408,24 @@ def test_one_token_and_uniform_trained_fractions_at_the_patch_count():
     assert _uniform_trained_fractions(fr, None, 144, 16) == [0.5, 0.25, 0.125, 1 / 9]
     assert _uniform_trained_fractions(fr, [0.25, 1 / 9], 144, 16) == [0.25, 1 / 9]
     assert _uniform_trained_fractions(fr, [0.05], 144, 16) == []
+
+
+def test_training_plan_check_refuses_before_training_what_cannot_end_in_time():
+    import scripts.bench_accuracy_budget as bench
+
+    a = argparse.Namespace(minutes=3.0, finetune_steps=2000, bandit_after_steps=1000, saliency_after_steps=None)
+    probe = {"steps": 1400, "seconds_per_step": 0.1,  # base: 140 s
+             "dependent_seconds_per_step": {"arr_coc_finetuned": 0.05, "arr_coc_bandit_grounded": 0.15,
+                                            "arr_coc_salient": 9.0}}  # salient: no steps asked, not counted
+    # fine-tune 100 s, bandit 150 s: the longest run after the base models is the bandit, 140 + 150 = 290 s
+    assert bench._check_training_fits(a, probe, left=290.0) == pytest.approx(290.0)
+    with pytest.raises(ValueError, match=r"base models need 140 s \(1400 steps at 0\.100 s/step\), then "
+                                         r"arr_coc_bandit_grounded 150 s \(1000 steps\), 290 s in all, but 289 s"):
+        bench._check_training_fits(a, probe, left=289.0)
+    # each run is capped by --minutes: a 2000-step bandit at 0.15 s/step stops at 180 s
+    a.bandit_after_steps = 2000
+    assert bench._check_training_fits(a, probe, left=1e9) == pytest.approx(140.0 + 180.0)
+    # no runs after the base models: the base models alone
+    assert bench._check_training_fits(a, {"steps": 10, "seconds_per_step": 1.0}, left=10.0) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match=r"need 10 s \(10 steps at 1\.000 s/step\), 10 s in all, but 9 s"):
+        bench._check_training_fits(a, {"steps": 10, "seconds_per_step": 1.0}, left=9.0)
