@@ -154,7 +154,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--total-minutes", type=float, default=None,
                    help="wall clock for the whole benchmark: after training, time two probe evaluations of the full "
                         "model and evaluate every method on the most test rows (at most --eval-samples) that fit in "
-                        "what is left, less --reserve-seconds for the figures")
+                        "what is left, less --reserve-seconds for the figures; with --steps auto, a training plan "
+                        "that cannot end in it is refused after the probe, before any real training")
     p.add_argument("--reserve-seconds", type=float, default=60.0,
                    help="with --total-minutes: seconds kept back for the heat-map, the sensitivity probes and the files")
     p.add_argument("--onset-accuracy", type=float, default=None,
