@@ -69,7 +69,9 @@ BASE_ARR_MODELS = ("arr_coc_projection", "arr_coc_bandit")  # trained unless --m
 BANDIT_PROJ_DIM = 64  # width of the bandit's random context projection (BanditAllocator's own default is 16)
 # Runs that start from another run's weights, with their own step counts (--finetune-steps, --bandit-after-steps,
 # --saliency-after-steps).
-DEPENDENT_RUNS = ("arr_coc_finetuned", "arr_coc_bandit_grounded", "arr_coc_salient", "uniform_continued")
+# The runs that start from another run's weights, each with the argument that holds its own step count.
+DEPENDENT_RUNS = {"arr_coc_finetuned": "finetune_steps", "arr_coc_bandit_grounded": "bandit_after_steps",
+                  "arr_coc_salient": "saliency_after_steps", "uniform_continued": "saliency_after_steps"}
 
 
 def ARR_MODELS(a: argparse.Namespace) -> list[str]:
@@ -396,8 +398,7 @@ def _check_training_fits(a: argparse.Namespace, probe: dict[str, Any], left: flo
     fine-tune and bandit runs were sized as if free outlasted its 10 minutes with nothing evaluated. Returns the
     planned seconds."""
     cap = 60 * a.minutes
-    steps_of = {"arr_coc_finetuned": a.finetune_steps, "arr_coc_bandit_grounded": a.bandit_after_steps,
-                "arr_coc_salient": a.saliency_after_steps, "uniform_continued": a.saliency_after_steps}
+    steps_of = {name: getattr(a, attr) for name, attr in DEPENDENT_RUNS.items()}
     base = min(cap, probe["steps"] * probe["seconds_per_step"])
     after = {name: min(cap, steps_of[name] * spd) for name, spd in probe.get("dependent_seconds_per_step", {}).items()
              if steps_of.get(name)}
@@ -1066,13 +1067,16 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
                 steps=ta.saliency_after_steps, after=base)
         return {"full": full, "arr": arr_runs, "uni": uni, "more": more}
 
+    def seconds_left() -> float:
+        """What --total-minutes leaves now, less --reserve-seconds for the figures and files."""
+        return a.total_minutes * 60 - (time.perf_counter() - t_start) - a.reserve_seconds
+
     probe = None
     if a.steps == "auto":
         probe = _probe_steps(a, work, submit_all)
         a.steps = probe["steps"]
         if a.total_minutes is not None:
-            left = a.total_minutes * 60 - (time.perf_counter() - t_start) - a.reserve_seconds
-            probe["planned_training_seconds"] = round(_check_training_fits(a, probe, left), 1)
+            probe["planned_training_seconds"] = round(_check_training_fits(a, probe, seconds_left()), 1)
     trainer = _Trainer(a, work)
     runs: dict[int, dict[str, Any]] = {}
     for seed in a.seeds:  # every training run first (in parallel with --parallel), then every evaluation
@@ -1088,7 +1092,7 @@ def _run(a: argparse.Namespace, tmp: Path | None, argv: list[str]) -> dict[str, 
         lower = [f for f in fractions if f < 1]
         n_evals = len(a.seeds) * (1 + len(TRAINING_FREE) * len(lower) + len(arr_models) * len(fractions)
                                   + sum(len(rs["uni"]) + len(rs["more"]) for rs in runs.values()) // max(len(runs), 1))
-        left = a.total_minutes * 60 - (time.perf_counter() - t_start) - a.reserve_seconds
+        left = seconds_left()
         eval_probe = _eval_rows_that_fit(runs[a.seeds[0]]["full"], a, work, eval_extra, cache, n_evals, left)
         a.eval_samples = eval_probe["rows"]
         print(f"[bench] evaluations: {n_evals} x {a.eval_samples} rows in {left:.0f} s "

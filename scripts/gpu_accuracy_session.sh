@@ -141,9 +141,9 @@ else
       tail -c 150000 "$OUT/bench.log" >"$OUT/bench.tail" && mv "$OUT/bench.tail" "$OUT/bench.log"
       exit 1
     fi
-    OVERRIDE+=(model.vision.pretrained=/tmp/arr_coc_vit.safetensors)
-    if [ "$FREEZE_VISION" = 1 ]; then OVERRIDE+=(model.vision_trainable=false); fi
-  elif [ -n "$VISION_TOWER" ]; then  # a tower pretrained elsewhere (carried), used as a pretrained one is
+    VISION_TOWER=/tmp/arr_coc_vit.safetensors
+  fi
+  if [ -n "$VISION_TOWER" ]; then  # pretrained here, or elsewhere and carried: every model starts from it
     OVERRIDE+=(model.vision.pretrained="$VISION_TOWER")
     if [ "$FREEZE_VISION" = 1 ]; then OVERRIDE+=(model.vision_trainable=false); fi
   fi
