@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test test-all test-gpu-stack test-lmms bench clean
 
+# --no-cache-dir: where torch comes from a registry over https, pip would also keep a ~4 GB copy of the CUDA wheels
+# in its cache; a CI run once ran out of disk in this step.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[all]"
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -e ".[all]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -31,7 +33,7 @@ test-all: setup
 GPU_STACK_VENV ?= .venv-gpustack
 test-gpu-stack:
 	test -x $(GPU_STACK_VENV)/bin/python || $(PYTHON) -m venv $(GPU_STACK_VENV)
-	$(GPU_STACK_VENV)/bin/python -m pip install -q torch==2.11.0 torchvision==0.26.0 transformers==5.17.0 \
+	$(GPU_STACK_VENV)/bin/python -m pip install -q --no-cache-dir torch==2.11.0 torchvision==0.26.0 transformers==5.17.0 \
 		accelerate==1.15.0 open_clip_torch==3.3.0 datasets==5.2.0 scipy numpy pytest hypothesis matplotlib \
 		safetensors tqdm pyyaml scikit-learn pillow
 	$(GPU_STACK_VENV)/bin/python -m pytest -q -m "not gpu and not slow"
@@ -44,7 +46,7 @@ test-lmms: setup
 	test -x $(LMMS_VENV)/bin/python || $(PYTHON) -m venv $(LMMS_VENV)
 	$(LMMS_VENV)/bin/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'arr_coc_base.pth')\
 		.write_text(next(pathlib.Path('$(VENV)/lib').glob('python*/site-packages')).resolve().as_posix())"
-	$(LMMS_VENV)/bin/python -m pip install -q -c constraints.txt "lmms-eval>=0.7"
+	$(LMMS_VENV)/bin/python -m pip install -q --no-cache-dir -c constraints.txt "lmms-eval>=0.7"
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(LMMS_VENV)/bin/python -m pytest -q -p no:cacheprovider \
 		tests/eval/test_lmms_adapter.py tests/eval/test_lmms_task.py
 
