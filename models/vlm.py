@@ -310,6 +310,8 @@ class ArrCocLlava(nn.Module):
                 **lm_kwargs: Any) -> ArrCocLlavaOutput:
         """Training / scoring forward: the LLaVA LM over the merged embeddings (HF's shifted loss with ``labels``)."""
         _check_attention_mask(attention_mask, input_ids)
+        past = lm_kwargs.get("past_key_values")
+        self._check_positions(input_ids.shape[1] + (int(past.get_seq_length()) if past is not None else 0))
         embeds, out = self.embed_inputs(pixel_values, input_ids, query_input_ids=query_input_ids,
                                         query_attention_mask=query_attention_mask)
         lm = self.llava(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
@@ -330,6 +332,8 @@ class ArrCocLlava(nn.Module):
             ValueError: for right-padded prompts (a row whose mask ends in 0), which would continue after the padding.
         """
         _check_attention_mask(attention_mask, input_ids)
+        new = generate_kwargs.get("max_new_tokens", getattr(self.llava.generation_config, "max_new_tokens", None))
+        self._check_positions(input_ids.shape[1], int(new) if new is not None else 0)
         with self._unsharded():
             embeds, _ = self.embed_inputs(pixel_values, input_ids, query_input_ids=query_input_ids,
                                           query_attention_mask=query_attention_mask)
@@ -339,6 +343,16 @@ class ArrCocLlava(nn.Module):
                 attention_mask = self._infer_attention_mask(input_ids, generate_kwargs)
             _check_left_padded(attention_mask)
             return self.llava.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    def _check_positions(self, length: int, new_tokens: int = 0) -> None:
+        """Refuses a sequence the LLM has no positions for: a RoPE LLM would run past them without an error."""
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is None or length + new_tokens <= limit:
+            return
+        what = f"{length} prompt tokens + {new_tokens} new tokens" if new_tokens else f"{length} tokens"
+        raise ValueError(f"{what} (of which {self.budget} visual) exceed the LLM's max_position_embeddings={limit}: "
+                         f"shorten the prompt, lower the visual budget or max_new_tokens, or raise "
+                         f"text_config.max_position_embeddings where the LLM's position scheme supports it")
 
     def _infer_attention_mask(self, input_ids: Tensor, generate_kwargs: dict[str, Any]) -> Tensor | None:
         """HF's rule: mask the pad id where it occurs, unless it is also an EOS id (then nothing is masked)."""

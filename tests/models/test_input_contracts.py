@@ -218,3 +218,32 @@ def test_image_resize_round_trips_and_region_labels_need_squash(tmp_path):
     square = {**row, "image": random_images(1, size=(48, 48))[0]}  # the tower's aspect: padding has nothing to do
     assert "target_box" in VqaCollator(processor)([square])
     assert processor.boxes_exact((48, 48)) and not processor.boxes_exact((90, 70))
+
+
+def test_sequences_longer_than_the_llms_positions_are_refused():
+    # A RoPE LLM runs past max_position_embeddings without a word: the visual budget plus the prompt must fit, and in
+    # generate the new tokens too.
+    model, processor = build_model("tiny", ["llm.text_config.max_position_embeddings=64"])
+    batch = processor(random_images(1), ["q?"])
+    length = batch["input_ids"].shape[1]
+    assert length <= 64 < length + 40
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()
+        with pytest.raises(ValueError, match=rf"{length} prompt tokens \+ 40 new tokens .* max_position_embeddings=64"):
+            model.generate(**batch, max_new_tokens=40)
+        assert model.generate(**batch, max_new_tokens=64 - length, do_sample=False).shape == (1, 64 - length)
+        long = processor(random_images(1), ["q" * 60 + "?"])
+        with pytest.raises(ValueError, match=rf"{long['input_ids'].shape[1]} tokens .* max_position_embeddings=64"):
+            model(**long)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "bench"])
+def test_shipped_presets_have_positions_for_every_token_at_full_detail(preset):
+    # The accuracy benchmark evaluates fraction 1 (every patch at full detail) with 8 new tokens; bench's 512 positions
+    # held 196 visual tokens but not 784.
+    from models.vlm import full_token_count
+
+    model, processor = build_model(preset)
+    text = processor(random_images(1), ["how many red shapes are in the top left?"])["input_ids"].shape[1]
+    need = full_token_count(model) + text - model.budget + 8
+    assert need <= model.config.text_config.max_position_embeddings, (preset, need)
