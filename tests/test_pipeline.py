@@ -469,3 +469,25 @@ def test_budget_override_spends_another_budget_and_restores():
             with layer.budget_override(bad):
                 pass
     assert layer.budget == 32
+
+
+@pytest.mark.parametrize("allocator", ["projection", "mckp"])
+def test_torch_compile_of_the_layer_matches_eager_and_still_refuses_nan(allocator):
+    # torch.compile traces the layer (its value checks and the realizer's sizes are graph breaks, not errors):
+    # the same budgets and tokens, the same gradients, and bad input still raises the eager ValueError.
+    layer = _small(allocator)
+    feats, query = _inputs()
+    feats.requires_grad_(True)
+    eager = layer(feats, query=query)
+    eager.tokens.square().mean().backward()
+    g_eager, feats.grad = feats.grad.clone(), None
+    compiled = torch.compile(layer, backend="aot_eager")
+    out = compiled(feats, query=query)
+    out.tokens.square().mean().backward()
+    assert torch.equal(out.budgets, eager.budgets) and torch.equal(out.positions, eager.positions)
+    torch.testing.assert_close(out.tokens, eager.tokens)
+    torch.testing.assert_close(feats.grad, g_eager)
+    bad = feats.detach().clone()
+    bad[1, 2, 0, 0, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"features contains 1 non-finite value\(s\); first at index \(1, 2, 0, 0, 3\)"):
+        compiled(bad, query=query)
