@@ -75,7 +75,7 @@ def evaluations(y: np.ndarray, budget: float, lo: float, hi: float, max_iters: i
         z = y - tau[:, None]
         x = np.clip(z, lo32, hi32)
         s = x.sum(1, dtype=np.float32)
-        nf = ((z > lo32) & (z < hi32)).sum(1)
+        nf = (x == z).sum(1)  # the kernel's |F|: entries inside [lo, hi], a tie with a bound counted as free
         count[~done] += 1
         res = s - b
         hit = ~done & (np.abs(res) <= tol)

@@ -2,8 +2,10 @@
 //
 // x_i = clip(y_i - tau, lo_i, hi_i) with tau the root of s(tau) = sum_i clip(y_i - tau, lo_i, hi_i) = B
 // (Held, Wolfe & Crowder 1974; Condat 2016 surveys the sort-based and pivot-based alternatives). s is continuous,
-// non-increasing and piecewise linear with slope -|F| (F: coordinates strictly inside their bounds), so a Newton
-// step tau <- tau + (s - B) / |F| is exact once the active set is right. We run it safeguarded: the bracket
+// non-increasing and piecewise linear with slope -|F| (F: coordinates inside their bounds), so a Newton step
+// tau <- tau + (s - B) / |F| is exact once the active set is right. At a kink (some y_i - tau equal to a bound) the
+// slope has two sides; the warp path counts such a tie as free (one compare, clip(z) == z), the block path as clamped:
+// either is a valid Newton slope there, and the bracket safeguards the step. We run it safeguarded: the bracket
 // [min(y - hi), max(y - lo)] shrinks with every evaluation and a step that leaves it becomes a bisection.
 //
 // Layout (DESIGN.md "Kernel facts"): one warp per row, the row's values held in registers, V per lane, element k in
@@ -48,8 +50,14 @@ template <> struct Lim<double> {
 
 __device__ __forceinline__ float clampv(float z, float lo, float hi) { return fminf(fmaxf(z, lo), hi); }
 __device__ __forceinline__ double clampv(double z, double lo, double hi) { return fmin(fmax(z, lo), hi); }
-// Division for Newton iterates only (nf in [1, 1024], far from __fdividef's 2^126 limit); double stays exact.
-__device__ __forceinline__ float fast_div(float a, float b) { return __fdividef(a, b); }
+// Division for Newton iterates only; double stays exact. b = nf is an integer in [1, 1024] (or 0, which the caller
+// rejects), never denormal, so the approximate reciprocal (one MUFU.RCP, ~1 ulp) needs none of __fdividef's range
+// handling: with the multiply folded into the iterate's add, the step is two instructions instead of six.
+__device__ __forceinline__ float fast_div(float a, float b) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(b));
+  return a * r;
+}
 __device__ __forceinline__ double fast_div(double a, double b) { return a / b; }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -358,21 +366,21 @@ projection_warp_kernel(const ProjArgs<scalar_t> a) {
     for (;;) {
 #pragma unroll 1
       for (;; ++it) {
-        s = 0;
-        int f = 0;
+        s = -acc_t(0);  // x + (-0) == x for every x, so the first add folds away (0 + x does not: -0 + 0 = +0)
+        float f = 0;  // |F| counted in float (exact up to 2^24): FSET.BF + FADD per slot, not a compare chain
 #pragma unroll
         for (int j = 0; j < V; ++j) {
           if (V <= 8 || j * 32 < K) {  // warp-uniform: slots wholly past the row (V = 16, 32 only) are skipped
             const acc_t z = y[j] - tau;
             acc_t c = clampv(z, lo[j], hi[j]);
-            bool fr = z > lo[j] && z < hi[j];
-            if (!valid[j]) { c = acc_t(0); fr = false; }  // padding lanes; folds away for full slots
+            float fr = c == z ? 1.f : 0.f;  // free: inside [lo, hi], a tie with a bound included (see the top)
+            if (!valid[j]) { c = acc_t(0); fr = 0.f; }  // padding lanes; folds away for full slots
             s += c;
-            f += int(fr);
+            f += fr;
           }
         }
         s = warp_sum(s);
-        nf = warp_sum_int(f);
+        nf = warp_sum_int(int(f));
         if (newton_step(s, nf, B, tol, it, tau, tl, th, r)) break;
       }
       // Outside the hot loop: a row with a negative lo that stopped on the tolerance is re-checked (newton_tighten).
