@@ -73,7 +73,9 @@ class BanditAllocator(MCKPAllocator):
         dtype: Floating dtype of the statistics (contexts are cast to it). Default float64: the ridge statistics
             sum one row per sample over the whole of training, and in float32 their round-off outgrew ``lam`` (a
             `small` training run failed its Cholesky factorisation after 4,231 steps of 32 rows, README); the
-            matrices are (L·(d+1))² (85² by default), so float64 costs nothing measurable.
+            matrices are (L·(d+1))² (85² by default), so float64 costs nothing measurable. A cast of the model
+            that holds the allocator (``model.to(torch.bfloat16)``, ``.half()``, ``.float()``) moves the statistics
+            to its device but keeps this dtype and their values: it is chosen here, not by the activations' dtype.
 
     Shapes:
         forward: utility ``(B, K)`` or ``(B, K, L)``, context ``(B, K, C)`` -> ``(B, K)`` int64.
@@ -120,6 +122,16 @@ class BanditAllocator(MCKPAllocator):
         return (f"{super().extra_repr()}, policy={self.policy_name!r}, proj_dim={self.proj_dim}, "
                 f"context_dim={self.context_dim}, utility_weight={self.utility_weight}, "
                 f"eval_policy={self.eval_policy!r}")
+
+    def _apply(self, fn, recurse=True):
+        # nn.Module casts and moves every floating buffer with one fn: let a cast of the whole model move the
+        # statistics and the projection to its device, but never change their dtype (in bf16 the ridge statistics
+        # keep 8 significant bits). The tensor fn cast is dropped and the original moved instead: no value is lost.
+        def move_only(t: Tensor) -> Tensor:
+            out = fn(t)
+            return out if out.dtype == t.dtype else t.to(device=out.device)
+
+        return super()._apply(move_only, recurse)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "proj"

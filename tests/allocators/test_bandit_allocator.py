@@ -348,3 +348,31 @@ def test_empty_batch_allocates_and_updates_nothing():
     assert all(torch.equal(v, before[k]) for k, v in alloc.state_dict().items())
     with pytest.raises(ValueError, match="before any forward"):  # the empty allocation was consumed
         alloc.update(torch.ones(0))
+
+
+@pytest.mark.parametrize("cast", ["to_bf16", "half", "float"])
+def test_a_model_wide_cast_keeps_the_statistics_precision(cast):
+    # model.to(torch.bfloat16) (or .half(), or .float()) on a VLM used to pull the ridge statistics down with it: in
+    # bf16, A_inv has 8 significant bits and the allocator's learning is noise. The statistics keep the dtype they were
+    # built with (float64 by default) and their values exactly; only a device move applies to them.
+    k, d = 8, 6
+    model = ArrCoc(d, d, num_patches=k, budget=80, min_tokens=4, max_tokens=20, allocator="bandit",
+                   allocator_kwargs={"levels": (4, 8, 20), "mode": "at_most"})
+    g = torch.Generator().manual_seed(6)
+    feats, query = torch.randn(2, k, 2, 2, d, generator=g), torch.randn(2, d, generator=g)
+    with torch.no_grad():
+        model(feats, query=query)
+    model.attending.update(torch.tensor([1.0, 0.0]))
+    before = {n: b.clone() for n, b in model.attending.named_buffers()}
+    model = {"to_bf16": lambda m: m.to(torch.bfloat16), "half": lambda m: m.half(), "float": lambda m: m.float()}[cast](
+        model)
+    low = torch.float32 if cast == "float" else {"to_bf16": torch.bfloat16, "half": torch.float16}[cast]
+    assert model.knowing.q_proj.weight.dtype == low  # the rest of the layer is cast as asked
+    assert model.attending.policy.dtype == torch.float64
+    for n, b in model.attending.named_buffers():
+        assert b.dtype == before[n].dtype and torch.equal(b, before[n]), n
+    with torch.no_grad():  # the allocation still runs, and learns, on the cast model's activations
+        out = model(feats.to(low), query=query.to(low))
+    assert (out.budgets.sum(-1) <= 80).all()
+    model.attending.update(torch.tensor([0.0, 1.0]))
+    assert int(model.attending.policy.steps) == 4 and model.attending.policy.A_inv.dtype == torch.float64
