@@ -833,3 +833,12 @@ def test_bounds_broadcast_along_one_dim_are_not_one_value():
     lo = torch.tensor([0.0, 0.0, 0.0, 0.0, 3.0]).expand(2, 5)
     with pytest.raises(ValueError, match=r"lo > hi at index \(0, 4\)"):
         capped_simplex_projection(torch.zeros(2, 5), 5.0, lo, 2.0)
+
+
+def test_vmap_over_rows_matches_the_batched_call():
+    # README: torch.vmap runs through PyTorch's per-row fallback (no batching rule registered) and agrees exactly.
+    y = torch.randn(3, 10, generator=torch.Generator().manual_seed(0)) * 5 + 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's performance warning
+        v = torch.vmap(lambda row: capped_simplex_projection(row, 30.0, 0.0, 10.0))(y)
+    assert torch.equal(v, capped_simplex_projection(y, 30.0, 0.0, 10.0))
