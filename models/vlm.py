@@ -310,8 +310,8 @@ class ArrCocLlava(nn.Module):
                 **lm_kwargs: Any) -> ArrCocLlavaOutput:
         """Training / scoring forward: the LLaVA LM over the merged embeddings (HF's shifted loss with ``labels``)."""
         _check_attention_mask(attention_mask, input_ids)
-        past = lm_kwargs.get("past_key_values")
-        self._check_positions(input_ids.shape[1] + (int(past.get_seq_length()) if past is not None else 0))
+        cached = getattr(lm_kwargs.get("past_key_values"), "get_seq_length", None)  # a transformers Cache
+        self._check_positions(input_ids.shape[1] + (int(cached()) if cached is not None else 0))
         embeds, out = self.embed_inputs(pixel_values, input_ids, query_input_ids=query_input_ids,
                                         query_attention_mask=query_attention_mask)
         lm = self.llava(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)

@@ -235,6 +235,10 @@ def test_sequences_longer_than_the_llms_positions_are_refused():
         long = processor(random_images(1), ["q" * 60 + "?"])
         with pytest.raises(ValueError, match=rf"{long['input_ids'].shape[1]} tokens .* max_position_embeddings=64"):
             model(**long)
+        cache = model(**batch, use_cache=True).past_key_values  # a forward that continues a cache counts it too
+        assert cache.get_seq_length() == length
+        with pytest.raises(ValueError, match=rf"{2 * length} tokens .* max_position_embeddings=64"):
+            model(**batch, past_key_values=cache)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "bench"])
