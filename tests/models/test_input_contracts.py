@@ -251,3 +251,16 @@ def test_shipped_presets_have_positions_for_every_token_at_full_detail(preset):
     text = processor(random_images(1), ["how many red shapes are in the top left?"])["input_ids"].shape[1]
     need = full_token_count(model) + text - model.budget + 8
     assert need <= model.config.text_config.max_position_embeddings, (preset, need)
+
+
+@pytest.mark.parametrize("name", ["arr_coc_small", "arr_coc_small_25pct", "arr_coc_bench"])
+def test_shipped_weights_have_positions_for_every_token_at_full_detail(name):
+    # As for the presets: the shipped models can be evaluated at fraction 1 (the bench model's config said 512).
+    from pathlib import Path
+
+    from models.vlm import full_token_count
+
+    model, processor = load_pretrained(Path(__file__).resolve().parents[2] / "weights" / name)
+    text = processor(random_images(1), ["how many red shapes are in the top left?"])["input_ids"].shape[1]
+    need = full_token_count(model) + text - model.budget + 8
+    assert need <= model.config.text_config.max_position_embeddings, (name, need)
