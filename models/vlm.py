@@ -351,8 +351,8 @@ class ArrCocLlava(nn.Module):
             return
         what = f"{length} prompt tokens + {new_tokens} new tokens" if new_tokens else f"{length} tokens"
         raise ValueError(f"{what} (of which {self.budget} visual) exceed the LLM's max_position_embeddings={limit}: "
-                         f"shorten the prompt, lower the visual budget or max_new_tokens, or raise "
-                         f"text_config.max_position_embeddings where the LLM's position scheme supports it")
+                         f"shorten the prompt, lower the visual budget or max_new_tokens, or raise it (model config key "
+                         f"llm.text_config.max_position_embeddings) where the LLM's position scheme supports it")
 
     def _infer_attention_mask(self, input_ids: Tensor, generate_kwargs: dict[str, Any]) -> Tensor | None:
         """HF's rule: mask the pad id where it occurs, unless it is also an EOS id (then nothing is masked)."""
