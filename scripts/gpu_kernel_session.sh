@@ -3,6 +3,12 @@
 #
 #   device tool:  run(command="bash scripts/gpu_kernel_session.sh", timeout_s=600)
 #   elsewhere:    OUT=/tmp/gpu_out bash scripts/gpu_kernel_session.sh
+#   little device time left:  run(command="QUICK=1 bash scripts/gpu_kernel_session.sh", timeout_s=240)
+#
+# QUICK=1 (about 110 s on an H100 after the machine's start, measured 2026-11-25 as results/gpu_kernel_raw4): sm_90
+# only, the kernel's GPU tests (test_cuda_kernel.py, not the op's CPU-side tests), the benchmark at R = 1, 16k, 131k
+# and 524k without the slow baselines plus one torch.compile comparison at 131k (bench_compile.json), and Nsight
+# Compute with the executed-instruction count; no SASS step.
 #
 # A fresh GPU machine starts with an empty build cache (the build alone takes a minute or more), so everything that
 # needs the kernel runs here, in one process tree, and writes what it finds under $OUT (at most 8 files come back):
@@ -13,6 +19,7 @@
 #   bench.json   the same numbers, machine-readable
 #   ncu.txt      Nsight Compute on the forward kernel at R=131,072 (what limits it: memory, issue or latency)
 #   sass.txt     scripts/kernel_sass.py: registers and the Newton loop's instruction count (static)
+#   bench_compile.json  QUICK=1 only (in place of sass.txt): the torch.compile comparison at R=131,072
 #   summary.txt  one line per step with its exit status and seconds
 # Steps run in order and each runs even if an earlier one failed; each has its own time limit so the whole stays
 # under the device tool's 10 minutes.
@@ -20,6 +27,9 @@ set -u
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
+QUICK=${QUICK:-0}
+if [ "$QUICK" != 0 ] && [ "$QUICK" != 1 ]; then echo "QUICK must be 0 or 1, got '$QUICK'" >&2; exit 2; fi
+if [ "$QUICK" = 1 ]; then export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}; fi  # PTX doubles the build
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0+PTX}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-16}
@@ -55,10 +65,18 @@ ext = dispatch._build(verbose=True)
 print(f'BUILD OK in {time.perf_counter() - t0:.1f} s:', ext.__file__)
 "
 
-step pytest 240 "$OUT/pytest.txt" "$PY" -m pytest -q -rA -p no:cacheprovider \
-  tests/kernels/test_cuda_kernel.py tests/kernels/test_ops.py
-
-step bench 240 "$OUT/bench.md" "$PY" scripts/bench_projection.py --json "$OUT/bench.json"
+if [ "$QUICK" = 1 ]; then
+  step pytest 120 "$OUT/pytest.txt" "$PY" -m pytest -q -rfE -p no:cacheprovider --durations=10 \
+    tests/kernels/test_cuda_kernel.py
+  step bench 60 "$OUT/bench.md" "$PY" scripts/bench_projection.py --rows 1 16384 131072 524288 --max-ref-rows 0 \
+    --no-compile --json "$OUT/bench.json"
+  step bench_compile 90 "$OUT/bench.md" "$PY" scripts/bench_projection.py --rows 131072 --max-ref-rows 131072 \
+    --reps 10 --json "$OUT/bench_compile.json"
+else
+  step pytest 240 "$OUT/pytest.txt" "$PY" -m pytest -q -rA -p no:cacheprovider \
+    tests/kernels/test_cuda_kernel.py tests/kernels/test_ops.py
+  step bench 240 "$OUT/bench.md" "$PY" scripts/bench_projection.py --json "$OUT/bench.json"
+fi
 
 if command -v ncu >/dev/null 2>&1; then
   cat >/tmp/arr_coc_ncu.py <<'EOF'
@@ -76,12 +94,12 @@ torch.cuda.synchronize()
 EOF
   step ncu 150 "$OUT/ncu.txt" ncu --target-processes all --kernel-name regex:projection_warp_kernel --launch-count 2 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section SchedulerStats "$PY" /tmp/arr_coc_ncu.py
+    --section SchedulerStats --metrics smsp__inst_executed.sum "$PY" /tmp/arr_coc_ncu.py
 else
   echo "ncu not found" >"$OUT/ncu.txt"
 fi
 
 # Static machine code of the default-preset warp kernel (registers, Newton-loop length), beside the timings.
-step sass 120 "$OUT/sass.txt" "$PY" scripts/kernel_sass.py
+[ "$QUICK" = 1 ] || step sass 120 "$OUT/sass.txt" "$PY" scripts/kernel_sass.py
 
 echo "done; outputs in $OUT" | tee -a "$OUT/summary.txt"

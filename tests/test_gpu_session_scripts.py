@@ -70,3 +70,11 @@ def test_accuracy_session_refuses_a_bad_vision_tower_before_any_step(tmp_path, p
                          text=True, timeout=60)
     assert res.returncode == 2 and message in res.stderr, (res.returncode, res.stderr)
     assert not (tmp_path / "summary.txt").exists()
+
+
+def test_kernel_session_refuses_a_bad_quick_value_before_any_step(tmp_path):
+    # QUICK=1 is the short call (README "CUDA projection kernel"); anything else but 0 must not spend a device call.
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_kernel_session.sh")], cwd=ROOT, capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "QUICK": "yes"}, timeout=60)
+    assert res.returncode == 2 and "QUICK must be 0 or 1, got 'yes'" in res.stderr
+    assert not (tmp_path / "summary.txt").exists() and not (tmp_path / "env.txt").exists()

@@ -265,11 +265,43 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad: Tensor):
     x, lo, hi = ctx.saved_tensors
-    g_y, g_b = _projection_backward_op(x, lo, hi, grad)
+    g_y, g_b = _call_backward(x, lo, hi, grad)
     return g_y, g_b.to(ctx.budget_dtype), None, None
 
 
 _projection_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _ProjectionFunction(torch.autograd.Function):
+    """The same op and backward for ``torch.func`` transforms (grad, vjp, jacrev, vmap over them).
+
+    ``register_autograd`` wraps the op in an ``autograd.Function`` without a ``setup_context`` staticmethod, which
+    functorch refuses (pytorch/pytorch#168393, #179652); this one has it. ``forward`` runs with grad mode off, so the
+    op's own autograd records nothing, and vmap of either pass batches the op by PyTorch's per-row fallback.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(y: Tensor, budget: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.ops.arr_coc.capped_simplex_projection(y, budget, lo, hi)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _setup_context(ctx, inputs, output)
+        ctx.save_for_forward(output, inputs[2], inputs[3])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _backward(ctx, grad)
+
+    @staticmethod
+    def jvp(ctx, dy: Tensor | None, db: Tensor | None, dlo: Tensor | None, dhi: Tensor | None) -> Tensor:
+        # The Jacobian J = diag(m) - m mᵀ/n is symmetric, so J dy is the backward applied to dy; the budget adds
+        # its column m/n times db. The bounds carry no gradient (the public function refuses ones that need it).
+        x, lo, hi = ctx.saved_tensors
+        dx = torch.zeros_like(x) if dy is None else _call_backward(x, lo, hi, dy)[0]
+        return dx if db is None else dx + _budget_column(x, lo, hi, db).to(dx.dtype)
 
 
 def _setup_context_bwd(ctx, inputs, output) -> None:
@@ -285,17 +317,58 @@ def _backward_bwd(ctx, gg_y: Tensor | None, gg_b: Tensor | None):
     x, lo, hi = ctx.saved_tensors
     g = None
     if gg_y is not None:
-        g, _ = _projection_backward_op(x, lo, hi, gg_y)
+        g, _ = _call_backward(x, lo, hi, gg_y)
     if gg_b is not None:
-        acc = _acc_dtype(x.dtype)
-        m, n = free_mask(x, lo, hi)
-        n = n.clamp_min(1).to(acc)
-        gb = torch.where(m, gg_b.to(acc).unsqueeze(-1) / n, torch.zeros_like(n))
+        gb = _budget_column(x, lo, hi, gg_b)
         g = gb if g is None else g + gb
     return None, None, None, None if g is None else g.to(ctx.grad_dtype)
 
 
+def _budget_column(x: Tensor, lo: Tensor, hi: Tensor, v: Tensor) -> Tensor:
+    """``(m / n)·v``: the Jacobian's budget column times a per-row ``v`` (0 on rows with an empty free set)."""
+    acc = _acc_dtype(x.dtype)
+    m, n = free_mask(x, lo, hi)
+    n = n.clamp_min(1).to(acc)
+    return torch.where(m, v.to(acc).unsqueeze(-1) / n, torch.zeros_like(n))
+
+
 _projection_backward_op.register_autograd(_backward_bwd, setup_context=_setup_context_bwd)
+
+
+def _call_backward(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    return (_ProjectionBackwardFunction.apply if _functorch_active() else _projection_backward_op)(x, lo, hi, grad)
+
+
+def _functorch_active() -> bool:
+    # is_compiling() first: dynamo folds it, so a compiled caller never meets the functorch query (no graph break).
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
+class _ProjectionBackwardFunction(torch.autograd.Function):
+    """The backward op with its double backward, for ``torch.func`` transforms (see :class:`_ProjectionFunction`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, lo: Tensor, hi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ops.arr_coc.capped_simplex_projection_backward(x, lo, hi, grad)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _setup_context_bwd(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:3])
+
+    @staticmethod
+    def backward(ctx, gg_y: Tensor | None, gg_b: Tensor | None):
+        return _backward_bwd(ctx, gg_y, gg_b)
+
+    @staticmethod
+    def jvp(ctx, dx: Tensor | None, dlo: Tensor | None, dhi: Tensor | None, dgrad: Tensor | None):
+        # Linear in grad, and its mask is piecewise constant in x: the tangent is the backward of dgrad.
+        x, lo, hi = ctx.saved_tensors
+        if dgrad is None:
+            return torch.zeros_like(x), x.new_zeros(x.shape[:-1])
+        return _call_backward(x, lo, hi, dgrad)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -590,6 +663,8 @@ def capped_simplex_projection(y: Tensor, budget: Tensor | _Number, lo: Tensor | 
             raise ValueError(f"{name} requires grad, but the projection has no gradient for its bounds (only for y "
                              f"and budget); pass {name}.detach() if the bounds are constants")
     y, b, lo_t, hi_t = _prepare(y, budget, lo, hi, name="y", int_bounds=False)
+    if _functorch_active():
+        return _ProjectionFunction.apply(y, b, lo_t, hi_t)
     return torch.ops.arr_coc.capped_simplex_projection(y, b, lo_t, hi_t)
 
 

@@ -842,3 +842,44 @@ def test_vmap_over_rows_matches_the_batched_call():
         warnings.simplefilter("ignore")  # the fallback's performance warning
         v = torch.vmap(lambda row: capped_simplex_projection(row, 30.0, 0.0, 10.0))(y)
     assert torch.equal(v, capped_simplex_projection(y, 30.0, 0.0, 10.0))
+
+
+def test_torch_func_grad_jacrev_hessian_and_per_sample_grads_match_autograd():
+    # custom_op's register_autograd builds an autograd.Function without setup_context, which torch.func refuses
+    # (pytorch/pytorch#168393); the public function routes transformed calls through one that has it.
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(4, 12, generator=g, dtype=torch.float64) * 5 + 3
+    b = torch.full((4,), 40.0, dtype=torch.float64)
+    w = torch.randn(12, generator=g, dtype=torch.float64)
+
+    def loss(y, b):
+        return (capped_simplex_projection(y, b, 0.0, 10.0) * w).square().sum()
+
+    yr, br = y.clone().requires_grad_(), b.clone().requires_grad_()
+    ref_y, ref_b = torch.autograd.grad(loss(yr, br), (yr, br))
+    got_y, got_b = torch.func.grad(loss, argnums=(0, 1))(y, b)
+    torch.testing.assert_close(got_y, ref_y)
+    torch.testing.assert_close(got_b, ref_b)
+    # The Jacobian of one row against autograd's row by row.
+    row = lambda r: capped_simplex_projection(r, 40.0, 0.0, 10.0)  # noqa: E731
+    jac = torch.func.jacrev(row)(y[0])
+    x0 = y[0].clone().requires_grad_()
+    out = row(x0)
+    ref = torch.stack([torch.autograd.grad(out[i], x0, retain_graph=True)[0] for i in range(12)])
+    torch.testing.assert_close(jac, ref)
+    # Per-sample gradients: vmap over grad, each row its own loss.
+    per = torch.func.vmap(torch.func.grad(lambda r: (row(r) * w).square().sum()))(y)
+    for i in range(4):
+        xi = y[i].clone().requires_grad_()
+        torch.testing.assert_close(per[i], torch.autograd.grad((row(xi) * w).square().sum(), xi)[0])
+    # Second order (the double backward) as well.
+    f = lambda r: (row(r) * w).square().sum()  # noqa: E731
+    torch.testing.assert_close(torch.func.hessian(f)(y[1]), torch.autograd.functional.hessian(f, y[1]))
+    # Forward mode: the tangent in y and the budget against autograd's (double-backward) JVP.
+    v, vb = torch.randn(4, 12, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    proj = lambda y, b: capped_simplex_projection(y, b, 0.0, 10.0)  # noqa: E731
+    _, tangent = torch.func.jvp(proj, (y, b), (v, vb))
+    torch.testing.assert_close(tangent, torch.autograd.functional.jvp(proj, (y, b), (v, vb))[1])
+    # A bad value is still refused by name under the transform.
+    with pytest.raises(ValueError, match="infeasible"):
+        torch.func.grad(lambda r: capped_simplex_projection(r, 500.0, 0.0, 10.0).sum())(y[0])
