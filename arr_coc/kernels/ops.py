@@ -298,7 +298,8 @@ class _ProjectionFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, dy: Tensor | None, db: Tensor | None, dlo: Tensor | None, dhi: Tensor | None) -> Tensor:
         # The Jacobian J = diag(m) - m mᵀ/n is symmetric, so J dy is the backward applied to dy; the budget adds
-        # its column m/n times db. The bounds carry no gradient (the public function refuses ones that need it).
+        # its column m/n times db. The bounds' tangents are not used: the projection is differentiated in y and the
+        # budget only, as in the backward (functorch hands zero tangents for constant bounds, e.g. in hessian).
         x, lo, hi = ctx.saved_tensors
         dx = torch.zeros_like(x) if dy is None else _call_backward(x, lo, hi, dy)[0]
         return dx if db is None else dx + _budget_column(x, lo, hi, db).to(dx.dtype)
