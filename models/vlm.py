@@ -332,7 +332,8 @@ class ArrCocLlava(nn.Module):
             ValueError: for right-padded prompts (a row whose mask ends in 0), which would continue after the padding.
         """
         _check_attention_mask(attention_mask, input_ids)
-        new = generate_kwargs.get("max_new_tokens", getattr(self.llava.generation_config, "max_new_tokens", None))
+        config = generate_kwargs.get("generation_config") or self.llava.generation_config
+        new = generate_kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
         self._check_positions(input_ids.shape[1], int(new) if new is not None else 0)
         with self._unsharded():
             embeds, _ = self.embed_inputs(pixel_values, input_ids, query_input_ids=query_input_ids,

@@ -232,6 +232,10 @@ def test_sequences_longer_than_the_llms_positions_are_refused():
         with pytest.raises(ValueError, match=rf"{length} prompt tokens \+ 40 new tokens .* max_position_embeddings=64"):
             model.generate(**batch, max_new_tokens=40)
         assert model.generate(**batch, max_new_tokens=64 - length, do_sample=False).shape == (1, 64 - length)
+        from transformers import GenerationConfig  # the count may also come in a generation_config
+
+        with pytest.raises(ValueError, match=rf"{length} prompt tokens \+ 40 new tokens"):
+            model.generate(**batch, generation_config=GenerationConfig(max_new_tokens=40))
         long = processor(random_images(1), ["q" * 60 + "?"])
         with pytest.raises(ValueError, match=rf"{long['input_ids'].shape[1]} tokens .* max_position_embeddings=64"):
             model(**long)
