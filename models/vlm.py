@@ -308,7 +308,11 @@ class ArrCocLlava(nn.Module):
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 query_input_ids: Tensor, query_attention_mask: Tensor | None = None, labels: Tensor | None = None,
                 **lm_kwargs: Any) -> ArrCocLlavaOutput:
-        """Training / scoring forward: the LLaVA LM over the merged embeddings (HF's shifted loss with ``labels``)."""
+        """Training / scoring forward: the LLaVA LM over the merged embeddings (HF's shifted loss with ``labels``).
+
+        Raises:
+            ValueError: when the prompt (plus a passed cache's length) exceeds the LLM's ``max_position_embeddings``.
+        """
         _check_attention_mask(attention_mask, input_ids)
         cached = getattr(lm_kwargs.get("past_key_values"), "get_seq_length", None)  # a transformers Cache
         self._check_positions(input_ids.shape[1] + (int(cached()) if cached is not None else 0))
@@ -329,7 +333,8 @@ class ArrCocLlava(nn.Module):
         the pad id occurs and is not an EOS id): the LLM sees embeddings only, so it could not tell padding otherwise.
 
         Raises:
-            ValueError: for right-padded prompts (a row whose mask ends in 0), which would continue after the padding.
+            ValueError: for right-padded prompts (a row whose mask ends in 0), which would continue after the padding;
+                when the prompt plus ``max_new_tokens`` exceeds the LLM's ``max_position_embeddings``.
         """
         _check_attention_mask(attention_mask, input_ids)
         config = generate_kwargs.get("generation_config") or self.llava.generation_config
