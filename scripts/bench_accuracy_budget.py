@@ -67,9 +67,8 @@ SMOKE_MODEL = {"arr_coc": {"num_patches": 4, "patch_grid": [2, 2], "budget": 16,
 
 BASE_ARR_MODELS = ("arr_coc_projection", "arr_coc_bandit")  # trained unless --models leaves them out
 BANDIT_PROJ_DIM = 64  # width of the bandit's random context projection (BanditAllocator's own default is 16)
-# Runs that start from another run's weights, with their own step counts (--finetune-steps, --bandit-after-steps,
-# --saliency-after-steps).
-# The runs that start from another run's weights, each with the argument that holds its own step count.
+# The runs that start from another run's weights, each with the argument that holds its own step count
+# (--finetune-steps, --bandit-after-steps, --saliency-after-steps).
 DEPENDENT_RUNS = {"arr_coc_finetuned": "finetune_steps", "arr_coc_bandit_grounded": "bandit_after_steps",
                   "arr_coc_salient": "saliency_after_steps", "uniform_continued": "saliency_after_steps"}
 

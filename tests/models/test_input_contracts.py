@@ -245,16 +245,19 @@ def test_sequences_longer_than_the_llms_positions_are_refused():
             model(**batch, past_key_values=cache)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small", "bench"])
-def test_shipped_presets_have_positions_for_every_token_at_full_detail(preset):
-    # The accuracy benchmark evaluates fraction 1 (every patch at full detail) with 8 new tokens; bench's 512 positions
-    # held 196 visual tokens but not 784.
+def _assert_positions_for_full_detail(model, processor, what: str) -> None:
+    # The accuracy benchmark evaluates fraction 1 (every patch at full detail) with 8 new tokens.
     from models.vlm import full_token_count
 
-    model, processor = build_model(preset)
     text = processor(random_images(1), ["how many red shapes are in the top left?"])["input_ids"].shape[1]
     need = full_token_count(model) + text - model.budget + 8
-    assert need <= model.config.text_config.max_position_embeddings, (preset, need)
+    assert need <= model.config.text_config.max_position_embeddings, (what, need)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "bench"])
+def test_shipped_presets_have_positions_for_every_token_at_full_detail(preset):
+    # bench's 512 positions held 196 visual tokens but not 784.
+    _assert_positions_for_full_detail(*build_model(preset), preset)
 
 
 @pytest.mark.parametrize("name", ["arr_coc_small", "arr_coc_small_25pct", "arr_coc_bench"])
@@ -262,9 +265,4 @@ def test_shipped_weights_have_positions_for_every_token_at_full_detail(name):
     # As for the presets: the shipped models can be evaluated at fraction 1 (the bench model's config said 512).
     from pathlib import Path
 
-    from models.vlm import full_token_count
-
-    model, processor = load_pretrained(Path(__file__).resolve().parents[2] / "weights" / name)
-    text = processor(random_images(1), ["how many red shapes are in the top left?"])["input_ids"].shape[1]
-    need = full_token_count(model) + text - model.budget + 8
-    assert need <= model.config.text_config.max_position_embeddings, (name, need)
+    _assert_positions_for_full_detail(*load_pretrained(Path(__file__).resolve().parents[2] / "weights" / name), name)
